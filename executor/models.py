@@ -1,0 +1,465 @@
+"""The executor's domain: what a requester asks for and what it gets back.
+
+Every model validates its input and says plainly what is wrong; the gRPC layer
+turns a ``pydantic.ValidationError`` into INVALID_ARGUMENT with these messages.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from datetime import UTC, datetime
+from enum import IntEnum, StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from executor.quantity import format_bytes, parse_bytes, parse_cpu, parse_duration
+
+RESERVED_ENV_PREFIX = "HADDOCK_"
+"""Environment names with this prefix are set by the node; a request may not set them."""
+
+KiB = 1024
+MiB = 1024**2
+GiB = 1024**3
+TiB = 1024**4
+
+MAX_CPU_CORES = 1024.0
+MAX_MEMORY = 64 * TiB
+MIN_MEMORY = 6 * MiB  # Docker refuses smaller limits
+MAX_DISK = 1024 * TiB
+MAX_GPUS = 64
+MAX_TIMEOUT_SECONDS = 30 * 24 * 3600.0
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_OUTPUT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# A Docker image reference: [registry[:port]/]path[:tag][@digest], path components lower case.
+_IMAGE_RE = re.compile(
+    r"^(?:(?P<registry>(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"(?::[0-9]+)?|\[[0-9a-fA-F:]+\](?::[0-9]+)?)/)?"
+    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
+    r"(?:@(?P<digest>[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,}))?$"
+)
+
+
+# ---------------------------------------------------------------------------
+# Quantities as pydantic field types: one parser, used everywhere.
+# ---------------------------------------------------------------------------
+
+
+def _bytes(v: Any) -> Any:
+    return parse_bytes(v) if isinstance(v, str | int | float) else v
+
+
+def _cpu(v: Any) -> Any:
+    return parse_cpu(v) if isinstance(v, str | int | float) else v
+
+
+def _duration(v: Any) -> Any:
+    if v is None:
+        return None
+    return parse_duration(v) if isinstance(v, str | int | float) else v
+
+
+ByteQuantity = Annotated[int, BeforeValidator(_bytes)]
+CpuQuantity = Annotated[float, BeforeValidator(_cpu)]
+DurationSeconds = Annotated[float, BeforeValidator(_duration)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+# ---------------------------------------------------------------------------
+# Enumerations
+# ---------------------------------------------------------------------------
+
+
+class StreamType(IntEnum):
+    """Which output stream a chunk of log data came from (values match Docker's multiplexing)."""
+
+    STDOUT = 1
+    STDERR = 2
+
+
+class ExecutionState(StrEnum):
+    """Where an execution is in its life. The last three are terminal."""
+
+    QUEUED = "queued"
+    PREPARING = "preparing"  # inputs and image
+    RUNNING = "running"
+    FINISHING = "finishing"  # capturing output, writing results, cleaning up
+    COMPLETED = "completed"  # ran and exited 0
+    FAILED = "failed"  # error, timeout or killed: see the result
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (ExecutionState.COMPLETED, ExecutionState.FAILED, ExecutionState.CANCELLED)
+
+
+class ResultStatus(StrEnum):
+    """How an execution ended (Fn's set)."""
+
+    SUCCESS = "success"
+    ERROR = "error"  # non-zero exit, or the node could not run it
+    TIMEOUT = "timeout"
+    KILLED = "killed"  # out of memory
+    CANCELLED = "cancelled"
+
+    @property
+    def state(self) -> ExecutionState:
+        if self is ResultStatus.SUCCESS:
+            return ExecutionState.COMPLETED
+        if self is ResultStatus.CANCELLED:
+            return ExecutionState.CANCELLED
+        return ExecutionState.FAILED
+
+
+class NetworkMode(StrEnum):
+    NONE = "none"
+    BRIDGE = "bridge"
+    HOST = "host"
+
+
+class PullPolicy(StrEnum):
+    ALWAYS = "always"
+    IF_NOT_PRESENT = "if-not-present"
+    NEVER = "never"
+
+
+# ---------------------------------------------------------------------------
+# Request parts
+# ---------------------------------------------------------------------------
+
+
+class Resources(_Model):
+    """What a job may use. Zero means "no limit" for cpu/memory/disk and "none" for gpu."""
+
+    cpu: CpuQuantity = Field(default=0.0, description="CPU cores (0.5 == 500m)")
+    memory: ByteQuantity = Field(default=0, description="memory limit in bytes (swap is off)")
+    disk: ByteQuantity = Field(default=0, description="disk the job may use in bytes")
+    gpu: int = Field(default=0, description="number of GPUs")
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu_bounds(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError(f"cpu must not be negative, got {v}")
+        if v > MAX_CPU_CORES:
+            raise ValueError(f"cpu of {v:g} cores is more than any node has (at most {MAX_CPU_CORES:g})")
+        return v
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_bounds(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("memory must not be negative")
+        if 0 < v < MIN_MEMORY:
+            raise ValueError(
+                f"memory limit {format_bytes(v)} is below the engine's minimum of {format_bytes(MIN_MEMORY)}"
+            )
+        if v > MAX_MEMORY:
+            raise ValueError(f"memory {format_bytes(v)} is more than any node has (at most 64Ti)")
+        return v
+
+    @field_validator("disk")
+    @classmethod
+    def _disk_bounds(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("disk must not be negative")
+        if v > MAX_DISK:
+            raise ValueError(f"disk {format_bytes(v)} is more than any node has (at most 1024Ti)")
+        return v
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu_bounds(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("gpu count must not be negative")
+        if v > MAX_GPUS:
+            raise ValueError(f"gpu count {v} is more than any node has (at most {MAX_GPUS})")
+        return v
+
+
+class NetworkConfig(_Model):
+    mode: NetworkMode = NetworkMode.NONE
+
+
+def _check_container_path(v: str, what: str) -> str:
+    if not v:
+        raise ValueError(f"{what} must not be empty")
+    if "\x00" in v:
+        raise ValueError(f"{what} must not contain NUL bytes")
+    if not v.startswith("/"):
+        raise ValueError(f"{what} {v!r} must be an absolute path inside the container")
+    if ".." in v.split("/"):
+        raise ValueError(f"{what} {v!r} must not contain '..'")
+    normalized = posixpath.normpath(v)
+    if normalized == "/":
+        raise ValueError(f"{what} must not be the container's root directory")
+    return normalized
+
+
+class InputVolume(_Model):
+    """Prepared storage: a host path bound into the container."""
+
+    source: Path = Field(description="absolute path on the node")
+    target: str = Field(description="absolute path in the container")
+    read_only: bool = True
+
+    @field_validator("source")
+    @classmethod
+    def _source_absolute(cls, v: Path) -> Path:
+        if not v.is_absolute():
+            raise ValueError(f"input source {str(v)!r} must be an absolute path on the node")
+        return v
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        return _check_container_path(v, "input target")
+
+
+class ResultPath(_Model):
+    """A named output: a directory the job writes to, collected under the results dir."""
+
+    name: str
+    path: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if v in (".", "..") or not _OUTPUT_NAME_RE.match(v):
+            raise ValueError(
+                f"output name {v!r} must be a single path segment of letters, digits, '.', '_' or '-' "
+                "(not starting with '.' or '-', at most 128 characters)"
+            )
+        if v in ("stdout", "stderr", "exitCode"):
+            raise ValueError(f"output name {v!r} is reserved for the job's own result files")
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return _check_container_path(v, "output path")
+
+
+class EngineSpec(_Model):
+    """What to run: the Docker engine's parameters."""
+
+    image: str
+    entrypoint: list[str] | None = None
+    parameters: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    working_dir: str | None = None
+    pull_policy: PullPolicy = PullPolicy.IF_NOT_PRESENT
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if not v or not v.strip():
+            raise ValueError("image must not be empty")
+        if v != v.strip():
+            raise ValueError(f"image {v!r} must not have leading or trailing spaces")
+        if len(v) > 1024 or not _IMAGE_RE.match(v):
+            raise ValueError(
+                f"image {v!r} is not a valid image reference (expected [registry/]name[:tag][@digest], "
+                "name in lower case)"
+            )
+        return v
+
+    @field_validator("entrypoint", "parameters")
+    @classmethod
+    def _no_nul(cls, v: list[str] | None) -> list[str] | None:
+        for arg in v or []:
+            if "\x00" in arg:
+                raise ValueError("arguments must not contain NUL bytes")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not _ENV_NAME_RE.match(name):
+                raise ValueError(
+                    f"environment variable name {name!r} is not valid: use letters, digits and '_', "
+                    "not starting with a digit"
+                )
+            if name.upper().startswith(RESERVED_ENV_PREFIX):
+                raise ValueError(
+                    f"environment variable {name!r} uses the prefix {RESERVED_ENV_PREFIX!r}, "
+                    "which is reserved for variables the node sets"
+                )
+            if "\x00" in value:
+                raise ValueError(f"environment variable {name!r} must not contain NUL bytes")
+        return v
+
+    @field_validator("working_dir")
+    @classmethod
+    def _working_dir(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if "\x00" in v:
+            raise ValueError("working_dir must not contain NUL bytes")
+        if not v.startswith("/"):
+            raise ValueError(f"working_dir {v!r} must be an absolute path inside the container")
+        return v
+
+
+class OutputLimits(_Model):
+    """How much of stdout/stderr is kept in the results dir and returned inline (Bacalhau's defaults)."""
+
+    max_stdout_file_length: ByteQuantity = 1 * GiB
+    max_stdout_return_length: ByteQuantity = 2 * KiB
+    max_stderr_file_length: ByteQuantity = 1 * GiB
+    max_stderr_return_length: ByteQuantity = 2 * KiB
+
+    @field_validator("*")
+    @classmethod
+    def _non_negative(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("output limits must not be negative")
+        if v > MAX_DISK:
+            raise ValueError(f"output limit {format_bytes(v)} is absurd")
+        return v
+
+    def file_limit(self, stream: StreamType) -> int:
+        return self.max_stdout_file_length if stream is StreamType.STDOUT else self.max_stderr_file_length
+
+    def return_limit(self, stream: StreamType) -> int:
+        return self.max_stdout_return_length if stream is StreamType.STDOUT else self.max_stderr_return_length
+
+
+def _check_id(v: str, what: str) -> str:
+    if not _ID_RE.match(v):
+        raise ValueError(
+            f"{what} {v!r} must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return v
+
+
+class RunCommandRequest(_Model):
+    """Everything the executor needs to run one execution of a job."""
+
+    job_id: str
+    execution_id: str
+    engine: EngineSpec
+    results_dir: Path
+    resources: Resources = Field(default_factory=Resources)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    inputs: list[InputVolume] = Field(default_factory=list)
+    outputs: list[ResultPath] = Field(default_factory=list)
+    output_limits: OutputLimits = Field(default_factory=OutputLimits)
+    timeout: DurationSeconds | None = Field(default=None, description="seconds the job may run; None = no limit")
+
+    @field_validator("job_id")
+    @classmethod
+    def _job_id(cls, v: str) -> str:
+        return _check_id(v, "job_id")
+
+    @field_validator("execution_id")
+    @classmethod
+    def _execution_id(cls, v: str) -> str:
+        return _check_id(v, "execution_id")
+
+    @field_validator("results_dir")
+    @classmethod
+    def _results_dir(cls, v: Path) -> Path:
+        if not v.is_absolute():
+            raise ValueError(f"results_dir {str(v)!r} must be an absolute path on the node")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: float | None) -> float | None:
+        if v is None:
+            return None
+        if v <= 0:
+            raise ValueError("timeout must be positive (omit it for no timeout)")
+        if v > MAX_TIMEOUT_SECONDS:
+            raise ValueError("timeout must be at most 30 days")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_paths(self) -> RunCommandRequest:
+        names = [o.name for o in self.outputs]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"output names must be unique; repeated: {', '.join(dupes)}")
+        targets = [i.target for i in self.inputs] + [o.path for o in self.outputs]
+        dupes = sorted({t for t in targets if targets.count(t) > 1})
+        if dupes:
+            raise ValueError(f"each container path may be mounted once; repeated: {', '.join(dupes)}")
+        return self
+
+
+# ---------------------------------------------------------------------------
+# Results, events, bids
+# ---------------------------------------------------------------------------
+
+
+class RunCommandResult(_Model):
+    """How an execution ended. Inline text is cut at the return limits; files at the file limits."""
+
+    status: ResultStatus
+    exit_code: int | None = Field(default=None, description="the process's exit code; None when none ran")
+    stdout: str = ""
+    stdout_truncated: bool = False
+    stdout_file_truncated: bool = False
+    stderr: str = ""
+    stderr_truncated: bool = False
+    stderr_file_truncated: bool = False
+    error_message: str = ""
+
+
+class BidResult(_Model):
+    should_bid: bool
+    reason: str
+
+    @classmethod
+    def yes(cls, reason: str = "this node can run the job") -> BidResult:
+        return cls(should_bid=True, reason=reason)
+
+    @classmethod
+    def no(cls, reason: str) -> BidResult:
+        return cls(should_bid=False, reason=reason)
+
+
+class EventKind(StrEnum):
+    ACCEPTED = "accepted"
+    PULLING = "pulling"
+    PULL_PROGRESS = "pull-progress"
+    IMAGE_READY = "image-ready"
+    STARTED = "started"
+    EXITED = "exited"
+    RESULTS_WRITTEN = "results-written"
+    CLEANED_UP = "cleaned-up"
+    CANCEL_REQUESTED = "cancel-requested"
+    TIMED_OUT = "timed-out"
+    FAILED = "failed"
+    STATE = "state"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ExecutionEvent(_Model):
+    """Something that happened to an execution, for operators and requesters to see."""
+
+    execution_id: str
+    kind: EventKind
+    message: str
+    time: datetime = Field(default_factory=utcnow)
+    details: dict[str, Any] = Field(default_factory=dict)

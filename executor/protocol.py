@@ -1,0 +1,68 @@
+"""The Executor contract (after Bacalhau's ``pkg/executor``), independent of any engine.
+
+A backend implements it; the node talks only to this protocol, so a second backend
+can be added without touching the node.
+
+- ``start(request)`` returns once the execution is accepted. Errors: ExecutionAlreadyStarted
+  (the id is running), ExecutionAlreadyComplete (the id has finished), InvalidSpec, ExecutionRefused.
+- ``run(request)`` is ``start`` then ``wait``.
+- ``wait(id)`` returns the result; ExecutionNotFound for an unknown id; after completion it
+  returns the stored result again, as often as asked.
+- ``cancel(id)`` stops a running execution (graceful stop, then kill) and returns when it has
+  ended; ExecutionNotFound for an unknown id, ExecutionAlreadyComplete for a finished one.
+- ``get_log_stream(id, ...)`` yields stream-tagged chunks; reachable as soon as ``start`` returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
+
+from executor.logstore import LogEntry
+from executor.models import (
+    BidResult,
+    ExecutionEvent,
+    ExecutionState,
+    Resources,
+    RunCommandRequest,
+    RunCommandResult,
+    StreamType,
+)
+
+
+@runtime_checkable
+class Executor(Protocol):
+    async def is_installed(self) -> bool:
+        """Whether the engine behind this executor answers."""
+        ...
+
+    async def should_bid(self, request: RunCommandRequest) -> BidResult:
+        """Semantic check: can this node run this kind of job at all?"""
+        ...
+
+    async def should_bid_based_on_usage(self, request: RunCommandRequest, usage: Resources) -> BidResult:
+        """Resource check: can this node ever provide ``usage`` for the job?"""
+        ...
+
+    async def start(self, request: RunCommandRequest) -> None: ...
+
+    async def run(self, request: RunCommandRequest) -> RunCommandResult: ...
+
+    async def wait(self, execution_id: str) -> RunCommandResult: ...
+
+    async def cancel(self, execution_id: str) -> None: ...
+
+    def get_log_stream(
+        self,
+        execution_id: str,
+        *,
+        with_history: bool = True,
+        follow: bool = False,
+        offset: int | None = None,
+        tail_lines: int | None = None,
+        streams: frozenset[StreamType] = frozenset(StreamType),
+    ) -> AsyncIterator[LogEntry]: ...
+
+    def state(self, execution_id: str) -> ExecutionState: ...
+
+    def events(self, execution_id: str) -> list[ExecutionEvent]: ...
