@@ -1,0 +1,760 @@
+"""The Docker backend of the Executor contract.
+
+One container per execution, named ``haddock-<node>-<execution>`` and labelled with the
+node, job and execution ids. The node attaches to the container *before* starting it, so
+every byte of stdout/stderr goes into the node's log store as it is produced, whatever
+happens to the container afterwards. The job's timeout is enforced by the node (pull time
+does not count), with a graceful stop: the image's STOPSIGNAL (SIGTERM by default), then
+SIGKILL after the configured grace. Results are written from the log store in every
+terminal case, then the container is removed.
+
+docker-py is blocking: short API calls run on an API thread pool; each running container's
+output reader holds a thread of a separate stream pool for its lifetime. The HTTP
+connection pool is sized for both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import math
+import re
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import docker.types
+import requests.exceptions
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from executor.docker.images import ImageError, ImageManager
+from executor.docker.stream import Demuxer, StreamProtocolError
+from executor.errors import (
+    EngineUnavailable,
+    ExecutionAlreadyComplete,
+    ExecutionAlreadyStarted,
+    ExecutionNotFound,
+    ExecutionRefused,
+    ExecutorShuttingDown,
+)
+from executor.logstore import LogEntry, LogStore, LogWriter
+from executor.models import (
+    RESERVED_ENV_PREFIX,
+    BidResult,
+    EventKind,
+    ExecutionEvent,
+    ExecutionState,
+    NetworkMode,
+    Resources,
+    ResultStatus,
+    RunCommandRequest,
+    RunCommandResult,
+    StreamType,
+    utcnow,
+)
+from executor.quantity import format_bytes, format_cpu, format_duration
+from executor.results import write_job_results
+
+log = logging.getLogger(__name__)
+
+LABEL_NODE = "haddock.node-id"
+LABEL_JOB = "haddock.job-id"
+LABEL_EXECUTION = "haddock.execution-id"
+
+READ_SIZE = 256 * 1024
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+EventSink = Callable[[ExecutionEvent], None]
+
+
+class DockerExecutorConfig(BaseModel):
+    """How the Docker backend runs jobs. Every field has a safe default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node_id: str = Field(default="local", description="labels and names this node's containers")
+    log_dir: Path = Field(description="where the log store keeps each execution's output")
+    docker_host: str | None = Field(default=None, description="engine address; default from DOCKER_HOST")
+    stop_grace_seconds: float = Field(default=10.0, ge=0, description="SIGTERM to SIGKILL on timeout/cancel")
+    pids_limit: int | None = Field(default=4096, description="max processes per container; None = no limit")
+    no_new_privileges: bool = True
+    cap_drop: tuple[str, ...] = ("NET_RAW",)
+    allowed_networks: frozenset[NetworkMode] = frozenset({NetworkMode.NONE, NetworkMode.BRIDGE})
+    log_driver: str = Field(default="local", description="the engine's own log driver for containers")
+    api_workers: int = Field(default=32, ge=1, description="threads for short engine calls")
+    max_streams: int = Field(default=256, ge=1, description="threads for containers' output readers")
+    pull_attempts: int = Field(default=4, ge=1)
+    api_timeout_seconds: float = Field(default=120.0, gt=0)
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(
+                f"node_id {v!r} must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        return v
+
+
+@dataclass
+class ExecutionRecord:
+    """What the executor knows about one execution (in memory; the node persists it)."""
+
+    request: RunCommandRequest
+    state: ExecutionState = ExecutionState.PREPARING
+    events: list[ExecutionEvent] = field(default_factory=list)
+    created_at: datetime = field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    container_id: str | None = None
+    result: RunCommandResult | None = None
+
+
+@dataclass
+class _Running:
+    record: ExecutionRecord
+    done: asyncio.Future[RunCommandResult]
+    cancel_event: asyncio.Event
+    writer: LogWriter
+    task: asyncio.Task[None] | None = None
+    sock: socket.socket | None = None
+    attach_response: Any = None
+    timed_out: bool = False
+    stop_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class _Outcome(BaseModel):
+    exit_code: int | None = None
+    oom_killed: bool = False
+    error: str = ""
+
+
+class DockerExecutor:
+    """Runs executions as Docker containers. Bound to the event loop it is first used on."""
+
+    def __init__(self, config: DockerExecutorConfig, *, event_sink: EventSink | None = None) -> None:
+        self.config = config
+        self._event_sink = event_sink
+        self._api_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.api_workers, thread_name_prefix="haddock-docker-api"
+        )
+        self._stream_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.max_streams, thread_name_prefix="haddock-docker-stream"
+        )
+        kwargs: dict[str, Any] = {
+            "version": "auto",
+            "timeout": config.api_timeout_seconds,
+            "max_pool_size": config.api_workers + config.max_streams,
+        }
+        if config.docker_host:
+            kwargs["base_url"] = config.docker_host
+        self._kwargs = kwargs
+        self._client_lock = threading.Lock()
+        self._client: docker.APIClient | None = None
+        self._images: ImageManager | None = None
+        self.logs = LogStore(config.log_dir)
+        self._records: dict[str, ExecutionRecord] = {}
+        self._running: dict[str, _Running] = {}
+        self._closing = False
+        self._engine_info: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ engine plumbing
+
+    @property
+    def client(self) -> docker.APIClient:
+        """The low-level client, created on first use (creating it talks to the engine)."""
+        with self._client_lock:
+            if self._client is None:
+                try:
+                    if "base_url" in self._kwargs:
+                        self._client = docker.APIClient(**self._kwargs)
+                    else:
+                        env = docker.utils.kwargs_from_env()
+                        self._client = docker.APIClient(**{**env, **self._kwargs})
+                except docker.errors.DockerException as exc:
+                    raise EngineUnavailable(f"the Docker engine does not answer: {exc}") from exc
+            return self._client
+
+    @property
+    def images(self) -> ImageManager:
+        if self._images is None:
+            self._images = ImageManager(self.client, self._api_pool, attempts=self.config.pull_attempts)
+        return self._images
+
+    async def _api(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._api_pool, lambda: fn(*args, **kwargs))
+
+    async def _client_async(self) -> docker.APIClient:
+        if self._client is not None:
+            return self._client
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._api_pool, lambda: self.client)
+
+    async def engine_info(self) -> dict[str, Any]:
+        """``docker info`` of the engine (cached)."""
+        if self._engine_info is None:
+            client = await self._client_async()
+            self._engine_info = dict(await self._api(client.info))
+        return self._engine_info
+
+    def container_name(self, execution_id: str) -> str:
+        return f"haddock-{self.config.node_id}-{execution_id}"
+
+    # ------------------------------------------------------------------ contract: bidding
+
+    async def is_installed(self) -> bool:
+        try:
+            client = await self._client_async()
+            return bool(await self._api(client.ping))
+        except (EngineUnavailable, docker.errors.DockerException, requests.exceptions.RequestException):
+            return False
+
+    async def should_bid(self, request: RunCommandRequest) -> BidResult:
+        if self._closing:
+            return BidResult.no("this node is shutting down")
+        if not await self.is_installed():
+            return BidResult.no("this node's Docker engine is not answering")
+        mode = request.network.mode
+        if mode not in self.config.allowed_networks:
+            allowed = ", ".join(sorted(m.value for m in self.config.allowed_networks)) or "no networking"
+            return BidResult.no(f"this node does not accept jobs with network mode '{mode}' (allowed: {allowed})")
+        if request.resources.gpu and not await self._gpu_runtime_available():
+            return BidResult.no("this node has no GPUs (no GPU runtime is configured in its Docker engine)")
+        return BidResult.yes("this node can run Docker jobs of this kind")
+
+    async def should_bid_based_on_usage(self, request: RunCommandRequest, usage: Resources) -> BidResult:
+        try:
+            info = await self.engine_info()
+        except (EngineUnavailable, docker.errors.DockerException, requests.exceptions.RequestException):
+            return BidResult.no("this node's Docker engine is not answering")
+        ncpu = float(info.get("NCPU") or 0)
+        mem = int(info.get("MemTotal") or 0)
+        if ncpu and usage.cpu > ncpu:
+            return BidResult.no(
+                f"insufficient CPU: requested {format_cpu(usage.cpu)} cores, this node has {format_cpu(ncpu)}"
+            )
+        if mem and usage.memory > mem:
+            return BidResult.no(
+                f"insufficient memory: requested {format_bytes(usage.memory)}, this node has {format_bytes(mem)}"
+            )
+        if usage.gpu and not await self._gpu_runtime_available():
+            return BidResult.no(f"insufficient GPUs: requested {usage.gpu}, this node has none")
+        return BidResult.yes("this node has the resources the job asks for")
+
+    async def _gpu_runtime_available(self) -> bool:
+        try:
+            info = await self.engine_info()
+        except (EngineUnavailable, docker.errors.DockerException, requests.exceptions.RequestException):
+            return False
+        return "nvidia" in (info.get("Runtimes") or {})
+
+    # ------------------------------------------------------------------ contract: lifecycle
+
+    async def start(self, request: RunCommandRequest) -> None:
+        if self._closing:
+            raise ExecutorShuttingDown()
+        exec_id = request.execution_id
+        existing = self._records.get(exec_id)
+        if existing is not None:
+            if existing.state.terminal:
+                raise ExecutionAlreadyComplete(exec_id, existing.state.value)
+            raise ExecutionAlreadyStarted(exec_id)
+        if request.network.mode not in self.config.allowed_networks:
+            bid = await self.should_bid(request)
+            raise ExecutionRefused(bid.reason)
+        # Register synchronously (no await between the check and here) so that a concurrent
+        # start of the same id sees it, and the log stream is reachable once start returns.
+        record = ExecutionRecord(request=request)
+        self._records[exec_id] = record
+        try:
+            writer = self.logs.create(exec_id)
+        except FileExistsError:
+            # A log from an earlier life of this node with the same id: keep it, start afresh.
+            self.logs.delete(exec_id)
+            writer = self.logs.create(exec_id)
+        loop = asyncio.get_running_loop()
+        running = _Running(record=record, done=loop.create_future(), cancel_event=asyncio.Event(), writer=writer)
+        self._running[exec_id] = running
+        self._emit(record, EventKind.ACCEPTED, f"accepted execution of {request.engine.image}")
+        running.task = asyncio.create_task(self._execute(running), name=f"haddock-exec-{exec_id}")
+
+    async def run(self, request: RunCommandRequest) -> RunCommandResult:
+        await self.start(request)
+        return await self.wait(request.execution_id)
+
+    async def wait(self, execution_id: str) -> RunCommandResult:
+        record = self._records.get(execution_id)
+        if record is None:
+            raise ExecutionNotFound(execution_id)
+        if record.result is not None:
+            return record.result
+        running = self._running[execution_id]
+        return await asyncio.shield(running.done)
+
+    async def cancel(self, execution_id: str) -> None:
+        record = self._records.get(execution_id)
+        if record is None:
+            raise ExecutionNotFound(execution_id)
+        running = self._running.get(execution_id)
+        if record.state.terminal or running is None or running.done.done():
+            raise ExecutionAlreadyComplete(execution_id, record.state.value)
+        if not running.cancel_event.is_set():
+            self._emit(record, EventKind.CANCEL_REQUESTED, "cancellation requested")
+            running.cancel_event.set()
+        await asyncio.shield(running.done)
+
+    def state(self, execution_id: str) -> ExecutionState:
+        return self.record(execution_id).state
+
+    def events(self, execution_id: str) -> list[ExecutionEvent]:
+        return list(self.record(execution_id).events)
+
+    def record(self, execution_id: str) -> ExecutionRecord:
+        record = self._records.get(execution_id)
+        if record is None:
+            raise ExecutionNotFound(execution_id)
+        return record
+
+    def records(self) -> list[ExecutionRecord]:
+        return list(self._records.values())
+
+    async def get_log_stream(
+        self,
+        execution_id: str,
+        *,
+        with_history: bool = True,
+        follow: bool = False,
+        offset: int | None = None,
+        tail_lines: int | None = None,
+        streams: frozenset[StreamType] = frozenset(StreamType),
+    ) -> AsyncIterator[LogEntry]:
+        if execution_id not in self._records and not self.logs.exists(execution_id):
+            raise ExecutionNotFound(execution_id)
+        start = offset
+        if start is None and not with_history and tail_lines is None:
+            start = self.logs.end_offset(execution_id)
+        async for entry in self.logs.read(
+            execution_id, offset=start or 0, follow=follow, streams=streams, tail_lines=tail_lines
+        ):
+            yield entry
+
+    async def shutdown(self, *, stop_running: bool = True) -> None:
+        """Refuse new work; stop running executions (or leave their containers running)."""
+        self._closing = True
+        running = list(self._running.values())
+        if stop_running:
+            for r in running:
+                if not r.done.done():
+                    r.cancel_event.set()
+            await asyncio.gather(*(asyncio.shield(r.done) for r in running), return_exceptions=True)
+        else:
+            for r in running:
+                if r.task is not None:
+                    r.task.cancel()
+            await asyncio.gather(*(r.task for r in running if r.task), return_exceptions=True)
+        self._api_pool.shutdown(wait=False, cancel_futures=True)
+        self._stream_pool.shutdown(wait=False, cancel_futures=True)
+        if self._client is not None:
+            self._client.close()
+
+    # ------------------------------------------------------------------ the execution itself
+
+    def _emit(self, record: ExecutionRecord, kind: EventKind, message: str, **details: Any) -> ExecutionEvent:
+        event = ExecutionEvent(execution_id=record.request.execution_id, kind=kind, message=message, details=details)
+        if kind is not EventKind.PULL_PROGRESS:
+            record.events.append(event)
+        if self._event_sink is not None:
+            try:
+                self._event_sink(event)
+            except Exception:
+                log.exception("event sink failed")
+        return event
+
+    def _set_state(self, record: ExecutionRecord, state: ExecutionState) -> None:
+        if record.state is not state:
+            record.state = state
+            self._emit(record, EventKind.STATE, f"state: {state.value}", state=state.value)
+
+    async def _execute(self, running: _Running) -> None:
+        record = running.record
+        request = record.request
+        outcome = _Outcome()
+        status: ResultStatus | None = None
+        container_id: str | None = None
+        try:
+            try:
+                await self._prepare_image(running)
+                if running.cancel_event.is_set():
+                    status = ResultStatus.CANCELLED
+                else:
+                    container_id = await self._create_container(running)
+                    outcome = await self._run_container(running, container_id)
+            except ImageError as exc:
+                outcome = _Outcome(error=str(exc))
+            except docker.errors.APIError as exc:
+                outcome = _Outcome(error=f"the Docker engine refused: {exc.explanation or exc}")
+            except (requests.exceptions.RequestException, EngineUnavailable) as exc:
+                outcome = _Outcome(error=f"the Docker engine did not answer: {exc}")
+            except StreamProtocolError as exc:
+                outcome = _Outcome(error=f"reading the container's output failed: {exc}")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("execution %s failed unexpectedly", request.execution_id)
+                outcome = _Outcome(error=f"internal error: {exc!r}")
+            if status is None:
+                status = self._status(running, outcome)
+            result = await self._finish(running, status, outcome)
+        except asyncio.CancelledError:
+            # The node is going down and leaves the container running: stop capturing, and keep
+            # the log open-ended (no END frame) so that a restart can reattach and append to it.
+            if running.sock is not None:
+                _close_socket(running.sock)
+            running.writer.close(complete=False)
+            if not running.done.done():
+                running.done.set_exception(ExecutorShuttingDown())
+                running.done.exception()
+            raise
+        finally:
+            if running.attach_response is not None:
+                with contextlib.suppress(Exception):
+                    running.attach_response.close()
+            if container_id is not None and not self._closing_leaves_container(running):
+                await self._remove_container(record, container_id)
+        running.done.set_result(result)
+        self._running.pop(request.execution_id, None)
+
+    def _closing_leaves_container(self, running: _Running) -> bool:
+        return running.task is not None and running.task.cancelling() > 0
+
+    async def _prepare_image(self, running: _Running) -> None:
+        record = running.record
+        engine = record.request.engine
+        self._emit(record, EventKind.PULLING, f"making image {engine.image} available ({engine.pull_policy})")
+
+        def progress(rec: dict[str, Any]) -> None:
+            detail = rec.get("progressDetail") or {}
+            self._emit(
+                record,
+                EventKind.PULL_PROGRESS,
+                str(rec.get("status", "")),
+                layer=rec.get("id"),
+                current=detail.get("current"),
+                total=detail.get("total"),
+            )
+
+        pull = asyncio.ensure_future(self.images.ensure(engine.image, engine.pull_policy, progress))
+        cancelled = asyncio.ensure_future(running.cancel_event.wait())
+        try:
+            await asyncio.wait({pull, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+        if not pull.done():
+            pull.cancel()  # the shared pull goes on for other waiters
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pull
+            return
+        image_id, pulled = pull.result()
+        self._emit(
+            record,
+            EventKind.IMAGE_READY,
+            f"image {engine.image} {'pulled' if pulled else 'present'}",
+            image_id=image_id,
+            pulled=pulled,
+        )
+
+    def _container_spec(self, request: RunCommandRequest) -> dict[str, Any]:
+        cfg = self.config
+        res = request.resources
+        engine = request.engine
+        mounts = [
+            docker.types.Mount(target=v.target, source=str(v.source), type="bind", read_only=v.read_only)
+            for v in request.inputs
+        ]
+        for out in request.outputs:
+            host = request.results_dir / out.name
+            host.mkdir(parents=True, exist_ok=True)
+            mounts.append(docker.types.Mount(target=out.path, source=str(host), type="bind", read_only=False))
+        host_config: dict[str, Any] = {
+            "network_mode": request.network.mode.value,
+            "mounts": mounts,
+            "log_config": docker.types.LogConfig(type=cfg.log_driver),
+        }
+        if res.cpu:
+            host_config["nano_cpus"] = int(res.cpu * 1e9)
+        if res.memory:
+            host_config["mem_limit"] = res.memory
+            host_config["memswap_limit"] = res.memory  # equal: no swap
+        if cfg.pids_limit:
+            host_config["pids_limit"] = cfg.pids_limit
+        if cfg.no_new_privileges:
+            host_config["security_opt"] = ["no-new-privileges"]
+        if cfg.cap_drop:
+            host_config["cap_drop"] = list(cfg.cap_drop)
+        if res.gpu:
+            host_config["device_requests"] = [docker.types.DeviceRequest(count=res.gpu, capabilities=[["gpu"]])]
+        env = dict(engine.env)
+        env[f"{RESERVED_ENV_PREFIX}JOB_ID"] = request.job_id
+        env[f"{RESERVED_ENV_PREFIX}EXECUTION_ID"] = request.execution_id
+        return {
+            "image": engine.image,
+            "command": list(engine.parameters) or None,
+            "entrypoint": engine.entrypoint,
+            "environment": env,
+            "working_dir": engine.working_dir,
+            "labels": {
+                LABEL_NODE: cfg.node_id,
+                LABEL_JOB: request.job_id,
+                LABEL_EXECUTION: request.execution_id,
+            },
+            "name": self.container_name(request.execution_id),
+            "stdin_open": False,
+            "tty": False,
+            "host_config": host_config,
+        }
+
+    async def _create_container(self, running: _Running) -> str:
+        request = running.record.request
+        spec = self._container_spec(request)
+        spec["host_config"] = self.client.create_host_config(**spec["host_config"])
+        try:
+            created = await self._api(self.client.create_container, **spec)
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                # A container of this name is left from an earlier life of this node: only this node
+                # makes containers with its own name, and the execution is not running now.
+                log.warning("removing stale container %s", spec["name"])
+                await self._api(self.client.remove_container, spec["name"], force=True)
+                created = await self._api(self.client.create_container, **spec)
+            else:
+                raise
+        container_id = str(created["Id"])
+        running.record.container_id = container_id
+        return container_id
+
+    async def _run_container(self, running: _Running, container_id: str) -> _Outcome:
+        record = running.record
+        request = record.request
+        loop = asyncio.get_running_loop()
+        client = self.client
+        # Attach before start: no byte of output can be missed.
+        response, sock = await self._api(_attach, client, container_id)
+        running.attach_response = response  # keep it alive: collecting it would close the socket
+        running.sock = sock
+        capture = loop.run_in_executor(self._stream_pool, _pump, sock, running.writer)
+        try:
+            await self._api(client.start, container_id)
+        except BaseException:
+            _close_socket(sock)
+            with contextlib.suppress(Exception):
+                await capture
+            raise
+        record.started_at = utcnow()
+        self._set_state(record, ExecutionState.RUNNING)
+        self._emit(record, EventKind.STARTED, "container started", container_id=container_id)
+
+        exited = asyncio.ensure_future(self._wait_exit(container_id, capture))
+        cancel_wait = asyncio.ensure_future(running.cancel_event.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {exited, cancel_wait}, timeout=request.timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if exited not in done:
+                if cancel_wait in done:
+                    reason = "cancelled"
+                else:
+                    running.timed_out = True
+                    assert request.timeout is not None
+                    self._emit(
+                        record,
+                        EventKind.TIMED_OUT,
+                        f"the job exceeded its timeout of {format_duration(request.timeout)}; stopping it",
+                    )
+                    reason = "timeout"
+                await self._stop(running, container_id, reason)
+            exit_code: int = await exited
+        finally:
+            cancel_wait.cancel()
+            if not exited.done():
+                exited.cancel()
+        state = await self._api(client.inspect_container, container_id)
+        oom = bool(state.get("State", {}).get("OOMKilled"))
+        self._emit(
+            record,
+            EventKind.EXITED,
+            f"container exited with code {exit_code}",
+            exit_code=exit_code,
+            oom_killed=oom,
+        )
+        return _Outcome(exit_code=exit_code, oom_killed=oom)
+
+    async def _wait_exit(self, container_id: str, capture: asyncio.Future[None]) -> int:
+        # The attach stream ends when the container's process exits; then wait answers at once.
+        try:
+            await capture
+        except (OSError, StreamProtocolError) as exc:
+            log.warning("output capture of %s ended with %r; waiting for the container", container_id, exc)
+        while True:
+            try:
+                result = await self._api(self.client.wait, container_id, timeout=None)
+                return int(result.get("StatusCode", -1))
+            except requests.exceptions.ReadTimeout:
+                continue
+
+    async def _stop(self, running: _Running, container_id: str, reason: str) -> None:
+        grace = self.config.stop_grace_seconds
+        async with running.stop_lock:
+            log.info("stopping container %s (%s, grace %ss)", container_id, reason, grace)
+            try:
+                await self._api(self.client.stop, container_id, timeout=math.ceil(grace))
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                log.warning("stop of %s failed (%s); killing it", container_id, exc)
+                with contextlib.suppress(docker.errors.APIError):
+                    await self._api(self.client.kill, container_id)
+
+    def _status(self, running: _Running, outcome: _Outcome) -> ResultStatus:
+        if running.cancel_event.is_set():
+            return ResultStatus.CANCELLED
+        if running.timed_out:
+            return ResultStatus.TIMEOUT
+        if outcome.oom_killed:
+            return ResultStatus.KILLED
+        if outcome.error or outcome.exit_code != 0:
+            return ResultStatus.ERROR
+        return ResultStatus.SUCCESS
+
+    def _message(self, request: RunCommandRequest, status: ResultStatus, outcome: _Outcome) -> str:
+        if outcome.error:
+            return outcome.error
+        code = outcome.exit_code
+        if status is ResultStatus.KILLED:
+            limit = format_bytes(request.resources.memory) if request.resources.memory else "the node's memory"
+            return f"the job ran out of memory: it was killed for exceeding its memory limit of {limit}"
+        if status is ResultStatus.TIMEOUT:
+            assert request.timeout is not None
+            return f"the job exceeded its timeout of {format_duration(request.timeout)} and was stopped"
+        if status is ResultStatus.CANCELLED:
+            return "the execution was cancelled"
+        if status is ResultStatus.ERROR:
+            return f"the job exited with code {code}"
+        return ""
+
+    async def _finish(self, running: _Running, status: ResultStatus, outcome: _Outcome) -> RunCommandResult:
+        record = running.record
+        request = record.request
+        self._set_state(record, ExecutionState.FINISHING)
+        running.writer.close()
+        exec_id = request.execution_id
+
+        async def stream(kind: StreamType) -> AsyncIterator[bytes]:
+            async for entry in self.logs.read(exec_id, streams=frozenset({kind})):
+                yield entry.data
+
+        message = self._message(request, status, outcome)
+        try:
+            written = await write_job_results(
+                request.results_dir,
+                stream(StreamType.STDOUT),
+                stream(StreamType.STDERR),
+                outcome.exit_code,
+                request.output_limits,
+            )
+            self._emit(record, EventKind.RESULTS_WRITTEN, f"results written to {request.results_dir}")
+            result = RunCommandResult(
+                status=status,
+                exit_code=outcome.exit_code,
+                stdout=written.stdout.text,
+                stdout_truncated=written.stdout.truncated,
+                stdout_file_truncated=written.stdout.file_truncated,
+                stderr=written.stderr.text,
+                stderr_truncated=written.stderr.truncated,
+                stderr_file_truncated=written.stderr.file_truncated,
+                error_message=message,
+            )
+        except OSError as exc:
+            log.exception("writing results of %s failed", exec_id)
+            result = RunCommandResult(
+                status=ResultStatus.ERROR if status is ResultStatus.SUCCESS else status,
+                exit_code=outcome.exit_code,
+                error_message=f"{message + '; ' if message else ''}writing results to "
+                f"{request.results_dir} failed: {exc}",
+            )
+        record.result = result
+        record.finished_at = utcnow()
+        if result.status is not ResultStatus.SUCCESS:
+            self._emit(record, EventKind.FAILED, result.error_message, status=result.status.value)
+        self._set_state(record, result.status.state)
+        return result
+
+    async def _remove_container(self, record: ExecutionRecord, container_id: str) -> None:
+        for attempt in range(3):
+            try:
+                await self._api(self.client.remove_container, container_id, force=True, v=True)
+                self._emit(record, EventKind.CLEANED_UP, "container removed")
+                return
+            except docker.errors.NotFound:
+                return
+            except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+                if attempt == 2:
+                    log.warning("could not remove container %s: %s", container_id, exc)
+                await asyncio.sleep(0.5 * (attempt + 1))
+
+
+def _attach(client: docker.APIClient, container_id: str) -> tuple[Any, socket.socket]:
+    """Attach to a container's stdout/stderr stream; return the HTTP response and its raw socket.
+
+    This is docker-py's ``attach_socket`` but keeping the response: on a unix socket docker-py
+    cannot tie the response to the socket it returns, and once the response is collected the
+    socket wrapper is closed under the reader.
+    """
+    response = client.post(
+        client._url("/containers/{0}/attach", container_id),
+        None,
+        params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0},
+        stream=True,
+        headers={"Connection": "Upgrade", "Upgrade": "tcp"},
+    )
+    wrapper = client._get_raw_response_socket(response)
+    raw = getattr(wrapper, "_sock", wrapper)
+    if not isinstance(raw, socket.socket):
+        response.close()
+        raise StreamProtocolError(f"unexpected attach transport {type(raw).__name__}")
+    return response, raw
+
+
+def _close_socket(sock: socket.socket) -> None:
+    """Unblock a reader in another thread: shut the socket down (closing alone does not wake it)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _pump(sock: socket.socket, writer: LogWriter) -> None:
+    """Runs in a stream-pool thread: read the attach stream until EOF, into the log store."""
+    demux = Demuxer()
+    try:
+        while True:
+            data = sock.recv(READ_SIZE)
+            if not data:
+                break
+            for kind, payload in demux.feed(data):
+                try:
+                    writer.write(kind, payload)
+                except ValueError:
+                    if writer.closed:  # the node let go of this container (shutdown leaving it running)
+                        return
+                    raise
+    finally:
+        _close_socket(sock)
+    if demux.pending:
+        log.warning("output stream ended inside a frame; the last bytes were cut")

@@ -1,0 +1,110 @@
+"""Shared fixtures: a real Docker engine, locally built test images, a node id per test session.
+
+Tests that need the engine FAIL when it is absent (never skip): `make test` starts one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+
+from executor.docker.executor import LABEL_NODE, DockerExecutor, DockerExecutorConfig
+from executor.models import EngineSpec, RunCommandRequest
+
+BUSYBOX = "haddock-test/busybox:latest"
+STOPSIGNAL_IMAGE = "haddock-test/busybox-usr1:latest"
+
+SESSION_NODE_ID = f"test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(
+            f"no Docker engine answers ({exc}); run `make test` (or scripts/bootstrap.sh) to install and start one",
+            pytrace=False,
+        )
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_client: docker.DockerClient) -> str:
+    try:
+        docker_client.images.get(BUSYBOX)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"test image {BUSYBOX} is missing; run scripts/build-test-images.sh", pytrace=False)
+    return BUSYBOX
+
+
+@pytest.fixture(scope="session")
+def stopsignal_image(docker_client: docker.DockerClient, busybox_image: str) -> str:
+    """busybox with STOPSIGNAL SIGUSR1, built locally from the busybox test image."""
+    dockerfile = f"FROM {busybox_image}\nSTOPSIGNAL SIGUSR1\n".encode()
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=STOPSIGNAL_IMAGE, rm=True, pull=False)
+    return STOPSIGNAL_IMAGE
+
+
+@pytest.fixture(scope="session")
+def node_id(docker_client: docker.DockerClient) -> Iterator[str]:
+    """A node id unique to this session; at the end no container with its label may remain."""
+    yield SESSION_NODE_ID
+    left = docker_client.containers.list(all=True, filters={"label": f"{LABEL_NODE}={SESSION_NODE_ID}"})
+    for c in left:
+        c.remove(force=True)
+    assert not left, f"containers left behind by the test session: {[c.name for c in left]}"
+
+
+@pytest.fixture
+def executor_config(tmp_path: Path, node_id: str) -> DockerExecutorConfig:
+    return DockerExecutorConfig(node_id=node_id, log_dir=tmp_path / "logs", stop_grace_seconds=2)
+
+
+@pytest.fixture
+async def executor(executor_config: DockerExecutorConfig, busybox_image: str) -> AsyncIterator[DockerExecutor]:
+    ex = DockerExecutor(executor_config)
+    yield ex
+    await ex.shutdown(stop_running=True)
+
+
+RequestFactory = Callable[..., RunCommandRequest]
+
+
+@pytest.fixture
+def make_request(tmp_path: Path, busybox_image: str) -> RequestFactory:
+    """Build a request running a shell script in the busybox test image."""
+
+    def make(script: str | None = None, *, image: str = busybox_image, **kw: Any) -> RunCommandRequest:
+        exec_id = kw.pop("execution_id", None) or f"e-{uuid.uuid4().hex[:12]}"
+        engine_kw = kw.pop("engine", {})
+        params = ["sh", "-c", script] if script is not None else engine_kw.pop("parameters", [])
+        return RunCommandRequest.model_validate(
+            {
+                "job_id": kw.pop("job_id", "job-1"),
+                "execution_id": exec_id,
+                "results_dir": tmp_path / "results" / exec_id,
+                "engine": EngineSpec.model_validate({"image": image, "parameters": params, **engine_kw}),
+                **kw,
+            }
+        )
+
+    return make
+
+
+def node_containers(client: docker.DockerClient, node: str) -> list[Any]:
+    return list(client.containers.list(all=True, filters={"label": f"{LABEL_NODE}={node}"}))
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
