@@ -10,10 +10,10 @@ PYTEST_ARGS ?=
 SERVE_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap lint test serve proto bench clean-containers
+.PHONY: help bootstrap lint test serve proto proto-release bench clean-containers
 
 help:
-	@echo "targets: bootstrap lint test serve proto bench clean-containers"
+	@echo "targets: bootstrap lint test serve proto proto-release bench clean-containers"
 	@echo "  make test PYTEST_ARGS='-k registry -x'    make serve SERVE_ARGS='--port 50051'"
 
 bootstrap:
@@ -23,6 +23,7 @@ lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	bash scripts/check-proto.sh
 
 test: bootstrap
 	@$(MAKE) --no-print-directory lint
@@ -37,8 +38,15 @@ test: bootstrap
 serve: bootstrap
 	$(BIN)/haddock serve $(SERVE_ARGS)
 
+# Regenerate the checked-in Python code of the contract (proto/haddock/v1); `make lint` fails when stale.
 proto:
 	bash scripts/gen-proto.sh
+
+# Record the contract as released: proto/released/haddock.binpb is the buf image that `buf breaking`
+# (scripts/check-proto.sh) checks against. Run it ONLY when a version is released (and commit the
+# image with the release), never to silence a breaking-change failure. Current image: release 0.1.0.
+proto-release:
+	$(BIN)/buf build proto -o proto/released/haddock.binpb
 
 bench: bootstrap
 	$(BIN)/python -m bench
