@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 from pathlib import Path
@@ -355,7 +356,9 @@ class RunCommandRequest(_Model):
     job_id: str
     execution_id: str
     engine: EngineSpec
-    results_dir: Path
+    results_dir: Path | None = Field(
+        default=None, description="where results go on the node; the node sets it when a requester does not"
+    )
     resources: Resources = Field(default_factory=Resources)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     inputs: list[InputVolume] = Field(default_factory=list)
@@ -375,8 +378,8 @@ class RunCommandRequest(_Model):
 
     @field_validator("results_dir")
     @classmethod
-    def _results_dir(cls, v: Path) -> Path:
-        if not v.is_absolute():
+    def _results_dir(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_absolute():
             raise ValueError(f"results_dir {str(v)!r} must be an absolute path on the node")
         return v
 
@@ -463,3 +466,21 @@ class ExecutionEvent(_Model):
     message: str
     time: datetime = Field(default_factory=utcnow)
     details: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass
+class ExecutionRecord:
+    """What the node knows about one execution: its request, where it is, what happened, how it ended."""
+
+    request: RunCommandRequest
+    state: ExecutionState = ExecutionState.PREPARING
+    events: list[ExecutionEvent] = field(default_factory=list)
+    created_at: datetime = field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    container_id: str | None = None
+    result: RunCommandResult | None = None
+
+    @property
+    def execution_id(self) -> str:
+        return self.request.execution_id

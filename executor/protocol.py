@@ -22,6 +22,7 @@ from executor.logstore import LogEntry
 from executor.models import (
     BidResult,
     ExecutionEvent,
+    ExecutionRecord,
     ExecutionState,
     Resources,
     RunCommandRequest,
@@ -66,3 +67,13 @@ class Executor(Protocol):
     def state(self, execution_id: str) -> ExecutionState: ...
 
     def events(self, execution_id: str) -> list[ExecutionEvent]: ...
+
+    def record(self, execution_id: str) -> ExecutionRecord:
+        """Everything known about one execution; ExecutionNotFound for an unknown id."""
+        ...
+
+    def records(self) -> list[ExecutionRecord]: ...
+
+    async def shutdown(self, *, stop_running: bool = True, grace: float | None = None) -> None:
+        """Refuse new work; stop running executions (each within ``grace``), or leave them running."""
+        ...

@@ -108,3 +108,67 @@ def node_containers(client: docker.DockerClient, node: str) -> list[Any]:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+# ----------------------------------------------------------------------------- the node over gRPC
+
+from opentelemetry import metrics as otel_metrics  # noqa: E402
+from opentelemetry import trace as otel_trace  # noqa: E402
+from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+
+from node.client import NodeClient  # noqa: E402
+from node.config import DockerSettings, OnShutdown, Settings  # noqa: E402
+from node.server import RunningServer, start_server  # noqa: E402
+
+
+class TelemetryCapture:
+    def __init__(self) -> None:
+        self.spans = InMemorySpanExporter()
+        self.metrics = InMemoryMetricReader()
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        otel_trace.set_tracer_provider(tracer_provider)
+        otel_metrics.set_meter_provider(MeterProvider(metric_readers=[self.metrics]))
+
+
+_TELEMETRY: TelemetryCapture | None = None
+
+
+@pytest.fixture(scope="session")
+def telemetry() -> TelemetryCapture:
+    """In-memory exporters, installed once per process (the OpenTelemetry globals can be set once)."""
+    global _TELEMETRY
+    if _TELEMETRY is None:
+        _TELEMETRY = TelemetryCapture()
+    return _TELEMETRY
+
+
+def node_settings(tmp_path: Path, node_id: str, **kw: Any) -> Settings:
+    return Settings(
+        node_id=node_id,
+        listen="127.0.0.1:0",
+        data_dir=tmp_path / "data",
+        on_shutdown=OnShutdown.STOP,
+        shutdown_grace=1,
+        docker=DockerSettings(stop_grace=2),
+        **kw,
+    )
+
+
+@pytest.fixture
+async def node_server(
+    tmp_path: Path, node_id: str, busybox_image: str, telemetry: TelemetryCapture
+) -> AsyncIterator[RunningServer]:
+    running = await start_server(node_settings(tmp_path, node_id))
+    yield running
+    await running.stop(1)
+
+
+@pytest.fixture
+async def client(node_server: RunningServer) -> AsyncIterator[NodeClient]:
+    async with NodeClient(node_server.address) as c:
+        yield c

@@ -25,7 +25,6 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import docker
 import docker.errors
 import docker.types
 import requests.exceptions
+from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from executor.docker.images import ImageError, ImageManager
@@ -44,6 +44,7 @@ from executor.errors import (
     ExecutionNotFound,
     ExecutionRefused,
     ExecutorShuttingDown,
+    InvalidSpec,
 )
 from executor.logstore import LogEntry, LogStore, LogWriter
 from executor.models import (
@@ -51,6 +52,7 @@ from executor.models import (
     BidResult,
     EventKind,
     ExecutionEvent,
+    ExecutionRecord,
     ExecutionState,
     NetworkMode,
     Resources,
@@ -64,6 +66,7 @@ from executor.quantity import format_bytes, format_cpu, format_duration
 from executor.results import write_job_results
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("haddock.executor")
 
 LABEL_NODE = "haddock.node-id"
 LABEL_JOB = "haddock.job-id"
@@ -102,20 +105,6 @@ class DockerExecutorConfig(BaseModel):
                 f"node_id {v!r} must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
             )
         return v
-
-
-@dataclass
-class ExecutionRecord:
-    """What the executor knows about one execution (in memory; the node persists it)."""
-
-    request: RunCommandRequest
-    state: ExecutionState = ExecutionState.PREPARING
-    events: list[ExecutionEvent] = field(default_factory=list)
-    created_at: datetime = field(default_factory=utcnow)
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    container_id: str | None = None
-    result: RunCommandResult | None = None
 
 
 @dataclass
@@ -164,6 +153,7 @@ class DockerExecutor:
         self._records: dict[str, ExecutionRecord] = {}
         self._running: dict[str, _Running] = {}
         self._closing = False
+        self._stop_grace = config.stop_grace_seconds
         self._engine_info: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ engine plumbing
@@ -268,6 +258,8 @@ class DockerExecutor:
             if existing.state.terminal:
                 raise ExecutionAlreadyComplete(exec_id, existing.state.value)
             raise ExecutionAlreadyStarted(exec_id)
+        if request.results_dir is None:
+            raise InvalidSpec("results_dir is required: the executor needs to know where to write results")
         if request.network.mode not in self.config.allowed_networks:
             bid = await self.should_bid(request)
             raise ExecutionRefused(bid.reason)
@@ -347,9 +339,15 @@ class DockerExecutor:
         ):
             yield entry
 
-    async def shutdown(self, *, stop_running: bool = True) -> None:
-        """Refuse new work; stop running executions (or leave their containers running)."""
+    async def shutdown(self, *, stop_running: bool = True, grace: float | None = None) -> None:
+        """Refuse new work; stop running executions (or leave their containers running).
+
+        ``grace`` caps each container's stop grace (SIGTERM to SIGKILL) so that the node can
+        promise when it is gone.
+        """
         self._closing = True
+        if grace is not None:
+            self._stop_grace = min(self._stop_grace, grace)
         running = list(self._running.values())
         if stop_running:
             for r in running:
@@ -385,6 +383,25 @@ class DockerExecutor:
             self._emit(record, EventKind.STATE, f"state: {state.value}", state=state.value)
 
     async def _execute(self, running: _Running) -> None:
+        request = running.record.request
+        with tracer.start_as_current_span(
+            "execution",
+            attributes={
+                "haddock.execution_id": request.execution_id,
+                "haddock.job_id": request.job_id,
+                "haddock.image": request.engine.image,
+            },
+        ) as span:
+            await self._execute_traced(running)
+            result = running.record.result
+            if result is not None:
+                span.set_attribute("haddock.status", result.status.value)
+                if result.exit_code is not None:
+                    span.set_attribute("haddock.exit_code", result.exit_code)
+                if result.status.value != "success":
+                    span.set_status(trace.StatusCode.ERROR, result.error_message)
+
+    async def _execute_traced(self, running: _Running) -> None:
         record = running.record
         request = record.request
         outcome = _Outcome()
@@ -392,12 +409,14 @@ class DockerExecutor:
         container_id: str | None = None
         try:
             try:
-                await self._prepare_image(running)
+                with tracer.start_as_current_span("pull"):
+                    await self._prepare_image(running)
                 if running.cancel_event.is_set():
                     status = ResultStatus.CANCELLED
                 else:
-                    container_id = await self._create_container(running)
-                    outcome = await self._run_container(running, container_id)
+                    with tracer.start_as_current_span("run"):
+                        container_id = await self._create_container(running)
+                        outcome = await self._run_container(running, container_id)
             except ImageError as exc:
                 outcome = _Outcome(error=str(exc))
             except docker.errors.APIError as exc:
@@ -413,7 +432,8 @@ class DockerExecutor:
                 outcome = _Outcome(error=f"internal error: {exc!r}")
             if status is None:
                 status = self._status(running, outcome)
-            result = await self._finish(running, status, outcome)
+            with tracer.start_as_current_span("write-results"):
+                result = await self._finish(running, status, outcome)
         except asyncio.CancelledError:
             # The node is going down and leaves the container running: stop capturing, and keep
             # the log open-ended (no END frame) so that a restart can reattach and append to it.
@@ -481,7 +501,7 @@ class DockerExecutor:
             for v in request.inputs
         ]
         for out in request.outputs:
-            host = request.results_dir / out.name
+            host = _results_dir(request) / out.name
             host.mkdir(parents=True, exist_ok=True)
             mounts.append(docker.types.Mount(target=out.path, source=str(host), type="bind", read_only=False))
         host_config: dict[str, Any] = {
@@ -611,7 +631,7 @@ class DockerExecutor:
                 continue
 
     async def _stop(self, running: _Running, container_id: str, reason: str) -> None:
-        grace = self.config.stop_grace_seconds
+        grace = self._stop_grace
         async with running.stop_lock:
             log.info("stopping container %s (%s, grace %ss)", container_id, reason, grace)
             try:
@@ -664,13 +684,19 @@ class DockerExecutor:
         message = self._message(request, status, outcome)
         try:
             written = await write_job_results(
-                request.results_dir,
+                _results_dir(request),
                 stream(StreamType.STDOUT),
                 stream(StreamType.STDERR),
                 outcome.exit_code,
                 request.output_limits,
             )
-            self._emit(record, EventKind.RESULTS_WRITTEN, f"results written to {request.results_dir}")
+            self._emit(
+                record,
+                EventKind.RESULTS_WRITTEN,
+                f"results written to {request.results_dir}",
+                stdout_bytes=running.writer.stdout_bytes,
+                stderr_bytes=running.writer.stderr_bytes,
+            )
             result = RunCommandResult(
                 status=status,
                 exit_code=outcome.exit_code,
@@ -709,6 +735,11 @@ class DockerExecutor:
                 if attempt == 2:
                     log.warning("could not remove container %s: %s", container_id, exc)
                 await asyncio.sleep(0.5 * (attempt + 1))
+
+
+def _results_dir(request: RunCommandRequest) -> Path:
+    assert request.results_dir is not None, "start() refuses requests without results_dir"
+    return request.results_dir
 
 
 def _attach(client: docker.APIClient, container_id: str) -> tuple[Any, socket.socket]:

@@ -1,0 +1,511 @@
+"""``haddock``: run the node, and talk to one.
+
+Errors are one clear line on stderr, never a traceback. ``haddock run`` exits with the job's
+exit code, or 125 when the node could not run it (like ``docker run``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
+from rich.table import Table
+
+from executor.models import EventKind, ExecutionState, ResultStatus, RunCommandRequest, StreamType
+from executor.quantity import QuantityError, format_bytes, format_cpu, parse_bytes, parse_duration
+from node.api import validation_message
+from node.client import DEFAULT_NODE, ClientTls, Finished, NodeClient, NodeError
+
+EXIT_NODE_FAILED = 125
+
+app = typer.Typer(
+    name="haddock",
+    help="A compute node that runs jobs as Docker containers, and the tools to talk to it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+node_app = typer.Typer(help="About the node itself.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
+
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+NodeOpt = Annotated[
+    str, typer.Option("--node", envvar="HADDOCK_NODE", help="the node's address HOST:PORT", show_default=True)
+]
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", envvar="HADDOCK_TOKEN", help="bearer token", show_default=False)
+]
+CaOpt = Annotated[Path | None, typer.Option("--tls-ca", envvar="HADDOCK_TLS_CA", help="CA of the node's cert (TLS)")]
+CertOpt = Annotated[
+    Path | None, typer.Option("--tls-cert", envvar="HADDOCK_TLS_CERT", help="client certificate (mTLS)")
+]
+KeyOpt = Annotated[Path | None, typer.Option("--tls-key", envvar="HADDOCK_TLS_KEY", help="client key (mTLS)")]
+
+
+def say(message: str) -> None:
+    """One line on stderr, never wrapped."""
+    sys.stderr.write(f"haddock: {message}\n")
+    sys.stderr.flush()
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    say(message)
+    raise typer.Exit(code)
+
+
+def _client(node: str, token: str | None, ca: Path | None, cert: Path | None, key: Path | None) -> NodeClient:
+    tls = ClientTls(ca=ca, cert=cert, key=key) if (ca or cert or key) else None
+    return NodeClient(node, token=token, tls=tls)
+
+
+def _run(coro: Coroutine[Any, Any, T], error_exit: int = 1) -> T:
+    """Run a coroutine; turn every expected error into one line on stderr."""
+    try:
+        return asyncio.run(coro)
+    except NodeError as exc:
+        fail(f"error: {exc.message} ({exc.code.name})", error_exit)
+    except ValidationError as exc:
+        fail(validation_message(exc), error_exit)
+    except (QuantityError, ValueError, OSError) as exc:
+        fail(f"error: {exc}", error_exit)
+
+
+def out_console() -> Console:
+    """Tables on stdout: fitted to a terminal, never cut when piped into another program."""
+    return Console() if sys.stdout.isatty() else Console(width=100_000, no_color=True)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------- serve
+
+
+@app.command()
+def serve(
+    config: Annotated[Path | None, typer.Option("--config", help="TOML configuration file")] = None,
+    listen: Annotated[str | None, typer.Option("--listen", help=f"HOST:PORT to listen on [{DEFAULT_NODE}]")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="where results and logs live")] = None,
+    node_id: Annotated[str | None, typer.Option("--node-id", help="this node's id [hostname]")] = None,
+    token_file: Annotated[
+        Path | None, typer.Option("--token-file", help="require this bearer token from clients")
+    ] = None,
+    log_format: Annotated[str | None, typer.Option("--log-format", help="text or json")] = None,
+) -> None:
+    """Run the node in the foreground until SIGTERM or Ctrl-C."""
+    from node.config import load_settings
+    from node.logconfig import configure_logging
+    from node.server import serve as serve_node
+    from node.telemetry import setup_telemetry
+
+    try:
+        settings = load_settings(
+            config,
+            listen=listen,
+            data_dir=data_dir,
+            node_id=node_id,
+            auth_token_file=token_file,
+            log_format=log_format,
+        )
+        settings.executor_config()  # validates the node id for the engine
+    except ValidationError as exc:
+        fail("invalid configuration: " + validation_message(exc).removeprefix("invalid request: "))
+    except ValueError as exc:
+        fail(f"invalid configuration: {exc}")
+    configure_logging(settings.log_level, settings.log_format.value)
+    try:
+        telemetry = setup_telemetry(settings)
+    except RuntimeError as exc:
+        fail(str(exc))
+    try:
+        asyncio.run(serve_node(settings))
+    except RuntimeError as exc:
+        fail(str(exc))
+    finally:
+        telemetry.shutdown()
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def _parse_env(items: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            value = os.environ.get(name, "")
+        env[name] = value
+    return env
+
+
+def build_request(
+    image: str,
+    args: list[str],
+    *,
+    execution_id: str | None,
+    job_id: str | None,
+    cpu: str | None,
+    memory: str | None,
+    disk: str | None,
+    gpu: int,
+    network: str,
+    env: list[str],
+    workdir: str | None,
+    entrypoint: str | None,
+    timeout: str | None,
+    pull: str,
+    limits: dict[str, str | None],
+) -> RunCommandRequest:
+    exec_id = execution_id or f"e-{uuid.uuid4().hex[:16]}"
+    return RunCommandRequest.model_validate(
+        {
+            "job_id": job_id or exec_id,
+            "execution_id": exec_id,
+            "engine": {
+                "image": image,
+                "parameters": args,
+                "entrypoint": [entrypoint] if entrypoint else None,
+                "env": _parse_env(env),
+                "working_dir": workdir,
+                "pull_policy": pull,
+            },
+            "resources": {"cpu": cpu or 0, "memory": memory or 0, "disk": disk or 0, "gpu": gpu},
+            "network": {"mode": network},
+            "output_limits": {k: parse_bytes(v) for k, v in limits.items() if v is not None},
+            "timeout": parse_duration(timeout) if timeout else None,
+        }
+    )
+
+
+class PullProgress:
+    """A rich progress bar per image layer while the node pulls; only on a terminal."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=err_console, transient=True
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    async def follow(self, client: NodeClient, execution_id: str) -> None:
+        with self.progress:
+            async for event in client.watch(execution_id):
+                if event.kind is EventKind.PULL_PROGRESS:
+                    layer = event.details.get("layer")
+                    if not layer:
+                        continue
+                    total = event.details.get("total")
+                    current = event.details.get("current")
+                    if layer not in self.tasks:
+                        self.tasks[layer] = self.progress.add_task(f"{layer} {event.message}", total=None)
+                    self.progress.update(
+                        self.tasks[layer],
+                        description=f"{layer} {event.message}",
+                        total=float(total) if total else None,
+                        completed=float(current) if current else None,
+                    )
+                elif event.kind in (EventKind.STARTED, EventKind.FAILED) or event.kind is EventKind.IMAGE_READY:
+                    return
+
+
+async def _stream_logs(client: NodeClient, execution_id: str, **kw: Any) -> int | None:
+    """Copy the execution's output to our stdout/stderr; return the last next_offset."""
+    last: int | None = None
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    async for chunk in client.logs(execution_id, **kw):
+        target = out if chunk.stream is StreamType.STDOUT else err
+        target.write(chunk.data)
+        target.flush()
+        last = chunk.next_offset
+    return last
+
+
+def _report(done: Finished) -> int:
+    """Say what went wrong (if anything) and choose the exit code."""
+    r = done.result
+    if r.exit_code is None:
+        say(r.error_message or r.status.value)
+        return EXIT_NODE_FAILED
+    if r.status in (ResultStatus.TIMEOUT, ResultStatus.KILLED, ResultStatus.CANCELLED):
+        say(r.error_message)
+    return r.exit_code
+
+
+async def _run_job(
+    make_client: Callable[[], NodeClient], request: RunCommandRequest, detach: bool, as_json: bool
+) -> int:
+    async with make_client() as client:
+        started = await client.start(request)
+        exec_id = started.execution_id
+        if detach:
+            sys.stdout.write(exec_id + "\n")
+            return 0
+        progress: asyncio.Task[None] | None = None
+        if sys.stderr.isatty() and not as_json:
+            progress = asyncio.create_task(PullProgress().follow(client, exec_id))
+        loop = asyncio.get_running_loop()
+        cancel_task: list[asyncio.Task[Any]] = []
+
+        def on_interrupt() -> None:
+            if not cancel_task:
+                say(f"cancelling {exec_id} (Ctrl-C again to stop waiting; the execution goes on)")
+                cancel_task.append(asyncio.create_task(client.cancel(exec_id)))
+            else:
+                for task in asyncio.all_tasks(loop):
+                    task.cancel()
+
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGINT, on_interrupt)
+        try:
+            if not as_json:
+                await _stream_logs(client, exec_id, follow=True)
+            done = await client.wait(exec_id)
+        finally:
+            if progress is not None:
+                progress.cancel()
+                with contextlib.suppress(asyncio.CancelledError, NodeError):
+                    await progress
+        if as_json:
+            _print_json(done.as_json())
+            return done.result.exit_code if done.result.exit_code is not None else EXIT_NODE_FAILED
+        return _report(done)
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def run(
+    image: Annotated[str, typer.Argument(help="the image to run")],
+    args: Annotated[list[str] | None, typer.Argument(help="arguments (after --)")] = None,
+    node: NodeOpt = DEFAULT_NODE,
+    execution_id: Annotated[str | None, typer.Option("--id", help="execution id [generated]")] = None,
+    job_id: Annotated[str | None, typer.Option("--job-id", help="job id [the execution id]")] = None,
+    cpu: Annotated[str | None, typer.Option("--cpu", help="CPU cores, e.g. 0.5 or 500m")] = None,
+    memory: Annotated[str | None, typer.Option("--memory", help="memory limit, e.g. 64Mi")] = None,
+    disk: Annotated[str | None, typer.Option("--disk", help="disk, e.g. 1Gi")] = None,
+    gpu: Annotated[int, typer.Option("--gpu", help="GPUs")] = 0,
+    network: Annotated[str, typer.Option("--network", help="none, bridge or host")] = "none",
+    env: Annotated[list[str] | None, typer.Option("-e", "--env", help="KEY=VALUE (repeatable)")] = None,
+    workdir: Annotated[str | None, typer.Option("-w", "--workdir", help="working directory in the container")] = None,
+    entrypoint: Annotated[str | None, typer.Option("--entrypoint", help="override the image's entrypoint")] = None,
+    timeout: Annotated[str | None, typer.Option("--timeout", help="e.g. 30s, 5m")] = None,
+    pull: Annotated[str, typer.Option("--pull", help="always, if-not-present or never")] = "if-not-present",
+    max_stdout_file: Annotated[str | None, typer.Option("--max-stdout-file", help="e.g. 1Gi")] = None,
+    max_stdout_return: Annotated[str | None, typer.Option("--max-stdout-return", help="e.g. 2Ki")] = None,
+    max_stderr_file: Annotated[str | None, typer.Option("--max-stderr-file")] = None,
+    max_stderr_return: Annotated[str | None, typer.Option("--max-stderr-return")] = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="print the execution id and return")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON at the end")] = False,
+    token: TokenOpt = None,
+    tls_ca: CaOpt = None,
+    tls_cert: CertOpt = None,
+    tls_key: KeyOpt = None,
+) -> None:
+    """Run IMAGE on the node, stream its output, exit with its exit code."""
+    try:
+        argv = list(args or [])
+        if argv[:1] == ["--"]:  # `IMAGE -- ARGS`: options end at IMAGE, so the separator arrives as an argument
+            argv = argv[1:]
+        request = build_request(
+            image,
+            argv,
+            execution_id=execution_id,
+            job_id=job_id,
+            cpu=cpu,
+            memory=memory,
+            disk=disk,
+            gpu=gpu,
+            network=network,
+            env=list(env or []),
+            workdir=workdir,
+            entrypoint=entrypoint,
+            timeout=timeout,
+            pull=pull,
+            limits={
+                "max_stdout_file_length": max_stdout_file,
+                "max_stdout_return_length": max_stdout_return,
+                "max_stderr_file_length": max_stderr_file,
+                "max_stderr_return_length": max_stderr_return,
+            },
+        )
+    except ValidationError as exc:
+        fail(validation_message(exc), EXIT_NODE_FAILED)
+    except QuantityError as exc:
+        fail(f"invalid request: {exc}", EXIT_NODE_FAILED)
+    code = _run(
+        _run_job(lambda: _client(node, token, tls_ca, tls_cert, tls_key), request, detach, as_json), EXIT_NODE_FAILED
+    )
+    raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------------------- other commands
+
+
+def _with_client(
+    node: str,
+    token: str | None,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    fn: Callable[[NodeClient], Awaitable[T]],
+) -> Coroutine[Any, Any, T]:
+    async def go() -> T:
+        async with _client(node, token, ca, cert, key) as client:
+            return await fn(client)
+
+    return go()
+
+
+@app.command()
+def logs(
+    execution_id: Annotated[str, typer.Argument(metavar="EXEC_ID")],
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="keep streaming until the execution ends")] = False,
+    tail: Annotated[int | None, typer.Option("--tail", help="start with the last N lines", min=0)] = None,
+    since: Annotated[int | None, typer.Option("--since", help="resume at this log offset", min=0)] = None,
+    node: NodeOpt = DEFAULT_NODE,
+    token: TokenOpt = None,
+    tls_ca: CaOpt = None,
+    tls_cert: CertOpt = None,
+    tls_key: KeyOpt = None,
+) -> None:
+    """Print an execution's stdout and stderr (to our stdout and stderr)."""
+    _run(
+        _with_client(
+            node,
+            token,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            lambda c: _stream_logs(c, execution_id, follow=follow, offset=since, tail_lines=tail),
+        )
+    )
+
+
+@app.command()
+def wait(
+    execution_id: Annotated[str, typer.Argument(metavar="EXEC_ID")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    node: NodeOpt = DEFAULT_NODE,
+    token: TokenOpt = None,
+    tls_ca: CaOpt = None,
+    tls_cert: CertOpt = None,
+    tls_key: KeyOpt = None,
+) -> None:
+    """Wait for an execution to end; exit with its exit code."""
+    done = _run(_with_client(node, token, tls_ca, tls_cert, tls_key, lambda c: c.wait(execution_id)))
+    if as_json:
+        _print_json(done.as_json())
+        raise typer.Exit(done.result.exit_code if done.result.exit_code is not None else EXIT_NODE_FAILED)
+    raise typer.Exit(_report(done))
+
+
+@app.command()
+def cancel(
+    execution_id: Annotated[str, typer.Argument(metavar="EXEC_ID")],
+    node: NodeOpt = DEFAULT_NODE,
+    token: TokenOpt = None,
+    tls_ca: CaOpt = None,
+    tls_cert: CertOpt = None,
+    tls_key: KeyOpt = None,
+) -> None:
+    """Stop a running execution (graceful stop, then kill)."""
+    done = _run(_with_client(node, token, tls_ca, tls_cert, tls_key, lambda c: c.cancel(execution_id)))
+    sys.stdout.write(f"{done.execution_id} {done.result.status.value}\n")
+
+
+@app.command("ls")
+def list_executions(
+    state: Annotated[list[str] | None, typer.Option("--state", help="only this state (repeatable)")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 100,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    node: NodeOpt = DEFAULT_NODE,
+    token: TokenOpt = None,
+    tls_ca: CaOpt = None,
+    tls_cert: CertOpt = None,
+    tls_key: KeyOpt = None,
+) -> None:
+    """List executions, newest first."""
+    try:
+        states = {ExecutionState(s) for s in state or []}
+    except ValueError:
+        fail(f"--state must be one of: {', '.join(s.value for s in ExecutionState)}")
+    rows = _run(_with_client(node, token, tls_ca, tls_cert, tls_key, lambda c: c.list_executions(states, limit)))
+    if as_json:
+        _print_json([{**r.__dict__, "state": r.state.value} for r in rows])
+        return
+    table = Table("EXECUTION", "JOB", "IMAGE", "STATE", "STATUS", "CREATED", box=None)
+    for column in table.columns:
+        column.overflow = "fold"
+    for r in rows:
+        table.add_row(r.execution_id, r.job_id, r.image, r.state.value, r.status, r.created_at)
+    out_console().print(table)
+
+
+@app.command()
+def describe(
+    execution_id: Annotated[str, typer.Argument(metavar="EXEC_ID")],
+    node: NodeOpt = DEFAULT_NODE,
+    token: TokenOpt = None,
+    tls_ca: CaOpt = None,
+    tls_cert: CertOpt = None,
+    tls_key: KeyOpt = None,
+) -> None:
+    """Everything the node knows about an execution, as JSON."""
+    _print_json(_run(_with_client(node, token, tls_ca, tls_cert, tls_key, lambda c: c.describe(execution_id))))
+
+
+@node_app.command("info")
+def node_info(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    node: NodeOpt = DEFAULT_NODE,
+    token: TokenOpt = None,
+    tls_ca: CaOpt = None,
+    tls_cert: CertOpt = None,
+    tls_key: KeyOpt = None,
+) -> None:
+    """The node's id, versions, capacity and what is in use."""
+    info = _run(_with_client(node, token, tls_ca, tls_cert, tls_key, lambda c: c.node_info()))
+    if as_json:
+        _print_json(
+            {
+                "node_id": info.node_id,
+                "version": info.version,
+                "engine_version": info.engine_version,
+                "capacity": info.capacity.model_dump(),
+                "allocated": info.allocated.model_dump(),
+                "queued": info.queued.model_dump(),
+                "free": info.free.model_dump(),
+                "running_executions": info.running,
+                "queued_executions": info.queued_count,
+            }
+        )
+        return
+    console = out_console()
+    console.print(f"node {info.node_id}  haddock {info.version}  docker {info.engine_version}")
+    table = Table("", "CPU", "MEMORY", "DISK", "GPU", box=None)
+    for name, r in (
+        ("capacity", info.capacity),
+        ("allocated", info.allocated),
+        ("queued", info.queued),
+        ("free", info.free),
+    ):
+        table.add_row(name, format_cpu(r.cpu), format_bytes(r.memory), format_bytes(r.disk), str(r.gpu))
+    console.print(table)
+    console.print(f"running {info.running}, queued {info.queued_count}")
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()

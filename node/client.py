@@ -1,0 +1,294 @@
+"""The async Python client for requesters (and the CLI): every node operation, typed.
+
+    async with NodeClient("127.0.0.1:7420", token="...") as node:
+        started = await node.start(request)
+        async for chunk in node.logs(started.execution_id, follow=True):
+            ...
+        done = await node.wait(started.execution_id)
+
+Errors from the node raise :class:`NodeError`, carrying the gRPC status code and the node's
+message; an unreachable node raises it with ``UNAVAILABLE``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from executor.logstore import LogEntry
+from executor.models import (
+    BidResult,
+    EventKind,
+    ExecutionEvent,
+    ExecutionState,
+    Resources,
+    RunCommandRequest,
+    RunCommandResult,
+    StreamType,
+)
+from haddock.v1 import executor_pb2, executor_pb2_grpc, node_pb2, node_pb2_grpc
+from node import convert
+from node.service import NodeInfo
+
+DEFAULT_NODE = "127.0.0.1:7420"
+
+
+class NodeError(Exception):
+    """The node refused or failed a call; ``code`` is the gRPC status, ``message`` the node's words."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def from_rpc(cls, exc: grpc.aio.AioRpcError, address: str) -> NodeError:
+        code = exc.code()
+        details = exc.details() or code.name
+        if code is grpc.StatusCode.UNAVAILABLE and "failed to connect" in details.lower():
+            details = f"cannot reach the node at {address}: {details}"
+        return cls(code, details)
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """TLS for the channel: the CA that signed the node's certificate, and for mTLS our own pair."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes() if self.ca else None,
+            private_key=self.key.read_bytes() if self.key else None,
+            certificate_chain=self.cert.read_bytes() if self.cert else None,
+        )
+
+
+@dataclass(frozen=True)
+class Started:
+    execution_id: str
+    results_dir: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    execution_id: str
+    result: RunCommandResult
+    results_dir: str
+
+    def as_json(self) -> dict[str, Any]:
+        """The CLI's ``--json`` shape."""
+        r = self.result
+        return {
+            "execution_id": self.execution_id,
+            "status": r.status.value,
+            "exit_code": r.exit_code,
+            "stdout": r.stdout,
+            "stdout_truncated": r.stdout_truncated,
+            "stdout_file_truncated": r.stdout_file_truncated,
+            "stderr": r.stderr,
+            "stderr_truncated": r.stderr_truncated,
+            "stderr_file_truncated": r.stderr_file_truncated,
+            "error_message": r.error_message,
+            "results_dir": self.results_dir,
+        }
+
+
+@dataclass(frozen=True)
+class ExecutionSummary:
+    execution_id: str
+    job_id: str
+    image: str
+    state: ExecutionState
+    status: str
+    created_at: str
+    finished_at: str
+
+
+class NodeClient:
+    def __init__(
+        self,
+        address: str = DEFAULT_NODE,
+        *,
+        token: str | None = None,
+        tls: ClientTls | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.address = address
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        self._timeout = timeout
+        options = [("grpc.enable_retries", 1)]
+        if tls is not None:
+            self._channel = grpc.aio.secure_channel(address, tls.credentials(), options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(address, options=options)
+        self._executor = executor_pb2_grpc.ExecutorServiceStub(self._channel)
+        self._node = node_pb2_grpc.NodeServiceStub(self._channel)
+
+    async def __aenter__(self) -> NodeClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _unary(self, method: Any, request: Any) -> Any:
+        try:
+            return await method(request, metadata=self._metadata, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise NodeError.from_rpc(exc, self.address) from None
+
+    # ------------------------------------------------------------------ executor
+
+    async def is_installed(self) -> bool:
+        resp = await self._unary(self._executor.IsInstalled, executor_pb2.IsInstalledRequest())
+        return bool(resp.installed)
+
+    async def should_bid(self, request: RunCommandRequest) -> BidResult:
+        resp = await self._unary(
+            self._executor.ShouldBid, executor_pb2.ShouldBidRequest(request=convert.request_to_pb(request))
+        )
+        return BidResult(should_bid=resp.result.should_bid, reason=resp.result.reason)
+
+    async def should_bid_based_on_usage(self, request: RunCommandRequest, usage: Resources | None = None) -> BidResult:
+        msg = executor_pb2.ShouldBidBasedOnUsageRequest(request=convert.request_to_pb(request))
+        if usage is not None:
+            msg.usage.CopyFrom(convert.resources_to_pb(usage))
+        resp = await self._unary(self._executor.ShouldBidBasedOnUsage, msg)
+        return BidResult(should_bid=resp.result.should_bid, reason=resp.result.reason)
+
+    async def start(self, request: RunCommandRequest) -> Started:
+        resp = await self._unary(
+            self._executor.Start, executor_pb2.StartRequest(request=convert.request_to_pb(request))
+        )
+        return Started(execution_id=resp.execution_id, results_dir=resp.results_dir)
+
+    async def run(self, request: RunCommandRequest) -> Finished:
+        resp = await self._unary(self._executor.Run, executor_pb2.RunRequest(request=convert.request_to_pb(request)))
+        return Finished(resp.execution_id, convert.result_from_pb(resp.result), resp.result.results_dir)
+
+    async def wait(self, execution_id: str) -> Finished:
+        resp = await self._unary(self._executor.Wait, executor_pb2.WaitRequest(execution_id=execution_id))
+        return Finished(resp.execution_id, convert.result_from_pb(resp.result), resp.result.results_dir)
+
+    async def cancel(self, execution_id: str) -> Finished:
+        resp = await self._unary(self._executor.Cancel, executor_pb2.CancelRequest(execution_id=execution_id))
+        return Finished(resp.execution_id, convert.result_from_pb(resp.result), resp.result.results_dir)
+
+    async def logs(
+        self,
+        execution_id: str,
+        *,
+        follow: bool = False,
+        with_history: bool = True,
+        offset: int | None = None,
+        tail_lines: int | None = None,
+        streams: frozenset[StreamType] | None = None,
+    ) -> AsyncIterator[LogEntry]:
+        """The execution's output; resume after a dropped connection with ``offset=last.next_offset``."""
+        msg = executor_pb2.GetLogStreamRequest(
+            execution_id=execution_id,
+            with_history=with_history,
+            follow=follow,
+            streams=[convert.stream_to_pb(s) for s in streams or ()],
+        )
+        if offset is not None:
+            msg.offset = offset
+        if tail_lines is not None:
+            msg.tail_lines = tail_lines
+        call = self._executor.GetLogStream(msg, metadata=self._metadata)
+        try:
+            async for resp in call:
+                yield LogEntry(
+                    stream=convert.stream_from_pb(resp.stream),
+                    data=resp.data,
+                    offset=resp.offset,
+                    next_offset=resp.next_offset,
+                    timestamp_ns=resp.timestamp_unix_nano,
+                )
+        except grpc.aio.AioRpcError as exc:
+            raise NodeError.from_rpc(exc, self.address) from None
+        finally:
+            call.cancel()
+
+    # ------------------------------------------------------------------ node
+
+    async def watch(self, execution_id: str) -> AsyncIterator[ExecutionEvent]:
+        """The execution's events so far, then live ones (incl. pull progress) until it ends."""
+        call = self._node.WatchExecution(
+            node_pb2.WatchExecutionRequest(execution_id=execution_id), metadata=self._metadata
+        )
+        try:
+            async for resp in call:
+                e = resp.event
+                yield ExecutionEvent(
+                    execution_id=execution_id,
+                    kind=EventKind(e.kind),
+                    message=e.message,
+                    time=convert.from_timestamp(e.time),
+                    details=dict(e.details),
+                )
+        except grpc.aio.AioRpcError as exc:
+            raise NodeError.from_rpc(exc, self.address) from None
+        finally:
+            call.cancel()
+
+    async def node_info(self) -> NodeInfo:
+        r = await self._unary(self._node.GetNodeInfo, node_pb2.GetNodeInfoRequest())
+        return NodeInfo(
+            node_id=r.node_id,
+            version=r.version,
+            engine_version=r.engine_version,
+            capacity=convert.resources_from_pb(r.capacity),
+            allocated=convert.resources_from_pb(r.allocated),
+            queued=convert.resources_from_pb(r.queued),
+            free=convert.resources_from_pb(r.free),
+            running=r.running_executions,
+            queued_count=r.queued_executions,
+        )
+
+    async def list_executions(
+        self, states: set[ExecutionState] | None = None, limit: int = 100
+    ) -> list[ExecutionSummary]:
+        msg = node_pb2.ListExecutionsRequest(states=[convert.state_to_pb(s) for s in states or ()], limit=limit)
+        resp = await self._unary(self._node.ListExecutions, msg)
+        out = []
+        for e in resp.executions:
+            out.append(
+                ExecutionSummary(
+                    execution_id=e.execution_id,
+                    job_id=e.job_id,
+                    image=e.image,
+                    state=convert.state_from_pb(e.state),
+                    status=convert.status_from_pb(e.status).value if e.status else "",
+                    created_at=convert.from_timestamp(e.created_at).isoformat() if e.HasField("created_at") else "",
+                    finished_at=convert.from_timestamp(e.finished_at).isoformat() if e.HasField("finished_at") else "",
+                )
+            )
+        return out
+
+    async def get_execution(self, execution_id: str) -> node_pb2.GetExecutionResponse:
+        resp: node_pb2.GetExecutionResponse = await self._unary(
+            self._node.GetExecution, node_pb2.GetExecutionRequest(execution_id=execution_id)
+        )
+        return resp
+
+    async def describe(self, execution_id: str) -> dict[str, Any]:
+        """GetExecution as JSON-ready data (proto field names)."""
+        msg = await self.get_execution(execution_id)
+        data: dict[str, Any] = json_format.MessageToDict(
+            msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        return data

@@ -1,0 +1,212 @@
+"""The node's configuration: a TOML file (``--config``), ``HADDOCK_*`` environment variables, flags.
+
+Precedence, highest first: command-line flags, environment, the TOML file, defaults.
+Nested settings use ``__`` in the environment: ``HADDOCK_TELEMETRY__EXPORTER=console``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from executor.docker.executor import DockerExecutorConfig
+from executor.models import DurationSeconds, NetworkMode
+
+DEFAULT_LISTEN = "127.0.0.1:7420"
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/haddock``, else ``~/.local/share/haddock``."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "haddock"
+
+
+def default_node_id() -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()).strip(".-_") or "node"
+    return name[:63]
+
+
+class OnShutdown(StrEnum):
+    LEAVE_RUNNING = "leave-running"
+    STOP = "stop"
+
+
+class Exporter(StrEnum):
+    NONE = "none"
+    CONSOLE = "console"
+    OTLP = "otlp"
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class TelemetrySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    exporter: Exporter = Exporter.NONE
+    otlp_endpoint: str | None = Field(default=None, description="e.g. http://127.0.0.1:4317 (gRPC)")
+    metrics_interval_seconds: float = Field(default=60.0, gt=0)
+
+
+class TlsSettings(BaseModel):
+    """Server TLS. With ``client_ca`` set, clients must present a certificate it signed (mTLS)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cert: Path | None = None
+    key: Path | None = None
+    client_ca: Path | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsSettings:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("tls.cert and tls.key go together: set both or neither")
+        if self.client_ca is not None and self.cert is None:
+            raise ValueError("tls.client_ca (mTLS) needs tls.cert and tls.key")
+        for name in ("cert", "key", "client_ca"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"tls.{name} {str(path)!r} is not a readable file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None
+
+
+class DockerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str | None = Field(default=None, description="engine address; default from DOCKER_HOST")
+    stop_grace: DurationSeconds = Field(default=10.0, description="SIGTERM to SIGKILL on timeout/cancel")
+    pids_limit: int | None = 4096
+    no_new_privileges: bool = True
+    cap_drop: list[str] = Field(default_factory=lambda: ["NET_RAW"])
+    allowed_networks: list[NetworkMode] = Field(default_factory=lambda: [NetworkMode.NONE, NetworkMode.BRIDGE])
+    log_driver: str = "local"
+    pull_attempts: int = Field(default=4, ge=1)
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HADDOCK_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # Set by the CLI before construction; read by settings_customise_sources.
+    config_file: ClassVar[Path | None] = None
+
+    node_id: str = Field(default_factory=default_node_id)
+    listen: str = DEFAULT_LISTEN
+    data_dir: Path = Field(default_factory=default_data_dir)
+    auth_token: SecretStr | None = Field(default=None, description="bearer token clients must send")
+    auth_token_file: Path | None = Field(default=None, description="file holding the bearer token")
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    shutdown_grace: DurationSeconds = Field(default=10.0, description="how long in-flight calls get on SIGTERM")
+    on_shutdown: OnShutdown = OnShutdown.LEAVE_RUNNING
+    log_format: LogFormat = LogFormat.TEXT
+    log_level: str = "INFO"
+    docker: DockerSettings = Field(default_factory=DockerSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.config_file))
+        return tuple(sources)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen address {v!r} must be HOST:PORT, e.g. {DEFAULT_LISTEN}")
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, v: str) -> str:
+        level = v.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"log_level {v!r} must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @model_validator(mode="after")
+    def _token(self) -> Settings:
+        if self.auth_token_file is not None:
+            if self.auth_token is not None:
+                raise ValueError("set auth_token or auth_token_file, not both")
+            try:
+                token = self.auth_token_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"auth_token_file {str(self.auth_token_file)!r} cannot be read: {exc}") from exc
+            if not token:
+                raise ValueError(f"auth_token_file {str(self.auth_token_file)!r} is empty")
+            self.auth_token = SecretStr(token)
+        if self.auth_token is not None and not self.auth_token.get_secret_value():
+            raise ValueError("auth_token must not be empty")
+        return self
+
+    @property
+    def token(self) -> str | None:
+        return self.auth_token.get_secret_value() if self.auth_token is not None else None
+
+    @property
+    def executions_dir(self) -> Path:
+        return self.data_dir / "executions"
+
+    def results_dir(self, execution_id: str) -> Path:
+        return self.executions_dir / execution_id / "results"
+
+    def executor_config(self) -> DockerExecutorConfig:
+        d = self.docker
+        return DockerExecutorConfig(
+            node_id=self.node_id,
+            log_dir=self.data_dir / "logs",
+            docker_host=d.host,
+            stop_grace_seconds=d.stop_grace,
+            pids_limit=d.pids_limit,
+            no_new_privileges=d.no_new_privileges,
+            cap_drop=tuple(d.cap_drop),
+            allowed_networks=frozenset(d.allowed_networks),
+            log_driver=d.log_driver,
+            pull_attempts=d.pull_attempts,
+        )
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the TOML file, the environment and ``overrides`` (flags; None values are ignored)."""
+    if config_file is not None and not config_file.is_file():
+        raise ValueError(f"config file {str(config_file)!r} does not exist")
+    Settings.config_file = config_file
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        Settings.config_file = None

@@ -1,0 +1,270 @@
+"""Translation between the wire contract (``haddock.v1``) and the executor's domain models.
+
+Used by the servicers (proto → domain on the way in, domain → proto on the way out) and by the
+client (the other way round). Validation happens in the domain models: converting a bad proto
+raises ``pydantic.ValidationError`` with a message that names the field.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from executor.logstore import LogEntry
+from executor.models import (
+    ExecutionEvent,
+    ExecutionState,
+    NetworkMode,
+    OutputLimits,
+    PullPolicy,
+    Resources,
+    ResultStatus,
+    RunCommandRequest,
+    RunCommandResult,
+    StreamType,
+)
+from haddock.v1 import types_pb2 as pb
+
+_NETWORK_TO_PB = {
+    NetworkMode.NONE: pb.NETWORK_MODE_NONE,
+    NetworkMode.BRIDGE: pb.NETWORK_MODE_BRIDGE,
+    NetworkMode.HOST: pb.NETWORK_MODE_HOST,
+}
+_NETWORK_FROM_PB = {v: k for k, v in _NETWORK_TO_PB.items()} | {pb.NETWORK_MODE_UNSPECIFIED: NetworkMode.NONE}
+
+_PULL_TO_PB = {
+    PullPolicy.ALWAYS: pb.PULL_POLICY_ALWAYS,
+    PullPolicy.IF_NOT_PRESENT: pb.PULL_POLICY_IF_NOT_PRESENT,
+    PullPolicy.NEVER: pb.PULL_POLICY_NEVER,
+}
+_PULL_FROM_PB = {v: k for k, v in _PULL_TO_PB.items()} | {pb.PULL_POLICY_UNSPECIFIED: PullPolicy.IF_NOT_PRESENT}
+
+_STATUS_TO_PB = {
+    ResultStatus.SUCCESS: pb.RESULT_STATUS_SUCCESS,
+    ResultStatus.ERROR: pb.RESULT_STATUS_ERROR,
+    ResultStatus.TIMEOUT: pb.RESULT_STATUS_TIMEOUT,
+    ResultStatus.KILLED: pb.RESULT_STATUS_KILLED,
+    ResultStatus.CANCELLED: pb.RESULT_STATUS_CANCELLED,
+}
+_STATUS_FROM_PB = {v: k for k, v in _STATUS_TO_PB.items()}
+
+_STATE_TO_PB = {
+    ExecutionState.QUEUED: pb.EXECUTION_STATE_QUEUED,
+    ExecutionState.PREPARING: pb.EXECUTION_STATE_PREPARING,
+    ExecutionState.RUNNING: pb.EXECUTION_STATE_RUNNING,
+    ExecutionState.FINISHING: pb.EXECUTION_STATE_FINISHING,
+    ExecutionState.COMPLETED: pb.EXECUTION_STATE_COMPLETED,
+    ExecutionState.FAILED: pb.EXECUTION_STATE_FAILED,
+    ExecutionState.CANCELLED: pb.EXECUTION_STATE_CANCELLED,
+}
+_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+
+_STREAM_TO_PB = {StreamType.STDOUT: pb.STREAM_TYPE_STDOUT, StreamType.STDERR: pb.STREAM_TYPE_STDERR}
+_STREAM_FROM_PB = {v: k for k, v in _STREAM_TO_PB.items()}
+
+
+class ConversionError(ValueError):
+    """A proto value has no domain meaning (e.g. an unknown enum number)."""
+
+
+def _enum(table: dict[Any, Any], value: Any, what: str) -> Any:
+    try:
+        return table[value]
+    except KeyError:
+        raise ConversionError(f"{what} {value} is not a known value") from None
+
+
+# --------------------------------------------------------------------- enums
+
+
+def state_to_pb(state: ExecutionState) -> pb.ExecutionState.ValueType:
+    return _STATE_TO_PB[state]
+
+
+def state_from_pb(value: int) -> ExecutionState:
+    result: ExecutionState = _enum(_STATE_FROM_PB, value, "execution state")
+    return result
+
+
+def stream_to_pb(stream: StreamType) -> pb.StreamType.ValueType:
+    return _STREAM_TO_PB[stream]
+
+
+def stream_from_pb(value: int) -> StreamType:
+    result: StreamType = _enum(_STREAM_FROM_PB, value, "stream type")
+    return result
+
+
+def status_from_pb(value: int) -> ResultStatus:
+    result: ResultStatus = _enum(_STATUS_FROM_PB, value, "result status")
+    return result
+
+
+def status_to_pb(status: ResultStatus) -> pb.ResultStatus.ValueType:
+    return _STATUS_TO_PB[status]
+
+
+# --------------------------------------------------------------------- time
+
+
+def timestamp(dt: datetime | None) -> Timestamp | None:
+    if dt is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(dt.astimezone(UTC))
+    return ts
+
+
+def from_timestamp(ts: Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+# --------------------------------------------------------------------- resources
+
+
+def resources_to_pb(r: Resources) -> pb.Resources:
+    return pb.Resources(cpu=r.cpu, memory_bytes=r.memory, disk_bytes=r.disk, gpu=r.gpu)
+
+
+def resources_from_pb(r: pb.Resources) -> Resources:
+    return Resources(cpu=r.cpu, memory=r.memory_bytes, disk=r.disk_bytes, gpu=r.gpu)
+
+
+# --------------------------------------------------------------------- requests
+
+
+def request_from_pb(p: pb.RunCommandRequest) -> RunCommandRequest:
+    """The domain request (results_dir unset: the node chooses it). Raises ValidationError."""
+    limits: dict[str, int] = {}
+    for name in (
+        "max_stdout_file_length",
+        "max_stdout_return_length",
+        "max_stderr_file_length",
+        "max_stderr_return_length",
+    ):
+        if p.output_limits.HasField(name):
+            limits[name] = getattr(p.output_limits, name)
+    engine = p.engine
+    data: dict[str, Any] = {
+        "job_id": p.job_id,
+        "execution_id": p.execution_id,
+        "engine": {
+            "image": engine.image,
+            "entrypoint": list(engine.entrypoint) or None,
+            "parameters": list(engine.parameters),
+            "env": dict(engine.env),
+            "working_dir": engine.working_dir or None,
+            "pull_policy": _enum(_PULL_FROM_PB, engine.pull_policy, "pull_policy"),
+        },
+        "resources": {
+            "cpu": p.resources.cpu,
+            "memory": p.resources.memory_bytes,
+            "disk": p.resources.disk_bytes,
+            "gpu": p.resources.gpu,
+        },
+        "network": {"mode": _enum(_NETWORK_FROM_PB, p.network.mode, "network mode")},
+        "inputs": [{"source": v.source, "target": v.target, "read_only": v.read_only} for v in p.inputs],
+        "outputs": [{"name": o.name, "path": o.path} for o in p.outputs],
+        "output_limits": limits,
+        "timeout": p.timeout.ToTimedelta().total_seconds() if p.HasField("timeout") else None,
+    }
+    return RunCommandRequest.model_validate(data)
+
+
+def request_to_pb(r: RunCommandRequest) -> pb.RunCommandRequest:
+    e = r.engine
+    msg = pb.RunCommandRequest(
+        job_id=r.job_id,
+        execution_id=r.execution_id,
+        engine=pb.DockerEngineSpec(
+            image=e.image,
+            entrypoint=e.entrypoint or [],
+            parameters=e.parameters,
+            env=e.env,
+            working_dir=e.working_dir or "",
+            pull_policy=_PULL_TO_PB[e.pull_policy],
+        ),
+        resources=resources_to_pb(r.resources),
+        network=pb.NetworkConfig(mode=_NETWORK_TO_PB[r.network.mode]),
+        inputs=[pb.InputVolume(source=str(v.source), target=v.target, read_only=v.read_only) for v in r.inputs],
+        outputs=[pb.ResultPath(name=o.name, path=o.path) for o in r.outputs],
+        output_limits=limits_to_pb(r.output_limits),
+    )
+    if r.timeout is not None:
+        msg.timeout.CopyFrom(duration(r.timeout))
+    return msg
+
+
+def limits_to_pb(limits: OutputLimits) -> pb.OutputLimits:
+    return pb.OutputLimits(
+        max_stdout_file_length=limits.max_stdout_file_length,
+        max_stdout_return_length=limits.max_stdout_return_length,
+        max_stderr_file_length=limits.max_stderr_file_length,
+        max_stderr_return_length=limits.max_stderr_return_length,
+    )
+
+
+def duration(seconds: float) -> Duration:
+    d = Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+# --------------------------------------------------------------------- results and events
+
+
+def result_to_pb(r: RunCommandResult, results_dir: str = "") -> pb.RunCommandResult:
+    msg = pb.RunCommandResult(
+        status=_STATUS_TO_PB[r.status],
+        stdout=r.stdout,
+        stdout_truncated=r.stdout_truncated,
+        stdout_file_truncated=r.stdout_file_truncated,
+        stderr=r.stderr,
+        stderr_truncated=r.stderr_truncated,
+        stderr_file_truncated=r.stderr_file_truncated,
+        error_message=r.error_message,
+        results_dir=results_dir,
+    )
+    if r.exit_code is not None:
+        msg.exit_code = r.exit_code
+    return msg
+
+
+def result_from_pb(p: pb.RunCommandResult) -> RunCommandResult:
+    return RunCommandResult(
+        status=status_from_pb(p.status),
+        exit_code=p.exit_code if p.HasField("exit_code") else None,
+        stdout=p.stdout,
+        stdout_truncated=p.stdout_truncated,
+        stdout_file_truncated=p.stdout_file_truncated,
+        stderr=p.stderr,
+        stderr_truncated=p.stderr_truncated,
+        stderr_file_truncated=p.stderr_file_truncated,
+        error_message=p.error_message,
+    )
+
+
+def event_to_pb(e: ExecutionEvent) -> pb.ExecutionEvent:
+    msg = pb.ExecutionEvent(
+        kind=e.kind.value,
+        message=e.message,
+        details={k: str(v) for k, v in e.details.items() if v is not None},
+    )
+    ts = timestamp(e.time)
+    assert ts is not None
+    msg.time.CopyFrom(ts)
+    return msg
+
+
+def log_entry_fields(entry: LogEntry) -> dict[str, Any]:
+    """Fields of a GetLogStreamResponse for one log entry."""
+    return {
+        "stream": _STREAM_TO_PB[entry.stream],
+        "data": entry.data,
+        "offset": entry.offset,
+        "next_offset": entry.next_offset,
+        "timestamp_unix_nano": entry.timestamp_ns,
+    }
