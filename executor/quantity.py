@@ -186,16 +186,14 @@ def parse_duration(value: str | int | float) -> float:
 
 
 def format_bytes(n: int) -> str:
-    """Format bytes the way they are parsed: exact binary units where exact, else a short approximation."""
+    """Bytes in the largest binary unit that fits: exact where whole (``32Mi``), else one decimal (``23.5Gi``)."""
     if n < 0:
         raise ValueError("negative byte count")
     for unit in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):
         size = _BYTE_UNITS[unit]
-        if n >= size and n % size == 0:
-            return f"{n // size}{unit}"
-    for unit in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):
-        size = _BYTE_UNITS[unit]
         if n >= size:
+            if n % size == 0:
+                return f"{n // size}{unit}"
             return f"{n / size:.1f}{unit}"
     return f"{n}B"
 
