@@ -313,6 +313,9 @@ async def write_job_results(
         # cancellation cannot leave some files of this execution new and others old.
         for tmp in temps:
             tmp.commit()
+        if exit_code is None:
+            # No process ran: an exitCode from an earlier run in this dir would be a lie.
+            (results_dir / EXIT_CODE_FILE).unlink(missing_ok=True)
         await _in_thread(_fsync_dir, results_dir)
     except BaseException:
         for tmp in temps:

@@ -62,6 +62,7 @@ async def test_success(executor: DockerExecutor, make_request: RequestFactory) -
     result = await executor.run(req)
     assert result.status is ResultStatus.SUCCESS
     assert result.exit_code == 0
+    assert result.stdout == "ok" and not result.stdout_truncated
     assert result.error_message == ""
     assert read(req.results_dir / "exitCode") == b"0"
     assert executor.state(req.execution_id) is ExecutionState.COMPLETED

@@ -14,7 +14,7 @@ import pytest
 
 from executor.docker.executor import DockerExecutor, DockerExecutorConfig
 from executor.docker.images import is_transient_pull_error
-from executor.models import EventKind, ResultStatus
+from executor.models import EventKind, ExecutionEvent, ResultStatus
 from tests.conftest import RequestFactory
 from tests.support.registry import count_manifest_gets, push_image, registry_log, run_registry
 
@@ -78,14 +78,19 @@ async def test_pull_policy_always_pulls_present_image(
 
 
 async def test_image_not_in_registry_fails_without_retry(
-    executor: DockerExecutor, make_request: RequestFactory, registry: str
+    executor_config: DockerExecutorConfig, make_request: RequestFactory, registry: str
 ) -> None:
-    req = make_request("true", image=f"{registry}/haddock-test/absent:v1")
-    result = await executor.run(req)
+    seen: list[ExecutionEvent] = []
+    ex = DockerExecutor(executor_config, event_sink=seen.append)
+    try:
+        req = make_request("true", image=f"{registry}/haddock-test/absent:v1")
+        result = await ex.run(req)
+    finally:
+        await ex.shutdown()
     assert result.status is ResultStatus.ERROR
     assert result.exit_code is None
     assert "pulling image" in result.error_message and "absent" in result.error_message
-    assert not any("Retrying" in e.message for e in executor.events(req.execution_id))
+    assert not any("Retrying" in e.message for e in seen), "a missing image is final: no retry"
 
 
 async def test_unreachable_registry_retries_then_fails(
@@ -94,7 +99,8 @@ async def test_unreachable_registry_retries_then_fails(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
-    ex = DockerExecutor(executor_config.model_copy(update={"pull_attempts": 2}))
+    seen: list[ExecutionEvent] = []
+    ex = DockerExecutor(executor_config.model_copy(update={"pull_attempts": 3}), event_sink=seen.append)
     try:
         req = make_request("true", image=f"127.0.0.1:{port}/haddock-test/none:v1")
         result = await ex.run(req)
@@ -102,6 +108,11 @@ async def test_unreachable_registry_retries_then_fails(
         await ex.shutdown()
     assert result.status is ResultStatus.ERROR
     assert "connection refused" in result.error_message.lower()
+    retries = [e.message for e in seen if "Retrying" in e.message]
+    assert retries == [
+        f"Retrying pull of {req.engine.image} (attempt 2 of 3)",
+        f"Retrying pull of {req.engine.image} (attempt 3 of 3)",
+    ]
     assert ex.images.pulls_started == 1
 
 

@@ -19,12 +19,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import math
 import re
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from executor.errors import (
     ExecutionAlreadyStarted,
     ExecutionNotFound,
     ExecutionRefused,
+    ExecutorError,
     ExecutorShuttingDown,
     InvalidSpec,
 )
@@ -93,9 +95,14 @@ class DockerExecutorConfig(BaseModel):
     allowed_networks: frozenset[NetworkMode] = frozenset({NetworkMode.NONE, NetworkMode.BRIDGE})
     log_driver: str = Field(default="local", description="the engine's own log driver for containers")
     api_workers: int = Field(default=32, ge=1, description="threads for short engine calls")
-    max_streams: int = Field(default=256, ge=1, description="threads for containers' output readers")
+    pull_workers: int = Field(default=8, ge=1, description="threads for image pulls (each holds one)")
     pull_attempts: int = Field(default=4, ge=1)
     api_timeout_seconds: float = Field(default=120.0, gt=0)
+    engine_retry_seconds: float = Field(
+        default=60.0, ge=0, description="how long calls ride out an engine outage (restart) before failing"
+    )
+    init: bool = Field(default=True, description="run an init process (docker --init): signals reach the job")
+    max_finished_records: int = Field(default=10_000, ge=0, description="finished executions kept in memory")
 
     @field_validator("node_id")
     @classmethod
@@ -114,9 +121,15 @@ class _Running:
     cancel_event: asyncio.Event
     writer: LogWriter
     task: asyncio.Task[None] | None = None
+    container_id: str | None = None
+    stop_signal: str = "SIGTERM"
     sock: socket.socket | None = None
     attach_response: Any = None
-    timed_out: bool = False
+    stop_reason: str | None = None  # "cancel" / "timeout": the node stopped a running container
+    exited: bool = False  # the engine reported the exit: too late to cancel
+    leave_container: bool = False  # a shutdown lets go of the container (a restart reattaches)
+    capture_error: str = ""  # why some output is missing
+    capture_ended_at: float | None = None
     stop_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -135,13 +148,14 @@ class DockerExecutor:
         self._api_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=config.api_workers, thread_name_prefix="haddock-docker-api"
         )
-        self._stream_pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=config.max_streams, thread_name_prefix="haddock-docker-stream"
+        self._pull_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.pull_workers, thread_name_prefix="haddock-docker-pull"
         )
         kwargs: dict[str, Any] = {
             "version": "auto",
             "timeout": config.api_timeout_seconds,
-            "max_pool_size": config.api_workers + config.max_streams,
+            # every API thread, every pull, and one hijacked attach connection per running container
+            "max_pool_size": config.api_workers + config.pull_workers + 64,
         }
         if config.docker_host:
             kwargs["base_url"] = config.docker_host
@@ -176,8 +190,14 @@ class DockerExecutor:
     @property
     def images(self) -> ImageManager:
         if self._images is None:
-            self._images = ImageManager(self.client, self._api_pool, attempts=self.config.pull_attempts)
+            self._images = ImageManager(
+                self.client, self._api_pool, self._pull_pool, attempts=self.config.pull_attempts
+            )
         return self._images
+
+    async def _images_async(self) -> ImageManager:
+        await self._client_async()  # create the client off the event loop
+        return self.images
 
     async def _api(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -263,16 +283,20 @@ class DockerExecutor:
         if request.network.mode not in self.config.allowed_networks:
             bid = await self.should_bid(request)
             raise ExecutionRefused(bid.reason)
-        # Register synchronously (no await between the check and here) so that a concurrent
-        # start of the same id sees it, and the log stream is reachable once start returns.
+        if exec_id in self._records:  # started concurrently while we awaited
+            raise ExecutionAlreadyStarted(exec_id)
+        # Register synchronously (no await between the check and here) so that a concurrent start
+        # of the same id sees it; the log exists before start returns, so it can be streamed at once.
         record = ExecutionRecord(request=request)
         self._records[exec_id] = record
         try:
-            writer = self.logs.create(exec_id)
+            writer = await asyncio.to_thread(self.logs.create, exec_id)
         except FileExistsError:
-            # A log from an earlier life of this node with the same id: keep it, start afresh.
-            self.logs.delete(exec_id)
-            writer = self.logs.create(exec_id)
+            self._records.pop(exec_id, None)
+            raise ExecutionAlreadyComplete(exec_id, "an execution with this id already ran on this node") from None
+        except BaseException as exc:
+            self._records.pop(exec_id, None)
+            raise ExecutorError(f"cannot create the log of execution {exec_id!r}: {exc}") from exc
         loop = asyncio.get_running_loop()
         running = _Running(record=record, done=loop.create_future(), cancel_event=asyncio.Event(), writer=writer)
         self._running[exec_id] = running
@@ -284,25 +308,26 @@ class DockerExecutor:
         return await self.wait(request.execution_id)
 
     async def wait(self, execution_id: str) -> RunCommandResult:
-        record = self._records.get(execution_id)
-        if record is None:
-            raise ExecutionNotFound(execution_id)
+        record = self.record(execution_id)
         if record.result is not None:
             return record.result
-        running = self._running[execution_id]
+        running = self._running.get(execution_id)
+        if running is None:  # pragma: no cover - a record without result is always running
+            raise ExecutionNotFound(execution_id)
         return await asyncio.shield(running.done)
 
     async def cancel(self, execution_id: str) -> None:
-        record = self._records.get(execution_id)
-        if record is None:
-            raise ExecutionNotFound(execution_id)
+        record = self.record(execution_id)
         running = self._running.get(execution_id)
-        if record.state.terminal or running is None or running.done.done():
+        if running is None or running.done.done() or running.exited or record.state.terminal:
             raise ExecutionAlreadyComplete(execution_id, record.state.value)
         if not running.cancel_event.is_set():
             self._emit(record, EventKind.CANCEL_REQUESTED, "cancellation requested")
             running.cancel_event.set()
-        await asyncio.shield(running.done)
+        result = await asyncio.shield(running.done)
+        if result.status is not ResultStatus.CANCELLED:
+            # It ended by itself before the cancellation could stop it.
+            raise ExecutionAlreadyComplete(execution_id, result.status.value)
 
     def state(self, execution_id: str) -> ExecutionState:
         return self.record(execution_id).state
@@ -342,7 +367,7 @@ class DockerExecutor:
     async def shutdown(self, *, stop_running: bool = True, grace: float | None = None) -> None:
         """Refuse new work; stop running executions (or leave their containers running).
 
-        ``grace`` caps each container's stop grace (SIGTERM to SIGKILL) so that the node can
+        ``grace`` caps each container's stop grace (stop signal to SIGKILL) so that the node can
         promise when it is gone.
         """
         self._closing = True
@@ -353,14 +378,23 @@ class DockerExecutor:
             for r in running:
                 if not r.done.done():
                     r.cancel_event.set()
-            await asyncio.gather(*(asyncio.shield(r.done) for r in running), return_exceptions=True)
+            waits: list[asyncio.Future[Any]] = [asyncio.shield(r.done) for r in running]
         else:
             for r in running:
+                r.leave_container = True
                 if r.task is not None:
                     r.task.cancel()
-            await asyncio.gather(*(r.task for r in running if r.task), return_exceptions=True)
-        self._api_pool.shutdown(wait=False, cancel_futures=True)
-        self._stream_pool.shutdown(wait=False, cancel_futures=True)
+            waits = [r.task for r in running if r.task is not None]
+        if waits:
+            # Bounded: a stop takes at most the grace plus a kill; the engine may be gone.
+            _, pending = await asyncio.wait(waits, timeout=self._stop_grace + 30)
+            if pending:
+                log.warning("%d executions did not end within the shutdown bound", len(pending))
+            for w in waits:
+                if w.done() and not w.cancelled():
+                    w.exception()
+        for pool in (self._api_pool, self._pull_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
         if self._client is not None:
             self._client.close()
 
@@ -383,80 +417,105 @@ class DockerExecutor:
             self._emit(record, EventKind.STATE, f"state: {state.value}", state=state.value)
 
     async def _execute(self, running: _Running) -> None:
-        request = running.record.request
-        with tracer.start_as_current_span(
-            "execution",
-            attributes={
-                "haddock.execution_id": request.execution_id,
-                "haddock.job_id": request.job_id,
-                "haddock.image": request.engine.image,
-            },
-        ) as span:
-            await self._execute_traced(running)
-            result = running.record.result
-            if result is not None:
+        """The execution's task. Whatever happens, ``done`` is resolved and the container removed
+        (unless a shutdown let go of it)."""
+        record = running.record
+        request = record.request
+        try:
+            with tracer.start_as_current_span(
+                "execution",
+                attributes={
+                    "haddock.execution_id": request.execution_id,
+                    "haddock.job_id": request.job_id,
+                    "haddock.image": request.engine.image,
+                },
+            ) as span:
+                result = await self._execute_traced(running)
                 span.set_attribute("haddock.status", result.status.value)
                 if result.exit_code is not None:
                     span.set_attribute("haddock.exit_code", result.exit_code)
-                if result.status.value != "success":
+                if result.status is not ResultStatus.SUCCESS:
                     span.set_status(trace.StatusCode.ERROR, result.error_message)
+        except asyncio.CancelledError:
+            if not running.done.done():
+                running.done.set_exception(ExecutorShuttingDown())
+                running.done.exception()  # retrieved: nobody may be waiting
+            raise
+        except BaseException as exc:  # pragma: no cover - _execute_traced handles what it can foresee
+            log.exception("execution %s failed unexpectedly", request.execution_id)
+            if not running.done.done():
+                result = RunCommandResult(status=ResultStatus.ERROR, error_message=f"internal error: {exc!r}")
+                record.result = result
+                record.finished_at = utcnow()
+                self._set_state(record, ExecutionState.FAILED)
+                running.done.set_result(result)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            running.done.set_result(result)
+        finally:
+            self._running.pop(request.execution_id, None)
+            self._forget_old_records()
 
-    async def _execute_traced(self, running: _Running) -> None:
+    async def _execute_traced(self, running: _Running) -> RunCommandResult:
         record = running.record
-        request = record.request
         outcome = _Outcome()
         status: ResultStatus | None = None
-        container_id: str | None = None
         try:
             try:
                 with tracer.start_as_current_span("pull"):
-                    await self._prepare_image(running)
+                    stop_signal = await self._prepare_image(running)
                 if running.cancel_event.is_set():
                     status = ResultStatus.CANCELLED
                 else:
                     with tracer.start_as_current_span("run"):
-                        container_id = await self._create_container(running)
-                        outcome = await self._run_container(running, container_id)
-            except ImageError as exc:
-                outcome = _Outcome(error=str(exc))
-            except docker.errors.APIError as exc:
-                outcome = _Outcome(error=f"the Docker engine refused: {exc.explanation or exc}")
-            except (requests.exceptions.RequestException, EngineUnavailable) as exc:
-                outcome = _Outcome(error=f"the Docker engine did not answer: {exc}")
-            except StreamProtocolError as exc:
-                outcome = _Outcome(error=f"reading the container's output failed: {exc}")
+                        running.stop_signal = stop_signal
+                        running.container_id = await self._create_container(running)
+                        if running.cancel_event.is_set():  # cancelled while creating: never start it
+                            status = ResultStatus.CANCELLED
+                        else:
+                            outcome = await self._run_container(running, running.container_id)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.exception("execution %s failed unexpectedly", request.execution_id)
-                outcome = _Outcome(error=f"internal error: {exc!r}")
+                outcome = _Outcome(error=_describe_failure(exc))
+                if outcome.error.startswith("internal error"):
+                    log.exception("execution %s failed", record.execution_id)
             if status is None:
                 status = self._status(running, outcome)
             with tracer.start_as_current_span("write-results"):
-                result = await self._finish(running, status, outcome)
+                return await self._finish(running, status, outcome)
         except asyncio.CancelledError:
-            # The node is going down and leaves the container running: stop capturing, and keep
-            # the log open-ended (no END frame) so that a restart can reattach and append to it.
-            if running.sock is not None:
-                _close_socket(running.sock)
-            running.writer.close(complete=False)
-            if not running.done.done():
-                running.done.set_exception(ExecutorShuttingDown())
-                running.done.exception()
+            if running.leave_container:
+                # The node goes down and leaves the container running: stop capturing and keep the
+                # log open-ended (no END frame) so that a restart can reattach and append to it.
+                if running.sock is not None:
+                    _close_socket(running.sock)
+                running.writer.close(complete=False)
+            else:
+                running.writer.close()
             raise
         finally:
             if running.attach_response is not None:
                 with contextlib.suppress(Exception):
                     running.attach_response.close()
-            if container_id is not None and not self._closing_leaves_container(running):
-                await self._remove_container(record, container_id)
-        running.done.set_result(result)
-        self._running.pop(request.execution_id, None)
+            if running.container_id is not None and not running.leave_container:
+                await self._remove_container(record, running.container_id)
 
-    def _closing_leaves_container(self, running: _Running) -> bool:
-        return running.task is not None and running.task.cancelling() > 0
+    def _forget_old_records(self) -> None:
+        """Keep a bounded number of finished executions in memory (the node persists them)."""
+        excess = len(self._records) - len(self._running) - self.config.max_finished_records
+        if excess <= 0:
+            return
+        finished = sorted(
+            (r for r in self._records.values() if r.result is not None),
+            key=lambda r: r.finished_at or r.created_at,
+        )
+        for r in finished[:excess]:
+            del self._records[r.execution_id]
 
-    async def _prepare_image(self, running: _Running) -> None:
+    async def _prepare_image(self, running: _Running) -> str:
+        """Make the image available; return its stop signal."""
         record = running.record
         engine = record.request.engine
         self._emit(record, EventKind.PULLING, f"making image {engine.image} available ({engine.pull_policy})")
@@ -472,7 +531,8 @@ class DockerExecutor:
                 total=detail.get("total"),
             )
 
-        pull = asyncio.ensure_future(self.images.ensure(engine.image, engine.pull_policy, progress))
+        images = await self._images_async()
+        pull = asyncio.ensure_future(images.ensure(engine.image, engine.pull_policy, progress))
         cancelled = asyncio.ensure_future(running.cancel_event.wait())
         try:
             await asyncio.wait({pull, cancelled}, return_when=asyncio.FIRST_COMPLETED)
@@ -482,15 +542,16 @@ class DockerExecutor:
             pull.cancel()  # the shared pull goes on for other waiters
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pull
-            return
-        image_id, pulled = pull.result()
+            return "SIGTERM"
+        info, pulled = pull.result()
         self._emit(
             record,
             EventKind.IMAGE_READY,
             f"image {engine.image} {'pulled' if pulled else 'present'}",
-            image_id=image_id,
+            image_id=info.get("Id"),
             pulled=pulled,
         )
+        return str((info.get("Config") or {}).get("StopSignal") or "SIGTERM")
 
     def _container_spec(self, request: RunCommandRequest) -> dict[str, Any]:
         cfg = self.config
@@ -508,6 +569,7 @@ class DockerExecutor:
             "network_mode": request.network.mode.value,
             "mounts": mounts,
             "log_config": docker.types.LogConfig(type=cfg.log_driver),
+            "init": cfg.init,
         }
         if res.cpu:
             host_config["nano_cpus"] = int(res.cpu * 1e9)
@@ -544,19 +606,25 @@ class DockerExecutor:
 
     async def _create_container(self, running: _Running) -> str:
         request = running.record.request
-        spec = self._container_spec(request)
-        spec["host_config"] = self.client.create_host_config(**spec["host_config"])
+        client = await self._client_async()
+        spec = await asyncio.to_thread(self._container_spec, request)
+        spec["host_config"] = client.create_host_config(**spec["host_config"])
         try:
-            created = await self._api(self.client.create_container, **spec)
+            created = await self._api(client.create_container, **spec)
         except docker.errors.APIError as exc:
-            if exc.status_code == 409:
-                # A container of this name is left from an earlier life of this node: only this node
-                # makes containers with its own name, and the execution is not running now.
-                log.warning("removing stale container %s", spec["name"])
-                await self._api(self.client.remove_container, spec["name"], force=True)
-                created = await self._api(self.client.create_container, **spec)
-            else:
+            if exc.status_code != 409:
                 raise
+            # A container with this execution's name exists: left from an earlier life of this node.
+            # Never touch a running one; an exited one holds nothing this execution needs.
+            existing = await self._api(client.inspect_container, spec["name"])
+            if (existing.get("State") or {}).get("Running"):
+                raise ExecutorError(
+                    f"a container for execution {request.execution_id!r} is already running on this node "
+                    f"({spec['name']}); it was not started by this execution"
+                ) from exc
+            log.warning("removing stale exited container %s", spec["name"])
+            await self._api(client.remove_container, spec["name"], force=True)
+            created = await self._api(client.create_container, **spec)
         container_id = str(created["Id"])
         running.record.container_id = container_id
         return container_id
@@ -564,100 +632,170 @@ class DockerExecutor:
     async def _run_container(self, running: _Running, container_id: str) -> _Outcome:
         record = running.record
         request = record.request
-        loop = asyncio.get_running_loop()
-        client = self.client
+        client = await self._client_async()
         # Attach before start: no byte of output can be missed.
-        response, sock = await self._api(_attach, client, container_id)
+        response, sock = await self._api(_attach, client, container_id, self.config.api_timeout_seconds)
         running.attach_response = response  # keep it alive: collecting it would close the socket
         running.sock = sock
-        capture = loop.run_in_executor(self._stream_pool, _pump, sock, running.writer)
+        capture = asyncio.create_task(self._capture(running, sock))
         try:
             await self._api(client.start, container_id)
         except BaseException:
             _close_socket(sock)
-            with contextlib.suppress(Exception):
-                await capture
+            await asyncio.gather(capture, return_exceptions=True)
             raise
         record.started_at = utcnow()
         self._set_state(record, ExecutionState.RUNNING)
         self._emit(record, EventKind.STARTED, "container started", container_id=container_id)
 
-        exited = asyncio.ensure_future(self._wait_exit(container_id, capture))
-        cancel_wait = asyncio.ensure_future(running.cancel_event.wait())
+        exited = asyncio.create_task(self._wait_exit(running, container_id, capture))
+        cancel_wait = asyncio.create_task(running.cancel_event.wait())
         try:
             done, _ = await asyncio.wait(
                 {exited, cancel_wait}, timeout=request.timeout, return_when=asyncio.FIRST_COMPLETED
             )
             if exited not in done:
                 if cancel_wait in done:
-                    reason = "cancelled"
+                    await self._stop(running, container_id, "cancel", exited)
                 else:
-                    running.timed_out = True
                     assert request.timeout is not None
                     self._emit(
                         record,
                         EventKind.TIMED_OUT,
                         f"the job exceeded its timeout of {format_duration(request.timeout)}; stopping it",
                     )
-                    reason = "timeout"
-                await self._stop(running, container_id, reason)
-            exit_code: int = await exited
+                    await self._stop(running, container_id, "timeout", exited)
+            exit_code = await exited
         finally:
             cancel_wait.cancel()
             if not exited.done():
                 exited.cancel()
-        state = await self._api(client.inspect_container, container_id)
-        oom = bool(state.get("State", {}).get("OOMKilled"))
+                _close_socket(sock)
+                await asyncio.gather(exited, capture, return_exceptions=True)
+        state = (await self._engine_call(client.inspect_container, container_id)).get("State") or {}
+        oom = bool(state.get("OOMKilled"))
+        self._check_capture_complete(running, state)
         self._emit(
-            record,
-            EventKind.EXITED,
-            f"container exited with code {exit_code}",
-            exit_code=exit_code,
-            oom_killed=oom,
+            record, EventKind.EXITED, f"container exited with code {exit_code}", exit_code=exit_code, oom_killed=oom
         )
         return _Outcome(exit_code=exit_code, oom_killed=oom)
 
-    async def _wait_exit(self, container_id: str, capture: asyncio.Future[None]) -> int:
-        # The attach stream ends when the container's process exits; then wait answers at once.
+    async def _capture(self, running: _Running, sock: socket.socket) -> None:
+        """Read the attach stream on the event loop (no thread per container) into the log store.
+
+        If the log store refuses (disk full), keep draining the stream so the job is not blocked on
+        a full pipe, and record that output was lost.
+        """
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        demux = Demuxer()
+        writer = running.writer
         try:
-            await capture
-        except (OSError, StreamProtocolError) as exc:
-            log.warning("output capture of %s ended with %r; waiting for the container", container_id, exc)
+            while True:
+                data = await loop.sock_recv(sock, READ_SIZE)
+                if not data:
+                    break
+                for kind, payload in demux.feed(data):
+                    if running.capture_error:
+                        continue
+                    try:
+                        writer.write(kind, payload)
+                    except ValueError:
+                        if writer.closed:  # the node let go of this container
+                            return
+                        raise
+                    except OSError as exc:
+                        running.capture_error = (
+                            f"the node could not store the job's output ({exc.strerror or exc}); "
+                            f"output after {writer.stdout_bytes + writer.stderr_bytes} bytes is missing"
+                        )
+                        log.error("execution %s: %s", running.record.execution_id, running.capture_error)
+        except StreamProtocolError as exc:
+            running.capture_error = f"the engine's output stream was not readable ({exc}); output may be missing"
+        except OSError as exc:
+            if not running.leave_container:
+                running.capture_error = (
+                    f"the connection to the engine dropped while capturing output ({exc}); output may be missing"
+                )
+        finally:
+            running.capture_ended_at = time.time()
+            _close_socket(sock)
+        if demux.pending and not running.capture_error:
+            running.capture_error = "the output stream ended inside a frame; the last bytes are missing"
+
+    def _check_capture_complete(self, running: _Running, state: dict[str, Any]) -> None:
+        """If the stream ended well before the container did, the engine cut it: say output is missing."""
+        if running.capture_error or running.capture_ended_at is None:
+            return
+        finished = _parse_engine_time(str(state.get("FinishedAt") or ""))
+        if finished is not None and running.capture_ended_at < finished - CAPTURE_SLACK_SECONDS:
+            running.capture_error = "the engine closed the output stream before the job ended; output may be missing"
+
+    async def _wait_exit(self, running: _Running, container_id: str, capture: asyncio.Task[None]) -> int:
+        """The container's exit code. The attach stream ends when the job exits; then wait answers at once."""
+        await capture
+        client = await self._client_async()
         while True:
             try:
-                result = await self._api(self.client.wait, container_id, timeout=None)
-                return int(result.get("StatusCode", -1))
+                result = await self._engine_call(client.wait, container_id, timeout=WAIT_POLL_SECONDS)
             except requests.exceptions.ReadTimeout:
-                continue
+                continue  # still running (the stream was cut): keep waiting
+            running.exited = True
+            return int(result.get("StatusCode", -1))
 
-    async def _stop(self, running: _Running, container_id: str, reason: str) -> None:
+    async def _engine_call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """An engine call that survives a short engine outage (connection refused/reset), bounded."""
+        deadline = time.monotonic() + self.config.engine_retry_seconds
+        delay = 0.2
+        while True:
+            try:
+                return await self._api(fn, *args, **kwargs)
+            except requests.exceptions.ConnectionError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise EngineUnavailable(f"the Docker engine did not answer: {exc}") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _stop(self, running: _Running, container_id: str, reason: str, exited: asyncio.Task[int]) -> None:
+        """Send the image's stop signal, wait up to the grace, then SIGKILL. Holds no thread while waiting.
+
+        Records ``reason`` only if the signal reached a running container: a job that ended by
+        itself at the same moment keeps its own status.
+        """
+        client = await self._client_async()
         grace = self._stop_grace
         async with running.stop_lock:
-            log.info("stopping container %s (%s, grace %ss)", container_id, reason, grace)
+            if exited.done() or running.stop_reason:
+                return
+            log.info("stopping %s (%s; %s, then SIGKILL after %ss)", container_id, reason, running.stop_signal, grace)
             try:
-                await self._api(self.client.stop, container_id, timeout=math.ceil(grace))
-            except docker.errors.NotFound:
-                pass
+                await self._api(client.kill, container_id, signal=running.stop_signal)
             except docker.errors.APIError as exc:
-                log.warning("stop of %s failed (%s); killing it", container_id, exc)
+                if exc.status_code in (404, 409):  # not running any more: it ended by itself
+                    return
+                log.warning("signalling %s failed (%s); killing it", container_id, exc)
+                grace = 0
+            running.stop_reason = reason
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), grace)
+            except TimeoutError:
                 with contextlib.suppress(docker.errors.APIError):
-                    await self._api(self.client.kill, container_id)
+                    await self._api(client.kill, container_id, signal="SIGKILL")
 
     def _status(self, running: _Running, outcome: _Outcome) -> ResultStatus:
-        if running.cancel_event.is_set():
+        if running.stop_reason == "cancel":
             return ResultStatus.CANCELLED
-        if running.timed_out:
+        if running.stop_reason == "timeout":
             return ResultStatus.TIMEOUT
         if outcome.oom_killed:
             return ResultStatus.KILLED
-        if outcome.error or outcome.exit_code != 0:
+        if outcome.error or running.capture_error or outcome.exit_code != 0:
             return ResultStatus.ERROR
         return ResultStatus.SUCCESS
 
     def _message(self, request: RunCommandRequest, status: ResultStatus, outcome: _Outcome) -> str:
         if outcome.error:
             return outcome.error
-        code = outcome.exit_code
         if status is ResultStatus.KILLED:
             limit = format_bytes(request.resources.memory) if request.resources.memory else "the node's memory"
             return f"the job ran out of memory: it was killed for exceeding its memory limit of {limit}"
@@ -666,23 +804,24 @@ class DockerExecutor:
             return f"the job exceeded its timeout of {format_duration(request.timeout)} and was stopped"
         if status is ResultStatus.CANCELLED:
             return "the execution was cancelled"
-        if status is ResultStatus.ERROR:
-            return f"the job exited with code {code}"
+        if status is ResultStatus.ERROR and outcome.exit_code not in (0, None):
+            return f"the job exited with code {outcome.exit_code}"
         return ""
 
     async def _finish(self, running: _Running, status: ResultStatus, outcome: _Outcome) -> RunCommandResult:
+        """Write the results (from the log store, never from the engine) and settle the record. Never raises."""
         record = running.record
         request = record.request
         self._set_state(record, ExecutionState.FINISHING)
-        running.writer.close()
         exec_id = request.execution_id
+        message = "; ".join(m for m in (self._message(request, status, outcome), running.capture_error) if m)
 
         async def stream(kind: StreamType) -> AsyncIterator[bytes]:
             async for entry in self.logs.read(exec_id, streams=frozenset({kind})):
                 yield entry.data
 
-        message = self._message(request, status, outcome)
         try:
+            await asyncio.to_thread(running.writer.close)
             written = await write_job_results(
                 _results_dir(request),
                 stream(StreamType.STDOUT),
@@ -697,24 +836,25 @@ class DockerExecutor:
                 stdout_bytes=running.writer.stdout_bytes,
                 stderr_bytes=running.writer.stderr_bytes,
             )
+            lost = bool(running.capture_error)
             result = RunCommandResult(
                 status=status,
                 exit_code=outcome.exit_code,
                 stdout=written.stdout.text,
-                stdout_truncated=written.stdout.truncated,
-                stdout_file_truncated=written.stdout.file_truncated,
+                stdout_truncated=written.stdout.truncated or lost,
+                stdout_file_truncated=written.stdout.file_truncated or lost,
                 stderr=written.stderr.text,
-                stderr_truncated=written.stderr.truncated,
-                stderr_file_truncated=written.stderr.file_truncated,
+                stderr_truncated=written.stderr.truncated or lost,
+                stderr_file_truncated=written.stderr.file_truncated or lost,
                 error_message=message,
             )
-        except OSError as exc:
+        except Exception as exc:
             log.exception("writing results of %s failed", exec_id)
             result = RunCommandResult(
                 status=ResultStatus.ERROR if status is ResultStatus.SUCCESS else status,
                 exit_code=outcome.exit_code,
                 error_message=f"{message + '; ' if message else ''}writing results to "
-                f"{request.results_dir} failed: {exc}",
+                f"{request.results_dir} failed: {_describe_failure(exc)}",
             )
         record.result = result
         record.finished_at = utcnow()
@@ -724,17 +864,49 @@ class DockerExecutor:
         return result
 
     async def _remove_container(self, record: ExecutionRecord, container_id: str) -> None:
-        for attempt in range(3):
-            try:
-                await self._api(self.client.remove_container, container_id, force=True, v=True)
-                self._emit(record, EventKind.CLEANED_UP, "container removed")
-                return
-            except docker.errors.NotFound:
-                return
-            except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-                if attempt == 2:
-                    log.warning("could not remove container %s: %s", container_id, exc)
-                await asyncio.sleep(0.5 * (attempt + 1))
+        client = await self._client_async()
+        try:
+            await self._engine_call(client.remove_container, container_id, force=True, v=True)
+            self._emit(record, EventKind.CLEANED_UP, "container removed")
+        except docker.errors.NotFound:
+            pass
+        except (docker.errors.APIError, EngineUnavailable) as exc:
+            # Left for the reaper: it carries this node's labels.
+            log.warning("could not remove container %s: %s", container_id, exc)
+
+
+CAPTURE_SLACK_SECONDS = 1.0
+WAIT_POLL_SECONDS = 60
+
+
+def _describe_failure(exc: BaseException) -> str:
+    """A message for people about why an execution could not run."""
+    if isinstance(exc, ImageError | ExecutorError):
+        return str(exc)
+    if isinstance(exc, docker.errors.APIError):
+        return f"the Docker engine refused: {exc.explanation or exc}"
+    if isinstance(exc, requests.exceptions.RequestException):
+        return f"the Docker engine did not answer: {exc}"
+    if isinstance(exc, StreamProtocolError):
+        return f"reading the container's output failed: {exc}"
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe_failure(e) for e in exc.exceptions)
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    return f"internal error: {exc!r}"
+
+
+def _parse_engine_time(text: str) -> float | None:
+    """Docker's RFC 3339 timestamps (nanoseconds) as epoch seconds; None for the zero time."""
+    if not text or text.startswith("0001-"):
+        return None
+    main, _, rest = text.partition(".")
+    frac = "".join(ch for ch in rest if ch.isdigit())[:6]
+    try:
+        dt = datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return dt.timestamp() + (int(frac.ljust(6, "0")) / 1e6 if frac else 0.0)
 
 
 def _results_dir(request: RunCommandRequest) -> Path:
@@ -742,7 +914,7 @@ def _results_dir(request: RunCommandRequest) -> Path:
     return request.results_dir
 
 
-def _attach(client: docker.APIClient, container_id: str) -> tuple[Any, socket.socket]:
+def _attach(client: docker.APIClient, container_id: str, timeout: float) -> tuple[Any, socket.socket]:
     """Attach to a container's stdout/stderr stream; return the HTTP response and its raw socket.
 
     This is docker-py's ``attach_socket`` but keeping the response: on a unix socket docker-py
@@ -755,37 +927,20 @@ def _attach(client: docker.APIClient, container_id: str) -> tuple[Any, socket.so
         params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0},
         stream=True,
         headers={"Connection": "Upgrade", "Upgrade": "tcp"},
+        timeout=timeout,
     )
-    wrapper = client._get_raw_response_socket(response)
-    raw = getattr(wrapper, "_sock", wrapper)
-    if not isinstance(raw, socket.socket):
+    try:
+        wrapper = client._get_raw_response_socket(response)
+        raw = getattr(wrapper, "_sock", wrapper)
+        if not isinstance(raw, socket.socket):
+            raise StreamProtocolError(f"unexpected attach transport {type(raw).__name__}")
+    except BaseException:
         response.close()
-        raise StreamProtocolError(f"unexpected attach transport {type(raw).__name__}")
+        raise
     return response, raw
 
 
 def _close_socket(sock: socket.socket) -> None:
-    """Unblock a reader in another thread: shut the socket down (closing alone does not wake it)."""
+    """Unblock a reader: shut the socket down (closing alone does not wake it)."""
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-
-
-def _pump(sock: socket.socket, writer: LogWriter) -> None:
-    """Runs in a stream-pool thread: read the attach stream until EOF, into the log store."""
-    demux = Demuxer()
-    try:
-        while True:
-            data = sock.recv(READ_SIZE)
-            if not data:
-                break
-            for kind, payload in demux.feed(data):
-                try:
-                    writer.write(kind, payload)
-                except ValueError:
-                    if writer.closed:  # the node let go of this container (shutdown leaving it running)
-                        return
-                    raise
-    finally:
-        _close_socket(sock)
-    if demux.pending:
-        log.warning("output stream ended inside a frame; the last bytes were cut")

@@ -58,6 +58,11 @@ _PERMANENT_MARKERS = (
 )
 _TRANSIENT_MARKERS = (
     "timeout",
+    "deadline exceeded",
+    "no such host",
+    "server misbehaving",
+    "internal server error",
+    "500",
     "timed out",
     "connection reset",
     "connection refused",
@@ -106,6 +111,7 @@ class ImageManager:
         self,
         client: docker.APIClient,
         pool: concurrent.futures.ThreadPoolExecutor,
+        pull_pool: concurrent.futures.ThreadPoolExecutor | None = None,
         *,
         attempts: int = 4,
         backoff_initial: float = 0.5,
@@ -113,6 +119,9 @@ class ImageManager:
     ) -> None:
         self._client = client
         self._pool = pool
+        # Pulls hold a thread for minutes: a pool of their own, so that they never starve the short
+        # calls (stop, kill, inspect) that timeouts and cancels depend on.
+        self._pull_pool = pull_pool or pool
         self._attempts = attempts
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
@@ -124,27 +133,34 @@ class ImageManager:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
-    async def image_id(self, image: str) -> str | None:
-        """The local image's id, or None when the engine does not have it."""
+    async def image_info(self, image: str) -> dict[str, Any] | None:
+        """The local image's ``inspect`` data, or None when the engine does not have it."""
         try:
             info = await self._call(self._client.inspect_image, image)
-        except docker.errors.ImageNotFound:
-            return None
         except docker.errors.NotFound:
             return None
-        return str(info["Id"])
+        return dict(info)
+
+    async def image_id(self, image: str) -> str | None:
+        """The local image's id, or None when the engine does not have it."""
+        info = await self.image_info(image)
+        return None if info is None else str(info["Id"])
 
     async def ensure(
         self, image: str, policy: PullPolicy, on_progress: ProgressCallback | None = None
-    ) -> tuple[str, bool]:
-        """Make ``image`` available; return (image id, whether a pull was needed)."""
+    ) -> tuple[dict[str, Any], bool]:
+        """Make ``image`` available; return (its inspect data, whether a pull was needed)."""
         if policy is not PullPolicy.ALWAYS:
-            local = await self.image_id(image)
+            local = await self.image_info(image)
             if local is not None:
                 return local, False
             if policy is PullPolicy.NEVER:
                 raise ImageNotPresent(f"image {image!r} is not present on this node and the pull policy is 'never'")
-        return await self.pull(image, on_progress), True
+        await self.pull(image, on_progress)
+        info = await self.image_info(image)
+        if info is None:
+            raise PullFailed(image, "the engine reported success but has no such image", transient=False)
+        return info, True
 
     async def pull(self, image: str, on_progress: ProgressCallback | None = None) -> str:
         """Pull ``image`` (deduplicated with concurrent pulls of the same reference)."""
@@ -195,7 +211,9 @@ class ImageManager:
                     number = attempt.retry_state.attempt_number
                     if number > 1:
                         emit({"status": f"Retrying pull of {image} (attempt {number} of {self._attempts})"})
-                    await self._call(self._pull_once, image, repo, tag, emit_threadsafe)
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._pull_pool, self._pull_once, image, repo, tag, emit_threadsafe
+                    )
             image_id = await self.image_id(image)
             if image_id is None:
                 raise PullFailed(image, "the engine reported success but has no such image", transient=False)
