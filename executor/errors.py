@@ -31,8 +31,8 @@ class ExecutorError(Exception):
 class ExecutionNotFound(ExecutorError):
     code = ErrorCode.NOT_FOUND
 
-    def __init__(self, execution_id: str) -> None:
-        super().__init__(f"execution {execution_id!r} not found on this node")
+    def __init__(self, execution_id: str, message: str | None = None) -> None:
+        super().__init__(message or f"execution {execution_id!r} not found on this node")
         self.execution_id = execution_id
 
 

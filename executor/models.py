@@ -449,6 +449,8 @@ class EventKind(StrEnum):
     RESULTS_WRITTEN = "results-written"
     CLEANED_UP = "cleaned-up"
     CANCEL_REQUESTED = "cancel-requested"
+    RECOVERED = "recovered"
+    OUTPUT_RECOVERED = "output-recovered"
     TIMED_OUT = "timed-out"
     FAILED = "failed"
     STATE = "state"

@@ -144,20 +144,20 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def Wait(self, request: Any, context: Any) -> executor_pb2.WaitResponse:
         result = await self.node.wait(request.execution_id)
         return executor_pb2.WaitResponse(
-            execution_id=request.execution_id, result=convert.result_to_pb(result, self._results_dir(request))
+            execution_id=request.execution_id, result=convert.result_to_pb(result, await self._results_dir(request))
         )
 
     @unary
     async def Cancel(self, request: Any, context: Any) -> executor_pb2.CancelResponse:
         result = await self.node.cancel(request.execution_id)
         return executor_pb2.CancelResponse(
-            execution_id=request.execution_id, result=convert.result_to_pb(result, self._results_dir(request))
+            execution_id=request.execution_id, result=convert.result_to_pb(result, await self._results_dir(request))
         )
 
     @streaming
     async def GetLogStream(self, request: Any, context: Any) -> AsyncIterator[executor_pb2.GetLogStreamResponse]:
         streams = frozenset(convert.stream_from_pb(s) for s in request.streams) or frozenset(StreamType)
-        async for entry in self.node.executor.get_log_stream(
+        async for entry in self.node.get_log_stream(
             request.execution_id,
             with_history=request.with_history,
             follow=request.follow,
@@ -167,8 +167,8 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         ):
             yield executor_pb2.GetLogStreamResponse(**convert.log_entry_fields(entry))
 
-    def _results_dir(self, request: Any) -> str:
-        results_dir = self.node.get(request.execution_id).request.results_dir
+    async def _results_dir(self, request: Any) -> str:
+        results_dir = (await self.node.get(request.execution_id)).request.results_dir
         return str(results_dir) if results_dir else ""
 
 
@@ -225,12 +225,12 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     @unary
     async def ListExecutions(self, request: Any, context: Any) -> node_pb2.ListExecutionsResponse:
         states = {convert.state_from_pb(s) for s in request.states}
-        records = self.node.list(states, limit=request.limit or 100)
+        records = await self.node.list(states, limit=request.limit or 100)
         return node_pb2.ListExecutionsResponse(executions=[_summary(r) for r in records])
 
     @unary
     async def GetExecution(self, request: Any, context: Any) -> node_pb2.GetExecutionResponse:
-        return execution_to_pb(self.node.get(request.execution_id))
+        return execution_to_pb(await self.node.get(request.execution_id))
 
     @streaming
     async def WatchExecution(self, request: Any, context: Any) -> AsyncIterator[node_pb2.WatchExecutionResponse]:

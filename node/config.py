@@ -22,7 +22,7 @@ from pydantic_settings import (
 )
 
 from executor.docker.executor import DockerExecutorConfig
-from executor.models import DurationSeconds, NetworkMode
+from executor.models import ByteQuantity, DurationSeconds, NetworkMode
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
 
@@ -100,6 +100,11 @@ class DockerSettings(BaseModel):
     allowed_networks: list[NetworkMode] = Field(default_factory=lambda: [NetworkMode.NONE, NetworkMode.BRIDGE])
     log_driver: str = "local"
     pull_attempts: int = Field(default=4, ge=1)
+    init: bool = Field(default=True, description="run an init process in each container (docker --init)")
+    orphan_grace: DurationSeconds = Field(
+        default=60.0, description="a container with this node's label that no execution knows is removed after this"
+    )
+    engine_retry: DurationSeconds = Field(default=60.0, description="how long calls ride out an engine outage")
 
 
 class Settings(BaseSettings):
@@ -123,6 +128,12 @@ class Settings(BaseSettings):
     tls: TlsSettings = Field(default_factory=TlsSettings)
     shutdown_grace: DurationSeconds = Field(default=10.0, description="how long in-flight calls get on SIGTERM")
     on_shutdown: OnShutdown = OnShutdown.LEAVE_RUNNING
+    log_retention: DurationSeconds = Field(default=24 * 3600.0, description="logs are kept this long after the end")
+    log_max_bytes: ByteQuantity = Field(default=10 * 1024**3, description="total size of kept logs, oldest pruned")
+    record_retention: DurationSeconds = Field(
+        default=7 * 24 * 3600.0, description="finished executions (and their results dirs) are kept this long"
+    )
+    prune_interval: DurationSeconds = Field(default=600.0, description="how often old logs and records are pruned")
     log_format: LogFormat = LogFormat.TEXT
     log_level: str = "INFO"
     docker: DockerSettings = Field(default_factory=DockerSettings)
@@ -198,6 +209,9 @@ class Settings(BaseSettings):
             allowed_networks=frozenset(d.allowed_networks),
             log_driver=d.log_driver,
             pull_attempts=d.pull_attempts,
+            init=d.init,
+            orphan_grace_seconds=d.orphan_grace,
+            engine_retry_seconds=d.engine_retry,
         )
 
 

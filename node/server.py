@@ -14,7 +14,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from executor.docker.executor import DockerExecutor
 from haddock.v1 import executor_pb2, executor_pb2_grpc, node_pb2, node_pb2_grpc
 from node.api import ExecutorServicer, NodeServicer
 from node.auth import BearerTokenInterceptor
@@ -84,11 +83,8 @@ def _interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
 async def start_server(settings: Settings, node: Node | None = None) -> RunningServer:
     """Build the node and its server, bind, start; returns once it accepts calls."""
     if node is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        holder: list[Node] = []
-        executor = DockerExecutor(settings.executor_config(), event_sink=lambda e: holder[0].on_event(e))
-        node = Node(settings, executor, version=haddock_version())
-        holder.append(node)
+        node = await Node.open(settings, version=haddock_version())
+        await node.begin()
     server = grpc.aio.server(
         interceptors=_interceptors(settings),
         options=[("grpc.so_reuseport", 0)],

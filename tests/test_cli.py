@@ -95,7 +95,7 @@ async def test_run_json(node_server: RunningServer) -> None:
     assert data["execution_id"] == "cli-json-1"
     assert data["status"] == "error" and data["exit_code"] == 3
     assert data["stdout"] == "hello\n" and data["stderr"] == "e\n"
-    assert Path(data["results_dir"], "exitCode").read_text() == "3"  # noqa: ASYNC240 - a test's look at the disk
+    assert Path(data["results_dir"], "exitCode").read_text() == "3"
 
 
 async def test_detach_logs_wait_describe_ls_cancel_info(node_server: RunningServer) -> None:

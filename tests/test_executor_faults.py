@@ -15,7 +15,7 @@ import pytest
 
 from executor.docker.executor import DockerExecutor, DockerExecutorConfig
 from executor.errors import ExecutionAlreadyComplete, ExecutionNotFound, ExecutorError
-from executor.models import ResultStatus
+from executor.models import EventKind, ResultStatus, RunCommandRequest
 from tests.conftest import RequestFactory, node_containers
 
 
@@ -108,16 +108,40 @@ async def test_cancel_after_natural_exit_is_already_complete(
     assert (await executor.wait(req.execution_id)).status is ResultStatus.SUCCESS
 
 
-async def test_cut_output_stream_is_reported(executor: DockerExecutor, make_request: RequestFactory) -> None:
-    req = make_request("echo before; sleep 2; echo after")
-    await executor.start(req)
-    async for entry in executor.get_log_stream(req.execution_id, follow=True):
+async def _cut_stream_after_first_line(ex: DockerExecutor, req: RunCommandRequest) -> None:
+    await ex.start(req)
+    async for entry in ex.get_log_stream(req.execution_id, follow=True):
         assert entry.data == b"before\n"
         break
-    running = executor._running[req.execution_id]
+    running = ex._running[req.execution_id]
     assert running.sock is not None
     running.sock.shutdown(socket.SHUT_RDWR)  # as if the engine dropped the stream
+
+
+async def test_cut_output_stream_is_recovered_from_engine_log(
+    executor: DockerExecutor, make_request: RequestFactory
+) -> None:
+    req = make_request("echo before; sleep 2; echo after; echo err >&2")
+    await _cut_stream_after_first_line(executor, req)
     result = await executor.wait(req.execution_id)
+    assert result.status is ResultStatus.SUCCESS, result.error_message
+    assert (req.results_dir / "stdout").read_bytes() == b"before\nafter\n"
+    assert (req.results_dir / "stderr").read_bytes() == b"err\n"
+    assert EventKind.OUTPUT_RECOVERED in [e.kind for e in executor.events(req.execution_id)]
+    logged = b"".join([e.data async for e in executor.get_log_stream(req.execution_id)])
+    assert sorted(logged.splitlines()) == [b"after", b"before", b"err"]
+
+
+async def test_cut_output_stream_without_engine_log_is_reported(
+    executor_config: DockerExecutorConfig, make_request: RequestFactory
+) -> None:
+    ex = DockerExecutor(executor_config.model_copy(update={"log_driver": "none", "log_driver_options": {}}))
+    try:
+        req = make_request("echo before; sleep 2; echo after")
+        await _cut_stream_after_first_line(ex, req)
+        result = await ex.wait(req.execution_id)
+    finally:
+        await ex.shutdown()
     assert result.exit_code == 0
     assert result.status is ResultStatus.ERROR
     assert "output may be missing" in result.error_message

@@ -23,7 +23,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,6 +94,13 @@ class DockerExecutorConfig(BaseModel):
     cap_drop: tuple[str, ...] = ("NET_RAW",)
     allowed_networks: frozenset[NetworkMode] = frozenset({NetworkMode.NONE, NetworkMode.BRIDGE})
     log_driver: str = Field(default="local", description="the engine's own log driver for containers")
+    log_driver_options: dict[str, str] = Field(
+        default_factory=lambda: {"max-size": "100m", "max-file": "5"},
+        description="the engine keeps this much of each job's output: what a restarted node can recover",
+    )
+    orphan_grace_seconds: float = Field(
+        default=60.0, ge=0, description="a container of this node that no execution knows is removed after this"
+    )
     api_workers: int = Field(default=32, ge=1, description="threads for short engine calls")
     pull_workers: int = Field(default=8, ge=1, description="threads for image pulls (each holds one)")
     pull_attempts: int = Field(default=4, ge=1)
@@ -119,7 +126,7 @@ class _Running:
     record: ExecutionRecord
     done: asyncio.Future[RunCommandResult]
     cancel_event: asyncio.Event
-    writer: LogWriter
+    writer: LogWriter | None  # None: a recovered execution whose output was all captured before
     task: asyncio.Task[None] | None = None
     container_id: str | None = None
     stop_signal: str = "SIGTERM"
@@ -398,6 +405,125 @@ class DockerExecutor:
         if self._client is not None:
             self._client.close()
 
+    # ------------------------------------------------------------------ recovery after a restart
+
+    async def node_containers(self) -> dict[str, dict[str, Any]]:
+        """This node's containers by execution id (``docker ps -a`` filtered by the node label)."""
+        client = await self._client_async()
+        found = await self._engine_call(
+            client.containers, all=True, filters={"label": f"{LABEL_NODE}={self.config.node_id}"}
+        )
+        return {str(c["Labels"].get(LABEL_EXECUTION, "")): c for c in found}
+
+    async def recover(self, records: list[ExecutionRecord]) -> None:
+        """Take back the executions a previous life of this node left unfinished.
+
+        For each: a container that still runs is followed again (output from where the node's log
+        ends, the remaining timeout enforced); one that exited meanwhile has its output and exit
+        status collected; a missing one ends the execution with a clear message. Results are then
+        written as usual. Returns once every execution is registered (``wait`` works on them).
+        """
+        containers = await self.node_containers()
+        for record in records:
+            exec_id = record.execution_id
+            if exec_id in self._records:
+                continue
+            record.result = None
+            self._records[exec_id] = record
+            writer: LogWriter | None
+            if not self.logs.exists(exec_id):
+                writer = await asyncio.to_thread(self.logs.create, exec_id)
+            elif self.logs.is_complete(exec_id):
+                writer = None  # all output was captured before the node went down
+            else:
+                writer = await asyncio.to_thread(self.logs.open_append, exec_id)
+            loop = asyncio.get_running_loop()
+            running = _Running(record=record, done=loop.create_future(), cancel_event=asyncio.Event(), writer=writer)
+            container = containers.get(exec_id)
+            if container is not None:
+                running.container_id = str(container["Id"])
+                record.container_id = running.container_id
+            self._running[exec_id] = running
+            self._emit(record, EventKind.RECOVERED, "the node restarted and took the execution back")
+            running.task = asyncio.create_task(
+                self._execute(running, recovered=True), name=f"haddock-recover-{exec_id}"
+            )
+
+    async def reap_orphans(self, *, grace: float | None = None) -> list[str]:
+        """Remove containers with this node's label that no execution knows, once older than the grace."""
+        grace = self.config.orphan_grace_seconds if grace is None else grace
+        client = await self._client_async()
+        removed = []
+        now = time.time()
+        for exec_id, c in (await self.node_containers()).items():
+            if exec_id in self._running or (exec_id in self._records and self._records[exec_id].result is None):
+                continue
+            if now - float(c.get("Created") or 0) < grace:
+                continue
+            try:
+                await self._engine_call(client.remove_container, c["Id"], force=True, v=True)
+            except docker.errors.NotFound:
+                continue
+            log.warning(
+                "removed container %s of execution %r: no execution on this node knows it",
+                c.get("Names", ["?"])[0].lstrip("/"),
+                exec_id,
+            )
+            removed.append(exec_id)
+        return removed
+
+    async def _resume(self, running: _Running) -> _Outcome:
+        """The recovered execution's container: follow it (or read what it left), then its exit status."""
+        record = running.record
+        request = record.request
+        if running.container_id is None:
+            if record.state in (ExecutionState.QUEUED, ExecutionState.PREPARING):
+                return _Outcome(error="the node restarted before the job's container was started; run it again")
+            return _Outcome(error="the job's container was removed while the node was down; its exit status is unknown")
+        client = await self._client_async()
+        container_id = running.container_id
+        try:
+            info = await self._engine_call(client.inspect_container, container_id)
+        except docker.errors.NotFound:
+            return _Outcome(error="the job's container was removed while the node was down; its exit status is unknown")
+        state = info.get("State") or {}
+        running.stop_signal = str((info.get("Config") or {}).get("StopSignal") or "SIGTERM")
+        if running.writer is not None:
+            skip = running.writer.bytes_written
+            capture = asyncio.ensure_future(
+                asyncio.get_running_loop().run_in_executor(
+                    None, _copy_engine_logs, client, container_id, running, skip, bool(state.get("Running"))
+                )
+            )
+        else:
+            capture = asyncio.ensure_future(asyncio.sleep(0))
+        if state.get("Running"):
+            self._set_state(record, ExecutionState.RUNNING)
+            remaining = None
+            if request.timeout is not None:
+                started = record.started_at or record.created_at
+                remaining = max(0.0, request.timeout - (utcnow() - started).total_seconds())
+            exited = asyncio.create_task(self._wait_exit(running, container_id, capture))
+            cancel_wait = asyncio.create_task(running.cancel_event.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    {exited, cancel_wait}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                if exited not in done:
+                    await self._stop(running, container_id, "cancel" if cancel_wait in done else "timeout", exited)
+                exit_code = await exited
+            finally:
+                cancel_wait.cancel()
+            state = (await self._engine_call(client.inspect_container, container_id)).get("State") or {}
+        else:
+            await capture
+            exit_code = int(state.get("ExitCode", -1))
+        oom = bool(state.get("OOMKilled"))
+        self._emit(
+            record, EventKind.EXITED, f"container exited with code {exit_code}", exit_code=exit_code, oom_killed=oom
+        )
+        return _Outcome(exit_code=exit_code, oom_killed=oom)
+
     # ------------------------------------------------------------------ the execution itself
 
     def _emit(self, record: ExecutionRecord, kind: EventKind, message: str, **details: Any) -> ExecutionEvent:
@@ -416,7 +542,7 @@ class DockerExecutor:
             record.state = state
             self._emit(record, EventKind.STATE, f"state: {state.value}", state=state.value)
 
-    async def _execute(self, running: _Running) -> None:
+    async def _execute(self, running: _Running, *, recovered: bool = False) -> None:
         """The execution's task. Whatever happens, ``done`` is resolved and the container removed
         (unless a shutdown let go of it)."""
         record = running.record
@@ -428,9 +554,10 @@ class DockerExecutor:
                     "haddock.execution_id": request.execution_id,
                     "haddock.job_id": request.job_id,
                     "haddock.image": request.engine.image,
+                    "haddock.recovered": recovered,
                 },
             ) as span:
-                result = await self._execute_traced(running)
+                result = await self._execute_traced(running, recovered=recovered)
                 span.set_attribute("haddock.status", result.status.value)
                 if result.exit_code is not None:
                     span.set_attribute("haddock.exit_code", result.exit_code)
@@ -457,24 +584,17 @@ class DockerExecutor:
             self._running.pop(request.execution_id, None)
             self._forget_old_records()
 
-    async def _execute_traced(self, running: _Running) -> RunCommandResult:
+    async def _execute_traced(self, running: _Running, *, recovered: bool = False) -> RunCommandResult:
         record = running.record
         outcome = _Outcome()
         status: ResultStatus | None = None
         try:
             try:
-                with tracer.start_as_current_span("pull"):
-                    stop_signal = await self._prepare_image(running)
-                if running.cancel_event.is_set():
-                    status = ResultStatus.CANCELLED
+                if recovered:
+                    with tracer.start_as_current_span("resume"):
+                        outcome = await self._resume(running)
                 else:
-                    with tracer.start_as_current_span("run"):
-                        running.stop_signal = stop_signal
-                        running.container_id = await self._create_container(running)
-                        if running.cancel_event.is_set():  # cancelled while creating: never start it
-                            status = ResultStatus.CANCELLED
-                        else:
-                            outcome = await self._run_container(running, running.container_id)
+                    outcome, status = await self._prepare_and_run(running)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -486,14 +606,15 @@ class DockerExecutor:
             with tracer.start_as_current_span("write-results"):
                 return await self._finish(running, status, outcome)
         except asyncio.CancelledError:
-            if running.leave_container:
-                # The node goes down and leaves the container running: stop capturing and keep the
-                # log open-ended (no END frame) so that a restart can reattach and append to it.
-                if running.sock is not None:
-                    _close_socket(running.sock)
-                running.writer.close(complete=False)
-            else:
-                running.writer.close()
+            if running.writer is not None:
+                if running.leave_container:
+                    # The node goes down and leaves the container running: stop capturing and keep
+                    # the log open-ended (no END frame) so that a restart can append to it.
+                    if running.sock is not None:
+                        _close_socket(running.sock)
+                    running.writer.close(complete=False)
+                else:
+                    running.writer.close()
             raise
         finally:
             if running.attach_response is not None:
@@ -501,6 +622,19 @@ class DockerExecutor:
                     running.attach_response.close()
             if running.container_id is not None and not running.leave_container:
                 await self._remove_container(record, running.container_id)
+
+    async def _prepare_and_run(self, running: _Running) -> tuple[_Outcome, ResultStatus | None]:
+        """Image, container, run. Returns the outcome, and a status when it is decided before running."""
+        with tracer.start_as_current_span("pull"):
+            stop_signal = await self._prepare_image(running)
+        if running.cancel_event.is_set():
+            return _Outcome(), ResultStatus.CANCELLED
+        with tracer.start_as_current_span("run"):
+            running.stop_signal = stop_signal
+            running.container_id = await self._create_container(running)
+            if running.cancel_event.is_set():  # cancelled while creating: never start it
+                return _Outcome(), ResultStatus.CANCELLED
+            return await self._run_container(running, running.container_id), None
 
     def _forget_old_records(self) -> None:
         """Keep a bounded number of finished executions in memory (the node persists them)."""
@@ -568,7 +702,7 @@ class DockerExecutor:
         host_config: dict[str, Any] = {
             "network_mode": request.network.mode.value,
             "mounts": mounts,
-            "log_config": docker.types.LogConfig(type=cfg.log_driver),
+            "log_config": docker.types.LogConfig(type=cfg.log_driver, config=dict(cfg.log_driver_options)),
             "init": cfg.init,
         }
         if res.cpu:
@@ -610,7 +744,7 @@ class DockerExecutor:
         spec = await asyncio.to_thread(self._container_spec, request)
         spec["host_config"] = client.create_host_config(**spec["host_config"])
         try:
-            created = await self._api(client.create_container, **spec)
+            created = await self._engine_call(client.create_container, **spec)
         except docker.errors.APIError as exc:
             if exc.status_code != 409:
                 raise
@@ -634,12 +768,12 @@ class DockerExecutor:
         request = record.request
         client = await self._client_async()
         # Attach before start: no byte of output can be missed.
-        response, sock = await self._api(_attach, client, container_id, self.config.api_timeout_seconds)
+        response, sock = await self._engine_call(_attach, client, container_id, self.config.api_timeout_seconds)
         running.attach_response = response  # keep it alive: collecting it would close the socket
         running.sock = sock
         capture = asyncio.create_task(self._capture(running, sock))
         try:
-            await self._api(client.start, container_id)
+            await self._start_container(client, container_id)
         except BaseException:
             _close_socket(sock)
             await asyncio.gather(capture, return_exceptions=True)
@@ -675,6 +809,24 @@ class DockerExecutor:
         state = (await self._engine_call(client.inspect_container, container_id)).get("State") or {}
         oom = bool(state.get("OOMKilled"))
         self._check_capture_complete(running, state)
+        if running.capture_error and running.capture_error.startswith(_STREAM_CUT) and running.writer is not None:
+            # The stream was cut (engine restart, dropped connection): the engine's own log has the rest.
+            running.capture_error = ""
+            await asyncio.get_running_loop().run_in_executor(
+                self._api_pool,
+                _copy_engine_logs,
+                client,
+                container_id,
+                running,
+                running.writer.bytes_written,
+                False,
+            )
+            if not running.capture_error:
+                self._emit(
+                    record,
+                    EventKind.OUTPUT_RECOVERED,
+                    "output recovered from the engine's log after the stream was cut",
+                )
         self._emit(
             record, EventKind.EXITED, f"container exited with code {exit_code}", exit_code=exit_code, oom_killed=oom
         )
@@ -690,6 +842,7 @@ class DockerExecutor:
         sock.setblocking(False)
         demux = Demuxer()
         writer = running.writer
+        assert writer is not None
         try:
             while True:
                 data = await loop.sock_recv(sock, READ_SIZE)
@@ -714,9 +867,7 @@ class DockerExecutor:
             running.capture_error = f"the engine's output stream was not readable ({exc}); output may be missing"
         except OSError as exc:
             if not running.leave_container:
-                running.capture_error = (
-                    f"the connection to the engine dropped while capturing output ({exc}); output may be missing"
-                )
+                running.capture_error = f"{_STREAM_CUT}: the connection dropped ({exc}); output may be missing"
         finally:
             running.capture_ended_at = time.time()
             _close_socket(sock)
@@ -729,9 +880,9 @@ class DockerExecutor:
             return
         finished = _parse_engine_time(str(state.get("FinishedAt") or ""))
         if finished is not None and running.capture_ended_at < finished - CAPTURE_SLACK_SECONDS:
-            running.capture_error = "the engine closed the output stream before the job ended; output may be missing"
+            running.capture_error = f"{_STREAM_CUT}: the engine closed it before the job ended; output may be missing"
 
-    async def _wait_exit(self, running: _Running, container_id: str, capture: asyncio.Task[None]) -> int:
+    async def _wait_exit(self, running: _Running, container_id: str, capture: Awaitable[Any]) -> int:
         """The container's exit code. The attach stream ends when the job exits; then wait answers at once."""
         await capture
         client = await self._client_async()
@@ -742,6 +893,18 @@ class DockerExecutor:
                 continue  # still running (the stream was cut): keep waiting
             running.exited = True
             return int(result.get("StatusCode", -1))
+
+    async def _start_container(self, client: docker.APIClient, container_id: str) -> None:
+        """Start the container once. If the connection drops mid-call, ask the engine whether it
+        started before trying again: starting an exited container would run the job twice."""
+        while True:
+            try:
+                await self._api(client.start, container_id)
+                return
+            except requests.exceptions.ConnectionError:
+                state = (await self._engine_call(client.inspect_container, container_id)).get("State") or {}
+                if state.get("Running") or not str(state.get("StartedAt") or "0001").startswith("0001"):
+                    return
 
     async def _engine_call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """An engine call that survives a short engine outage (connection refused/reset), bounded."""
@@ -820,8 +983,10 @@ class DockerExecutor:
             async for entry in self.logs.read(exec_id, streams=frozenset({kind})):
                 yield entry.data
 
+        writer = running.writer
         try:
-            await asyncio.to_thread(running.writer.close)
+            if writer is not None:
+                await asyncio.to_thread(writer.close)
             written = await write_job_results(
                 _results_dir(request),
                 stream(StreamType.STDOUT),
@@ -833,8 +998,8 @@ class DockerExecutor:
                 record,
                 EventKind.RESULTS_WRITTEN,
                 f"results written to {request.results_dir}",
-                stdout_bytes=running.writer.stdout_bytes,
-                stderr_bytes=running.writer.stderr_bytes,
+                stdout_bytes=writer.stdout_bytes if writer else (written.stdout.total_bytes or 0),
+                stderr_bytes=writer.stderr_bytes if writer else (written.stderr.total_bytes or 0),
             )
             lost = bool(running.capture_error)
             result = RunCommandResult(
@@ -876,6 +1041,7 @@ class DockerExecutor:
 
 
 CAPTURE_SLACK_SECONDS = 1.0
+_STREAM_CUT = "the output stream from the engine was cut"
 WAIT_POLL_SECONDS = 60
 
 
@@ -938,6 +1104,47 @@ def _attach(client: docker.APIClient, container_id: str, timeout: float) -> tupl
         response.close()
         raise
     return response, raw
+
+
+def _copy_engine_logs(
+    client: docker.APIClient, container_id: str, running: _Running, skip: dict[StreamType, int], follow: bool
+) -> None:
+    """Runs in a thread for a recovered execution: copy the engine's log of the container into the
+    node's log, skipping per stream the bytes the node already has, following it while it runs."""
+    writer = running.writer
+    assert writer is not None
+    response = client._get(
+        client._url("/containers/{0}/logs", container_id),
+        params={"stdout": 1, "stderr": 1, "follow": int(follow)},
+        stream=True,
+        timeout=None if follow else 600,
+    )
+    running.attach_response = response
+    try:
+        client._raise_for_status(response)
+        demux = Demuxer()
+        left = dict(skip)
+        for data in response.iter_content(chunk_size=None):
+            for kind, payload in demux.feed(data):
+                already = left.get(kind, 0)
+                if already:
+                    cut = min(already, len(payload))
+                    left[kind] = already - cut
+                    payload = payload[cut:]
+                if payload:
+                    writer.write(kind, payload)
+        if any(left.values()):
+            running.capture_error = (
+                "the engine no longer holds all of the job's output (its log was rotated); "
+                "output written while the node was down may be missing"
+            )
+    except (OSError, requests.exceptions.RequestException, docker.errors.APIError, StreamProtocolError) as exc:
+        running.capture_error = (
+            f"collecting the job's output from the engine's log failed ({exc}); output may be missing"
+        )
+    finally:
+        running.capture_ended_at = time.time()
+        response.close()
 
 
 def _close_socket(sock: socket.socket) -> None:
