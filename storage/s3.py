@@ -1,0 +1,544 @@
+"""S3 inputs: one object mounted read-only as a FILE at the target, or every object under a prefix
+(optionally filtered) as a read-only directory tree.
+
+- boto3 is blocking: its calls run in a dedicated thread pool. Credentials come from boto3's usual
+  chain (environment, shared files, instance profile); ``endpoint_url`` selects an S3-compatible
+  server (path-style addressing is then used).
+- API calls are retried by botocore (standard mode); a body that breaks while streaming is fetched
+  again with tenacity. Each object is fetched with ``If-Match`` on the ETag seen before (or by its
+  version id), so a prepared input never mixes old and new content.
+- Under a prefix, an object's path is its key relative to the prefix: to the prefix itself when it
+  ends with ``/`` or when every key continues it with ``/`` (``data`` -> ``a.txt``), else to the
+  prefix's last ``/`` (``data/run-`` -> ``run-1.csv``). ``filter`` is searched (``re.search``) in each
+  full key. Keys that would escape the directory (``.``/``..`` segments, empty segments) or collide
+  (a file where a directory must be) are refused; "directory marker" keys ending in ``/`` are skipped.
+- With a cache, content is keyed by sha256, else (endpoint, bucket, key, version id or ETag); a
+  prefix by every (key, ETag, size) listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import re
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import boto3
+import botocore.config
+import botocore.exceptions
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+
+from executor.errors import ErrorCode
+from executor.quantity import format_bytes, format_duration
+from storage.cache import ContentCache, s3_object_key, s3_prefix_key
+from storage.models import S3Source
+from storage.provider import (
+    PreparedVolume,
+    StorageError,
+    backoff,
+    make_scratch,
+    release_volume,
+    remove_tree,
+    run_blocking,
+    scratch_path,
+)
+from storage.url import safe_file_name
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+
+log = logging.getLogger("haddock.storage.s3")
+
+T = TypeVar("T")
+GiB = 1024**3
+MiB = 1024**2
+DEFAULT_OBJECT_NAME = "object"
+
+_STREAM_TRANSIENT = (
+    botocore.exceptions.HTTPClientError,
+    botocore.exceptions.ConnectionError,
+    botocore.exceptions.IncompleteReadError,
+)
+
+
+@dataclass(frozen=True)
+class S3Config:
+    max_bytes: int = 10 * GiB
+    """Largest input (one object, or all objects under a prefix together)."""
+    max_objects: int = 10_000
+    region: str | None = None
+    """Region when a source names none (else boto3's own default)."""
+    endpoint_url: str | None = None
+    """Endpoint when a source names none (else AWS)."""
+    allowed_endpoints: tuple[str, ...] | None = None
+    """Endpoints a source may name (None: any). The node signs requests with its credentials for them."""
+    attempts: int = 4
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    total_timeout: float = 3600.0
+    parallel_downloads: int = 4
+    chunk_size: int = 1 * MiB
+    backoff_initial: float = 0.5
+    backoff_max: float = 10.0
+
+
+@dataclass(frozen=True)
+class S3Object:
+    key: str
+    etag: str
+    size: int
+    version_id: str | None = None
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _Stopped(Exception):
+    pass
+
+
+class S3Storage:
+    source_type = "s3"
+
+    def __init__(
+        self,
+        cache: ContentCache | None = None,
+        config: S3Config | None = None,
+        *,
+        session: boto3.session.Session | None = None,
+    ) -> None:
+        self.cache = cache
+        self.config = config or S3Config()
+        self._session = session
+        self._clients: dict[tuple[str | None, str | None], S3Client] = {}
+        self._client_lock = threading.Lock()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.config.parallel_downloads + 4, thread_name_prefix="haddock-s3"
+        )
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ---------------------------------------------------------------------------------- the protocol
+
+    async def is_installed(self) -> bool:
+        return True
+
+    async def has_storage_locally(self, source: S3Source) -> bool:
+        if self.cache is None:
+            return False
+        try:
+            key, _size, _objects = await self._identify(source)
+        except StorageError:
+            return False
+        return key is not None and key in self.cache
+
+    async def get_volume_size(self, source: S3Source) -> int | None:
+        """The object's size, or the sum under the prefix. A missing object or bucket raises StorageError."""
+        _key, size, _objects = await self._identify(source)
+        return size
+
+    async def prepare_storage(self, source: S3Source, work_dir: Path) -> PreparedVolume:
+        cache_key, size, objects = await self._identify(source)
+        if size > self.config.max_bytes:
+            raise StorageError(
+                source,
+                f"is {format_bytes(size)}, larger than the size limit of {format_bytes(self.config.max_bytes)} "
+                "for S3 inputs",
+                code=ErrorCode.RESOURCE_EXHAUSTED,
+            )
+
+        async def fetch(dest: Path) -> Path:
+            try:
+                async with asyncio.timeout(self.config.total_timeout):
+                    return await self._fetch(source, objects, dest)
+            except TimeoutError:
+                raise StorageError(
+                    source,
+                    f"could not be downloaded within the total timeout of {format_duration(self.config.total_timeout)}",
+                    code=ErrorCode.UNAVAILABLE,
+                ) from None
+
+        if self.cache is not None and cache_key is not None and self.cache.accepts(size):
+            lease = await self.cache.get_or_fetch(cache_key, fetch, expected_size=size)
+            return PreparedVolume(
+                source=source, host_path=lease.path, target=source.target, read_only=True, cached=True, lease=lease
+            )
+        scratch = scratch_path(work_dir, "s3")
+        try:
+            await run_blocking(make_scratch, scratch)
+            path = await fetch(scratch)
+        except BaseException:
+            await run_blocking(remove_tree, scratch)
+            raise
+        return PreparedVolume(
+            source=source, host_path=path, target=source.target, read_only=True, cached=False, scratch=scratch
+        )
+
+    async def cleanup_storage(self, volume: PreparedVolume) -> None:
+        await release_volume(volume)
+
+    # ------------------------------------------------------------------------------------- identify
+
+    async def _identify(self, source: S3Source) -> tuple[str | None, int, list[S3Object]]:
+        """(cache key, total size, the objects to fetch) from a HEAD (one key) or a listing (a prefix)."""
+        endpoint = self._endpoint(source)
+        if source.key:
+            obj = await self._head(source)
+            key = s3_object_key(
+                endpoint_url=endpoint,
+                bucket=source.bucket,
+                key=source.key,
+                version_id=source.version_id,
+                etag=obj.etag,
+                sha256=source.sha256,
+            )
+            return key, obj.size, [obj]
+        objects = await self._list(source)
+        key = s3_prefix_key(
+            endpoint_url=endpoint,
+            bucket=source.bucket,
+            prefix=source.prefix,
+            filter=source.filter,
+            objects=[(o.key, o.etag, o.size) for o in objects],
+        )
+        return key, sum(o.size for o in objects), objects
+
+    async def _head(self, source: S3Source) -> S3Object:
+        client = await self._client(source)
+
+        def head() -> S3Object:
+            if source.version_id:
+                resp = client.head_object(Bucket=source.bucket, Key=source.key, VersionId=source.version_id)
+            else:
+                resp = client.head_object(Bucket=source.bucket, Key=source.key)
+            return S3Object(
+                key=source.key,
+                etag=resp.get("ETag", ""),
+                size=int(resp.get("ContentLength", 0)),
+                version_id=source.version_id,
+            )
+
+        return await self._call(source, head)
+
+    async def _list(self, source: S3Source) -> list[S3Object]:
+        client = await self._client(source)
+        pattern = re.compile(source.filter) if source.filter is not None else None
+        limit = self.config.max_objects
+
+        def list_objects() -> list[S3Object]:
+            out: list[S3Object] = []
+            paginator = client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=source.bucket, Prefix=source.prefix):
+                for item in page.get("Contents", []):
+                    key = item.get("Key", "")
+                    if not key or key.endswith("/"):
+                        continue  # a "directory" marker
+                    if pattern is not None and not pattern.search(key):
+                        continue
+                    out.append(S3Object(key=key, etag=item.get("ETag", ""), size=int(item.get("Size", 0))))
+                    if len(out) > limit:
+                        raise StorageError(
+                            source,
+                            f"has more than {limit} objects, the limit for one S3 input",
+                            code=ErrorCode.RESOURCE_EXHAUSTED,
+                        )
+            return out
+
+        objects = await self._call(source, list_objects)
+        if not objects:
+            what = f"matching the filter {source.filter!r}" if source.filter is not None else "under the prefix"
+            raise StorageError(source, f"has no objects {what}")
+        relative_paths(source, [o.key for o in objects])  # refuse an unsafe layout before fetching
+        return objects
+
+    # ---------------------------------------------------------------------------------------- fetch
+
+    async def _fetch(self, source: S3Source, objects: list[S3Object], dest: Path) -> Path:
+        if source.key:
+            obj = objects[0]
+            path = dest / (safe_file_name(source.key.rsplit("/", 1)[-1]) or DEFAULT_OBJECT_NAME)
+            size, digest = await self._download(source, obj, path, self.config.max_bytes)
+            if source.sha256 is not None and digest != source.sha256:
+                raise StorageError(
+                    source,
+                    f"failed its checksum: expected sha256 {source.sha256}, got {digest} "
+                    f"({format_bytes(size)} downloaded)",
+                )
+            return path
+        tree = dest / "tree"
+        paths = relative_paths(source, [o.key for o in objects])
+        await run_blocking(tree.mkdir)
+        budget = [self.config.max_bytes]
+        sem = asyncio.Semaphore(self.config.parallel_downloads)
+
+        async def one(obj: S3Object) -> None:
+            async with sem:
+                target = tree / paths[obj.key]
+                await run_blocking(functools.partial(target.parent.mkdir, parents=True, exist_ok=True))
+                size, _ = await self._download(source, obj, target, budget[0])
+                budget[0] -= size
+
+        async with asyncio.TaskGroup() as tg:
+            for obj in objects:
+                tg.create_task(one(obj))
+        return tree
+
+    async def _download(self, source: S3Source, obj: S3Object, path: Path, cap: int) -> tuple[int, str]:
+        """Stream one object to ``path`` (via a temporary file), retrying broken bodies. (size, sha256)."""
+        client = await self._client(source)
+        c = self.config
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(c.attempts),
+            wait=lambda rs: backoff(rs.attempt_number, c.backoff_initial, c.backoff_max),
+            retry=retry_if_exception_type(_STREAM_TRANSIENT),
+            before_sleep=lambda rs: log.warning(
+                "fetching s3://%s/%s failed (attempt %d): %s; retrying",
+                source.bucket,
+                obj.key,
+                rs.attempt_number,
+                rs.outcome.exception() if rs.outcome else None,
+            ),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._stoppable(
+                        source,
+                        functools.partial(
+                            _get_object, client, source.bucket, obj, path, cap, c.chunk_size, pinned=bool(obj.etag)
+                        ),
+                    )
+        except _TooBig:
+            raise StorageError(
+                source,
+                f"is larger than the size limit of {format_bytes(c.max_bytes)} for S3 inputs "
+                f"(download aborted at {obj.key!r})",
+                code=ErrorCode.RESOURCE_EXHAUSTED,
+            ) from None
+        except _STREAM_TRANSIENT as exc:
+            raise StorageError(
+                source,
+                f"cannot be fetched: {exc} (object {obj.key!r}, gave up after {c.attempts} attempts)",
+                code=ErrorCode.UNAVAILABLE,
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------------------------ plumbing
+
+    def _endpoint(self, source: S3Source) -> str | None:
+        return source.endpoint_url or self.config.endpoint_url
+
+    async def _client(self, source: S3Source) -> S3Client:
+        region = source.region or self.config.region
+        endpoint = self._endpoint(source)
+        allowed = self.config.allowed_endpoints
+        if source.endpoint_url is not None and allowed is not None and source.endpoint_url not in allowed:
+            raise StorageError(
+                source,
+                f"names the endpoint {source.endpoint_url}, which this node does not use "
+                f"(allowed: {', '.join(allowed) or 'none'})",
+            )
+        key = (region, endpoint)
+        client = self._clients.get(key)
+        if client is None:
+            client = await run_blocking(self._make_client, region, endpoint)
+        return client
+
+    def _make_client(self, region: str | None, endpoint: str | None) -> S3Client:
+        c = self.config
+        with self._client_lock:  # boto3 sessions are not thread-safe
+            existing = self._clients.get((region, endpoint))
+            if existing is not None:
+                return existing
+            if self._session is None:
+                self._session = boto3.session.Session()
+            cfg = botocore.config.Config(
+                region_name=region,
+                retries={"max_attempts": c.attempts, "mode": "standard"},
+                connect_timeout=c.connect_timeout,
+                read_timeout=c.read_timeout,
+                max_pool_connections=max(10, c.parallel_downloads * 2),
+                s3={"addressing_style": "path"} if endpoint else {},
+            )
+            client = self._session.client("s3", endpoint_url=endpoint, config=cfg)
+            self._clients[(region, endpoint)] = client
+            return client
+
+    async def _call(self, source: S3Source, fn: Callable[[], T]) -> T:
+        """A blocking boto3 call in the pool, its errors translated."""
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._pool, fn)
+        try:
+            return await _wait_thread(fut)
+        except StorageError:
+            raise
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise translate_error(source, exc) from None
+
+    async def _stoppable(self, source: S3Source, fn: Callable[[threading.Event], T]) -> T:
+        """Like _call, for a long transfer: a cancelled caller tells the thread to stop, and waits."""
+        stop = threading.Event()
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._pool, fn, stop)
+        try:
+            return await _wait_thread(fut, stop)
+        except (_TooBig, StorageError, *_STREAM_TRANSIENT):
+            raise
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise translate_error(source, exc) from None
+
+
+async def _wait_thread(fut: asyncio.Future[T], stop: threading.Event | None = None) -> T:
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        if stop is not None:
+            stop.set()
+        while not fut.done():
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(fut)
+        raise
+
+
+def _get_object(
+    client: S3Client,
+    bucket: str,
+    obj: S3Object,
+    path: Path,
+    cap: int,
+    chunk_size: int,
+    stop: threading.Event,
+    *,
+    pinned: bool,
+) -> tuple[int, str]:
+    """(Runs in a thread.) GET one object into ``path``; the exact version listed or HEADed."""
+    if obj.version_id:
+        resp = client.get_object(Bucket=bucket, Key=obj.key, VersionId=obj.version_id)
+    elif pinned:
+        resp = client.get_object(Bucket=bucket, Key=obj.key, IfMatch=obj.etag)
+    else:
+        resp = client.get_object(Bucket=bucket, Key=obj.key)
+    body = resp["Body"]
+    part = path.with_name(f".part-{uuid.uuid4().hex[:12]}")
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(part, "wb") as f:
+            for chunk in body.iter_chunks(chunk_size):
+                if stop.is_set():
+                    raise _Stopped()
+                size += len(chunk)
+                if size > cap:
+                    raise _TooBig()
+                digest.update(chunk)
+                f.write(chunk)
+        os.chmod(part, 0o444)
+        os.replace(part, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+        raise
+    finally:
+        body.close()
+    return size, digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------- pure parts
+
+
+def relative_paths(source: S3Source, keys: list[str]) -> dict[str, str]:
+    """Each key's path inside the input's directory (see the module doc); StorageError for keys that
+    would escape it or collide."""
+    prefix = source.prefix
+    if prefix.endswith("/") or all(k.startswith(prefix + "/") for k in keys):
+        base = prefix if prefix.endswith("/") else prefix + "/"
+    else:
+        base = prefix[: prefix.rfind("/") + 1]
+    out: dict[str, str] = {}
+    files: set[str] = set()
+    dirs: set[str] = set()
+    for key in keys:
+        rel = key[len(base) :]
+        parts = rel.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise StorageError(
+                source,
+                f"has the key {key!r}, which cannot be a path under the target (empty, '.' or '..' segments)",
+                code=ErrorCode.INVALID_ARGUMENT,
+            )
+        if any(len(p.encode()) > 255 for p in parts):
+            raise StorageError(
+                source,
+                f"has the key {key!r}, with a path segment longer than 255 bytes",
+                code=ErrorCode.INVALID_ARGUMENT,
+            )
+        out[key] = rel
+        files.add(rel)
+        for i in range(1, len(parts)):
+            dirs.add("/".join(parts[:i]))
+    clash = sorted(files & dirs)
+    if clash:
+        raise StorageError(
+            source,
+            f"has keys that make {base + clash[0]!r} both a file and a directory",
+            code=ErrorCode.INVALID_ARGUMENT,
+        )
+    return out
+
+
+def translate_error(source: S3Source, exc: BaseException) -> StorageError:
+    """A StorageError saying plainly what an S3 failure means."""
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return StorageError(
+            source,
+            "cannot be fetched: no AWS credentials were found (environment, shared credentials file or "
+            "instance profile)",
+        )
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err: dict[str, Any] = dict(exc.response.get("Error", {}))
+        code = str(err.get("Code", ""))
+        message = str(err.get("Message", "")) or code
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        if code in ("NoSuchBucket",):
+            return StorageError(source, f"cannot be fetched: the bucket {source.bucket!r} does not exist")
+        if code in ("NoSuchVersion",) or (source.version_id and code in ("InvalidArgument", "400")):
+            return StorageError(source, f"cannot be fetched: version {source.version_id!r} does not exist")
+        if source.version_id and code in ("404", "NotFound"):
+            return StorageError(
+                source,
+                f"cannot be fetched: version {source.version_id!r} does not exist (or the key or bucket does not)",
+            )
+        if code in ("404", "NoSuchKey", "NotFound"):
+            return StorageError(source, "does not exist (no such key in the bucket, or no such bucket)")
+        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"):
+            return StorageError(
+                source, f"cannot be fetched: access denied ({message}); check the node's AWS credentials"
+            )
+        if code in ("412", "PreconditionFailed"):
+            return StorageError(
+                source, "changed in the bucket while being fetched; try again", code=ErrorCode.UNAVAILABLE
+            )
+        return StorageError(
+            source,
+            f"cannot be fetched: {code}: {message}",
+            code=ErrorCode.UNAVAILABLE if status >= 500 or status == 429 else ErrorCode.FAILED_PRECONDITION,
+        )
+    if isinstance(exc, _STREAM_TRANSIENT):
+        return StorageError(source, f"cannot be fetched: {exc}", code=ErrorCode.UNAVAILABLE)
+    return StorageError(source, f"cannot be fetched: {type(exc).__name__}: {exc}", code=ErrorCode.UNAVAILABLE)
