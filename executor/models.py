@@ -440,6 +440,7 @@ class BidResult(_Model):
 
 
 class EventKind(StrEnum):
+    QUEUED = "queued"
     ACCEPTED = "accepted"
     PULLING = "pulling"
     PULL_PROGRESS = "pull-progress"

@@ -129,12 +129,12 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
 
     @unary
     async def Start(self, request: Any, context: Any) -> executor_pb2.StartResponse:
-        started = await self.node.start(_request(request.request))
+        started = await self.node.start(_request(request.request), queue=request.queue, priority=request.priority)
         return executor_pb2.StartResponse(execution_id=started.execution_id, results_dir=str(started.results_dir))
 
     @unary
     async def Run(self, request: Any, context: Any) -> executor_pb2.RunResponse:
-        started = await self.node.start(_request(request.request))
+        started = await self.node.start(_request(request.request), queue=request.queue, priority=request.priority)
         result = await self.node.wait(started.execution_id)
         return executor_pb2.RunResponse(
             execution_id=started.execution_id, result=convert.result_to_pb(result, str(started.results_dir))
@@ -230,7 +230,12 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
 
     @unary
     async def GetExecution(self, request: Any, context: Any) -> node_pb2.GetExecutionResponse:
-        return execution_to_pb(await self.node.get(request.execution_id))
+        msg = execution_to_pb(await self.node.get(request.execution_id))
+        position = self.node.queue_position(request.execution_id)
+        if position is not None:
+            msg.queue_position = position.position
+            msg.queue_reason = position.reason
+        return msg
 
     @streaming
     async def WatchExecution(self, request: Any, context: Any) -> AsyncIterator[node_pb2.WatchExecutionResponse]:

@@ -247,10 +247,15 @@ def _report(done: Finished) -> int:
 
 
 async def _run_job(
-    make_client: Callable[[], NodeClient], request: RunCommandRequest, detach: bool, as_json: bool
+    make_client: Callable[[], NodeClient],
+    request: RunCommandRequest,
+    detach: bool,
+    as_json: bool,
+    queue: bool = True,
+    priority: int = 0,
 ) -> int:
     async with make_client() as client:
-        started = await client.start(request)
+        started = await client.start(request, queue=queue, priority=priority)
         exec_id = started.execution_id
         if detach:
             sys.stdout.write(exec_id + "\n")
@@ -309,6 +314,10 @@ def run(
     max_stderr_return: Annotated[str | None, typer.Option("--max-stderr-return")] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="print the execution id and return")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON at the end")] = False,
+    queue: Annotated[
+        bool, typer.Option("--queue/--no-queue", help="wait for capacity, or be refused when the node is full")
+    ] = True,
+    priority: Annotated[int, typer.Option("--priority", help="higher runs first among queued executions")] = 0,
     token: TokenOpt = None,
     tls_ca: CaOpt = None,
     tls_cert: CertOpt = None,
@@ -346,9 +355,69 @@ def run(
     except QuantityError as exc:
         fail(f"invalid request: {exc}", EXIT_NODE_FAILED)
     code = _run(
-        _run_job(lambda: _client(node, token, tls_ca, tls_cert, tls_key), request, detach, as_json), EXIT_NODE_FAILED
+        _run_job(lambda: _client(node, token, tls_ca, tls_cert, tls_key), request, detach, as_json, queue, priority),
+        EXIT_NODE_FAILED,
     )
     raise typer.Exit(code)
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def bid(
+    image: Annotated[str, typer.Argument(help="the image the job would run")],
+    args: Annotated[list[str] | None, typer.Argument(help="arguments (after --)")] = None,
+    cpu: Annotated[str | None, typer.Option("--cpu", help="CPU cores, e.g. 0.5 or 500m")] = None,
+    memory: Annotated[str | None, typer.Option("--memory", help="memory limit, e.g. 64Mi")] = None,
+    disk: Annotated[str | None, typer.Option("--disk", help="disk, e.g. 1Gi")] = None,
+    gpu: Annotated[int, typer.Option("--gpu", help="GPUs")] = 0,
+    network: Annotated[str, typer.Option("--network", help="none, bridge or host")] = "none",
+    timeout: Annotated[str | None, typer.Option("--timeout", help="e.g. 30s, 5m")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the answer as JSON")] = False,
+    node: NodeOpt = DEFAULT_NODE,
+    token: TokenOpt = None,
+    tls_ca: CaOpt = None,
+    tls_cert: CertOpt = None,
+    tls_key: KeyOpt = None,
+) -> None:
+    """Ask the node whether it would take a job, and why. Exit 0 for yes, 1 for no."""
+    argv = list(args or [])
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    try:
+        request = build_request(
+            image,
+            argv,
+            execution_id=None,
+            job_id=None,
+            cpu=cpu,
+            memory=memory,
+            disk=disk,
+            gpu=gpu,
+            network=network,
+            env=[],
+            workdir=None,
+            entrypoint=None,
+            timeout=timeout,
+            pull="if-not-present",
+            limits={},
+        )
+    except ValidationError as exc:
+        fail(validation_message(exc))
+    except QuantityError as exc:
+        fail(f"invalid request: {exc}")
+
+    async def ask(client: NodeClient) -> tuple[bool, str]:
+        semantic = await client.should_bid(request)
+        if not semantic.should_bid:
+            return False, semantic.reason
+        usage = await client.should_bid_based_on_usage(request)
+        return usage.should_bid, usage.reason
+
+    yes, reason = _run(_with_client(node, token, tls_ca, tls_cert, tls_key, ask))
+    if as_json:
+        _print_json({"should_bid": yes, "reason": reason})
+    else:
+        sys.stdout.write(f"{'yes' if yes else 'no'}: {reason}\n")
+    raise typer.Exit(0 if yes else 1)
 
 
 # ---------------------------------------------------------------------------- other commands

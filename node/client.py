@@ -169,14 +169,20 @@ class NodeClient:
         resp = await self._unary(self._executor.ShouldBidBasedOnUsage, msg)
         return BidResult(should_bid=resp.result.should_bid, reason=resp.result.reason)
 
-    async def start(self, request: RunCommandRequest) -> Started:
+    async def start(self, request: RunCommandRequest, *, queue: bool = False, priority: int = 0) -> Started:
+        """Start an execution. One that does not fit in what the node has free waits in its queue
+        (``queue=True``) or is refused with RESOURCE_EXHAUSTED."""
         resp = await self._unary(
-            self._executor.Start, executor_pb2.StartRequest(request=convert.request_to_pb(request))
+            self._executor.Start,
+            executor_pb2.StartRequest(request=convert.request_to_pb(request), queue=queue, priority=priority),
         )
         return Started(execution_id=resp.execution_id, results_dir=resp.results_dir)
 
-    async def run(self, request: RunCommandRequest) -> Finished:
-        resp = await self._unary(self._executor.Run, executor_pb2.RunRequest(request=convert.request_to_pb(request)))
+    async def run(self, request: RunCommandRequest, *, queue: bool = False, priority: int = 0) -> Finished:
+        resp = await self._unary(
+            self._executor.Run,
+            executor_pb2.RunRequest(request=convert.request_to_pb(request), queue=queue, priority=priority),
+        )
         return Finished(resp.execution_id, convert.result_from_pb(resp.result), resp.result.results_dir)
 
     async def wait(self, execution_id: str) -> Finished:

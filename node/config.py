@@ -22,7 +22,8 @@ from pydantic_settings import (
 )
 
 from executor.docker.executor import DockerExecutorConfig
-from executor.models import ByteQuantity, DurationSeconds, NetworkMode
+from executor.models import ByteQuantity, CpuQuantity, DurationSeconds, NetworkMode
+from node.bidding import BiddingSettings
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
 
@@ -107,6 +108,23 @@ class DockerSettings(BaseModel):
     engine_retry: DurationSeconds = Field(default=60.0, description="how long calls ride out an engine outage")
 
 
+class CapacitySettings(BaseModel):
+    """What the node offers to jobs: detected from the machine and the engine unless set here,
+    less a reserve for the node itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: CpuQuantity | None = Field(default=None, description="cores for jobs; default: the engine's CPUs")
+    memory: ByteQuantity | None = Field(default=None, description="default: the engine's memory")
+    disk: ByteQuantity | None = Field(default=None, description="default: free space under the data dir")
+    gpu: int | None = Field(default=None, ge=0, description="default: none unless the engine has a GPU runtime")
+    reserve_cpu: CpuQuantity = Field(default=0.0, description="kept back for the node itself")
+    reserve_memory: ByteQuantity = Field(default=256 * 1024**2)
+    reserve_disk: ByteQuantity = Field(default=1024**3)
+    max_running: int | None = Field(default=None, ge=1, description="running executions at most, whatever they use")
+    max_queued: int = Field(default=100, ge=0, description="executions that may wait for capacity")
+
+
 class Settings(BaseSettings):
     """Everything an operator can set."""
 
@@ -137,6 +155,8 @@ class Settings(BaseSettings):
     log_format: LogFormat = LogFormat.TEXT
     log_level: str = "INFO"
     docker: DockerSettings = Field(default_factory=DockerSettings)
+    capacity: CapacitySettings = Field(default_factory=CapacitySettings)
+    bidding: BiddingSettings = Field(default_factory=BiddingSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     @classmethod

@@ -22,7 +22,12 @@ from pathlib import Path
 from opentelemetry import metrics
 
 from executor.docker.executor import DockerExecutor
-from executor.errors import ExecutionAlreadyComplete, ExecutionAlreadyStarted, ExecutionNotFound
+from executor.errors import (
+    ExecutionAlreadyComplete,
+    ExecutionAlreadyStarted,
+    ExecutionNotFound,
+    ExecutorShuttingDown,
+)
 from executor.logstore import LogEntry
 from executor.models import (
     BidResult,
@@ -31,12 +36,20 @@ from executor.models import (
     ExecutionRecord,
     ExecutionState,
     Resources,
+    ResultStatus,
     RunCommandRequest,
     RunCommandResult,
     StreamType,
     utcnow,
 )
 from executor.quantity import format_duration
+from node.bidding import (
+    BidContext,
+    build_chain,
+    platform_from_engine_info,
+    platform_from_image_inspect,
+)
+from node.capacity import CapacityExhausted, CapacityManager, CapacitySnapshot, QueuePosition
 from node.config import OnShutdown, Settings
 from node.store import ExecutionStore, store_path
 
@@ -59,17 +72,19 @@ class NodeInfo:
     queued_count: int
 
 
+@dataclass
+class _Queued:
+    """An execution waiting for capacity: the node holds it until it is admitted."""
+
+    request: RunCommandRequest
+    record: ExecutionRecord
+    admission: asyncio.Task[None]
+    # None once admitted (the executor has it from then on), or the result if it ended in the queue
+    settled: asyncio.Future[RunCommandResult | None]
+
+
 def new_execution_id() -> str:
     return f"e-{uuid.uuid4().hex}"
-
-
-def _sum(resources: list[Resources]) -> Resources:
-    return Resources(
-        cpu=sum(r.cpu for r in resources),
-        memory=sum(r.memory for r in resources),
-        disk=sum(r.disk for r in resources),
-        gpu=sum(r.gpu for r in resources),
-    )
 
 
 class Node:
@@ -84,6 +99,16 @@ class Node:
         self._persist_queue: asyncio.Queue[ExecutionEvent] = asyncio.Queue()
         self._accepted: dict[str, asyncio.Future[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._queued: dict[str, _Queued] = {}
+        self._was_queued: set[str] = set()
+        cap = settings.capacity
+        self.capacity = CapacityManager(Resources(), max_running=cap.max_running, max_queued=cap.max_queued)
+        self.chains = build_chain(
+            settings.bidding,
+            image_platform_lookup=self._image_platform,
+            storage_types_installed=frozenset(),
+            engine_platform=self._engine_platform,
+        )
         meter = metrics.get_meter("haddock.node")
         self._m_executions = meter.create_counter(
             "haddock.executions", unit="{execution}", description="executions ended, by status"
@@ -107,15 +132,54 @@ class Node:
         return node
 
     async def begin(self) -> None:
-        """Start persisting, take back what a previous life left unfinished, start housekeeping."""
+        """Learn the capacity, start persisting, take back what a previous life left unfinished
+        (queued executions queue again), start housekeeping."""
+        self.capacity.set_capacity(await self.detect_capacity())
         self._tasks.append(asyncio.create_task(self._persist_loop(), name="haddock-persist"))
         unfinished = await self.store.non_terminal()
-        if unfinished:
-            log.info("recovering executions", extra={"count": len(unfinished)})
+        queued = [r for r in unfinished if r.state is ExecutionState.QUEUED]
+        others = [r for r in unfinished if r.state is not ExecutionState.QUEUED]
+        if others:
+            log.info("recovering executions", extra={"count": len(others)})
             try:
-                await self.executor.recover(unfinished)
+                await self.executor.recover(others)
             except Exception as exc:  # the engine may be down: the executions stay unfinished until it is back
                 log.error("recovery failed: %s; will retry when the node restarts", exc)
+            for r in others:
+                if self._live(r.execution_id) is not None:
+                    # what it holds is held again (it may over-commit briefly after a config change)
+                    with contextlib.suppress(CapacityExhausted, ValueError):
+                        await self.capacity.acquire(r.execution_id, r.request.resources, queue=False)
+        for r in sorted(queued, key=lambda r: r.created_at):
+            self._enqueue(r.request, r, priority=0)
+
+    async def detect_capacity(self) -> Resources:
+        """The machine and engine, overridden by config, less the node's reserve."""
+        c = self.settings.capacity
+        ncpu, mem = 0.0, 0
+        try:
+            info = await self.executor.engine_info()
+            ncpu = float(info.get("NCPU") or 0)
+            mem = int(info.get("MemTotal") or 0)
+        except Exception as exc:
+            log.warning("cannot ask the engine for its CPUs and memory (%s); set [capacity] in the config", exc)
+        disk = shutil.disk_usage(self.settings.data_dir).free
+        cpu = c.cpu if c.cpu is not None else ncpu
+        memory = c.memory if c.memory is not None else mem
+        disk_total = c.disk if c.disk is not None else disk
+        return Resources.model_construct(
+            cpu=max(0.0, cpu - c.reserve_cpu) if cpu else 0.0,
+            memory=max(0, memory - c.reserve_memory) if memory else 0,
+            disk=max(0, disk_total - c.reserve_disk) if disk_total else 0,
+            gpu=c.gpu or 0,
+        )
+
+    async def _image_platform(self, image: str) -> tuple[str, str] | None:
+        info = await self.executor.inspect_image(image)
+        return None if info is None else platform_from_image_inspect(info)
+
+    async def _engine_platform(self) -> tuple[str, str] | None:
+        return platform_from_engine_info(await self.executor.engine_info())
         self._tasks.append(asyncio.create_task(self._reap_loop(), name="haddock-reaper"))
         self._tasks.append(asyncio.create_task(self._prune_loop(), name="haddock-pruner"))
 
@@ -129,6 +193,7 @@ class Node:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(event)
         if event.kind is EventKind.STATE and ExecutionState(event.details["state"]).terminal:
+            self.capacity.release(event.execution_id)  # exactly once: release is idempotent
             self._record_end(event.execution_id)
             for queue in list(self._watchers.get(event.execution_id, ())):
                 with contextlib.suppress(asyncio.QueueFull):
@@ -149,6 +214,13 @@ class Node:
 
     async def _persist(self, event: ExecutionEvent) -> None:
         exec_id = event.execution_id
+        if event.kind is EventKind.ACCEPTED and exec_id in self._was_queued:
+            self._was_queued.discard(exec_id)
+            await self.store.add_event(event)
+            fut = self._accepted.pop(exec_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            return
         if event.kind is EventKind.ACCEPTED:
             record = self.executor.record(exec_id)
             await self.store.create(
@@ -229,42 +301,153 @@ class Node:
         """Give the request the node's results dir."""
         return request.model_copy(update={"results_dir": self.settings.results_dir(request.execution_id)})
 
+    def _bid_context(self, request: RunCommandRequest, usage: Resources) -> BidContext:
+        snap = self.capacity.snapshot()
+        return BidContext(request=request, usage=usage, capacity=snap.capacity, free=_free(snap.capacity, snap))
+
     async def should_bid(self, request: RunCommandRequest) -> BidResult:
-        return await self.executor.should_bid(self.prepare(request))
+        """Semantic: the engine can run this kind of job, and the node's policy accepts it."""
+        prepared = self.prepare(request)
+        bid = await self.executor.should_bid(prepared)
+        if not bid.should_bid:
+            return bid
+        return await self.chains.semantic.bid(self._bid_context(prepared, request.resources))
 
     async def should_bid_based_on_usage(self, request: RunCommandRequest, usage: Resources | None) -> BidResult:
-        return await self.executor.should_bid_based_on_usage(self.prepare(request), usage or request.resources)
+        """Resources: within per-job limits and what the node has free (running and queued count)."""
+        prepared = self.prepare(request)
+        usage = usage or request.resources
+        bid = await self.executor.should_bid_based_on_usage(prepared, usage)
+        if not bid.should_bid:
+            return bid
+        return await self.chains.resource.bid(self._bid_context(prepared, usage))
 
-    async def start(self, request: RunCommandRequest) -> RunCommandRequest:
-        """Accept an execution; returns once it is durably recorded."""
+    async def start(self, request: RunCommandRequest, *, queue: bool = False, priority: int = 0) -> RunCommandRequest:
+        """Accept an execution; returns once it is durably recorded, running or queued.
+
+        Capacity is re-checked atomically: one that does not fit now waits in the queue
+        (``queue``) or is refused with RESOURCE_EXHAUSTED.
+        """
         prepared = self.prepare(request)
         exec_id = prepared.execution_id
+        if exec_id in self._queued:
+            raise ExecutionAlreadyStarted(exec_id)
         existing = await self.store.get(exec_id)
         if existing is not None:  # ids are unique for the node's whole life, across restarts
             if existing.state.terminal:
                 raise ExecutionAlreadyComplete(exec_id, existing.state.value)
             raise ExecutionAlreadyStarted(exec_id)
+        if self._live(exec_id) is not None or exec_id in self._queued:
+            raise ExecutionAlreadyStarted(exec_id)
+        admission = asyncio.create_task(
+            self.capacity.acquire(exec_id, prepared.resources, queue=queue, priority=priority)
+        )
+        await asyncio.sleep(0)  # admission runs to its end, or to its first wait in the queue
+        if admission.done():
+            admission.result()  # refused: RESOURCE_EXHAUSTED with the reason
+            await self._launch(prepared)
+            return prepared
+        record = ExecutionRecord(request=prepared, state=ExecutionState.QUEUED)
+        event = ExecutionEvent(
+            execution_id=exec_id, kind=EventKind.QUEUED, message="waiting for capacity", details={"priority": priority}
+        )
+        record.events.append(event)
+        try:
+            await self.store.create(record)
+        except BaseException:
+            self.capacity.release(exec_id)
+            admission.cancel()
+            raise
+        self._enqueue(prepared, record, priority, admission)
+        log.info("execution queued", extra={"execution_id": exec_id, "job_id": prepared.job_id})
+        return prepared
+
+    def _enqueue(
+        self,
+        request: RunCommandRequest,
+        record: ExecutionRecord,
+        priority: int,
+        admission: asyncio.Task[None] | None = None,
+    ) -> None:
+        exec_id = request.execution_id
+        if admission is None:
+            admission = asyncio.create_task(
+                self.capacity.acquire(exec_id, request.resources, queue=True, priority=priority)
+            )
+        settled: asyncio.Future[RunCommandResult | None] = asyncio.get_running_loop().create_future()
+        self._queued[exec_id] = _Queued(request=request, record=record, admission=admission, settled=settled)
+        self._tasks.append(asyncio.create_task(self._admit_when_ready(exec_id), name=f"haddock-queued-{exec_id}"))
+
+    async def _admit_when_ready(self, exec_id: str) -> None:
+        q = self._queued[exec_id]
+        try:
+            await q.admission
+        except (CapacityExhausted, asyncio.CancelledError) as exc:
+            if exec_id in self._queued:  # not withdrawn by cancel(): refused while waiting
+                await self._end_in_queue(exec_id, ResultStatus.ERROR, f"the execution could not be admitted: {exc}")
+            return
+        self._queued.pop(exec_id, None)
+        try:
+            await self._launch(q.request, from_queue=True)
+        except Exception as exc:
+            q.settled.set_result(None)
+            result = RunCommandResult(status=ResultStatus.ERROR, error_message=f"the execution could not start: {exc}")
+            await self.store.set_result(exec_id, result, ExecutionState.FAILED)
+            return
+        q.settled.set_result(None)
+
+    async def _launch(self, prepared: RunCommandRequest, *, from_queue: bool = False) -> None:
+        """Hand an admitted execution to the executor; returns once it is persisted."""
+        exec_id = prepared.execution_id
         accepted = asyncio.get_running_loop().create_future()
         self._accepted[exec_id] = accepted
+        if from_queue:
+            self._was_queued.add(exec_id)
         try:
             await self.executor.start(prepared)
         except BaseException:
             self._accepted.pop(exec_id, None)
+            self._was_queued.discard(exec_id)
+            self.capacity.release(exec_id)
             raise
         await accepted
         log.info(
             "execution accepted",
             extra={"execution_id": exec_id, "job_id": prepared.job_id, "image": prepared.engine.image},
         )
-        return prepared
+
+    async def _end_in_queue(self, exec_id: str, status: ResultStatus, message: str) -> RunCommandResult:
+        q = self._queued.pop(exec_id)
+        self.capacity.release(exec_id)
+        result = RunCommandResult(status=status, error_message=message)
+        q.record.result = result
+        q.record.state = status.state
+        q.record.finished_at = utcnow()
+        await self.store.set_result(exec_id, result, status.state)
+        if not q.settled.done():
+            q.settled.set_result(result)
+        for queue in list(self._watchers.get(exec_id, ())):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+        return result
+
+    def queue_position(self, execution_id: str) -> QueuePosition | None:
+        return self.capacity.position(execution_id) if execution_id in self._queued else None
 
     def _live(self, execution_id: str) -> ExecutionRecord | None:
+        """What the executor knows, else a queued execution's record, else None."""
         try:
             return self.executor.record(execution_id)
         except ExecutionNotFound:
-            return None
+            q = self._queued.get(execution_id)
+            return q.record if q is not None else None
 
     async def wait(self, execution_id: str) -> RunCommandResult:
+        q = self._queued.get(execution_id)
+        if q is not None:
+            ended = await asyncio.shield(q.settled)
+            if ended is not None:
+                return ended
         if self._live(execution_id) is not None:
             return await self.executor.wait(execution_id)
         record = await self.get(execution_id)
@@ -273,6 +456,12 @@ class Node:
         return record.result
 
     async def cancel(self, execution_id: str) -> RunCommandResult:
+        q = self._queued.get(execution_id)
+        if q is not None:
+            q.admission.cancel()
+            return await self._end_in_queue(
+                execution_id, ResultStatus.CANCELLED, "the execution was cancelled while queued"
+            )
         if self._live(execution_id) is None:
             record = await self.get(execution_id)
             raise ExecutionAlreadyComplete(execution_id, record.state.value)
@@ -290,7 +479,7 @@ class Node:
 
     async def list(self, states: set[ExecutionState] | None = None, limit: int = 100) -> list[ExecutionRecord]:
         merged = {r.execution_id: r for r in await self.store.list(states or None, limit=limit)}
-        for r in self.executor.records():  # fresher than what is persisted
+        for r in [*self.executor.records(), *(q.record for q in self._queued.values())]:  # fresher than persisted
             if not states or r.state in states:
                 merged[r.execution_id] = r
             else:
@@ -328,35 +517,21 @@ class Node:
 
     async def info(self) -> NodeInfo:
         engine_version = ""
-        ncpu = 0.0
-        mem = 0
         try:
-            info = await self.executor.engine_info()
-            engine_version = str(info.get("ServerVersion", ""))
-            ncpu = float(info.get("NCPU") or 0)
-            mem = int(info.get("MemTotal") or 0)
+            engine_version = str((await self.executor.engine_info()).get("ServerVersion", ""))
         except Exception as exc:  # the engine being down must not break node info
             log.warning("engine info unavailable: %s", exc)
-        disk = shutil.disk_usage(self.settings.data_dir).free
-        capacity = Resources(cpu=min(ncpu, 1024), memory=mem, disk=disk, gpu=0)
-        running = [r for r in self.executor.records() if not r.state.terminal]
-        allocated = _sum([r.request.resources for r in running])
-        free = Resources(
-            cpu=max(0.0, capacity.cpu - allocated.cpu),
-            memory=max(0, capacity.memory - allocated.memory),
-            disk=max(0, capacity.disk - allocated.disk),
-            gpu=max(0, capacity.gpu - allocated.gpu),
-        )
+        snap = self.capacity.snapshot()
         return NodeInfo(
             node_id=self.settings.node_id,
             version=self.version,
             engine_version=engine_version,
-            capacity=capacity,
-            allocated=allocated,
-            queued=Resources(),
-            free=free,
-            running=len(running),
-            queued_count=0,
+            capacity=snap.capacity,
+            allocated=snap.allocated,
+            queued=snap.queued,
+            free=_free(snap.capacity, snap),
+            running=snap.running,
+            queued_count=snap.queued_count,
         )
 
     # ------------------------------------------------------------------ housekeeping
@@ -413,6 +588,11 @@ class Node:
         for task in self._tasks:
             if task.get_name() != "haddock-persist":
                 task.cancel()
+        for q in self._queued.values():  # they stay queued in the store and queue again after a restart
+            q.admission.cancel()
+            if not q.settled.done():
+                q.settled.set_exception(ExecutorShuttingDown())
+                q.settled.exception()
         await self.executor.shutdown(stop_running=self.settings.on_shutdown is OnShutdown.STOP, grace=grace)
         for queues in self._watchers.values():
             for queue in queues:
@@ -424,6 +604,17 @@ class Node:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store.close()
+
+
+def _free(capacity: Resources, snap: CapacitySnapshot) -> Resources:
+    """What is neither running nor queued, per dimension (0 where the capacity is unknown)."""
+    allocated, queued = snap.allocated, snap.queued
+    return Resources.model_construct(
+        cpu=max(0.0, capacity.cpu - allocated.cpu - queued.cpu),
+        memory=max(0, capacity.memory - allocated.memory - queued.memory),
+        disk=max(0, capacity.disk - allocated.disk - queued.disk),
+        gpu=max(0, capacity.gpu - allocated.gpu - queued.gpu),
+    )
 
 
 def _size(path: Path) -> int | None:

@@ -216,6 +216,10 @@ class DockerExecutor:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._api_pool, lambda: self.client)
 
+    async def inspect_image(self, image: str) -> dict[str, Any] | None:
+        """The local image's inspect data, or None when the engine does not have it."""
+        return await (await self._images_async()).image_info(image)
+
     async def engine_info(self) -> dict[str, Any]:
         """``docker info`` of the engine (cached)."""
         if self._engine_info is None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from haddock.v1 import types_pb2 as haddock_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19haddock/v1/executor.proto\x12\nhaddock.v1\x1a\x16haddock/v1/types.proto\"\x14\n\x12IsInstalledRequest\"(\n\x13IsInstalledResponse\x12\x11\n\tinstalled\x18\x01 \x01(\x08\"B\n\x10ShouldBidRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.haddock.v1.RunCommandRequest\":\n\x11ShouldBidResponse\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.haddock.v1.BidResult\"t\n\x1cShouldBidBasedOnUsageRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.haddock.v1.RunCommandRequest\x12$\n\x05usage\x18\x02 \x01(\x0b\x32\x15.haddock.v1.Resources\"F\n\x1dShouldBidBasedOnUsageResponse\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.haddock.v1.BidResult\">\n\x0cStartRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.haddock.v1.RunCommandRequest\":\n\rStartResponse\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x13\n\x0bresults_dir\x18\x02 \x01(\t\"<\n\nRunRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.haddock.v1.RunCommandRequest\"Q\n\x0bRunResponse\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12,\n\x06result\x18\x02 \x01(\x0b\x32\x1c.haddock.v1.RunCommandResult\"#\n\x0bWaitRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\"R\n\x0cWaitResponse\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12,\n\x06result\x18\x02 \x01(\x0b\x32\x1c.haddock.v1.RunCommandResult\"%\n\rCancelRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\"T\n\x0e\x43\x61ncelResponse\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12,\n\x06result\x18\x02 \x01(\x0b\x32\x1c.haddock.v1.RunCommandResult\"\xc2\x01\n\x13GetLogStreamRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x14\n\x0cwith_history\x18\x02 \x01(\x08\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x13\n\x06offset\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x17\n\ntail_lines\x18\x05 \x01(\rH\x01\x88\x01\x01\x12\'\n\x07streams\x18\x06 \x03(\x0e\x32\x16.haddock.v1.StreamTypeB\t\n\x07_offsetB\r\n\x0b_tail_lines\"\x8e\x01\n\x14GetLogStreamResponse\x12&\n\x06stream\x18\x01 \x01(\x0e\x32\x16.haddock.v1.StreamType\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x13\n\x0bnext_offset\x18\x04 \x01(\x04\x12\x1b\n\x13timestamp_unix_nano\x18\x05 \x01(\x03\x32\xe0\x04\n\x0f\x45xecutorService\x12N\n\x0bIsInstalled\x12\x1e.haddock.v1.IsInstalledRequest\x1a\x1f.haddock.v1.IsInstalledResponse\x12H\n\tShouldBid\x12\x1c.haddock.v1.ShouldBidRequest\x1a\x1d.haddock.v1.ShouldBidResponse\x12l\n\x15ShouldBidBasedOnUsage\x12(.haddock.v1.ShouldBidBasedOnUsageRequest\x1a).haddock.v1.ShouldBidBasedOnUsageResponse\x12<\n\x05Start\x12\x18.haddock.v1.StartRequest\x1a\x19.haddock.v1.StartResponse\x12\x36\n\x03Run\x12\x16.haddock.v1.RunRequest\x1a\x17.haddock.v1.RunResponse\x12\x39\n\x04Wait\x12\x17.haddock.v1.WaitRequest\x1a\x18.haddock.v1.WaitResponse\x12?\n\x06\x43\x61ncel\x12\x19.haddock.v1.CancelRequest\x1a\x1a.haddock.v1.CancelResponse\x12S\n\x0cGetLogStream\x12\x1f.haddock.v1.GetLogStreamRequest\x1a .haddock.v1.GetLogStreamResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19haddock/v1/executor.proto\x12\nhaddock.v1\x1a\x16haddock/v1/types.proto\"\x14\n\x12IsInstalledRequest\"(\n\x13IsInstalledResponse\x12\x11\n\tinstalled\x18\x01 \x01(\x08\"B\n\x10ShouldBidRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.haddock.v1.RunCommandRequest\":\n\x11ShouldBidResponse\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.haddock.v1.BidResult\"t\n\x1cShouldBidBasedOnUsageRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.haddock.v1.RunCommandRequest\x12$\n\x05usage\x18\x02 \x01(\x0b\x32\x15.haddock.v1.Resources\"F\n\x1dShouldBidBasedOnUsageResponse\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.haddock.v1.BidResult\"_\n\x0cStartRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.haddock.v1.RunCommandRequest\x12\r\n\x05queue\x18\x02 \x01(\x08\x12\x10\n\x08priority\x18\x03 \x01(\x05\":\n\rStartResponse\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x13\n\x0bresults_dir\x18\x02 \x01(\t\"]\n\nRunRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.haddock.v1.RunCommandRequest\x12\r\n\x05queue\x18\x02 \x01(\x08\x12\x10\n\x08priority\x18\x03 \x01(\x05\"Q\n\x0bRunResponse\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12,\n\x06result\x18\x02 \x01(\x0b\x32\x1c.haddock.v1.RunCommandResult\"#\n\x0bWaitRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\"R\n\x0cWaitResponse\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12,\n\x06result\x18\x02 \x01(\x0b\x32\x1c.haddock.v1.RunCommandResult\"%\n\rCancelRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\"T\n\x0e\x43\x61ncelResponse\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12,\n\x06result\x18\x02 \x01(\x0b\x32\x1c.haddock.v1.RunCommandResult\"\xc2\x01\n\x13GetLogStreamRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x14\n\x0cwith_history\x18\x02 \x01(\x08\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x13\n\x06offset\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x17\n\ntail_lines\x18\x05 \x01(\rH\x01\x88\x01\x01\x12\'\n\x07streams\x18\x06 \x03(\x0e\x32\x16.haddock.v1.StreamTypeB\t\n\x07_offsetB\r\n\x0b_tail_lines\"\x8e\x01\n\x14GetLogStreamResponse\x12&\n\x06stream\x18\x01 \x01(\x0e\x32\x16.haddock.v1.StreamType\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x13\n\x0bnext_offset\x18\x04 \x01(\x04\x12\x1b\n\x13timestamp_unix_nano\x18\x05 \x01(\x03\x32\xe0\x04\n\x0f\x45xecutorService\x12N\n\x0bIsInstalled\x12\x1e.haddock.v1.IsInstalledRequest\x1a\x1f.haddock.v1.IsInstalledResponse\x12H\n\tShouldBid\x12\x1c.haddock.v1.ShouldBidRequest\x1a\x1d.haddock.v1.ShouldBidResponse\x12l\n\x15ShouldBidBasedOnUsage\x12(.haddock.v1.ShouldBidBasedOnUsageRequest\x1a).haddock.v1.ShouldBidBasedOnUsageResponse\x12<\n\x05Start\x12\x18.haddock.v1.StartRequest\x1a\x19.haddock.v1.StartResponse\x12\x36\n\x03Run\x12\x16.haddock.v1.RunRequest\x1a\x17.haddock.v1.RunResponse\x12\x39\n\x04Wait\x12\x17.haddock.v1.WaitRequest\x1a\x18.haddock.v1.WaitResponse\x12?\n\x06\x43\x61ncel\x12\x19.haddock.v1.CancelRequest\x1a\x1a.haddock.v1.CancelResponse\x12S\n\x0cGetLogStream\x12\x1f.haddock.v1.GetLogStreamRequest\x1a .haddock.v1.GetLogStreamResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,25 +45,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHOULDBIDBASEDONUSAGERESPONSE']._serialized_start=375
   _globals['_SHOULDBIDBASEDONUSAGERESPONSE']._serialized_end=445
   _globals['_STARTREQUEST']._serialized_start=447
-  _globals['_STARTREQUEST']._serialized_end=509
-  _globals['_STARTRESPONSE']._serialized_start=511
-  _globals['_STARTRESPONSE']._serialized_end=569
-  _globals['_RUNREQUEST']._serialized_start=571
-  _globals['_RUNREQUEST']._serialized_end=631
-  _globals['_RUNRESPONSE']._serialized_start=633
-  _globals['_RUNRESPONSE']._serialized_end=714
-  _globals['_WAITREQUEST']._serialized_start=716
-  _globals['_WAITREQUEST']._serialized_end=751
-  _globals['_WAITRESPONSE']._serialized_start=753
-  _globals['_WAITRESPONSE']._serialized_end=835
-  _globals['_CANCELREQUEST']._serialized_start=837
-  _globals['_CANCELREQUEST']._serialized_end=874
-  _globals['_CANCELRESPONSE']._serialized_start=876
-  _globals['_CANCELRESPONSE']._serialized_end=960
-  _globals['_GETLOGSTREAMREQUEST']._serialized_start=963
-  _globals['_GETLOGSTREAMREQUEST']._serialized_end=1157
-  _globals['_GETLOGSTREAMRESPONSE']._serialized_start=1160
-  _globals['_GETLOGSTREAMRESPONSE']._serialized_end=1302
-  _globals['_EXECUTORSERVICE']._serialized_start=1305
-  _globals['_EXECUTORSERVICE']._serialized_end=1913
+  _globals['_STARTREQUEST']._serialized_end=542
+  _globals['_STARTRESPONSE']._serialized_start=544
+  _globals['_STARTRESPONSE']._serialized_end=602
+  _globals['_RUNREQUEST']._serialized_start=604
+  _globals['_RUNREQUEST']._serialized_end=697
+  _globals['_RUNRESPONSE']._serialized_start=699
+  _globals['_RUNRESPONSE']._serialized_end=780
+  _globals['_WAITREQUEST']._serialized_start=782
+  _globals['_WAITREQUEST']._serialized_end=817
+  _globals['_WAITRESPONSE']._serialized_start=819
+  _globals['_WAITRESPONSE']._serialized_end=901
+  _globals['_CANCELREQUEST']._serialized_start=903
+  _globals['_CANCELREQUEST']._serialized_end=940
+  _globals['_CANCELRESPONSE']._serialized_start=942
+  _globals['_CANCELRESPONSE']._serialized_end=1026
+  _globals['_GETLOGSTREAMREQUEST']._serialized_start=1029
+  _globals['_GETLOGSTREAMREQUEST']._serialized_end=1223
+  _globals['_GETLOGSTREAMRESPONSE']._serialized_start=1226
+  _globals['_GETLOGSTREAMRESPONSE']._serialized_end=1368
+  _globals['_EXECUTORSERVICE']._serialized_start=1371
+  _globals['_EXECUTORSERVICE']._serialized_end=1979
 # @@protoc_insertion_point(module_scope)

@@ -144,16 +144,26 @@ class StartRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    queue: _builtins.bool
+    """When the execution does not fit in what the node has free now: wait in the node's queue
+    (true), or be refused with RESOURCE_EXHAUSTED (false).
+    """
+    priority: _builtins.int
+    """Higher runs first among queued executions; FIFO within a priority."""
     @_builtins.property
     def request(self) -> _types_pb2.RunCommandRequest: ...
     def __init__(
         self,
         *,
         request: _types_pb2.RunCommandRequest | None = ...,
+        queue: _builtins.bool = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["priority", b"priority", "queue", b"queue", "request", b"request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -187,16 +197,23 @@ class RunRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    queue: _builtins.bool
+    """As in StartRequest."""
+    priority: _builtins.int
     @_builtins.property
     def request(self) -> _types_pb2.RunCommandRequest: ...
     def __init__(
         self,
         *,
         request: _types_pb2.RunCommandRequest | None = ...,
+        queue: _builtins.bool = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["priority", b"priority", "queue", b"queue", "request", b"request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
