@@ -6,7 +6,6 @@ turns a ``pydantic.ValidationError`` into INVALID_ARGUMENT with these messages.
 
 from __future__ import annotations
 
-import posixpath
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,7 +22,10 @@ from pydantic import (
     model_validator,
 )
 
+from executor.paths import check_container_path as _check_container_path
 from executor.quantity import format_bytes, parse_bytes, parse_cpu, parse_duration
+from storage.models import InputSource
+from storage.publish import PublisherSpec
 
 RESERVED_ENV_PREFIX = "HADDOCK_"
 """Environment names with this prefix are set by the node; a request may not set them."""
@@ -197,21 +199,6 @@ class NetworkConfig(_Model):
     mode: NetworkMode = NetworkMode.NONE
 
 
-def _check_container_path(v: str, what: str) -> str:
-    if not v:
-        raise ValueError(f"{what} must not be empty")
-    if "\x00" in v:
-        raise ValueError(f"{what} must not contain NUL bytes")
-    if not v.startswith("/"):
-        raise ValueError(f"{what} {v!r} must be an absolute path inside the container")
-    if ".." in v.split("/"):
-        raise ValueError(f"{what} {v!r} must not contain '..'")
-    normalized = posixpath.normpath(v)
-    if normalized == "/":
-        raise ValueError(f"{what} must not be the container's root directory")
-    return normalized
-
-
 class InputVolume(_Model):
     """Prepared storage: a host path bound into the container."""
 
@@ -361,8 +348,16 @@ class RunCommandRequest(_Model):
     )
     resources: Resources = Field(default_factory=Resources)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
-    inputs: list[InputVolume] = Field(default_factory=list)
+    inputs: list[InputVolume] = Field(
+        default_factory=list, description="prepared storage: host paths the node itself chose (not from requesters)"
+    )
+    input_sources: list[InputSource] = Field(
+        default_factory=list, description="inputs the node fetches and mounts before the job starts"
+    )
     outputs: list[ResultPath] = Field(default_factory=list)
+    publishers: list[PublisherSpec] = Field(
+        default_factory=list, description="where the results dir goes after the run (it stays on the node too)"
+    )
     output_limits: OutputLimits = Field(default_factory=OutputLimits)
     timeout: DurationSeconds | None = Field(default=None, description="seconds the job may run; None = no limit")
 
@@ -400,7 +395,9 @@ class RunCommandRequest(_Model):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"output names must be unique; repeated: {', '.join(dupes)}")
-        targets = [i.target for i in self.inputs] + [o.path for o in self.outputs]
+        targets = (
+            [i.target for i in self.inputs] + [i.target for i in self.input_sources] + [o.path for o in self.outputs]
+        )
         dupes = sorted({t for t in targets if targets.count(t) > 1})
         if dupes:
             raise ValueError(f"each container path may be mounted once; repeated: {', '.join(dupes)}")
@@ -424,6 +421,8 @@ class RunCommandResult(_Model):
     stderr_truncated: bool = False
     stderr_file_truncated: bool = False
     error_message: str = ""
+    published: list[str] = Field(default_factory=list, description="where the results were published")
+    publish_errors: list[str] = Field(default_factory=list, description="publishers that failed, and why")
 
 
 class BidResult(_Model):
@@ -445,9 +444,12 @@ class EventKind(StrEnum):
     PULLING = "pulling"
     PULL_PROGRESS = "pull-progress"
     IMAGE_READY = "image-ready"
+    INPUTS_PREPARED = "inputs-prepared"
     STARTED = "started"
     EXITED = "exited"
     RESULTS_WRITTEN = "results-written"
+    PUBLISHED = "published"
+    OUTPUT_CAP_EXCEEDED = "output-cap-exceeded"
     CLEANED_UP = "cleaned-up"
     CANCEL_REQUESTED = "cancel-requested"
     RECOVERED = "recovered"

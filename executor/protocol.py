@@ -24,11 +24,39 @@ from executor.models import (
     ExecutionEvent,
     ExecutionRecord,
     ExecutionState,
+    InputVolume,
     Resources,
     RunCommandRequest,
     RunCommandResult,
     StreamType,
 )
+
+
+class PreparedInputs(Protocol):
+    """Inputs made ready on the node for one execution."""
+
+    @property
+    def volumes(self) -> list[InputVolume]: ...
+
+    async def cleanup(self) -> None:
+        """Release what was prepared (temporary files; cache references)."""
+        ...
+
+
+class InputPreparer(Protocol):
+    """Fetches an execution's ``input_sources`` before its container starts (storage/ implements it)."""
+
+    async def prepare(self, request: RunCommandRequest) -> PreparedInputs:
+        """All inputs, in parallel; on any failure nothing is left behind and the error names the input."""
+        ...
+
+
+class ResultPublisher(Protocol):
+    """Publishes an execution's results dir as its ``publishers`` ask (storage/ implements it)."""
+
+    async def publish(self, request: RunCommandRequest) -> tuple[list[str], list[str]]:
+        """Returns where the results went and a message per publisher that failed; never raises for one."""
+        ...
 
 
 @runtime_checkable

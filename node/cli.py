@@ -27,6 +27,10 @@ from executor.models import EventKind, ExecutionState, ResultStatus, RunCommandR
 from executor.quantity import QuantityError, format_bytes, format_cpu, parse_bytes, parse_duration
 from node.api import validation_message
 from node.client import DEFAULT_NODE, ClientTls, Finished, NodeClient, NodeError
+from node.tasks import Task, load_tasks
+from storage.models import InputSource
+from storage.publish import PublisherSpec, S3PublisherSpec, parse_publisher
+from storage.uri import parse_input
 
 EXIT_NODE_FAILED = 125
 
@@ -171,8 +175,22 @@ def build_request(
     timeout: str | None,
     pull: str,
     limits: dict[str, str | None],
+    inputs: list[str] | None = None,
+    outputs: list[str] | None = None,
+    publishers: list[str] | None = None,
+    env_extra: dict[str, str] | None = None,
+    sources_extra: list[InputSource] | None = None,
+    outputs_extra: list[dict[str, str]] | None = None,
+    publishers_extra: list[PublisherSpec] | None = None,
 ) -> RunCommandRequest:
     exec_id = execution_id or f"e-{uuid.uuid4().hex[:16]}"
+    sources = [parse_input(spec) for spec in inputs or []] + list(sources_extra or [])
+    results = []
+    for spec in outputs or []:
+        name, sep, path = spec.partition(":")
+        if not sep or not name or not path:
+            raise ValueError(f"output {spec!r} must be NAME:PATH, e.g. results:/outputs")
+        results.append({"name": name, "path": path})
     return RunCommandRequest.model_validate(
         {
             "job_id": job_id or exec_id,
@@ -181,7 +199,7 @@ def build_request(
                 "image": image,
                 "parameters": args,
                 "entrypoint": [entrypoint] if entrypoint else None,
-                "env": _parse_env(env),
+                "env": {**_parse_env(env), **(env_extra or {})},
                 "working_dir": workdir,
                 "pull_policy": pull,
             },
@@ -189,6 +207,9 @@ def build_request(
             "network": {"mode": network},
             "output_limits": {k: parse_bytes(v) for k, v in limits.items() if v is not None},
             "timeout": parse_duration(timeout) if timeout else None,
+            "input_sources": sources,
+            "outputs": results + list(outputs_extra or []),
+            "publishers": [parse_publisher(p) for p in publishers or []] + list(publishers_extra or []),
         }
     )
 
@@ -308,6 +329,17 @@ def run(
     entrypoint: Annotated[str | None, typer.Option("--entrypoint", help="override the image's entrypoint")] = None,
     timeout: Annotated[str | None, typer.Option("--timeout", help="e.g. 30s, 5m")] = None,
     pull: Annotated[str, typer.Option("--pull", help="always, if-not-present or never")] = "if-not-present",
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option("-i", "--input", help="SOURCE:TARGET[:ro|:rw] (file://, http(s)://, s3://, data:), repeatable"),
+    ] = None,
+    outputs: Annotated[
+        list[str] | None, typer.Option("-o", "--output", help="NAME:PATH, a directory the job writes; repeatable")
+    ] = None,
+    publishers: Annotated[
+        list[str] | None,
+        typer.Option("--publisher", help="local, local+archive or s3://bucket/prefix/ (repeatable)"),
+    ] = None,
     max_stdout_file: Annotated[str | None, typer.Option("--max-stdout-file", help="e.g. 1Gi")] = None,
     max_stdout_return: Annotated[str | None, typer.Option("--max-stdout-return", help="e.g. 2Ki")] = None,
     max_stderr_file: Annotated[str | None, typer.Option("--max-stderr-file")] = None,
@@ -349,10 +381,13 @@ def run(
                 "max_stderr_file_length": max_stderr_file,
                 "max_stderr_return_length": max_stderr_return,
             },
+            inputs=inputs,
+            outputs=outputs,
+            publishers=publishers,
         )
     except ValidationError as exc:
         fail(validation_message(exc), EXIT_NODE_FAILED)
-    except QuantityError as exc:
+    except ValueError as exc:  # QuantityError and malformed -i/-o
         fail(f"invalid request: {exc}", EXIT_NODE_FAILED)
     code = _run(
         _run_job(lambda: _client(node, token, tls_ca, tls_cert, tls_key), request, detach, as_json, queue, priority),
@@ -418,6 +453,139 @@ def bid(
     else:
         sys.stdout.write(f"{'yes' if yes else 'no'}: {reason}\n")
     raise typer.Exit(0 if yes else 1)
+
+
+def _task_publishers(task: Task) -> list[PublisherSpec]:
+    """S3 destinations of a row's outputs. The row's whole results dir (stdout, stderr, exitCode and
+    each output under its name) is uploaded under the destination's folder: for a file output,
+    the folder it would be in; for a recursive output, the prefix itself."""
+    specs: dict[tuple[str, str], PublisherSpec] = {}
+    for out in task.outputs:
+        if not out.destination.startswith("s3://"):
+            continue  # kept in the node's results dir
+        bucket, _, key = out.destination.removeprefix("s3://").partition("/")
+        key = key.split("?", 1)[0]
+        folder = key.rstrip("/") if out.recursive else key.rpartition("/")[0]
+        prefix = f"{folder}/" if folder else "{job_id}/{execution_id}/"
+        specs.setdefault((bucket, prefix), S3PublisherSpec(bucket=bucket, key=prefix))
+    return list(specs.values())
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def submit(
+    image: Annotated[str, typer.Argument(help="the image every task runs")],
+    tasks_file: Annotated[Path, typer.Option("--tasks", help="TSV: a header of --env/--input/--output columns")],
+    args: Annotated[list[str] | None, typer.Argument(help="the command (after --)")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="tasks running at once")] = 4,
+    cpu: Annotated[str | None, typer.Option("--cpu")] = None,
+    memory: Annotated[str | None, typer.Option("--memory")] = None,
+    disk: Annotated[str | None, typer.Option("--disk")] = None,
+    network: Annotated[str, typer.Option("--network")] = "none",
+    timeout: Annotated[str | None, typer.Option("--timeout")] = None,
+    pull: Annotated[str, typer.Option("--pull")] = "if-not-present",
+    publishers: Annotated[list[str] | None, typer.Option("--publisher", help="for every task, as in run")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
+    node: NodeOpt = DEFAULT_NODE,
+    token: TokenOpt = None,
+    tls_ca: CaOpt = None,
+    tls_cert: CertOpt = None,
+    tls_key: KeyOpt = None,
+) -> None:
+    """Run IMAGE once per row of a tasks file (hotsub style); exit 0 when every task succeeded."""
+    argv = list(args or [])
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    try:
+        tasks = load_tasks(tasks_file)
+        job_id = f"{tasks_file.stem}-{uuid.uuid4().hex[:8]}"
+        requests = [
+            build_request(
+                image,
+                argv,
+                execution_id=None,
+                job_id=job_id,
+                cpu=cpu,
+                memory=memory,
+                disk=disk,
+                gpu=0,
+                network=network,
+                env=[],
+                workdir=None,
+                entrypoint=None,
+                timeout=timeout,
+                pull=pull,
+                limits={},
+                publishers=publishers,
+                env_extra=task.env,
+                sources_extra=[i.source() for i in task.inputs],
+                outputs_extra=[{"name": o.output_name, "path": o.collect_dir} for o in task.outputs],
+                publishers_extra=_task_publishers(task),
+            )
+            for task in tasks
+        ]
+    except ValidationError as exc:
+        fail(validation_message(exc))
+    except ValueError as exc:  # TasksFileError, QuantityError, bad --publisher
+        fail(str(exc))
+
+    async def go(client: NodeClient) -> list[Finished | str]:
+        gate = asyncio.Semaphore(concurrency)
+        done: list[Finished | str] = ["" for _ in requests]
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            console=err_console,
+            transient=False,
+            disable=not sys.stderr.isatty(),
+        )
+        bar = progress.add_task("tasks", total=len(requests))
+
+        async def one(i: int, request: RunCommandRequest) -> None:
+            async with gate:
+                try:
+                    await client.start(request, queue=True)
+                    done[i] = await client.wait(request.execution_id)
+                except NodeError as exc:
+                    done[i] = exc.message
+            progress.advance(bar)
+            if not sys.stderr.isatty():
+                outcome = done[i]
+                status = outcome.result.status.value if isinstance(outcome, Finished) else f"failed: {outcome}"
+                say(f"task {i + 1}/{len(requests)} {request.execution_id}: {status}")
+
+        with progress:
+            await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
+        return done
+
+    outcomes = _run(_with_client(node, token, tls_ca, tls_cert, tls_key, go))
+    rows = []
+    for task, request, outcome in zip(tasks, requests, outcomes, strict=True):
+        if isinstance(outcome, Finished):
+            rows.append({"task": task.index, **outcome.as_json()})
+        else:
+            rows.append(
+                {
+                    "task": task.index,
+                    "execution_id": request.execution_id,
+                    "status": "refused",
+                    "error_message": outcome,
+                }
+            )
+    if as_json:
+        _print_json(rows)
+    else:
+        table = Table("TASK", "EXECUTION", "STATUS", "EXIT", "RESULTS", box=None)
+        for row in rows:
+            table.add_row(
+                str(row["task"]),
+                row["execution_id"],
+                row["status"],
+                str(row.get("exit_code", "")),
+                row.get("results_dir") or row.get("error_message", ""),
+            )
+        out_console().print(table)
+    raise typer.Exit(0 if all(r["status"] == "success" for r in rows) else 1)
 
 
 # ---------------------------------------------------------------------------- other commands

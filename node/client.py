@@ -99,6 +99,8 @@ class Finished:
             "stderr_file_truncated": r.stderr_file_truncated,
             "error_message": r.error_message,
             "results_dir": self.results_dir,
+            "published": r.published,
+            "publish_errors": r.publish_errors,
         }
 
 

@@ -125,6 +125,27 @@ class CapacitySettings(BaseModel):
     max_queued: int = Field(default=100, ge=0, description="executions that may wait for capacity")
 
 
+class LocalRootSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path
+    read_write: bool = False
+
+
+class StorageSettings(BaseModel):
+    """Input sources: what the node may read and how much it caches."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    local_roots: list[LocalRootSettings] = Field(
+        default_factory=list, description="directories local (file://) inputs may come from; none by default"
+    )
+    cache_max_bytes: ByteQuantity = Field(default=20 * 1024**3, description="downloaded inputs kept for reuse")
+    inline_max_bytes: ByteQuantity = Field(
+        default=1024**2, description="largest inline (data:) input (gRPC messages are at most 4 MiB)"
+    )
+
+
 class Settings(BaseSettings):
     """Everything an operator can set."""
 
@@ -156,6 +177,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     docker: DockerSettings = Field(default_factory=DockerSettings)
     capacity: CapacitySettings = Field(default_factory=CapacitySettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     bidding: BiddingSettings = Field(default_factory=BiddingSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 

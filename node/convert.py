@@ -27,6 +27,8 @@ from executor.models import (
     StreamType,
 )
 from haddock.v1 import types_pb2 as pb
+from storage.models import InlineSource, InputSource, LocalSource, UrlSource
+from storage.publish import LocalPublisherSpec, PublisherSpec
 
 _NETWORK_TO_PB = {
     NetworkMode.NONE: pb.NETWORK_MODE_NONE,
@@ -167,6 +169,8 @@ def request_from_pb(p: pb.RunCommandRequest) -> RunCommandRequest:
         },
         "network": {"mode": _enum(_NETWORK_FROM_PB, p.network.mode, "network mode")},
         "inputs": [{"source": v.source, "target": v.target, "read_only": v.read_only} for v in p.inputs],
+        "input_sources": [source_from_pb(src) for src in p.input_sources],
+        "publishers": [publisher_from_pb(pub) for pub in p.publishers],
         "outputs": [{"name": o.name, "path": o.path} for o in p.outputs],
         "output_limits": limits,
         "timeout": p.timeout.ToTimedelta().total_seconds() if p.HasField("timeout") else None,
@@ -192,6 +196,8 @@ def request_to_pb(r: RunCommandRequest) -> pb.RunCommandRequest:
         inputs=[pb.InputVolume(source=str(v.source), target=v.target, read_only=v.read_only) for v in r.inputs],
         outputs=[pb.ResultPath(name=o.name, path=o.path) for o in r.outputs],
         output_limits=limits_to_pb(r.output_limits),
+        input_sources=[source_to_pb(src) for src in r.input_sources],
+        publishers=[publisher_to_pb(pub) for pub in r.publishers],
     )
     if r.timeout is not None:
         msg.timeout.CopyFrom(duration(r.timeout))
@@ -227,6 +233,8 @@ def result_to_pb(r: RunCommandResult, results_dir: str = "") -> pb.RunCommandRes
         stderr_file_truncated=r.stderr_file_truncated,
         error_message=r.error_message,
         results_dir=results_dir,
+        published=r.published,
+        publish_errors=r.publish_errors,
     )
     if r.exit_code is not None:
         msg.exit_code = r.exit_code
@@ -244,6 +252,8 @@ def result_from_pb(p: pb.RunCommandResult) -> RunCommandResult:
         stderr_truncated=p.stderr_truncated,
         stderr_file_truncated=p.stderr_file_truncated,
         error_message=p.error_message,
+        published=list(p.published),
+        publish_errors=list(p.publish_errors),
     )
 
 
@@ -268,3 +278,90 @@ def log_entry_fields(entry: LogEntry) -> dict[str, Any]:
         "next_offset": entry.next_offset,
         "timestamp_unix_nano": entry.timestamp_ns,
     }
+
+
+# --------------------------------------------------------------------- input sources
+
+
+def source_from_pb(p: pb.InputSource) -> dict[str, Any]:
+    """An input source as data for the domain model (validated there)."""
+    kind = p.WhichOneof("source")
+    if kind is None:
+        raise ConversionError("an input source must set one of inline, local, url or s3")
+    body = getattr(p, kind)
+    if kind == "inline":
+        return {"type": "inline", "data_url": body.data_url, "target": body.target}
+    if kind == "local":
+        return {"type": "local", "path": body.path, "target": body.target, "read_write": body.read_write}
+    if kind == "url":
+        return {"type": "url", "url": body.url, "target": body.target, "sha256": body.sha256 or None}
+    return {
+        "type": "s3",
+        "bucket": body.bucket,
+        "key": body.key,
+        "prefix": body.prefix,
+        "filter": body.filter or None,
+        "region": body.region or None,
+        "endpoint_url": body.endpoint_url or None,
+        "version_id": body.version_id or None,
+        "sha256": body.sha256 or None,
+        "target": body.target,
+    }
+
+
+def source_to_pb(src: InputSource) -> pb.InputSource:
+    if isinstance(src, InlineSource):
+        return pb.InputSource(inline=pb.InlineSource(data_url=src.data_url, target=src.target))
+    if isinstance(src, LocalSource):
+        return pb.InputSource(local=pb.LocalSource(path=src.path, target=src.target, read_write=src.read_write))
+    if isinstance(src, UrlSource):
+        return pb.InputSource(url=pb.UrlSource(url=src.url, target=src.target, sha256=src.sha256 or ""))
+    return pb.InputSource(
+        s3=pb.S3Source(
+            bucket=src.bucket,
+            key=src.key,
+            prefix=src.prefix,
+            filter=src.filter or "",
+            region=src.region or "",
+            endpoint_url=src.endpoint_url or "",
+            version_id=src.version_id or "",
+            sha256=src.sha256 or "",
+            target=src.target,
+        )
+    )
+
+
+# --------------------------------------------------------------------- publishers
+
+
+def publisher_from_pb(p: pb.Publisher) -> dict[str, Any]:
+    kind = p.WhichOneof("publisher")
+    if kind is None:
+        raise ConversionError("a publisher must set one of local or s3")
+    if kind == "local":
+        return {"type": "local", "archive": p.local.archive}
+    s3 = p.s3
+    data: dict[str, Any] = {
+        "type": "s3",
+        "bucket": s3.bucket,
+        "region": s3.region or None,
+        "endpoint_url": s3.endpoint_url or None,
+        "archive": s3.archive,
+    }
+    if s3.key:
+        data["key"] = s3.key
+    return data
+
+
+def publisher_to_pb(spec: PublisherSpec) -> pb.Publisher:
+    if isinstance(spec, LocalPublisherSpec):
+        return pb.Publisher(local=pb.LocalPublisher(archive=spec.archive))
+    return pb.Publisher(
+        s3=pb.S3Publisher(
+            bucket=spec.bucket,
+            key=spec.key,
+            region=spec.region or "",
+            endpoint_url=spec.endpoint_url or "",
+            archive=spec.archive,
+        )
+    )

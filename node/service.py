@@ -27,6 +27,7 @@ from executor.errors import (
     ExecutionAlreadyStarted,
     ExecutionNotFound,
     ExecutorShuttingDown,
+    InvalidSpec,
 )
 from executor.logstore import LogEntry
 from executor.models import (
@@ -52,6 +53,8 @@ from node.bidding import (
 from node.capacity import CapacityExhausted, CapacityManager, CapacitySnapshot, QueuePosition
 from node.config import OnShutdown, Settings
 from node.store import ExecutionStore, store_path
+from storage import LocalRoot, StorageRegistry, build_registry
+from storage.hooks import RegistryPreparer, RegistryPublisher
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +93,22 @@ def new_execution_id() -> str:
 class Node:
     """One compute node: an executor, the durable store, and the node's own bookkeeping."""
 
-    def __init__(self, settings: Settings, executor: DockerExecutor, store: ExecutionStore, *, version: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        executor: DockerExecutor,
+        store: ExecutionStore,
+        *,
+        version: str,
+        storage: StorageRegistry | None = None,
+        storage_types: frozenset[str] = frozenset(),
+    ) -> None:
         self.settings = settings
         self.executor = executor
         self.store = store
         self.version = version
+        self.storage = storage
+        self.publisher: RegistryPublisher | None = None
         self._watchers: dict[str, set[asyncio.Queue[ExecutionEvent | None]]] = {}
         self._persist_queue: asyncio.Queue[ExecutionEvent] = asyncio.Queue()
         self._accepted: dict[str, asyncio.Future[None]] = {}
@@ -106,7 +120,7 @@ class Node:
         self.chains = build_chain(
             settings.bidding,
             image_platform_lookup=self._image_platform,
-            storage_types_installed=frozenset(),
+            storage_types_installed=storage_types,
             engine_platform=self._engine_platform,
         )
         meter = metrics.get_meter("haddock.node")
@@ -125,9 +139,31 @@ class Node:
         """The node with its executor and store (not yet recovering: see :meth:`begin`)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = await ExecutionStore.open(store_path(settings.data_dir))
+        st = settings.storage
+        registry = build_registry(
+            cache_dir=settings.data_dir / "cache",
+            cache_max_bytes=st.cache_max_bytes,
+            local_roots=[LocalRoot(r.path, read_write=r.read_write) for r in st.local_roots],
+            inline_max_bytes=st.inline_max_bytes,
+        )
+        preparer = RegistryPreparer(registry, lambda exec_id: settings.executions_dir / exec_id / "inputs")
+        publisher = RegistryPublisher(settings.node_id)
         holder: list[Node] = []
-        executor = DockerExecutor(settings.executor_config(), event_sink=lambda e: holder[0].on_event(e))
-        node = cls(settings, executor, store, version=version)
+        executor = DockerExecutor(
+            settings.executor_config(),
+            event_sink=lambda e: holder[0].on_event(e),
+            input_preparer=preparer,
+            result_publisher=publisher,
+        )
+        node = cls(
+            settings,
+            executor,
+            store,
+            version=version,
+            storage=registry,
+            storage_types=frozenset(await registry.installed_types()),
+        )
+        node.publisher = publisher
         holder.append(node)
         return node
 
@@ -298,12 +334,38 @@ class Node:
     # ------------------------------------------------------------------ executions
 
     def prepare(self, request: RunCommandRequest) -> RunCommandRequest:
-        """Give the request the node's results dir."""
+        """Give the request the node's results dir. Host paths are the node's to choose, never a requester's."""
+        if request.inputs:
+            raise InvalidSpec(
+                "inputs: requesters may not bind host paths; use input_sources (a local source is limited "
+                "to the directories the operator allows)"
+            )
         return request.model_copy(update={"results_dir": self.settings.results_dir(request.execution_id)})
 
-    def _bid_context(self, request: RunCommandRequest, usage: Resources) -> BidContext:
+    async def _bid_context(self, request: RunCommandRequest, usage: Resources) -> BidContext:
         snap = self.capacity.snapshot()
-        return BidContext(request=request, usage=usage, capacity=snap.capacity, free=_free(snap.capacity, snap))
+        sources = request.input_sources
+        local: bool | None = None
+        if sources and self.storage is not None:
+            try:
+                local = all([await self.storage.has_storage_locally(s) for s in sources])
+            except Exception:
+                local = None
+        return BidContext(
+            request=request,
+            usage=usage,
+            capacity=snap.capacity,
+            free=_free(snap.capacity, snap),
+            input_source_types=frozenset(s.type for s in sources),
+            inputs_local=local,
+        )
+
+    async def input_size(self, request: RunCommandRequest) -> int:
+        """Bytes the inputs will take on disk, where the sources say (0 for unknown)."""
+        if not request.input_sources or self.storage is None:
+            return 0
+        sizes = await self.storage.get_volume_sizes(request.input_sources)
+        return sum(size or 0 for size in sizes)
 
     async def should_bid(self, request: RunCommandRequest) -> BidResult:
         """Semantic: the engine can run this kind of job, and the node's policy accepts it."""
@@ -311,16 +373,22 @@ class Node:
         bid = await self.executor.should_bid(prepared)
         if not bid.should_bid:
             return bid
-        return await self.chains.semantic.bid(self._bid_context(prepared, request.resources))
+        return await self.chains.semantic.bid(await self._bid_context(prepared, request.resources))
 
     async def should_bid_based_on_usage(self, request: RunCommandRequest, usage: Resources | None) -> BidResult:
         """Resources: within per-job limits and what the node has free (running and queued count)."""
         prepared = self.prepare(request)
         usage = usage or request.resources
+        try:
+            input_bytes = await self.input_size(prepared)
+        except Exception as exc:  # an input that cannot be had: no bid, and why
+            return BidResult.no(str(exc))
+        if input_bytes:  # inputs count toward disk
+            usage = usage.model_copy(update={"disk": usage.disk + input_bytes})
         bid = await self.executor.should_bid_based_on_usage(prepared, usage)
         if not bid.should_bid:
             return bid
-        return await self.chains.resource.bid(self._bid_context(prepared, usage))
+        return await self.chains.resource.bid(await self._bid_context(prepared, usage))
 
     async def start(self, request: RunCommandRequest, *, queue: bool = False, priority: int = 0) -> RunCommandRequest:
         """Accept an execution; returns once it is durably recorded, running or queued.
@@ -604,6 +672,10 @@ class Node:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store.close()
+        if self.storage is not None:
+            await self.storage.aclose()
+        if self.publisher is not None:
+            await self.publisher.aclose()
 
 
 def _free(capacity: Resources, snap: CapacitySnapshot) -> Resources:

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from executor.errors import ErrorCode, ExecutorError
-from executor.models import InputVolume
 from storage.models import InputSource, describe_source
 
 if TYPE_CHECKING:
+    from executor.models import InputVolume
     from storage.cache import CacheLease
 
 log = logging.getLogger("haddock.storage")
@@ -72,6 +72,8 @@ class PreparedVolume:
     scratch: Path | None = field(default=None, repr=False, compare=False)
 
     def as_input_volume(self) -> InputVolume:
+        from executor.models import InputVolume  # executor.models imports storage.models: resolve at use
+
         return InputVolume(source=self.host_path, target=self.target, read_only=self.read_only)
 
 

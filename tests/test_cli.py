@@ -91,6 +91,8 @@ async def test_run_json(node_server: RunningServer) -> None:
         "stderr_file_truncated",
         "error_message",
         "results_dir",
+        "published",
+        "publish_errors",
     }
     assert data["execution_id"] == "cli-json-1"
     assert data["status"] == "error" and data["exit_code"] == 3

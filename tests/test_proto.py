@@ -38,6 +38,32 @@ def _full_request() -> types_pb2.RunCommandRequest:
             types_pb2.InputVolume(source="/data/other", target="/inputs/b", read_only=True),
         ],
         outputs=[types_pb2.ResultPath(name="out", path="/outputs")],
+        input_sources=[
+            types_pb2.InputSource(inline=types_pb2.InlineSource(data_url="data:,hi", target="/in/inline")),
+            types_pb2.InputSource(local=types_pb2.LocalSource(path="/srv/d", target="/in/local", read_write=True)),
+            types_pb2.InputSource(url=types_pb2.UrlSource(url="https://h/x", target="/in/url", sha256="ab" * 32)),
+            types_pb2.InputSource(
+                s3=types_pb2.S3Source(
+                    bucket="bkt",
+                    key="k",
+                    prefix="p/",
+                    filter=".*",
+                    region="eu-west-1",
+                    endpoint_url="http://127.0.0.1:9000",
+                    version_id="v1",
+                    sha256="cd" * 32,
+                    target="/in/s3",
+                )
+            ),
+        ],
+        publishers=[
+            types_pb2.Publisher(local=types_pb2.LocalPublisher(archive=True)),
+            types_pb2.Publisher(
+                s3=types_pb2.S3Publisher(
+                    bucket="bkt", key="{job_id}/", region="eu", endpoint_url="http://127.0.0.1:1", archive=True
+                )
+            ),
+        ],
         output_limits=types_pb2.OutputLimits(
             max_stdout_file_length=2**30,
             max_stdout_return_length=2048,
@@ -55,6 +81,9 @@ def _unset_fields(message: Message, prefix: str = "") -> list[str]:
     unset: list[str] = []
     for field in message.DESCRIPTOR.fields:
         path = f"{prefix}{field.name}"
+        oneof = field.containing_oneof
+        if oneof is not None and not oneof.name.startswith("_") and message.WhichOneof(oneof.name) != field.name:
+            continue  # one member of a oneof is set; the others cannot be
         value = getattr(message, field.name)
         if field.is_repeated:
             if len(value) == 0:

@@ -56,6 +56,7 @@ from executor.models import (
     ExecutionEvent,
     ExecutionRecord,
     ExecutionState,
+    InputVolume,
     NetworkMode,
     Resources,
     ResultStatus,
@@ -64,6 +65,8 @@ from executor.models import (
     StreamType,
     utcnow,
 )
+from executor.outputs import OutputWatcher, trim_to_cap
+from executor.protocol import InputPreparer, PreparedInputs, ResultPublisher
 from executor.quantity import format_bytes, format_cpu, format_duration
 from executor.results import write_job_results
 
@@ -109,6 +112,9 @@ class DockerExecutorConfig(BaseModel):
         default=60.0, ge=0, description="how long calls ride out an engine outage (restart) before failing"
     )
     init: bool = Field(default=True, description="run an init process (docker --init): signals reach the job")
+    default_output_cap: int = Field(
+        default=10 * 1024**3, ge=0, description="what a job may write to its outputs when it sets no disk resource"
+    )
     max_finished_records: int = Field(default=10_000, ge=0, description="finished executions kept in memory")
 
     @field_validator("node_id")
@@ -137,6 +143,8 @@ class _Running:
     leave_container: bool = False  # a shutdown lets go of the container (a restart reattaches)
     capture_error: str = ""  # why some output is missing
     capture_ended_at: float | None = None
+    prepared_inputs: PreparedInputs | None = None
+    output_cap_message: str = ""  # the job wrote past its output cap
     stop_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -149,9 +157,18 @@ class _Outcome(BaseModel):
 class DockerExecutor:
     """Runs executions as Docker containers. Bound to the event loop it is first used on."""
 
-    def __init__(self, config: DockerExecutorConfig, *, event_sink: EventSink | None = None) -> None:
+    def __init__(
+        self,
+        config: DockerExecutorConfig,
+        *,
+        event_sink: EventSink | None = None,
+        input_preparer: InputPreparer | None = None,
+        result_publisher: ResultPublisher | None = None,
+    ) -> None:
         self.config = config
         self._event_sink = event_sink
+        self._input_preparer = input_preparer
+        self._result_publisher = result_publisher
         self._api_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=config.api_workers, thread_name_prefix="haddock-docker-api"
         )
@@ -291,6 +308,10 @@ class DockerExecutor:
             raise ExecutionAlreadyStarted(exec_id)
         if request.results_dir is None:
             raise InvalidSpec("results_dir is required: the executor needs to know where to write results")
+        if request.input_sources and self._input_preparer is None:
+            raise InvalidSpec("this executor was given no way to fetch input sources")
+        if request.publishers and self._result_publisher is None:
+            raise InvalidSpec("this executor was given no way to publish results")
         if request.network.mode not in self.config.allowed_networks:
             bid = await self.should_bid(request)
             raise ExecutionRefused(bid.reason)
@@ -626,11 +647,27 @@ class DockerExecutor:
                     running.attach_response.close()
             if running.container_id is not None and not running.leave_container:
                 await self._remove_container(record, running.container_id)
+            if running.prepared_inputs is not None and not running.leave_container:
+                try:
+                    await running.prepared_inputs.cleanup()
+                except Exception as exc:
+                    log.warning("cleaning up the inputs of %s failed: %s", record.execution_id, exc)
 
     async def _prepare_and_run(self, running: _Running) -> tuple[_Outcome, ResultStatus | None]:
-        """Image, container, run. Returns the outcome, and a status when it is decided before running."""
-        with tracer.start_as_current_span("pull"):
-            stop_signal = await self._prepare_image(running)
+        """Image and inputs (at once), container, run. Returns the outcome, and a status when it is
+        decided before running."""
+        image = asyncio.create_task(self._prepare_image(running))
+        steps: list[asyncio.Task[Any]] = [image]
+        if running.record.request.input_sources:
+            steps.append(asyncio.create_task(self._prepare_inputs(running)))
+        try:
+            await asyncio.gather(*steps)
+        except BaseException:
+            for step in steps:
+                step.cancel()
+            await asyncio.gather(*steps, return_exceptions=True)
+            raise
+        stop_signal = image.result()
         if running.cancel_event.is_set():
             return _Outcome(), ResultStatus.CANCELLED
         with tracer.start_as_current_span("run"):
@@ -652,8 +689,32 @@ class DockerExecutor:
         for r in finished[:excess]:
             del self._records[r.execution_id]
 
+    async def _prepare_inputs(self, running: _Running) -> None:
+        """Fetch the input sources (in parallel; a failure names the input and leaves nothing behind)."""
+        assert self._input_preparer is not None
+        record = running.record
+        with tracer.start_as_current_span("inputs"):
+            prepare = asyncio.create_task(self._input_preparer.prepare(record.request))
+            cancelled = asyncio.create_task(running.cancel_event.wait())
+            try:
+                await asyncio.wait({prepare, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                cancelled.cancel()
+            if not prepare.done():
+                prepare.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await prepare
+                return
+            running.prepared_inputs = prepare.result()
+        n = len(running.prepared_inputs.volumes)
+        self._emit(record, EventKind.INPUTS_PREPARED, f"{n} input{'s' if n != 1 else ''} ready")
+
     async def _prepare_image(self, running: _Running) -> str:
         """Make the image available; return its stop signal."""
+        with tracer.start_as_current_span("pull"):
+            return await self._prepare_image_traced(running)
+
+    async def _prepare_image_traced(self, running: _Running) -> str:
         record = running.record
         engine = record.request.engine
         self._emit(record, EventKind.PULLING, f"making image {engine.image} available ({engine.pull_policy})")
@@ -691,13 +752,13 @@ class DockerExecutor:
         )
         return str((info.get("Config") or {}).get("StopSignal") or "SIGTERM")
 
-    def _container_spec(self, request: RunCommandRequest) -> dict[str, Any]:
+    def _container_spec(self, request: RunCommandRequest, prepared: list[InputVolume]) -> dict[str, Any]:
         cfg = self.config
         res = request.resources
         engine = request.engine
         mounts = [
             docker.types.Mount(target=v.target, source=str(v.source), type="bind", read_only=v.read_only)
-            for v in request.inputs
+            for v in [*request.inputs, *prepared]
         ]
         for out in request.outputs:
             host = _results_dir(request) / out.name
@@ -745,7 +806,8 @@ class DockerExecutor:
     async def _create_container(self, running: _Running) -> str:
         request = running.record.request
         client = await self._client_async()
-        spec = await asyncio.to_thread(self._container_spec, request)
+        prepared = running.prepared_inputs.volumes if running.prepared_inputs is not None else []
+        spec = await asyncio.to_thread(self._container_spec, request, prepared)
         spec["host_config"] = client.create_host_config(**spec["host_config"])
         try:
             created = await self._engine_call(client.create_container, **spec)
@@ -788,29 +850,42 @@ class DockerExecutor:
 
         exited = asyncio.create_task(self._wait_exit(running, container_id, capture))
         cancel_wait = asyncio.create_task(running.cancel_event.wait())
+        cap_hit = asyncio.Event()
+
+        async def on_cap_exceeded(usage: int) -> None:
+            cap_hit.set()
+
+        output_dirs = [_results_dir(request) / o.name for o in request.outputs]
+        cap = request.resources.disk or self.config.default_output_cap
+        watcher = OutputWatcher(output_dirs, cap, on_cap_exceeded) if output_dirs else None
+        cap_wait = asyncio.create_task(cap_hit.wait())
         try:
-            done, _ = await asyncio.wait(
-                {exited, cancel_wait}, timeout=request.timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            if exited not in done:
-                if cancel_wait in done:
-                    await self._stop(running, container_id, "cancel", exited)
-                else:
-                    assert request.timeout is not None
+            async with watcher if watcher is not None else contextlib.nullcontext():
+                done, _ = await asyncio.wait(
+                    {exited, cancel_wait, cap_wait}, timeout=request.timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if exited not in done and cap_wait in done:
+                    # Stop at once: what matters now is the node's disk.
                     self._emit(
                         record,
-                        EventKind.TIMED_OUT,
-                        f"the job exceeded its timeout of {format_duration(request.timeout)}; stopping it",
+                        EventKind.OUTPUT_CAP_EXCEEDED,
+                        f"the job wrote past its output cap of {format_bytes(cap)}; stopping it",
                     )
-                    await self._stop(running, container_id, "timeout", exited)
-            exit_code = await exited
+                    await self._stop(running, container_id, "output-cap", exited, grace=0)
+                await self._settle(running, record, container_id, exited, cancel_wait, done, request)
         finally:
             cancel_wait.cancel()
+            cap_wait.cancel()
             if not exited.done():
                 exited.cancel()
                 _close_socket(sock)
                 await asyncio.gather(exited, capture, return_exceptions=True)
+        if watcher is not None and watcher.exceeded:
+            running.output_cap_message = watcher.message()
+            await asyncio.to_thread(trim_to_cap, output_dirs, cap)
+        exit_code = exited.result()
         state = (await self._engine_call(client.inspect_container, container_id)).get("State") or {}
+
         oom = bool(state.get("OOMKilled"))
         self._check_capture_complete(running, state)
         if running.capture_error and running.capture_error.startswith(_STREAM_CUT) and running.writer is not None:
@@ -835,6 +910,29 @@ class DockerExecutor:
             record, EventKind.EXITED, f"container exited with code {exit_code}", exit_code=exit_code, oom_killed=oom
         )
         return _Outcome(exit_code=exit_code, oom_killed=oom)
+
+    async def _settle(
+        self,
+        running: _Running,
+        record: ExecutionRecord,
+        container_id: str,
+        exited: asyncio.Task[int],
+        cancel_wait: asyncio.Task[Any],
+        done: set[asyncio.Task[Any]],
+        request: RunCommandRequest,
+    ) -> None:
+        """After the first of exit / cancel / timeout: stop the container if it still runs, wait for its exit."""
+        if not exited.done() and not running.stop_reason:
+            if cancel_wait in done:
+                await self._stop(running, container_id, "cancel", exited)
+            elif request.timeout is not None and not done:
+                self._emit(
+                    record,
+                    EventKind.TIMED_OUT,
+                    f"the job exceeded its timeout of {format_duration(request.timeout)}; stopping it",
+                )
+                await self._stop(running, container_id, "timeout", exited)
+        await exited
 
     async def _capture(self, running: _Running, sock: socket.socket) -> None:
         """Read the attach stream on the event loop (no thread per container) into the log store.
@@ -923,20 +1021,28 @@ class DockerExecutor:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _stop(self, running: _Running, container_id: str, reason: str, exited: asyncio.Task[int]) -> None:
+    async def _stop(
+        self,
+        running: _Running,
+        container_id: str,
+        reason: str,
+        exited: asyncio.Task[int],
+        *,
+        grace: float | None = None,
+    ) -> None:
         """Send the image's stop signal, wait up to the grace, then SIGKILL. Holds no thread while waiting.
 
         Records ``reason`` only if the signal reached a running container: a job that ended by
         itself at the same moment keeps its own status.
         """
         client = await self._client_async()
-        grace = self._stop_grace
+        grace = self._stop_grace if grace is None else grace
         async with running.stop_lock:
             if exited.done() or running.stop_reason:
                 return
             log.info("stopping %s (%s; %s, then SIGKILL after %ss)", container_id, reason, running.stop_signal, grace)
             try:
-                await self._api(client.kill, container_id, signal=running.stop_signal)
+                await self._api(client.kill, container_id, signal=running.stop_signal if grace else "SIGKILL")
             except docker.errors.APIError as exc:
                 if exc.status_code in (404, 409):  # not running any more: it ended by itself
                     return
@@ -954,6 +1060,8 @@ class DockerExecutor:
             return ResultStatus.CANCELLED
         if running.stop_reason == "timeout":
             return ResultStatus.TIMEOUT
+        if running.output_cap_message:
+            return ResultStatus.ERROR
         if outcome.oom_killed:
             return ResultStatus.KILLED
         if outcome.error or running.capture_error or outcome.exit_code != 0:
@@ -981,7 +1089,11 @@ class DockerExecutor:
         request = record.request
         self._set_state(record, ExecutionState.FINISHING)
         exec_id = request.execution_id
-        message = "; ".join(m for m in (self._message(request, status, outcome), running.capture_error) if m)
+        message = "; ".join(
+            m
+            for m in (running.output_cap_message or self._message(request, status, outcome), running.capture_error)
+            if m
+        )
 
         async def stream(kind: StreamType) -> AsyncIterator[bytes]:
             async for entry in self.logs.read(exec_id, streams=frozenset({kind})):
@@ -1006,6 +1118,7 @@ class DockerExecutor:
                 stderr_bytes=writer.stderr_bytes if writer else (written.stderr.total_bytes or 0),
             )
             lost = bool(running.capture_error)
+            published, publish_errors = await self._publish(record)
             result = RunCommandResult(
                 status=status,
                 exit_code=outcome.exit_code,
@@ -1016,6 +1129,8 @@ class DockerExecutor:
                 stderr_truncated=written.stderr.truncated or lost,
                 stderr_file_truncated=written.stderr.file_truncated or lost,
                 error_message=message,
+                published=published,
+                publish_errors=publish_errors,
             )
         except Exception as exc:
             log.exception("writing results of %s failed", exec_id)
@@ -1031,6 +1146,26 @@ class DockerExecutor:
             self._emit(record, EventKind.FAILED, result.error_message, status=result.status.value)
         self._set_state(record, result.status.state)
         return result
+
+    async def _publish(self, record: ExecutionRecord) -> tuple[list[str], list[str]]:
+        """Publish the results dir as the request asks; failures are reported in the result, not raised."""
+        request = record.request
+        if not request.publishers or self._result_publisher is None:
+            return [], []
+        with tracer.start_as_current_span("publish"):
+            try:
+                published, errors = await self._result_publisher.publish(request)
+            except Exception as exc:  # a publisher's bug must not lose the result
+                log.exception("publishing the results of %s failed", record.execution_id)
+                published, errors = [], [f"publishing failed: {exc}"]
+        self._emit(
+            record,
+            EventKind.PUBLISHED,
+            f"results published to {', '.join(published)}" if published else "publishing failed",
+            published=", ".join(published),
+            errors="; ".join(errors),
+        )
+        return published, errors
 
     async def _remove_container(self, record: ExecutionRecord, container_id: str) -> None:
         client = await self._client_async()

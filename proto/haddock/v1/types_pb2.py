@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16haddock/v1/types.proto\x12\nhaddock.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"O\n\tResources\x12\x0b\n\x03\x63pu\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\x12\n\ndisk_bytes\x18\x03 \x01(\x04\x12\x0b\n\x03gpu\x18\x04 \x01(\r\"6\n\rNetworkConfig\x12%\n\x04mode\x18\x01 \x01(\x0e\x32\x17.haddock.v1.NetworkMode\"\xeb\x01\n\x10\x44ockerEngineSpec\x12\r\n\x05image\x18\x01 \x01(\t\x12\x12\n\nentrypoint\x18\x02 \x03(\t\x12\x12\n\nparameters\x18\x03 \x03(\t\x12\x32\n\x03\x65nv\x18\x04 \x03(\x0b\x32%.haddock.v1.DockerEngineSpec.EnvEntry\x12\x13\n\x0bworking_dir\x18\x05 \x01(\t\x12+\n\x0bpull_policy\x18\x06 \x01(\x0e\x32\x16.haddock.v1.PullPolicy\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x0bInputVolume\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x11\n\tread_only\x18\x03 \x01(\x08\"(\n\nResultPath\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"\x96\x02\n\x0cOutputLimits\x12#\n\x16max_stdout_file_length\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12%\n\x18max_stdout_return_length\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12#\n\x16max_stderr_file_length\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12%\n\x18max_stderr_return_length\x18\x04 \x01(\x04H\x03\x88\x01\x01\x42\x19\n\x17_max_stdout_file_lengthB\x1b\n\x19_max_stdout_return_lengthB\x19\n\x17_max_stderr_file_lengthB\x1b\n\x19_max_stderr_return_length\"\xec\x02\n\x11RunCommandRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x02 \x01(\t\x12,\n\x06\x65ngine\x18\x03 \x01(\x0b\x32\x1c.haddock.v1.DockerEngineSpec\x12(\n\tresources\x18\x04 \x01(\x0b\x32\x15.haddock.v1.Resources\x12*\n\x07network\x18\x05 \x01(\x0b\x32\x19.haddock.v1.NetworkConfig\x12\'\n\x06inputs\x18\x06 \x03(\x0b\x32\x17.haddock.v1.InputVolume\x12\'\n\x07outputs\x18\x07 \x03(\x0b\x32\x16.haddock.v1.ResultPath\x12/\n\routput_limits\x18\x08 \x01(\x0b\x32\x18.haddock.v1.OutputLimits\x12*\n\x07timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa0\x02\n\x10RunCommandResult\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.haddock.v1.ResultStatus\x12\x16\n\texit_code\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06stdout\x18\x03 \x01(\t\x12\x18\n\x10stdout_truncated\x18\x04 \x01(\x08\x12\x1d\n\x15stdout_file_truncated\x18\x05 \x01(\x08\x12\x0e\n\x06stderr\x18\x06 \x01(\t\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08\x12\x1d\n\x15stderr_file_truncated\x18\x08 \x01(\x08\x12\x15\n\rerror_message\x18\t \x01(\t\x12\x13\n\x0bresults_dir\x18\n \x01(\tB\x0c\n\n_exit_code\"\xc3\x01\n\x0e\x45xecutionEvent\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x38\n\x07\x64\x65tails\x18\x04 \x03(\x0b\x32\'.haddock.v1.ExecutionEvent.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"/\n\tBidResult\x12\x12\n\nshould_bid\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t*r\n\x0bNetworkMode\x12\x1c\n\x18NETWORK_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11NETWORK_MODE_NONE\x10\x01\x12\x17\n\x13NETWORK_MODE_BRIDGE\x10\x02\x12\x15\n\x11NETWORK_MODE_HOST\x10\x03*x\n\nPullPolicy\x12\x1b\n\x17PULL_POLICY_UNSPECIFIED\x10\x00\x12\x16\n\x12PULL_POLICY_ALWAYS\x10\x01\x12\x1e\n\x1aPULL_POLICY_IF_NOT_PRESENT\x10\x02\x12\x15\n\x11PULL_POLICY_NEVER\x10\x03*\xb3\x01\n\x0cResultStatus\x12\x1d\n\x19RESULT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15RESULT_STATUS_SUCCESS\x10\x01\x12\x17\n\x13RESULT_STATUS_ERROR\x10\x02\x12\x19\n\x15RESULT_STATUS_TIMEOUT\x10\x03\x12\x18\n\x14RESULT_STATUS_KILLED\x10\x04\x12\x1b\n\x17RESULT_STATUS_CANCELLED\x10\x05*\x82\x02\n\x0e\x45xecutionState\x12\x1f\n\x1b\x45XECUTION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45XECUTION_STATE_QUEUED\x10\x01\x12\x1d\n\x19\x45XECUTION_STATE_PREPARING\x10\x02\x12\x1b\n\x17\x45XECUTION_STATE_RUNNING\x10\x03\x12\x1d\n\x19\x45XECUTION_STATE_FINISHING\x10\x04\x12\x1d\n\x19\x45XECUTION_STATE_COMPLETED\x10\x05\x12\x1a\n\x16\x45XECUTION_STATE_FAILED\x10\x06\x12\x1d\n\x19\x45XECUTION_STATE_CANCELLED\x10\x07*Y\n\nStreamType\x12\x1b\n\x17STREAM_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12STREAM_TYPE_STDOUT\x10\x01\x12\x16\n\x12STREAM_TYPE_STDERR\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16haddock/v1/types.proto\x12\nhaddock.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"O\n\tResources\x12\x0b\n\x03\x63pu\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\x12\n\ndisk_bytes\x18\x03 \x01(\x04\x12\x0b\n\x03gpu\x18\x04 \x01(\r\"6\n\rNetworkConfig\x12%\n\x04mode\x18\x01 \x01(\x0e\x32\x17.haddock.v1.NetworkMode\"\xeb\x01\n\x10\x44ockerEngineSpec\x12\r\n\x05image\x18\x01 \x01(\t\x12\x12\n\nentrypoint\x18\x02 \x03(\t\x12\x12\n\nparameters\x18\x03 \x03(\t\x12\x32\n\x03\x65nv\x18\x04 \x03(\x0b\x32%.haddock.v1.DockerEngineSpec.EnvEntry\x12\x13\n\x0bworking_dir\x18\x05 \x01(\t\x12+\n\x0bpull_policy\x18\x06 \x01(\x0e\x32\x16.haddock.v1.PullPolicy\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x0bInputVolume\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x11\n\tread_only\x18\x03 \x01(\x08\"(\n\nResultPath\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"\x96\x02\n\x0cOutputLimits\x12#\n\x16max_stdout_file_length\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12%\n\x18max_stdout_return_length\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12#\n\x16max_stderr_file_length\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12%\n\x18max_stderr_return_length\x18\x04 \x01(\x04H\x03\x88\x01\x01\x42\x19\n\x17_max_stdout_file_lengthB\x1b\n\x19_max_stdout_return_lengthB\x19\n\x17_max_stderr_file_lengthB\x1b\n\x19_max_stderr_return_length\"\xcb\x03\n\x11RunCommandRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x02 \x01(\t\x12,\n\x06\x65ngine\x18\x03 \x01(\x0b\x32\x1c.haddock.v1.DockerEngineSpec\x12(\n\tresources\x18\x04 \x01(\x0b\x32\x15.haddock.v1.Resources\x12*\n\x07network\x18\x05 \x01(\x0b\x32\x19.haddock.v1.NetworkConfig\x12+\n\x06inputs\x18\x06 \x03(\x0b\x32\x17.haddock.v1.InputVolumeB\x02\x18\x01\x12\'\n\x07outputs\x18\x07 \x03(\x0b\x32\x16.haddock.v1.ResultPath\x12/\n\routput_limits\x18\x08 \x01(\x0b\x32\x18.haddock.v1.OutputLimits\x12*\n\x07timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\rinput_sources\x18\n \x03(\x0b\x32\x17.haddock.v1.InputSource\x12)\n\npublishers\x18\x0b \x03(\x0b\x32\x15.haddock.v1.Publisher\"l\n\tPublisher\x12+\n\x05local\x18\x01 \x01(\x0b\x32\x1a.haddock.v1.LocalPublisherH\x00\x12%\n\x02s3\x18\x02 \x01(\x0b\x32\x17.haddock.v1.S3PublisherH\x00\x42\x0b\n\tpublisher\"!\n\x0eLocalPublisher\x12\x0f\n\x07\x61rchive\x18\x01 \x01(\x08\"a\n\x0bS3Publisher\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x14\n\x0c\x65ndpoint_url\x18\x04 \x01(\t\x12\x0f\n\x07\x61rchive\x18\x05 \x01(\x08\"\xb7\x01\n\x0bInputSource\x12*\n\x06inline\x18\x01 \x01(\x0b\x32\x18.haddock.v1.InlineSourceH\x00\x12(\n\x05local\x18\x02 \x01(\x0b\x32\x17.haddock.v1.LocalSourceH\x00\x12$\n\x03url\x18\x03 \x01(\x0b\x32\x15.haddock.v1.UrlSourceH\x00\x12\"\n\x02s3\x18\x04 \x01(\x0b\x32\x14.haddock.v1.S3SourceH\x00\x42\x08\n\x06source\"0\n\x0cInlineSource\x12\x10\n\x08\x64\x61ta_url\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\"?\n\x0bLocalSource\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x12\n\nread_write\x18\x03 \x01(\x08\"8\n\tUrlSource\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\xa1\x01\n\x08S3Source\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06prefix\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x14\n\x0c\x65ndpoint_url\x18\x06 \x01(\t\x12\x12\n\nversion_id\x18\x07 \x01(\t\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x12\x0e\n\x06target\x18\t \x01(\t\"\xcb\x02\n\x10RunCommandResult\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.haddock.v1.ResultStatus\x12\x16\n\texit_code\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06stdout\x18\x03 \x01(\t\x12\x18\n\x10stdout_truncated\x18\x04 \x01(\x08\x12\x1d\n\x15stdout_file_truncated\x18\x05 \x01(\x08\x12\x0e\n\x06stderr\x18\x06 \x01(\t\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08\x12\x1d\n\x15stderr_file_truncated\x18\x08 \x01(\x08\x12\x15\n\rerror_message\x18\t \x01(\t\x12\x13\n\x0bresults_dir\x18\n \x01(\t\x12\x11\n\tpublished\x18\x0b \x03(\t\x12\x16\n\x0epublish_errors\x18\x0c \x03(\tB\x0c\n\n_exit_code\"\xc3\x01\n\x0e\x45xecutionEvent\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x38\n\x07\x64\x65tails\x18\x04 \x03(\x0b\x32\'.haddock.v1.ExecutionEvent.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"/\n\tBidResult\x12\x12\n\nshould_bid\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t*r\n\x0bNetworkMode\x12\x1c\n\x18NETWORK_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11NETWORK_MODE_NONE\x10\x01\x12\x17\n\x13NETWORK_MODE_BRIDGE\x10\x02\x12\x15\n\x11NETWORK_MODE_HOST\x10\x03*x\n\nPullPolicy\x12\x1b\n\x17PULL_POLICY_UNSPECIFIED\x10\x00\x12\x16\n\x12PULL_POLICY_ALWAYS\x10\x01\x12\x1e\n\x1aPULL_POLICY_IF_NOT_PRESENT\x10\x02\x12\x15\n\x11PULL_POLICY_NEVER\x10\x03*\xb3\x01\n\x0cResultStatus\x12\x1d\n\x19RESULT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15RESULT_STATUS_SUCCESS\x10\x01\x12\x17\n\x13RESULT_STATUS_ERROR\x10\x02\x12\x19\n\x15RESULT_STATUS_TIMEOUT\x10\x03\x12\x18\n\x14RESULT_STATUS_KILLED\x10\x04\x12\x1b\n\x17RESULT_STATUS_CANCELLED\x10\x05*\x82\x02\n\x0e\x45xecutionState\x12\x1f\n\x1b\x45XECUTION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45XECUTION_STATE_QUEUED\x10\x01\x12\x1d\n\x19\x45XECUTION_STATE_PREPARING\x10\x02\x12\x1b\n\x17\x45XECUTION_STATE_RUNNING\x10\x03\x12\x1d\n\x19\x45XECUTION_STATE_FINISHING\x10\x04\x12\x1d\n\x19\x45XECUTION_STATE_COMPLETED\x10\x05\x12\x1a\n\x16\x45XECUTION_STATE_FAILED\x10\x06\x12\x1d\n\x19\x45XECUTION_STATE_CANCELLED\x10\x07*Y\n\nStreamType\x12\x1b\n\x17STREAM_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12STREAM_TYPE_STDOUT\x10\x01\x12\x16\n\x12STREAM_TYPE_STDERR\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,18 +35,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DOCKERENGINESPEC_ENVENTRY']._loaded_options = None
   _globals['_DOCKERENGINESPEC_ENVENTRY']._serialized_options = b'8\001'
+  _globals['_RUNCOMMANDREQUEST'].fields_by_name['inputs']._loaded_options = None
+  _globals['_RUNCOMMANDREQUEST'].fields_by_name['inputs']._serialized_options = b'\030\001'
   _globals['_EXECUTIONEVENT_DETAILSENTRY']._loaded_options = None
   _globals['_EXECUTIONEVENT_DETAILSENTRY']._serialized_options = b'8\001'
-  _globals['_NETWORKMODE']._serialized_start=1772
-  _globals['_NETWORKMODE']._serialized_end=1886
-  _globals['_PULLPOLICY']._serialized_start=1888
-  _globals['_PULLPOLICY']._serialized_end=2008
-  _globals['_RESULTSTATUS']._serialized_start=2011
-  _globals['_RESULTSTATUS']._serialized_end=2190
-  _globals['_EXECUTIONSTATE']._serialized_start=2193
-  _globals['_EXECUTIONSTATE']._serialized_end=2451
-  _globals['_STREAMTYPE']._serialized_start=2453
-  _globals['_STREAMTYPE']._serialized_end=2542
+  _globals['_NETWORKMODE']._serialized_start=2677
+  _globals['_NETWORKMODE']._serialized_end=2791
+  _globals['_PULLPOLICY']._serialized_start=2793
+  _globals['_PULLPOLICY']._serialized_end=2913
+  _globals['_RESULTSTATUS']._serialized_start=2916
+  _globals['_RESULTSTATUS']._serialized_end=3095
+  _globals['_EXECUTIONSTATE']._serialized_start=3098
+  _globals['_EXECUTIONSTATE']._serialized_end=3356
+  _globals['_STREAMTYPE']._serialized_start=3358
+  _globals['_STREAMTYPE']._serialized_end=3447
   _globals['_RESOURCES']._serialized_start=103
   _globals['_RESOURCES']._serialized_end=182
   _globals['_NETWORKCONFIG']._serialized_start=184
@@ -62,13 +64,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OUTPUTLIMITS']._serialized_start=587
   _globals['_OUTPUTLIMITS']._serialized_end=865
   _globals['_RUNCOMMANDREQUEST']._serialized_start=868
-  _globals['_RUNCOMMANDREQUEST']._serialized_end=1232
-  _globals['_RUNCOMMANDRESULT']._serialized_start=1235
-  _globals['_RUNCOMMANDRESULT']._serialized_end=1523
-  _globals['_EXECUTIONEVENT']._serialized_start=1526
-  _globals['_EXECUTIONEVENT']._serialized_end=1721
-  _globals['_EXECUTIONEVENT_DETAILSENTRY']._serialized_start=1675
-  _globals['_EXECUTIONEVENT_DETAILSENTRY']._serialized_end=1721
-  _globals['_BIDRESULT']._serialized_start=1723
-  _globals['_BIDRESULT']._serialized_end=1770
+  _globals['_RUNCOMMANDREQUEST']._serialized_end=1327
+  _globals['_PUBLISHER']._serialized_start=1329
+  _globals['_PUBLISHER']._serialized_end=1437
+  _globals['_LOCALPUBLISHER']._serialized_start=1439
+  _globals['_LOCALPUBLISHER']._serialized_end=1472
+  _globals['_S3PUBLISHER']._serialized_start=1474
+  _globals['_S3PUBLISHER']._serialized_end=1571
+  _globals['_INPUTSOURCE']._serialized_start=1574
+  _globals['_INPUTSOURCE']._serialized_end=1757
+  _globals['_INLINESOURCE']._serialized_start=1759
+  _globals['_INLINESOURCE']._serialized_end=1807
+  _globals['_LOCALSOURCE']._serialized_start=1809
+  _globals['_LOCALSOURCE']._serialized_end=1872
+  _globals['_URLSOURCE']._serialized_start=1874
+  _globals['_URLSOURCE']._serialized_end=1930
+  _globals['_S3SOURCE']._serialized_start=1933
+  _globals['_S3SOURCE']._serialized_end=2094
+  _globals['_RUNCOMMANDRESULT']._serialized_start=2097
+  _globals['_RUNCOMMANDRESULT']._serialized_end=2428
+  _globals['_EXECUTIONEVENT']._serialized_start=2431
+  _globals['_EXECUTIONEVENT']._serialized_end=2626
+  _globals['_EXECUTIONEVENT_DETAILSENTRY']._serialized_start=2580
+  _globals['_EXECUTIONEVENT_DETAILSENTRY']._serialized_end=2626
+  _globals['_BIDRESULT']._serialized_start=2628
+  _globals['_BIDRESULT']._serialized_end=2675
 # @@protoc_insertion_point(module_scope)

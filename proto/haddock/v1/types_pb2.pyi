@@ -19,6 +19,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _NetworkMode:
@@ -253,7 +258,9 @@ Global___DockerEngineSpec: _TypeAlias = DockerEngineSpec  # noqa: Y015
 
 @_typing.final
 class InputVolume(_message.Message):
-    """Prepared storage: a path on the node bound into the container."""
+    """Prepared storage: a path on the node bound into the container. Only the node itself uses
+    these; requesters give input_sources (a node refuses raw host paths from requesters).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -362,6 +369,8 @@ class RunCommandRequest(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     OUTPUT_LIMITS_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    INPUT_SOURCES_FIELD_NUMBER: _builtins.int
+    PUBLISHERS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     execution_id: _builtins.str
     """Chosen by the requester; unique on the node. Letters, digits, '.', '_' and '-'."""
@@ -372,7 +381,10 @@ class RunCommandRequest(_message.Message):
     @_builtins.property
     def network(self) -> Global___NetworkConfig: ...
     @_builtins.property
-    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputVolume]: ...
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputVolume]:
+        """Deprecated: refused by the node (requesters must not choose host paths). Use input_sources."""
+
     @_builtins.property
     def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResultPath]: ...
     @_builtins.property
@@ -380,6 +392,18 @@ class RunCommandRequest(_message.Message):
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
         """Unset: no timeout. Pull time does not count."""
+
+    @_builtins.property
+    def input_sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputSource]:
+        """Inputs the node fetches (in parallel, before the container starts) and mounts read-only
+        at their targets (local sources may be read-write where the operator allows it).
+        """
+
+    @_builtins.property
+    def publishers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Publisher]:
+        """Where the results dir (stdout, stderr, exitCode, outputs) goes after the run; it also stays
+        on the node.
+        """
 
     def __init__(
         self,
@@ -393,14 +417,260 @@ class RunCommandRequest(_message.Message):
         outputs: _abc.Iterable[Global___ResultPath] | None = ...,
         output_limits: Global___OutputLimits | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        input_sources: _abc.Iterable[Global___InputSource] | None = ...,
+        publishers: _abc.Iterable[Global___Publisher] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "network", b"network", "output_limits", b"output_limits", "resources", b"resources", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "execution_id", b"execution_id", "inputs", b"inputs", "job_id", b"job_id", "network", b"network", "output_limits", b"output_limits", "outputs", b"outputs", "resources", b"resources", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "execution_id", b"execution_id", "input_sources", b"input_sources", "inputs", b"inputs", "job_id", b"job_id", "network", b"network", "output_limits", b"output_limits", "outputs", b"outputs", "publishers", b"publishers", "resources", b"resources", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunCommandRequest: _TypeAlias = RunCommandRequest  # noqa: Y015
+
+@_typing.final
+class Publisher(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCAL_FIELD_NUMBER: _builtins.int
+    S3_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def local(self) -> Global___LocalPublisher: ...
+    @_builtins.property
+    def s3(self) -> Global___S3Publisher: ...
+    def __init__(
+        self,
+        *,
+        local: Global___LocalPublisher | None = ...,
+        s3: Global___S3Publisher | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["local", b"local", "publisher", b"publisher", "s3", b"s3"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["local", b"local", "publisher", b"publisher", "s3", b"s3"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_publisher: _TypeAlias = _typing.Literal["local", "s3"]  # noqa: Y015
+    _WhichOneofArgType_publisher: _TypeAlias = _typing.Literal["publisher", b"publisher"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_publisher) -> _WhichOneofReturnType_publisher | None: ...
+
+Global___Publisher: _TypeAlias = Publisher  # noqa: Y015
+
+@_typing.final
+class LocalPublisher(_message.Message):
+    """The results stay in the node's results dir; with archive, also as results.tar.gz beside it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARCHIVE_FIELD_NUMBER: _builtins.int
+    archive: _builtins.bool
+    def __init__(
+        self,
+        *,
+        archive: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive", b"archive"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocalPublisher: _TypeAlias = LocalPublisher  # noqa: Y015
+
+@_typing.final
+class S3Publisher(_message.Message):
+    """Upload to S3 under key, a template with {job_id}, {execution_id}, {node_id} and {date}
+    (default "{job_id}/{execution_id}/"); with archive, one results.tar.gz.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKET_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    ENDPOINT_URL_FIELD_NUMBER: _builtins.int
+    ARCHIVE_FIELD_NUMBER: _builtins.int
+    bucket: _builtins.str
+    key: _builtins.str
+    region: _builtins.str
+    endpoint_url: _builtins.str
+    archive: _builtins.bool
+    def __init__(
+        self,
+        *,
+        bucket: _builtins.str = ...,
+        key: _builtins.str = ...,
+        region: _builtins.str = ...,
+        endpoint_url: _builtins.str = ...,
+        archive: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive", b"archive", "bucket", b"bucket", "endpoint_url", b"endpoint_url", "key", b"key", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___S3Publisher: _TypeAlias = S3Publisher  # noqa: Y015
+
+@_typing.final
+class InputSource(_message.Message):
+    """One input, from one of the sources below."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INLINE_FIELD_NUMBER: _builtins.int
+    LOCAL_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    S3_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def inline(self) -> Global___InlineSource: ...
+    @_builtins.property
+    def local(self) -> Global___LocalSource: ...
+    @_builtins.property
+    def url(self) -> Global___UrlSource: ...
+    @_builtins.property
+    def s3(self) -> Global___S3Source: ...
+    def __init__(
+        self,
+        *,
+        inline: Global___InlineSource | None = ...,
+        local: Global___LocalSource | None = ...,
+        url: Global___UrlSource | None = ...,
+        s3: Global___S3Source | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["inline", b"inline", "local", b"local", "s3", b"s3", "source", b"source", "url", b"url"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inline", b"inline", "local", b"local", "s3", b"s3", "source", b"source", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["inline", "local", "url", "s3"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___InputSource: _TypeAlias = InputSource  # noqa: Y015
+
+@_typing.final
+class InlineSource(_message.Message):
+    """Data in the request itself: an RFC 2397 data URL. A gzip tarball (media type
+    application/gzip) is unpacked to a directory; anything else becomes a file.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_URL_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    data_url: _builtins.str
+    target: _builtins.str
+    def __init__(
+        self,
+        *,
+        data_url: _builtins.str = ...,
+        target: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_url", b"data_url", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InlineSource: _TypeAlias = InlineSource  # noqa: Y015
+
+@_typing.final
+class LocalSource(_message.Message):
+    """A file or directory on the node, under a path the operator allows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    READ_WRITE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    target: _builtins.str
+    read_write: _builtins.bool
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        target: _builtins.str = ...,
+        read_write: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "read_write", b"read_write", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocalSource: _TypeAlias = LocalSource  # noqa: Y015
+
+@_typing.final
+class UrlSource(_message.Message):
+    """An http(s) URL, downloaded to a file mounted at target."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    target: _builtins.str
+    sha256: _builtins.str
+    """Hex sha256 the content must have (optional)."""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        target: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sha256", b"sha256", "target", b"target", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UrlSource: _TypeAlias = UrlSource  # noqa: Y015
+
+@_typing.final
+class S3Source(_message.Message):
+    """An S3 object (key) or every object under a prefix (optionally filtered by a regex)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKET_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    ENDPOINT_URL_FIELD_NUMBER: _builtins.int
+    VERSION_ID_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    bucket: _builtins.str
+    key: _builtins.str
+    prefix: _builtins.str
+    filter: _builtins.str
+    region: _builtins.str
+    endpoint_url: _builtins.str
+    version_id: _builtins.str
+    sha256: _builtins.str
+    target: _builtins.str
+    def __init__(
+        self,
+        *,
+        bucket: _builtins.str = ...,
+        key: _builtins.str = ...,
+        prefix: _builtins.str = ...,
+        filter: _builtins.str = ...,
+        region: _builtins.str = ...,
+        endpoint_url: _builtins.str = ...,
+        version_id: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        target: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "endpoint_url", b"endpoint_url", "filter", b"filter", "key", b"key", "prefix", b"prefix", "region", b"region", "sha256", b"sha256", "target", b"target", "version_id", b"version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___S3Source: _TypeAlias = S3Source  # noqa: Y015
 
 @_typing.final
 class RunCommandResult(_message.Message):
@@ -416,6 +686,8 @@ class RunCommandResult(_message.Message):
     STDERR_FILE_TRUNCATED_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     RESULTS_DIR_FIELD_NUMBER: _builtins.int
+    PUBLISHED_FIELD_NUMBER: _builtins.int
+    PUBLISH_ERRORS_FIELD_NUMBER: _builtins.int
     status: Global___ResultStatus.ValueType
     exit_code: _builtins.int
     """Absent when no process ran (for example the image could not be pulled)."""
@@ -428,6 +700,14 @@ class RunCommandResult(_message.Message):
     error_message: _builtins.str
     results_dir: _builtins.str
     """Where stdout, stderr, exitCode and the outputs are on the node."""
+    @_builtins.property
+    def published(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Where the results were published (e.g. s3://bucket/job/exec/)."""
+
+    @_builtins.property
+    def publish_errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """A message per publisher that failed."""
+
     def __init__(
         self,
         *,
@@ -441,10 +721,12 @@ class RunCommandResult(_message.Message):
         stderr_file_truncated: _builtins.bool = ...,
         error_message: _builtins.str = ...,
         results_dir: _builtins.str = ...,
+        published: _abc.Iterable[_builtins.str] | None = ...,
+        publish_errors: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "error_message", b"error_message", "exit_code", b"exit_code", "results_dir", b"results_dir", "status", b"status", "stderr", b"stderr", "stderr_file_truncated", b"stderr_file_truncated", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_file_truncated", b"stdout_file_truncated", "stdout_truncated", b"stdout_truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "error_message", b"error_message", "exit_code", b"exit_code", "publish_errors", b"publish_errors", "published", b"published", "results_dir", b"results_dir", "status", b"status", "stderr", b"stderr", "stderr_file_truncated", b"stderr_file_truncated", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_file_truncated", b"stdout_file_truncated", "stdout_truncated", b"stdout_truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
