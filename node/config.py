@@ -106,6 +106,9 @@ class DockerSettings(BaseModel):
         default=60.0, description="a container with this node's label that no execution knows is removed after this"
     )
     engine_retry: DurationSeconds = Field(default=60.0, description="how long calls ride out an engine outage")
+    output_cap: ByteQuantity = Field(
+        default=10 * 1024**3, description="what a job may write to its outputs when it sets no disk resource"
+    )
 
 
 class CapacitySettings(BaseModel):
@@ -254,6 +257,7 @@ class Settings(BaseSettings):
             init=d.init,
             orphan_grace_seconds=d.orphan_grace,
             engine_retry_seconds=d.engine_retry,
+            default_output_cap=d.output_cap,
         )
 
 
