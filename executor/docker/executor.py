@@ -203,10 +203,13 @@ class DockerExecutor:
             if self._client is None:
                 try:
                     if "base_url" in self._kwargs:
-                        self._client = docker.APIClient(**self._kwargs)
+                        client = docker.APIClient(**self._kwargs)
                     else:
                         env = docker.utils.kwargs_from_env()
-                        self._client = docker.APIClient(**{**env, **self._kwargs})
+                        client = docker.APIClient(**{**env, **self._kwargs})
+                    # The engine is local: no proxy or ~/.netrc lookups on every call (a profile hot spot).
+                    client.trust_env = False
+                    self._client = client
                 except docker.errors.DockerException as exc:
                     raise EngineUnavailable(f"the Docker engine does not answer: {exc}") from exc
             return self._client
@@ -950,7 +953,7 @@ class DockerExecutor:
                 data = await loop.sock_recv(sock, READ_SIZE)
                 if not data:
                     break
-                for kind, payload in demux.feed(data):
+                for kind, payload in _coalesce(demux.feed(data)):
                     if running.capture_error:
                         continue
                     try:
@@ -1212,6 +1215,17 @@ def _parse_engine_time(text: str) -> float | None:
     except ValueError:
         return None
     return dt.timestamp() + (int(frac.ljust(6, "0")) / 1e6 if frac else 0.0)
+
+
+def _coalesce(pieces: list[tuple[StreamType, bytes]]) -> list[tuple[StreamType, bytes]]:
+    """Join consecutive pieces of one stream: one log write per read per stream, not per engine frame."""
+    runs: list[tuple[StreamType, list[bytes]]] = []
+    for kind, data in pieces:
+        if runs and runs[-1][0] is kind:
+            runs[-1][1].append(data)
+        else:
+            runs.append((kind, [data]))
+    return [(kind, parts[0] if len(parts) == 1 else b"".join(parts)) for kind, parts in runs]
 
 
 def _results_dir(request: RunCommandRequest) -> Path:
