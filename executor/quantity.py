@@ -8,7 +8,7 @@ units, as Docker reads them. A plain number is bytes.
 
 CPU is a float number of cores or Kubernetes millicores: ``0.5`` == ``500m``.
 
-Durations are ``1.5``/``30s``/``500ms``/``2m``/``1h``/``1h30m``; a plain number is seconds.
+Durations are ``1.5``/``30s``/``500ms``/``2m``/``1h``/``1h30m``/``7d``; a plain number is seconds.
 
 pydantic's ``ByteSize`` rejects ``Mi`` and Docker's own parser reads ``1g`` its
 own way, so neither is used: everything goes through this module.
@@ -77,7 +77,7 @@ _NUMBER_UNIT = re.compile(r"^\s*(?P<num>[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(
 
 BYTES_HELP = "a byte size such as 1048576, 512Mi, 1Gi, 64m (Docker style) or 2G (decimal)"
 CPU_HELP = "a number of CPU cores such as 0.5, 2 or 500m (millicores)"
-DURATION_HELP = "a duration such as 30, 30s, 500ms, 5m, 1h or 1h30m"
+DURATION_HELP = "a duration such as 30, 30s, 500ms, 5m, 1h, 1h30m or 7d"
 
 
 def _decimal(num: str, original: str, what: str) -> Decimal:
@@ -150,8 +150,8 @@ def parse_cpu(value: str | int | float) -> float:
     raise QuantityError(f"{text!r} has an unknown CPU unit {unit!r}; use cores (0.5) or millicores (500m)")
 
 
-_DURATION_PART = re.compile(r"(?P<num>[0-9]*\.?[0-9]+)(?P<unit>ms|us|µs|ns|h|m|s)")
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+_DURATION_PART = re.compile(r"(?P<num>[0-9]*\.?[0-9]+)(?P<unit>ms|us|µs|ns|d|h|m|s)")
+_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
 
 def parse_duration(value: str | int | float) -> float:

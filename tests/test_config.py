@@ -109,3 +109,18 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_bad_node_id_for_engine() -> None:
     with pytest.raises(ValidationError, match="node_id"):
         load_settings(node_id="has space").executor_config()
+
+
+def test_readme_configuration_example_loads(tmp_path: Path) -> None:
+    """The README's example configuration is valid as written."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    start = readme.index("```toml") + len("```toml")
+    example = readme[start : readme.index("```", start)]
+    cfg = tmp_path / "haddock.toml"
+    cfg.write_text(example.replace("/srv/shared", str(tmp_path)))
+    s = load_settings(cfg)
+    assert s.capacity.cpu == 2 and s.capacity.max_running == 8
+    assert s.bidding.networking is not None and s.bidding.networking.reject_networked
+    assert s.docker.output_cap == 10 * 1024**3
+    assert s.log_retention == 24 * 3600 and s.record_retention == 7 * 24 * 3600
+    s.executor_config()

@@ -77,7 +77,8 @@ def test_valid_request_defaults() -> None:
         ({"results_dir": "relative/dir"}, "results_dir"),
         ({"timeout": 0}, "timeout must be positive"),
         ({"timeout": "forever"}, "is not a duration"),
-        ({"timeout": "400d"}, "is not a duration"),
+        ({"timeout": "400d"}, "at most 30 days"),
+        ({"timeout": "4w"}, "is not a duration"),
         ({"unknown_field": 1}, "Extra inputs are not permitted"),
     ],
 )

@@ -108,3 +108,8 @@ def test_parse_duration_rejects(text: str) -> None:
 @given(st.integers(min_value=1, max_value=10**7))
 def test_duration_round_trip(seconds: int) -> None:
     assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize(("text", "expected"), [("7d", 604800.0), ("1d12h", 129600.0), ("0.5d", 43200.0)])
+def test_parse_duration_days(text: str, expected: float) -> None:
+    assert parse_duration(text) == pytest.approx(expected)
