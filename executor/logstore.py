@@ -430,6 +430,17 @@ class LogWriter:
             raise
         self._committed += len(buf)
 
+    def sync(self) -> None:
+        """Make what is committed durable (fsync); a no-op once closed. Callable from any thread."""
+        with self._lock:
+            if self._closed:
+                return
+            fd = os.dup(self._fd)  # fsync outside the lock: writers need not wait for the disk
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def close(self, *, complete: bool = True) -> None:
         """Append the END frame, fsync, and wake followers; idempotent.
 

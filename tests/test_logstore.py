@@ -475,3 +475,15 @@ async def test_property_round_trip(ops: list[tuple[StreamType, bytes, int]]) -> 
         assert store.end_offset("p") == (entries[-1].next_offset if entries else 0) + FRAME_OVERHEAD
         for e in entries[:: max(1, len(entries) // 5)]:
             assert await collect(store, "p", offset=e.next_offset) == entries[entries.index(e) + 1 :]
+
+
+def test_sync_is_safe_from_another_thread_and_after_close(tmp_path: Path) -> None:
+    store = LogStore(tmp_path / "logs")
+    writer = store.create("sync-1")
+    writer.write(StreamType.STDOUT, b"durable\n")
+    t = threading.Thread(target=writer.sync)
+    t.start()
+    t.join()
+    writer.close()
+    writer.sync()  # a no-op once closed
+    assert store.is_complete("sync-1")

@@ -948,11 +948,19 @@ class DockerExecutor:
         demux = Demuxer()
         writer = running.writer
         assert writer is not None
+        synced_at, synced_bytes = time.monotonic(), 0
         try:
             while True:
                 data = await loop.sock_recv(sock, READ_SIZE)
                 if not data:
                     break
+                written = writer.stdout_bytes + writer.stderr_bytes
+                if written - synced_bytes >= SYNC_BYTES or (
+                    written > synced_bytes and time.monotonic() - synced_at >= SYNC_SECONDS
+                ):
+                    # Batched fsync: a crash of the machine loses at most the last batch of output.
+                    await asyncio.to_thread(writer.sync)
+                    synced_at, synced_bytes = time.monotonic(), written
                 for kind, payload in _coalesce(demux.feed(data)):
                     if running.capture_error:
                         continue
@@ -1183,6 +1191,8 @@ class DockerExecutor:
 
 
 CAPTURE_SLACK_SECONDS = 1.0
+SYNC_BYTES = 8 * 1024 * 1024
+SYNC_SECONDS = 2.0
 _STREAM_CUT = "the output stream from the engine was cut"
 WAIT_POLL_SECONDS = 60
 
