@@ -50,6 +50,10 @@ class InputPreparer(Protocol):
         """All inputs, in parallel; on any failure nothing is left behind and the error names the input."""
         ...
 
+    async def discard(self, execution_id: str) -> None:
+        """Remove what an earlier life of the node prepared for this execution (after a restart)."""
+        ...
+
 
 class ResultPublisher(Protocol):
     """Publishes an execution's results dir as its ``publishers`` ask (storage/ implements it)."""

@@ -457,8 +457,8 @@ def bid(
 
 def _task_publishers(task: Task) -> list[PublisherSpec]:
     """S3 destinations of a row's outputs. The row's whole results dir (stdout, stderr, exitCode and
-    each output under its name) is uploaded under the destination's folder: for a file output,
-    the folder it would be in; for a recursive output, the prefix itself."""
+    each output under its name) is uploaded under ``<folder>/<execution_id>/``, where the folder is,
+    for a file output, the one it would be in, and for a recursive output the prefix itself."""
     specs: dict[tuple[str, str], PublisherSpec] = {}
     for out in task.outputs:
         if not out.destination.startswith("s3://"):
@@ -466,7 +466,8 @@ def _task_publishers(task: Task) -> list[PublisherSpec]:
         bucket, _, key = out.destination.removeprefix("s3://").partition("/")
         key = key.split("?", 1)[0]
         folder = key.rstrip("/") if out.recursive else key.rpartition("/")[0]
-        prefix = f"{folder}/" if folder else "{job_id}/{execution_id}/"
+        # per execution: rows sharing a folder must not overwrite each other's results
+        prefix = f"{folder}/{{execution_id}}/" if folder else "{job_id}/{execution_id}/"
         specs.setdefault((bucket, prefix), S3PublisherSpec(bucket=bucket, key=prefix))
     return list(specs.values())
 
@@ -497,6 +498,13 @@ def submit(
         argv = argv[1:]
     try:
         tasks = load_tasks(tasks_file)
+        for task in tasks:
+            for out in task.outputs:
+                if out.destination.startswith("file:"):
+                    raise ValueError(
+                        f"{tasks_file} task {task.index}: output {out.name} goes to {out.destination}, but the node "
+                        "does not write outside its data dir; use a relative name (kept in the results dir) or s3://"
+                    )
         job_id = f"{tasks_file.stem}-{uuid.uuid4().hex[:8]}"
         requests = [
             build_request(

@@ -144,6 +144,10 @@ class StorageSettings(BaseModel):
         default_factory=list, description="directories local (file://) inputs may come from; none by default"
     )
     cache_max_bytes: ByteQuantity = Field(default=20 * 1024**3, description="downloaded inputs kept for reuse")
+    allow_private_networks: bool = Field(
+        default=False,
+        description="let requesters name URLs and S3 endpoints on loopback, private or link-local addresses",
+    )
     inline_max_bytes: ByteQuantity = Field(
         default=1024**2, description="largest inline (data:) input (gRPC messages are at most 4 MiB)"
     )

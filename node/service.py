@@ -55,6 +55,9 @@ from node.config import OnShutdown, Settings
 from node.store import ExecutionStore, store_path
 from storage import LocalRoot, StorageRegistry, build_registry
 from storage.hooks import RegistryPreparer, RegistryPublisher
+from storage.models import S3Source, UrlSource
+from storage.netpolicy import AddressRefused, check_public
+from storage.publish import S3PublisherSpec
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,8 @@ class Node:
         self._accepted: dict[str, asyncio.Future[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._queued: dict[str, _Queued] = {}
+        self._closing = False
+        self._recovered = asyncio.Event()  # set once unfinished executions are back with the executor
         self._was_queued: set[str] = set()
         cap = settings.capacity
         self.capacity = CapacityManager(Resources(), max_running=cap.max_running, max_queued=cap.max_queued)
@@ -175,19 +180,35 @@ class Node:
         unfinished = await self.store.non_terminal()
         queued = [r for r in unfinished if r.state is ExecutionState.QUEUED]
         others = [r for r in unfinished if r.state is not ExecutionState.QUEUED]
+        for r in others:
+            # What it held is held again before it can end (and release it). Its container may run
+            # already: it runs whatever the capacity now says.
+            try:
+                await self.capacity.acquire(r.execution_id, r.request.resources, queue=False)
+            except (CapacityExhausted, ValueError) as exc:
+                log.warning("recovered execution %s runs beyond capacity: %s", r.execution_id, exc)
         if others:
             log.info("recovering executions", extra={"count": len(others)})
-            try:
-                await self.executor.recover(others)
-            except Exception as exc:  # the engine may be down: the executions stay unfinished until it is back
-                log.error("recovery failed: %s; will retry when the node restarts", exc)
-            for r in others:
-                if self._live(r.execution_id) is not None:
-                    # what it holds is held again (it may over-commit briefly after a config change)
-                    with contextlib.suppress(CapacityExhausted, ValueError):
-                        await self.capacity.acquire(r.execution_id, r.request.resources, queue=False)
+            self._tasks.append(asyncio.create_task(self._recover(others), name="haddock-recover"))
+        else:
+            self._recovered.set()
         for r in sorted(queued, key=lambda r: r.created_at):
             self._enqueue(r.request, r, priority=0)
+        self._tasks.append(asyncio.create_task(self._reap_loop(), name="haddock-reaper"))
+        self._tasks.append(asyncio.create_task(self._prune_loop(), name="haddock-pruner"))
+
+    async def _recover(self, records: builtins.list[ExecutionRecord]) -> None:
+        """Hand unfinished executions back to the executor; while the engine is away, keep trying."""
+        delay = 1.0
+        while True:
+            try:
+                await self.executor.recover(records)
+                self._recovered.set()
+                return
+            except Exception as exc:
+                log.error("recovering %d executions failed (%s); retrying in %.0fs", len(records), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
 
     async def detect_capacity(self) -> Resources:
         """The machine and engine, overridden by config, less the node's reserve."""
@@ -216,8 +237,6 @@ class Node:
 
     async def _engine_platform(self) -> tuple[str, str] | None:
         return platform_from_engine_info(await self.executor.engine_info())
-        self._tasks.append(asyncio.create_task(self._reap_loop(), name="haddock-reaper"))
-        self._tasks.append(asyncio.create_task(self._prune_loop(), name="haddock-pruner"))
 
     # ------------------------------------------------------------------ events
 
@@ -302,10 +321,9 @@ class Node:
         )
 
     async def watch(self, execution_id: str) -> AsyncIterator[ExecutionEvent]:
-        """Events of an execution: those so far, then live ones until it ends."""
-        try:
-            record = self.executor.record(execution_id)
-        except ExecutionNotFound:
+        """Events of an execution: those so far, then live ones until it ends (queued ones too)."""
+        record = self._live(execution_id)
+        if record is None:
             record = await self.get(execution_id)  # finished long ago: its history only
             for event in record.events:
                 yield event
@@ -360,6 +378,19 @@ class Node:
             inputs_local=local,
         )
 
+    async def check_addresses(self, request: RunCommandRequest) -> None:
+        """URLs and S3 endpoints the requester names must be public addresses, unless the operator allows more."""
+        if self.settings.storage.allow_private_networks:
+            return
+        for src in request.input_sources:
+            if isinstance(src, UrlSource):
+                await check_public(src.url, "input URL")
+            elif isinstance(src, S3Source) and src.endpoint_url:
+                await check_public(src.endpoint_url, "S3 endpoint")
+        for pub in request.publishers:
+            if isinstance(pub, S3PublisherSpec) and pub.endpoint_url:
+                await check_public(pub.endpoint_url, "S3 publisher endpoint")
+
     async def input_size(self, request: RunCommandRequest) -> int:
         """Bytes the inputs will take on disk, where the sources say (0 for unknown)."""
         if not request.input_sources or self.storage is None:
@@ -373,6 +404,10 @@ class Node:
         bid = await self.executor.should_bid(prepared)
         if not bid.should_bid:
             return bid
+        try:
+            await self.check_addresses(prepared)
+        except AddressRefused as exc:
+            return BidResult.no(str(exc))
         return await self.chains.semantic.bid(await self._bid_context(prepared, request.resources))
 
     async def should_bid_based_on_usage(self, request: RunCommandRequest, usage: Resources | None) -> BidResult:
@@ -405,13 +440,17 @@ class Node:
             if existing.state.terminal:
                 raise ExecutionAlreadyComplete(exec_id, existing.state.value)
             raise ExecutionAlreadyStarted(exec_id)
-        if self._live(exec_id) is not None or exec_id in self._queued:
+        if self._live(exec_id) is not None or self.capacity.holds(exec_id) or self.capacity.position(exec_id):
             raise ExecutionAlreadyStarted(exec_id)
+        self.executor.check(prepared)  # what the executor would refuse is refused now, not after queueing
+        await self.check_addresses(prepared)
         admission = asyncio.create_task(
             self.capacity.acquire(exec_id, prepared.resources, queue=queue, priority=priority)
         )
         await asyncio.sleep(0)  # admission runs to its end, or to its first wait in the queue
         if admission.done():
+            if isinstance(admission.exception(), ValueError):  # the same id started concurrently
+                raise ExecutionAlreadyStarted(exec_id)
             admission.result()  # refused: RESOURCE_EXHAUSTED with the reason
             await self._launch(prepared)
             return prepared
@@ -444,15 +483,23 @@ class Node:
             )
         settled: asyncio.Future[RunCommandResult | None] = asyncio.get_running_loop().create_future()
         self._queued[exec_id] = _Queued(request=request, record=record, admission=admission, settled=settled)
-        self._tasks.append(asyncio.create_task(self._admit_when_ready(exec_id), name=f"haddock-queued-{exec_id}"))
+        task = asyncio.create_task(self._admit_when_ready(exec_id), name=f"haddock-queued-{exec_id}")
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
     async def _admit_when_ready(self, exec_id: str) -> None:
         q = self._queued[exec_id]
         try:
             await q.admission
-        except (CapacityExhausted, asyncio.CancelledError) as exc:
-            if exec_id in self._queued:  # not withdrawn by cancel(): refused while waiting
+        except asyncio.CancelledError:
+            return  # withdrawn by cancel(), or the node is shutting down: it stays queued in the store
+        except CapacityExhausted as exc:
+            if self._queued.get(exec_id) is q and not self._closing:  # refused while waiting
                 await self._end_in_queue(exec_id, ResultStatus.ERROR, f"the execution could not be admitted: {exc}")
+            return
+        if self._queued.get(exec_id) is not q or self._closing:
+            # Cancelled (or the node closing) after admission was granted but before it ran: give it back.
+            self.capacity.release(exec_id)
             return
         self._queued.pop(exec_id, None)
         try:
@@ -516,11 +563,13 @@ class Node:
             ended = await asyncio.shield(q.settled)
             if ended is not None:
                 return ended
+        if self._live(execution_id) is None and not (await self.get(execution_id)).state.terminal:
+            await self._recovered.wait()  # unfinished and not back yet: recovery is under way
         if self._live(execution_id) is not None:
             return await self.executor.wait(execution_id)
         record = await self.get(execution_id)
-        if record.result is None:  # pragma: no cover - unfinished executions are live after recovery
-            raise ExecutionNotFound(execution_id)
+        if record.result is None:
+            raise ExecutionNotFound(execution_id, f"execution {execution_id!r} has no result on this node")
         return record.result
 
     async def cancel(self, execution_id: str) -> RunCommandResult:
@@ -530,6 +579,8 @@ class Node:
             return await self._end_in_queue(
                 execution_id, ResultStatus.CANCELLED, "the execution was cancelled while queued"
             )
+        if self._live(execution_id) is None and not (await self.get(execution_id)).state.terminal:
+            await self._recovered.wait()
         if self._live(execution_id) is None:
             record = await self.get(execution_id)
             raise ExecutionAlreadyComplete(execution_id, record.state.value)
@@ -608,7 +659,10 @@ class Node:
         interval = max(5.0, self.settings.docker.orphan_grace / 2)
         while True:
             try:
-                await self.executor.reap_orphans()
+                # Containers of executions the store has not finished are not orphans (recovery may
+                # still be waiting for the engine).
+                keep = {r.execution_id for r in await self.store.non_terminal()}
+                await self.executor.reap_orphans(keep=keep)
             except Exception as exc:
                 log.warning("looking for orphaned containers failed: %s", exc)
             await asyncio.sleep(interval)
@@ -653,6 +707,7 @@ class Node:
         return removed
 
     async def shutdown(self, grace: float | None = None) -> None:
+        self._closing = True
         for task in self._tasks:
             if task.get_name() != "haddock-persist":
                 task.cancel()

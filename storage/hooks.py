@@ -53,6 +53,10 @@ class RegistryPreparer:
             volumes=[v.as_input_volume() for v in prepared],
         )
 
+    async def discard(self, execution_id: str) -> None:
+        """Remove the input work dir an earlier life of the node left (its cache references died with it)."""
+        await asyncio.to_thread(shutil.rmtree, self._work_dir_for(execution_id), True)
+
 
 class RegistryPublisher:
     """Implements ``executor.protocol.ResultPublisher`` with the publishers of :mod:`storage.publish`."""

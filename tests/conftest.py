@@ -121,7 +121,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 
 from node.client import NodeClient  # noqa: E402
-from node.config import DockerSettings, OnShutdown, Settings  # noqa: E402
+from node.config import DockerSettings, OnShutdown, Settings, StorageSettings  # noqa: E402
 from node.server import RunningServer, start_server  # noqa: E402
 
 
@@ -148,6 +148,8 @@ def telemetry() -> TelemetryCapture:
 
 
 def node_settings(tmp_path: Path, node_id: str, **kw: Any) -> Settings:
+    """A node for tests: on 127.0.0.1, where the test servers (HTTP, S3) are, so private networks are allowed."""
+    kw.setdefault("storage", StorageSettings(allow_private_networks=True))
     return Settings(
         node_id=node_id,
         listen="127.0.0.1:0",

@@ -28,8 +28,17 @@ def write(path: Path, size: int, *, mtime_ns: int | None = None) -> Path:
     return path
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def open_fds(under: Path) -> list[str]:
+    """This process's open descriptors that point into ``under`` (other threads' own come and go)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(under)):
+            found.append(target)
+    return found
 
 
 def make_deep(root: Path, depth: int, *, file_size: int, branch: bool = False) -> int:
@@ -175,10 +184,9 @@ def test_usage_skips_files_and_directories_vanishing_while_scanning(
 
 
 def test_usage_sees_trees_deeper_than_path_max_without_leaking_descriptors(tmp_path: Path) -> None:
-    fds = open_fds()
     total = make_deep(tmp_path, 200, file_size=12_345)
     assert directory_usage([tmp_path]) == total == 12_345
-    assert open_fds() == fds
+    assert open_fds(tmp_path) == []
 
 
 @pytest.mark.parametrize("held", [1, 2, 64])
@@ -186,10 +194,9 @@ def test_usage_of_a_deep_branching_tree_with_few_descriptors_held(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: int
 ) -> None:
     monkeypatch.setattr(outputs, "_MAX_HELD_FDS", held)
-    fds = open_fds()
     total = make_deep(tmp_path, 150, file_size=1000, branch=True)
     assert directory_usage([tmp_path]) == total == 150 * 3 + 1000
-    assert open_fds() == fds
+    assert open_fds(tmp_path) == []
 
 
 def test_usage_when_a_directory_is_moved_out_from_under_the_walk(
@@ -209,9 +216,8 @@ def test_usage_when_a_directory_is_moved_out_from_under_the_walk(
             (root / "a" / "b").rename(root / "b")
 
     scandir_hook(monkeypatch, move)
-    fds = open_fds()
     assert directory_usage([root]) == 1111
-    assert open_fds() == fds
+    assert open_fds(tmp_path) == []
 
 
 def test_usage_when_the_walk_loses_its_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -228,9 +234,8 @@ def test_usage_when_the_walk_loses_its_place(tmp_path: Path, monkeypatch: pytest
             (root / "a").rename(root / "q")
 
     scandir_hook(monkeypatch, move)
-    fds = open_fds()
     assert directory_usage([root]) in (105, 1105)
-    assert open_fds() == fds
+    assert open_fds(tmp_path) == []
 
 
 # --- trim_to_cap -------------------------------------------------------------------------------------

@@ -175,6 +175,8 @@ class DockerExecutor:
         self._pull_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=config.pull_workers, thread_name_prefix="haddock-docker-pull"
         )
+        # Recovered executions follow the engine's log from a thread each, for their container's life.
+        self._follow_pool = concurrent.futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="haddock-follow")
         kwargs: dict[str, Any] = {
             "version": "auto",
             "timeout": config.api_timeout_seconds,
@@ -300,26 +302,29 @@ class DockerExecutor:
 
     # ------------------------------------------------------------------ contract: lifecycle
 
-    async def start(self, request: RunCommandRequest) -> None:
+    def check(self, request: RunCommandRequest) -> None:
+        """What ``start`` would refuse about the request itself, without starting anything."""
         if self._closing:
             raise ExecutorShuttingDown()
-        exec_id = request.execution_id
-        existing = self._records.get(exec_id)
-        if existing is not None:
-            if existing.state.terminal:
-                raise ExecutionAlreadyComplete(exec_id, existing.state.value)
-            raise ExecutionAlreadyStarted(exec_id)
         if request.results_dir is None:
             raise InvalidSpec("results_dir is required: the executor needs to know where to write results")
         if request.input_sources and self._input_preparer is None:
             raise InvalidSpec("this executor was given no way to fetch input sources")
         if request.publishers and self._result_publisher is None:
             raise InvalidSpec("this executor was given no way to publish results")
-        if request.network.mode not in self.config.allowed_networks:
-            bid = await self.should_bid(request)
-            raise ExecutionRefused(bid.reason)
-        if exec_id in self._records:  # started concurrently while we awaited
+        mode = request.network.mode
+        if mode not in self.config.allowed_networks:
+            allowed = ", ".join(sorted(m.value for m in self.config.allowed_networks)) or "no networking"
+            raise ExecutionRefused(f"this node does not accept jobs with network mode '{mode}' (allowed: {allowed})")
+
+    async def start(self, request: RunCommandRequest) -> None:
+        exec_id = request.execution_id
+        existing = self._records.get(exec_id)
+        if existing is not None:
+            if existing.state.terminal:
+                raise ExecutionAlreadyComplete(exec_id, existing.state.value)
             raise ExecutionAlreadyStarted(exec_id)
+        self.check(request)
         # Register synchronously (no await between the check and here) so that a concurrent start
         # of the same id sees it; the log exists before start returns, so it can be streamed at once.
         record = ExecutionRecord(request=request)
@@ -329,9 +334,12 @@ class DockerExecutor:
         except FileExistsError:
             self._records.pop(exec_id, None)
             raise ExecutionAlreadyComplete(exec_id, "an execution with this id already ran on this node") from None
-        except BaseException as exc:
+        except Exception as exc:
             self._records.pop(exec_id, None)
             raise ExecutorError(f"cannot create the log of execution {exec_id!r}: {exc}") from exc
+        except BaseException:
+            self._records.pop(exec_id, None)
+            raise
         loop = asyncio.get_running_loop()
         running = _Running(record=record, done=loop.create_future(), cancel_event=asyncio.Event(), writer=writer)
         self._running[exec_id] = running
@@ -428,7 +436,7 @@ class DockerExecutor:
             for w in waits:
                 if w.done() and not w.cancelled():
                     w.exception()
-        for pool in (self._api_pool, self._pull_pool):
+        for pool in (self._api_pool, self._pull_pool, self._follow_pool):
             pool.shutdown(wait=False, cancel_futures=True)
         if self._client is not None:
             self._client.close()
@@ -457,7 +465,6 @@ class DockerExecutor:
             if exec_id in self._records:
                 continue
             record.result = None
-            self._records[exec_id] = record
             writer: LogWriter | None
             if not self.logs.exists(exec_id):
                 writer = await asyncio.to_thread(self.logs.create, exec_id)
@@ -471,20 +478,27 @@ class DockerExecutor:
             if container is not None:
                 running.container_id = str(container["Id"])
                 record.container_id = running.container_id
+            # Registered together, with no await between: a record is never seen without its handle.
+            self._records[exec_id] = record
             self._running[exec_id] = running
             self._emit(record, EventKind.RECOVERED, "the node restarted and took the execution back")
             running.task = asyncio.create_task(
                 self._execute(running, recovered=True), name=f"haddock-recover-{exec_id}"
             )
 
-    async def reap_orphans(self, *, grace: float | None = None) -> list[str]:
-        """Remove containers with this node's label that no execution knows, once older than the grace."""
+    async def reap_orphans(self, *, grace: float | None = None, keep: set[str] | None = None) -> list[str]:
+        """Remove containers with this node's label that no execution knows, once older than the grace.
+
+        ``keep``: execution ids whose containers must stay (unfinished in the node's store)."""
         grace = self.config.orphan_grace_seconds if grace is None else grace
+        keep = keep or set()
         client = await self._client_async()
         removed = []
         now = time.time()
         for exec_id, c in (await self.node_containers()).items():
-            if exec_id in self._running or (exec_id in self._records and self._records[exec_id].result is None):
+            if exec_id in keep or exec_id in self._running:
+                continue
+            if exec_id in self._records and self._records[exec_id].result is None:
                 continue
             if now - float(c.get("Created") or 0) < grace:
                 continue
@@ -506,7 +520,11 @@ class DockerExecutor:
         request = record.request
         if running.container_id is None:
             if record.state in (ExecutionState.QUEUED, ExecutionState.PREPARING):
-                return _Outcome(error="the node restarted before the job's container was started; run it again")
+                # Not known to have started: either it never did, or the node went down before noting it.
+                return _Outcome(
+                    error="the job's container was not found when the node restarted: the node went down before "
+                    "starting it, or it was removed while the node was down; its exit status is unknown"
+                )
             return _Outcome(error="the job's container was removed while the node was down; its exit status is unknown")
         client = await self._client_async()
         container_id = running.container_id
@@ -516,11 +534,19 @@ class DockerExecutor:
             return _Outcome(error="the job's container was removed while the node was down; its exit status is unknown")
         state = info.get("State") or {}
         running.stop_signal = str((info.get("Config") or {}).get("StopSignal") or "SIGTERM")
+        if not state.get("Running") and str(state.get("StartedAt") or "0001").startswith("0001"):
+            return _Outcome(error="the node went down after creating the job's container but before starting it")
         if running.writer is not None:
             skip = running.writer.bytes_written
             capture = asyncio.ensure_future(
                 asyncio.get_running_loop().run_in_executor(
-                    None, _copy_engine_logs, client, container_id, running, skip, bool(state.get("Running"))
+                    self._follow_pool,
+                    _copy_engine_logs,
+                    client,
+                    container_id,
+                    running,
+                    skip,
+                    bool(state.get("Running")),
                 )
             )
         else:
@@ -650,9 +676,12 @@ class DockerExecutor:
                     running.attach_response.close()
             if running.container_id is not None and not running.leave_container:
                 await self._remove_container(record, running.container_id)
-            if running.prepared_inputs is not None and not running.leave_container:
+            if not running.leave_container:
                 try:
-                    await running.prepared_inputs.cleanup()
+                    if running.prepared_inputs is not None:
+                        await running.prepared_inputs.cleanup()
+                    elif recovered and record.request.input_sources and self._input_preparer is not None:
+                        await self._input_preparer.discard(record.execution_id)  # prepared by a previous life
                 except Exception as exc:
                     log.warning("cleaning up the inputs of %s failed: %s", record.execution_id, exc)
 

@@ -11,10 +11,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from executor.models import EventKind, ResultStatus, RunCommandRequest
-from node.client import NodeClient
+from node.client import NodeClient, NodeError
 from node.config import LocalRootSettings, StorageSettings
 from node.server import RunningServer, start_server
 from tests.conftest import BUSYBOX, node_settings
@@ -48,7 +49,8 @@ async def node(tmp_path: Path, node_id: str, busybox_image: str) -> Any:
     settings = node_settings(tmp_path, node_id).model_copy(
         update={
             "storage": StorageSettings(
-                local_roots=[LocalRootSettings(path=allowed), LocalRootSettings(path=writable, read_write=True)]
+                local_roots=[LocalRootSettings(path=allowed), LocalRootSettings(path=writable, read_write=True)],
+                allow_private_networks=True,  # the test servers are on 127.0.0.1
             )
         }
     )
@@ -160,3 +162,37 @@ async def test_failing_input_fails_before_any_container(
     assert not work.exists()
     cache = running.node.settings.data_dir / "cache"
     assert not [p for p in cache.rglob("*") if ".tmp" in p.name or p.name.startswith(".")] if cache.exists() else True
+
+
+async def test_private_addresses_refused_by_default(tmp_path: Path, node_id: str, busybox_image: str) -> None:
+    from node.config import StorageSettings as S
+
+    running = await start_server(node_settings(tmp_path, node_id, storage=S()))
+    try:
+        async with NodeClient(running.address) as client:
+            for source, needle in (
+                (
+                    {"type": "url", "url": "http://169.254.169.254/latest/meta-data/", "target": "/in/x"},
+                    "169.254.169.254",
+                ),
+                ({"type": "url", "url": "http://127.0.0.1:9/x", "target": "/in/x"}, "127.0.0.1"),
+                (
+                    {
+                        "type": "s3",
+                        "bucket": "bkt",
+                        "key": "k",
+                        "endpoint_url": "http://10.1.2.3:9000",
+                        "target": "/in/x",
+                    },
+                    "10.1.2.3",
+                ),
+            ):
+                req = job("true", input_sources=[source])
+                bid = await client.should_bid(req)
+                assert not bid.should_bid and needle in bid.reason and "not a public address" in bid.reason
+                with pytest.raises(NodeError) as refused:
+                    await client.start(req)
+                assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+                assert "not a public address" in refused.value.message
+    finally:
+        await running.stop(1)
