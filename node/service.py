@@ -258,14 +258,29 @@ class Node:
         while True:
             event = await self._persist_queue.get()
             try:
-                await self._persist(event)
+                await self._persist_with_retries(event)
             except Exception as exc:
-                log.exception("persisting %s of %s failed", event.kind.value, event.execution_id)
+                log.exception("persisting %s of %s failed for good", event.kind.value, event.execution_id)
                 fut = self._accepted.pop(event.execution_id, None)
                 if fut is not None and not fut.done():
                     fut.set_exception(exc)
             finally:
                 self._persist_queue.task_done()
+
+    async def _persist_with_retries(self, event: ExecutionEvent, attempts: int = 5) -> None:
+        """A store write that fails (disk full, I/O error) is tried again before it is given up: a lost
+        result would make a restart report the execution wrongly."""
+        for attempt in range(1, attempts + 1):
+            try:
+                await self._persist(event)
+                return
+            except (ExecutionAlreadyStarted, ExecutionAlreadyComplete, ExecutionNotFound):
+                raise  # not transient
+            except Exception as exc:
+                if attempt == attempts:
+                    raise
+                log.warning("persisting %s of %s failed (%s); trying again", event.kind.value, event.execution_id, exc)
+                await asyncio.sleep(0.2 * 2**attempt)
 
     async def _persist(self, event: ExecutionEvent) -> None:
         exec_id = event.execution_id
