@@ -15,7 +15,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from executor.paths import check_container_path as _check_container_path
 
@@ -213,6 +213,22 @@ _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
 _REGION_RE = re.compile(r"^[a-z0-9-]{1,64}$")
 
 
+def _check_region(v: str | None) -> str | None:
+    if v is not None and not _REGION_RE.match(v):
+        raise ValueError(f"region {v!r} is not a valid region name (like 'eu-west-1')")
+    return v or None
+
+
+def _check_endpoint(v: str | None) -> str | None:
+    return _check_http_url(v, "endpoint_url") if v else None
+
+
+S3Region = Annotated[str | None, AfterValidator(_check_region)]
+"""An AWS region name, or None (inputs and publishers alike)."""
+S3Endpoint = Annotated[str | None, AfterValidator(_check_endpoint)]
+"""An http(s) endpoint of an S3-compatible server, or None for AWS (inputs and publishers alike)."""
+
+
 class S3Source(_Source):
     """One object (``key``) mounted as a file, or every object under ``prefix`` as a directory tree.
 
@@ -225,8 +241,8 @@ class S3Source(_Source):
     key: str = ""
     prefix: str = ""
     filter: str | None = Field(default=None, description="regular expression searched in keys under the prefix")
-    region: str | None = None
-    endpoint_url: str | None = Field(default=None, description="for S3-compatible servers")
+    region: S3Region = None
+    endpoint_url: S3Endpoint = Field(default=None, description="for S3-compatible servers")
     version_id: str | None = None
     sha256: str | None = Field(default=None, description="expected SHA-256 of the object (hex)")
 
@@ -259,20 +275,6 @@ class S3Source(_Source):
         except re.error as exc:
             raise ValueError(f"filter {v!r} is not a valid regular expression: {exc}") from None
         return v
-
-    @field_validator("region")
-    @classmethod
-    def _region(cls, v: str | None) -> str | None:
-        if v is not None and not _REGION_RE.match(v):
-            raise ValueError(f"region {v!r} is not a valid region name (like 'eu-west-1')")
-        return v or None
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _endpoint(cls, v: str | None) -> str | None:
-        if not v:
-            return None
-        return _check_http_url(v, "endpoint_url")
 
     @field_validator("version_id")
     @classmethod

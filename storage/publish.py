@@ -61,7 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from executor.quantity import format_bytes, format_duration
-from storage.models import _check_http_url
+from storage.models import S3Endpoint, S3Region
 from storage.provider import backoff, run_blocking
 
 if TYPE_CHECKING:
@@ -197,8 +197,8 @@ class S3PublisherSpec(_Spec):
     type: Literal["s3"] = "s3"
     bucket: str
     key: str = Field(default=DEFAULT_KEY, description=f"key prefix template; placeholders {_KNOWN}")
-    region: str | None = None
-    endpoint_url: str | None = Field(default=None, description="for S3-compatible servers")
+    region: S3Region = None
+    endpoint_url: S3Endpoint = Field(default=None, description="for S3-compatible servers")
     archive: bool = Field(default=False, description="upload one results.tar.gz instead of every file")
 
     @field_validator("bucket")
@@ -215,20 +215,6 @@ class S3PublisherSpec(_Spec):
     @classmethod
     def _key(cls, v: str) -> str:
         return check_key_template(v)
-
-    @field_validator("region")
-    @classmethod
-    def _region(cls, v: str | None) -> str | None:
-        if v is not None and not _REGION_RE.match(v):
-            raise ValueError(f"region {v!r} is not a valid region name (like 'eu-west-1')")
-        return v or None
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _endpoint(cls, v: str | None) -> str | None:
-        if not v:
-            return None
-        return _check_http_url(v, "endpoint_url")
 
 
 PublisherSpec = Annotated[LocalPublisherSpec | S3PublisherSpec, Field(discriminator="type")]
