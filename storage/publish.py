@@ -109,7 +109,6 @@ _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 _KNOWN = ", ".join("{" + n + "}" for n in KEY_PLACEHOLDERS)
 _MAX_KEY_BYTES = 1024
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
-_REGION_RE = re.compile(r"^[a-z0-9-]{1,64}$")
 CLI_FORMS = "'local', 'local+archive' or 's3://bucket[/key-prefix][?region=..&endpoint=..&archive=1]'"
 
 
