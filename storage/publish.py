@@ -138,7 +138,7 @@ def _check_key_text(template: str, key: str) -> None:
     shown = repr(template) if key == template else f"{template!r} (rendered {key!r})"
     if key.startswith("/"):
         raise ValueError(f"key {shown} must not start with '/'")
-    if ".." in key:
+    if ".." in key.split("/"):  # a '..' segment; names like 'a..b' are fine
         raise ValueError(f"key {shown} must not contain '..'")
     if "//" in key:
         raise ValueError(f"key {shown} must not contain an empty path segment ('//')")

@@ -161,7 +161,8 @@ def test_render_key_fills_every_placeholder() -> None:
         ("a}/{job_id}", r"'\{' or '\}' that is not part of a placeholder"),
         ("{{job_id}}", r"'\{' or '\}' that is not part of a placeholder"),
         ("a/../b", r"must not contain '\.\.'"),
-        ("..{job_id}", r"must not contain '\.\.'"),
+        ("../{job_id}", r"must not contain '\.\.'"),
+        ("a/../{job_id}", r"must not contain '\.\.'"),
         ("/abs/{job_id}", r"must not start with '/'"),
         ("a//b", r"empty path segment"),
         ("", r"must not be empty"),
@@ -532,3 +533,11 @@ def test_symlinks_never_escape(tmp_path: Path) -> None:
     results = make_results(tmp_path, big=False)
     assert os.path.islink(results / "outputs" / "a" / "escape")
     assert (results / "outputs" / "link-dir" / "secret.txt").read_bytes() == b"outside the results dir"
+
+
+def test_dots_inside_a_name_are_fine() -> None:
+    """Execution and job ids may contain '..' inside a name (only a '..' segment is refused)."""
+    ctx = PublishContext(
+        job_id="a..b", execution_id="e..1", node_id="n", results_dir=Path("/tmp"), when=datetime(2026, 1, 2, tzinfo=UTC)
+    )
+    assert render_key("{job_id}/{execution_id}/", ctx) == "a..b/e..1/"
