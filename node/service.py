@@ -193,7 +193,7 @@ class Node:
         else:
             self._recovered.set()
         for r in sorted(queued, key=lambda r: r.created_at):
-            self._enqueue(r.request, r, priority=0)
+            self._enqueue(r.request, r, priority=_queued_priority(r))
         self._tasks.append(asyncio.create_task(self._reap_loop(), name="haddock-reaper"))
         self._tasks.append(asyncio.create_task(self._prune_loop(), name="haddock-pruner"))
 
@@ -746,6 +746,17 @@ class Node:
             await self.storage.aclose()
         if self.publisher is not None:
             await self.publisher.aclose()
+
+
+def _queued_priority(record: ExecutionRecord) -> int:
+    """The priority an execution was queued with (kept in its 'queued' event)."""
+    for event in record.events:
+        if event.kind is EventKind.QUEUED:
+            try:
+                return int(event.details.get("priority", 0))
+            except (TypeError, ValueError):
+                return 0
+    return 0
 
 
 def _free(capacity: Resources, snap: CapacitySnapshot) -> Resources:

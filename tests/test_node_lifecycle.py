@@ -64,13 +64,14 @@ async def test_queued_execution_survives_a_restart(tmp_path: Path, node_id: str,
     waiting = job("echo after the restart", resources={"cpu": 1})
     async with NodeClient(first.address) as client:
         await client.start(hog)
-        await client.start(waiting, queue=True)
+        await client.start(waiting, queue=True, priority=7)
         assert (await client.describe(waiting.execution_id))["state"] == "EXECUTION_STATE_QUEUED"
     await first.stop(1)  # on_shutdown = stop: the hog is cancelled, the queued one stays queued
     store = await ExecutionStore.open(store_path(settings.data_dir))
     try:
         kept = await store.get(waiting.execution_id)
         assert kept is not None and kept.state is ExecutionState.QUEUED
+        assert [e.details.get("priority") for e in kept.events if e.kind.value == "queued"] == [7]
     finally:
         await store.close()
     second = await start_server(settings)
@@ -112,3 +113,19 @@ async def test_recovery_of_a_never_started_container_and_capacity(
             assert info.allocated == Resources(), "recovered executions released what they held"
     finally:
         await running.stop(1)
+
+
+def test_requeued_priority_comes_from_the_queued_event() -> None:
+    from executor.models import EventKind, ExecutionEvent
+    from node.service import _queued_priority
+
+    r = job("true")
+    record = ExecutionRecord(
+        request=r,
+        state=ExecutionState.QUEUED,
+        events=[
+            ExecutionEvent(execution_id=r.execution_id, kind=EventKind.QUEUED, message="q", details={"priority": 7})
+        ],
+    )
+    assert _queued_priority(record) == 7
+    assert _queued_priority(ExecutionRecord(request=r)) == 0
