@@ -97,7 +97,7 @@ def normalize_reference(image: str) -> tuple[str, str]:
 
 @dataclass
 class _Pull:
-    future: asyncio.Future[str]
+    future: asyncio.Future[dict[str, Any]]  # the pulled image's inspect data
     listeners: list[ProgressCallback] = field(default_factory=list)
 
 
@@ -141,11 +141,6 @@ class ImageManager:
             return None
         return dict(info)
 
-    async def image_id(self, image: str) -> str | None:
-        """The local image's id, or None when the engine does not have it."""
-        info = await self.image_info(image)
-        return None if info is None else str(info["Id"])
-
     async def ensure(
         self, image: str, policy: PullPolicy, on_progress: ProgressCallback | None = None
     ) -> tuple[dict[str, Any], bool]:
@@ -156,14 +151,10 @@ class ImageManager:
                 return local, False
             if policy is PullPolicy.NEVER:
                 raise ImageNotPresent(f"image {image!r} is not present on this node and the pull policy is 'never'")
-        await self.pull(image, on_progress)
-        info = await self.image_info(image)
-        if info is None:
-            raise PullFailed(image, "the engine reported success but has no such image", transient=False)
-        return info, True
+        return await self.pull(image, on_progress), True
 
-    async def pull(self, image: str, on_progress: ProgressCallback | None = None) -> str:
-        """Pull ``image`` (deduplicated with concurrent pulls of the same reference)."""
+    async def pull(self, image: str, on_progress: ProgressCallback | None = None) -> dict[str, Any]:
+        """Pull ``image`` (deduplicated with concurrent pulls of the same reference); its inspect data."""
         repo, tag = normalize_reference(image)
         key = f"{repo}:{tag}" if not tag.startswith("sha256:") else f"{repo}@{tag}"
         pull = self._inflight.get(key)
@@ -214,10 +205,10 @@ class ImageManager:
                     await asyncio.get_running_loop().run_in_executor(
                         self._pull_pool, self._pull_once, image, repo, tag, emit_threadsafe
                     )
-            image_id = await self.image_id(image)
-            if image_id is None:
+            info = await self.image_info(image)
+            if info is None:
                 raise PullFailed(image, "the engine reported success but has no such image", transient=False)
-            pull.future.set_result(image_id)
+            pull.future.set_result(info)
         except BaseException as exc:  # the future must always resolve
             if not pull.future.done():
                 pull.future.set_exception(exc)
