@@ -148,6 +148,12 @@ def serve(
 # ---------------------------------------------------------------------------- run
 
 
+def _job_args(args: list[str] | None) -> list[str]:
+    """The job's arguments: in `IMAGE -- ARGS` options end at IMAGE, so the separator arrives as an argument."""
+    argv = list(args or [])
+    return argv[1:] if argv[:1] == ["--"] else argv
+
+
 def _parse_env(items: list[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for item in items:
@@ -357,9 +363,7 @@ def run(
 ) -> None:
     """Run IMAGE on the node, stream its output, exit with its exit code."""
     try:
-        argv = list(args or [])
-        if argv[:1] == ["--"]:  # `IMAGE -- ARGS`: options end at IMAGE, so the separator arrives as an argument
-            argv = argv[1:]
+        argv = _job_args(args)
         request = build_request(
             image,
             argv,
@@ -414,9 +418,7 @@ def bid(
     tls_key: KeyOpt = None,
 ) -> None:
     """Ask the node whether it would take a job, and why. Exit 0 for yes, 1 for no."""
-    argv = list(args or [])
-    if argv[:1] == ["--"]:
-        argv = argv[1:]
+    argv = _job_args(args)
     try:
         request = build_request(
             image,
@@ -493,9 +495,7 @@ def submit(
     tls_key: KeyOpt = None,
 ) -> None:
     """Run IMAGE once per row of a tasks file (hotsub style); exit 0 when every task succeeded."""
-    argv = list(args or [])
-    if argv[:1] == ["--"]:
-        argv = argv[1:]
+    argv = _job_args(args)
     try:
         tasks = load_tasks(tasks_file)
         for task in tasks:
