@@ -29,10 +29,10 @@ from typing import Any
 from bench import common
 from bench.common import IMAGE, NODE_ID, RUN_TOKEN, CpuMeter, Stats, log, ms, ratio, table, verdict
 from bench.raw import HttpTrace, RawTiming, describe_config, run_noop
-from executor.models import EventKind, RunCommandRequest
-from node.client import NodeClient
-from node.config import OnShutdown, Settings
-from node.server import RunningServer, start_server
+from haddock.executor.models import EventKind, RunCommandRequest
+from haddock.node.client import NodeClient
+from haddock.node.config import OnShutdown, Settings
+from haddock.node.server import RunningServer, start_server
 
 COMMAND = ["true"]
 GOAL_SEQ = 1.05

@@ -52,8 +52,8 @@ from bench.raw import (
     multiplexed,
     read_frames,
 )
-from executor.models import RunCommandRequest
-from node.client import NodeClient, NodeError
+from haddock.executor.models import RunCommandRequest
+from haddock.node.client import NodeClient, NodeError
 
 RUNNING_PHASE = "running: output streamed into the log store, until exit seen"
 GOAL_RSS_MIB = 100
@@ -326,10 +326,10 @@ def replay_node_work(directory: Path, size: int, sample: AttachSample) -> Replay
     """
     import cProfile
 
-    from executor.docker.stream import Demuxer
-    from executor.logstore import LogStore
-    from executor.models import OutputLimits, StreamType
-    from executor.results import write_job_results
+    from haddock.executor.docker.stream import Demuxer
+    from haddock.executor.logstore import LogStore
+    from haddock.executor.models import OutputLimits, StreamType
+    from haddock.executor.results import write_job_results
 
     out = Replay(frames=len(sample.frame_sizes), recvs=len(sample.recv_sizes), sample_bytes=sum(sample.frame_sizes))
     root = directory / "replay"
@@ -418,10 +418,10 @@ IMPORTS = (
     "boto3",
     "httpx",
     "storage",
-    "executor.models",
-    "executor.docker.executor",
-    "node.server",
-    "node.cli",
+    "haddock.executor.models",
+    "haddock.executor.docker.executor",
+    "haddock.node.server",
+    "haddock.node.cli",
 )
 
 

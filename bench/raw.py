@@ -25,7 +25,7 @@ import docker
 import docker.types
 
 from bench.common import IMAGE, LABEL_EXECUTION, LABEL_JOB, LABEL_NODE, NODE_ID
-from node.config import Settings
+from haddock.node.config import Settings
 
 _HEADER = struct.Struct(">BxxxL")
 

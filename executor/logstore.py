@@ -72,7 +72,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from executor.models import StreamType
+from haddock.executor.models import StreamType
 
 __all__ = [
     "END_STREAM",

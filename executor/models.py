@@ -22,10 +22,10 @@ from pydantic import (
     model_validator,
 )
 
-from executor.paths import check_container_path as _check_container_path
-from executor.quantity import format_bytes, parse_bytes, parse_cpu, parse_duration
-from storage.models import InputSource
-from storage.publish import PublisherSpec
+from haddock.executor.paths import check_container_path as _check_container_path
+from haddock.executor.quantity import format_bytes, parse_bytes, parse_cpu, parse_duration
+from haddock.storage.models import InputSource
+from haddock.storage.publish import PublisherSpec
 
 RESERVED_ENV_PREFIX = "HADDOCK_"
 """Environment names with this prefix are set by the node; a request may not set them."""

@@ -62,7 +62,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from executor.quantity import format_bytes, parse_bytes
+from haddock.executor.quantity import format_bytes, parse_bytes
 
 __all__ = [
     "OutputWatcher",

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
-from executor.logstore import LogEntry
-from executor.models import (
+from haddock.executor.logstore import LogEntry
+from haddock.executor.models import (
     BidResult,
     ExecutionEvent,
     ExecutionRecord,

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from executor.models import OutputLimits, StreamType
+from haddock.executor.models import OutputLimits, StreamType
 
 __all__ = [
     "EXIT_CODE_FILE",

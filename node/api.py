@@ -13,14 +13,14 @@ from typing import Any, TypeVar
 import grpc
 from pydantic import ValidationError
 
-from executor.errors import ErrorCode, ExecutorError
-from executor.logstore import LogCorrupted, LogNotFound
-from executor.models import ExecutionRecord, StreamType
-from executor.quantity import QuantityError
+from haddock.executor.errors import ErrorCode, ExecutorError
+from haddock.executor.logstore import LogCorrupted, LogNotFound
+from haddock.executor.models import ExecutionRecord, StreamType
+from haddock.executor.quantity import QuantityError
+from haddock.node import convert
+from haddock.node.service import Node, new_execution_id
 from haddock.v1 import executor_pb2, executor_pb2_grpc, node_pb2, node_pb2_grpc
 from haddock.v1 import types_pb2 as pb
-from node import convert
-from node.service import Node, new_execution_id
 
 log = logging.getLogger(__name__)
 

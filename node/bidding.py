@@ -31,7 +31,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from executor.models import (
+from haddock.executor.models import (
     BidResult,
     ByteQuantity,
     CpuQuantity,
@@ -40,7 +40,7 @@ from executor.models import (
     Resources,
     RunCommandRequest,
 )
-from executor.quantity import format_bytes, format_cpu, format_duration
+from haddock.executor.quantity import format_bytes, format_cpu, format_duration
 
 __all__ = [
     "BidChain",

@@ -44,9 +44,9 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from executor.errors import ErrorCode, ExecutorError
-from executor.models import Resources
-from executor.quantity import format_bytes, format_cpu
+from haddock.executor.errors import ErrorCode, ExecutorError
+from haddock.executor.models import Resources
+from haddock.executor.quantity import format_bytes, format_cpu
 
 __all__ = [
     "CapacityExhausted",

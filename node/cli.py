@@ -23,14 +23,14 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
-from executor.models import EventKind, ExecutionState, ResultStatus, RunCommandRequest, StreamType
-from executor.quantity import QuantityError, format_bytes, format_cpu, parse_bytes, parse_duration
-from node.api import validation_message
-from node.client import DEFAULT_NODE, ClientTls, Finished, NodeClient, NodeError
-from node.tasks import Task, load_tasks
-from storage.models import InputSource
-from storage.publish import PublisherSpec, S3PublisherSpec, parse_publisher
-from storage.uri import parse_input
+from haddock.executor.models import EventKind, ExecutionState, ResultStatus, RunCommandRequest, StreamType
+from haddock.executor.quantity import QuantityError, format_bytes, format_cpu, parse_bytes, parse_duration
+from haddock.node.api import validation_message
+from haddock.node.client import DEFAULT_NODE, ClientTls, Finished, NodeClient, NodeError
+from haddock.node.tasks import Task, load_tasks
+from haddock.storage.models import InputSource
+from haddock.storage.publish import PublisherSpec, S3PublisherSpec, parse_publisher
+from haddock.storage.uri import parse_input
 
 EXIT_NODE_FAILED = 125
 
@@ -113,10 +113,10 @@ def serve(
     log_format: Annotated[str | None, typer.Option("--log-format", help="text or json")] = None,
 ) -> None:
     """Run the node in the foreground until SIGTERM or Ctrl-C."""
-    from node.config import load_settings
-    from node.logconfig import configure_logging
-    from node.server import serve as serve_node
-    from node.telemetry import setup_telemetry
+    from haddock.node.config import load_settings
+    from haddock.node.logconfig import configure_logging
+    from haddock.node.server import serve as serve_node
+    from haddock.node.telemetry import setup_telemetry
 
     try:
         settings = load_settings(

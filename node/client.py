@@ -21,8 +21,8 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from executor.logstore import LogEntry
-from executor.models import (
+from haddock.executor.logstore import LogEntry
+from haddock.executor.models import (
     BidResult,
     EventKind,
     ExecutionEvent,
@@ -32,9 +32,9 @@ from executor.models import (
     RunCommandResult,
     StreamType,
 )
+from haddock.node import convert
+from haddock.node.service import NodeInfo
 from haddock.v1 import executor_pb2, executor_pb2_grpc, node_pb2, node_pb2_grpc
-from node import convert
-from node.service import NodeInfo
 
 DEFAULT_NODE = "127.0.0.1:7420"
 

@@ -21,9 +21,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from executor.docker.executor import DockerExecutorConfig
-from executor.models import ByteQuantity, CpuQuantity, DurationSeconds, NetworkMode
-from node.bidding import BiddingSettings
+from haddock.executor.docker.executor import DockerExecutorConfig
+from haddock.executor.models import ByteQuantity, CpuQuantity, DurationSeconds, NetworkMode
+from haddock.node.bidding import BiddingSettings
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
 

@@ -13,8 +13,8 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from executor.logstore import LogEntry
-from executor.models import (
+from haddock.executor.logstore import LogEntry
+from haddock.executor.models import (
     ExecutionEvent,
     ExecutionState,
     NetworkMode,
@@ -26,9 +26,9 @@ from executor.models import (
     RunCommandResult,
     StreamType,
 )
+from haddock.storage.models import InlineSource, InputSource, LocalSource, UrlSource
+from haddock.storage.publish import LocalPublisherSpec, PublisherSpec
 from haddock.v1 import types_pb2 as pb
-from storage.models import InlineSource, InputSource, LocalSource, UrlSource
-from storage.publish import LocalPublisherSpec, PublisherSpec
 
 _NETWORK_TO_PB = {
     NetworkMode.NONE: pb.NETWORK_MODE_NONE,

@@ -14,11 +14,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from haddock.node.api import ExecutorServicer, NodeServicer
+from haddock.node.auth import BearerTokenInterceptor
+from haddock.node.config import Settings
+from haddock.node.service import Node
 from haddock.v1 import executor_pb2, executor_pb2_grpc, node_pb2, node_pb2_grpc
-from node.api import ExecutorServicer, NodeServicer
-from node.auth import BearerTokenInterceptor
-from node.config import Settings
-from node.service import Node
 
 log = logging.getLogger(__name__)
 

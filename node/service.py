@@ -21,16 +21,16 @@ from pathlib import Path
 
 from opentelemetry import metrics
 
-from executor.docker.executor import DockerExecutor
-from executor.errors import (
+from haddock.executor.docker.executor import DockerExecutor
+from haddock.executor.errors import (
     ExecutionAlreadyComplete,
     ExecutionAlreadyStarted,
     ExecutionNotFound,
     ExecutorShuttingDown,
     InvalidSpec,
 )
-from executor.logstore import LogEntry
-from executor.models import (
+from haddock.executor.logstore import LogEntry
+from haddock.executor.models import (
     BidResult,
     EventKind,
     ExecutionEvent,
@@ -43,21 +43,21 @@ from executor.models import (
     StreamType,
     utcnow,
 )
-from executor.quantity import format_duration
-from node.bidding import (
+from haddock.executor.quantity import format_duration
+from haddock.node.bidding import (
     BidContext,
     build_chain,
     platform_from_engine_info,
     platform_from_image_inspect,
 )
-from node.capacity import CapacityExhausted, CapacityManager, CapacitySnapshot, QueuePosition
-from node.config import OnShutdown, Settings
-from node.store import ExecutionStore, store_path
-from storage import LocalRoot, StorageRegistry, build_registry
-from storage.hooks import RegistryPreparer, RegistryPublisher
-from storage.models import S3Source, UrlSource
-from storage.netpolicy import AddressRefused, check_public
-from storage.publish import S3PublisherSpec
+from haddock.node.capacity import CapacityExhausted, CapacityManager, CapacitySnapshot, QueuePosition
+from haddock.node.config import OnShutdown, Settings
+from haddock.node.store import ExecutionStore, store_path
+from haddock.storage import LocalRoot, StorageRegistry, build_registry
+from haddock.storage.hooks import RegistryPreparer, RegistryPublisher
+from haddock.storage.models import S3Source, UrlSource
+from haddock.storage.netpolicy import AddressRefused, check_public
+from haddock.storage.publish import S3PublisherSpec
 
 log = logging.getLogger(__name__)
 

@@ -48,14 +48,14 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from executor.errors import (
+from haddock.executor.errors import (
     ErrorCode,
     ExecutionAlreadyComplete,
     ExecutionAlreadyStarted,
     ExecutionNotFound,
     ExecutorError,
 )
-from executor.models import (
+from haddock.executor.models import (
     ExecutionEvent,
     ExecutionRecord,
     ExecutionState,

@@ -61,9 +61,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from executor.models import RESERVED_ENV_PREFIX
-from storage.models import InputSource, parse_data_url, redact_url
-from storage.uri import source_from_uri
+from haddock.executor.models import RESERVED_ENV_PREFIX
+from haddock.storage.models import InputSource, parse_data_url, redact_url
+from haddock.storage.uri import source_from_uri
 
 INPUTS_ROOT = "/haddock/inputs"
 OUTPUTS_ROOT = "/haddock/outputs"

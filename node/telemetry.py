@@ -21,7 +21,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-from node.config import Exporter, Settings
+from haddock.node.config import Exporter, Settings
 
 log = logging.getLogger(__name__)
 

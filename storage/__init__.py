@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from storage.cache import CacheLease, ContentCache
-from storage.inline import InlineStorage
-from storage.local import LocalRoot, LocalStorage
-from storage.models import InlineSource, InputSource, LocalSource, S3Source, UrlSource, describe_source
-from storage.provider import PreparedVolume, StorageError, StorageProvider, StorageRegistry
-from storage.s3 import S3Config, S3Storage
-from storage.url import UrlConfig, UrlStorage
+from haddock.storage.cache import CacheLease, ContentCache
+from haddock.storage.inline import InlineStorage
+from haddock.storage.local import LocalRoot, LocalStorage
+from haddock.storage.models import InlineSource, InputSource, LocalSource, S3Source, UrlSource, describe_source
+from haddock.storage.provider import PreparedVolume, StorageError, StorageProvider, StorageRegistry
+from haddock.storage.s3 import S3Config, S3Storage
+from haddock.storage.url import UrlConfig, UrlStorage
 
 GiB = 1024**3
 

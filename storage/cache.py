@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storage.provider import remove_tree, run_blocking
+from haddock.storage.provider import remove_tree, run_blocking
 
 log = logging.getLogger("haddock.storage.cache")
 

@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from storage.provider import PreparedVolume, StorageRegistry
-from storage.publish import PublishContext, S3Publisher, publish_all
+from haddock.storage.provider import PreparedVolume, StorageRegistry
+from haddock.storage.publish import PublishContext, S3Publisher, publish_all
 
 if TYPE_CHECKING:
-    from executor.models import InputVolume, RunCommandRequest
+    from haddock.executor.models import InputVolume, RunCommandRequest
 
 
 @dataclass

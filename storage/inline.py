@@ -16,10 +16,10 @@ import tarfile
 import zlib
 from pathlib import Path
 
-from executor.errors import ErrorCode
-from executor.quantity import format_bytes
-from storage.models import InlineSource
-from storage.provider import (
+from haddock.executor.errors import ErrorCode
+from haddock.executor.quantity import format_bytes
+from haddock.storage.models import InlineSource
+from haddock.storage.provider import (
     PreparedVolume,
     StorageError,
     make_scratch,

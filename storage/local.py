@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from executor.errors import ErrorCode
-from storage.models import LocalSource
-from storage.provider import PreparedVolume, StorageError, run_blocking
+from haddock.executor.errors import ErrorCode
+from haddock.storage.models import LocalSource
+from haddock.storage.provider import PreparedVolume, StorageError, run_blocking
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from executor.paths import check_container_path as _check_container_path
+from haddock.executor.paths import check_container_path as _check_container_path
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _MAX_URL_LENGTH = 8192

@@ -16,7 +16,7 @@ import ipaddress
 import socket
 import urllib.parse
 
-from executor.errors import ErrorCode, ExecutorError
+from haddock.executor.errors import ErrorCode, ExecutorError
 
 
 class AddressRefused(ExecutorError):

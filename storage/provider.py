@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from executor.errors import ErrorCode, ExecutorError
-from storage.models import InputSource, describe_source
+from haddock.executor.errors import ErrorCode, ExecutorError
+from haddock.storage.models import InputSource, describe_source
 
 if TYPE_CHECKING:
-    from executor.models import InputVolume
-    from storage.cache import CacheLease
+    from haddock.executor.models import InputVolume
+    from haddock.storage.cache import CacheLease
 
 log = logging.getLogger("haddock.storage")
 
@@ -72,7 +72,7 @@ class PreparedVolume:
     scratch: Path | None = field(default=None, repr=False, compare=False)
 
     def as_input_volume(self) -> InputVolume:
-        from executor.models import InputVolume  # executor.models imports storage.models: resolve at use
+        from haddock.executor.models import InputVolume  # executor.models imports storage.models: resolve at use
 
         return InputVolume(source=self.host_path, target=self.target, read_only=self.read_only)
 

@@ -60,14 +60,14 @@ from boto3.s3.transfer import TransferConfig
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from executor.quantity import format_bytes, format_duration
-from storage.models import S3Endpoint, S3Region
-from storage.provider import backoff, run_blocking
+from haddock.executor.quantity import format_bytes, format_duration
+from haddock.storage.models import S3Endpoint, S3Region
+from haddock.storage.provider import backoff, run_blocking
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
 
-    from storage.s3 import S3Config
+    from haddock.storage.s3 import S3Config
 
 __all__ = [
     "ARCHIVE_NAME",

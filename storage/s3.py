@@ -38,11 +38,11 @@ import botocore.config
 import botocore.exceptions
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
-from executor.errors import ErrorCode
-from executor.quantity import format_bytes, format_duration
-from storage.cache import ContentCache, s3_object_key, s3_prefix_key
-from storage.models import S3Source
-from storage.provider import (
+from haddock.executor.errors import ErrorCode
+from haddock.executor.quantity import format_bytes, format_duration
+from haddock.storage.cache import ContentCache, s3_object_key, s3_prefix_key
+from haddock.storage.models import S3Source
+from haddock.storage.provider import (
     PreparedVolume,
     StorageError,
     backoff,
@@ -52,7 +52,7 @@ from storage.provider import (
     run_blocking,
     scratch_path,
 )
-from storage.url import safe_file_name
+from haddock.storage.url import safe_file_name
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client

@@ -13,7 +13,7 @@ import urllib.parse
 
 from pydantic import TypeAdapter, ValidationError
 
-from storage.models import InputSource
+from haddock.storage.models import InputSource
 
 _ADAPTER: TypeAdapter[InputSource] = TypeAdapter(InputSource)
 

@@ -37,11 +37,11 @@ import aiofiles.os
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from executor.errors import ErrorCode
-from executor.quantity import format_bytes, format_duration
-from storage.cache import ContentCache, url_key
-from storage.models import UrlSource, redact_url
-from storage.provider import (
+from haddock.executor.errors import ErrorCode
+from haddock.executor.quantity import format_bytes, format_duration
+from haddock.storage.cache import ContentCache, url_key
+from haddock.storage.models import UrlSource, redact_url
+from haddock.storage.provider import (
     PreparedVolume,
     StorageError,
     backoff,

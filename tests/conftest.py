@@ -16,8 +16,8 @@ import docker
 import docker.errors
 import pytest
 
-from executor.docker.executor import LABEL_NODE, DockerExecutor, DockerExecutorConfig
-from executor.models import EngineSpec, RunCommandRequest
+from haddock.executor.docker.executor import LABEL_NODE, DockerExecutor, DockerExecutorConfig
+from haddock.executor.models import EngineSpec, RunCommandRequest
 
 BUSYBOX = "haddock-test/busybox:latest"
 STOPSIGNAL_IMAGE = "haddock-test/busybox-usr1:latest"
@@ -120,9 +120,9 @@ from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 
-from node.client import NodeClient  # noqa: E402
-from node.config import DockerSettings, OnShutdown, Settings, StorageSettings  # noqa: E402
-from node.server import RunningServer, start_server  # noqa: E402
+from haddock.node.client import NodeClient  # noqa: E402
+from haddock.node.config import DockerSettings, OnShutdown, Settings, StorageSettings  # noqa: E402
+from haddock.node.server import RunningServer, start_server  # noqa: E402
 
 
 class TelemetryCapture:

@@ -17,8 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from executor.models import BidResult, EngineSpec, GiB, MiB, NetworkMode, Resources, RunCommandRequest
-from node.bidding import (
+from haddock.executor.models import BidResult, EngineSpec, GiB, MiB, NetworkMode, Resources, RunCommandRequest
+from haddock.node.bidding import (
     BidChain,
     BidContext,
     BiddingSettings,

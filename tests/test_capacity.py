@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from executor.errors import ErrorCode, ExecutorError
-from executor.models import GiB, MiB, Resources
-from node.capacity import CapacityExhausted, CapacityManager, CapacitySnapshot, QueuePosition
+from haddock.executor.errors import ErrorCode, ExecutorError
+from haddock.executor.models import GiB, MiB, Resources
+from haddock.node.capacity import CapacityExhausted, CapacityManager, CapacitySnapshot, QueuePosition
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.server import RunningServer
+from haddock.node.server import RunningServer
 from tests.conftest import BUSYBOX
 
 HADDOCK = str(Path(sys.executable).parent / "haddock")

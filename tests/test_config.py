@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from executor.models import NetworkMode
-from node.config import Exporter, OnShutdown, load_settings
+from haddock.executor.models import NetworkMode
+from haddock.node.config import Exporter, OnShutdown, load_settings
 
 TOML = """
 node_id = "node-a"

@@ -9,14 +9,14 @@ from pathlib import Path
 import docker
 import pytest
 
-from executor.docker.executor import DockerExecutor, DockerExecutorConfig
-from executor.errors import (
+from haddock.executor.docker.executor import DockerExecutor, DockerExecutorConfig
+from haddock.executor.errors import (
     ExecutionAlreadyComplete,
     ExecutionAlreadyStarted,
     ExecutionNotFound,
     ExecutionRefused,
 )
-from executor.models import (
+from haddock.executor.models import (
     EventKind,
     ExecutionState,
     NetworkMode,
@@ -24,7 +24,7 @@ from executor.models import (
     ResultStatus,
     StreamType,
 )
-from executor.protocol import Executor
+from haddock.executor.protocol import Executor
 from tests.conftest import RequestFactory, node_containers
 
 MiB = 1024 * 1024
@@ -286,7 +286,7 @@ async def test_inputs_read_only_and_outputs(
 async def test_bidding(executor: DockerExecutor, make_request: RequestFactory) -> None:
     req = make_request("true")
     assert (await executor.should_bid(req)).should_bid
-    from executor.models import Resources
+    from haddock.executor.models import Resources
 
     small = await executor.should_bid_based_on_usage(req, Resources(cpu=0.5, memory="64Mi"))
     assert small.should_bid

@@ -13,9 +13,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from executor.docker.executor import DockerExecutor, DockerExecutorConfig
-from executor.errors import ExecutionAlreadyComplete, ExecutionNotFound, ExecutorError
-from executor.models import EventKind, ResultStatus, RunCommandRequest
+from haddock.executor.docker.executor import DockerExecutor, DockerExecutorConfig
+from haddock.executor.errors import ExecutionAlreadyComplete, ExecutionNotFound, ExecutorError
+from haddock.executor.models import EventKind, ResultStatus, RunCommandRequest
 from tests.conftest import RequestFactory, node_containers
 
 

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from executor.logstore import (
+from haddock.executor.logstore import (
     FRAME_OVERHEAD,
     MAX_FRAME_DATA,
     LogCorrupted,
@@ -28,7 +28,7 @@ from executor.logstore import (
     LogStore,
     LogWriter,
 )
-from executor.models import StreamType
+from haddock.executor.models import StreamType
 
 OUT = StreamType.STDOUT
 ERR = StreamType.STDERR

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
-from executor.models import (
+from haddock.executor.models import (
     EventKind,
     ExecutionState,
     Resources,
@@ -18,10 +18,10 @@ from executor.models import (
     RunCommandRequest,
     StreamType,
 )
+from haddock.node.client import NodeClient, NodeError
+from haddock.node.server import RunningServer
 from haddock.v1 import executor_pb2, executor_pb2_grpc
 from haddock.v1 import types_pb2 as pb
-from node.client import NodeClient, NodeError
-from node.server import RunningServer
 from tests.conftest import BUSYBOX, TelemetryCapture
 
 MiB = 1024 * 1024

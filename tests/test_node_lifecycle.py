@@ -9,12 +9,12 @@ from pathlib import Path
 
 import docker
 
-from executor.docker.executor import LABEL_EXECUTION, LABEL_JOB, LABEL_NODE
-from executor.models import ExecutionRecord, ExecutionState, Resources, ResultStatus, RunCommandRequest
-from node.client import NodeClient
-from node.config import CapacitySettings, DockerSettings
-from node.server import start_server
-from node.store import ExecutionStore, store_path
+from haddock.executor.docker.executor import LABEL_EXECUTION, LABEL_JOB, LABEL_NODE
+from haddock.executor.models import ExecutionRecord, ExecutionState, Resources, ResultStatus, RunCommandRequest
+from haddock.node.client import NodeClient
+from haddock.node.config import CapacitySettings, DockerSettings
+from haddock.node.server import start_server
+from haddock.node.store import ExecutionStore, store_path
 from tests.conftest import BUSYBOX, node_settings
 
 
@@ -116,8 +116,8 @@ async def test_recovery_of_a_never_started_container_and_capacity(
 
 
 def test_requeued_priority_comes_from_the_queued_event() -> None:
-    from executor.models import EventKind, ExecutionEvent
-    from node.service import _queued_priority
+    from haddock.executor.models import EventKind, ExecutionEvent
+    from haddock.node.service import _queued_priority
 
     r = job("true")
     record = ExecutionRecord(

@@ -15,10 +15,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from executor.models import RunCommandRequest
-from node.client import ClientTls, NodeClient, NodeError
-from node.config import TlsSettings
-from node.server import start_server
+from haddock.executor.models import RunCommandRequest
+from haddock.node.client import ClientTls, NodeClient, NodeError
+from haddock.node.config import TlsSettings
+from haddock.node.server import start_server
 from tests.conftest import BUSYBOX, node_settings
 from tests.support.certs import make_certs
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-import executor.outputs as outputs
-from executor.outputs import OutputWatcher, TrimReport, directory_usage, trim_to_cap
+import haddock.executor.outputs as outputs
+from haddock.executor.outputs import OutputWatcher, TrimReport, directory_usage, trim_to_cap
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -520,7 +520,7 @@ async def test_watcher_logs_a_failing_callback_and_calls_it_only_once(
         raise RuntimeError("cannot stop the container")
 
     write(tmp_path / "big", 100)
-    with caplog.at_level(logging.ERROR, logger="executor.outputs"):
+    with caplog.at_level(logging.ERROR, logger="haddock.executor.outputs"):
         async with OutputWatcher([tmp_path], 10, fails, interval=0.01) as watcher:
             await asyncio.sleep(0.1)
             assert await watcher.check() > 10

@@ -129,12 +129,12 @@ def test_run_command_request_round_trips_with_every_field_set() -> None:
 
 
 def test_generated_modules_live_in_haddock_v1_not_beside_our_executor_package() -> None:
-    import executor
+    import haddock.executor as executor
 
     assert executor_pb2.__name__ == "haddock.v1.executor_pb2"
     assert executor_pb2_grpc.__name__ == "haddock.v1.executor_pb2_grpc"
     assert Path(executor_pb2.__file__).parent == GENERATED_ROOT / "v1"
-    assert Path(executor.__file__).parent == ROOT / "executor"
+    assert Path(executor.__file__).resolve().parent == ROOT / "executor"
     assert types_pb2.DESCRIPTOR.package == "haddock.v1"
 
     service = executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"]

@@ -12,9 +12,9 @@ import docker
 import docker.errors
 import pytest
 
-from executor.docker.executor import DockerExecutor, DockerExecutorConfig
-from executor.docker.images import is_transient_pull_error
-from executor.models import EventKind, ExecutionEvent, ResultStatus
+from haddock.executor.docker.executor import DockerExecutor, DockerExecutorConfig
+from haddock.executor.docker.images import is_transient_pull_error
+from haddock.executor.models import EventKind, ExecutionEvent, ResultStatus
 from tests.conftest import RequestFactory
 from tests.support.registry import count_manifest_gets, push_image, registry_log, run_registry
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from executor.quantity import (
+from haddock.executor.quantity import (
     QuantityError,
     format_bytes,
     format_cpu,

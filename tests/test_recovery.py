@@ -13,11 +13,11 @@ import docker.errors
 import grpc
 import pytest
 
-from executor.models import EventKind, ExecutionState, ResultStatus, RunCommandRequest, StreamType
-from node.client import NodeClient, NodeError
-from node.config import DockerSettings
-from node.server import start_server
-from node.store import ExecutionStore, store_path
+from haddock.executor.models import EventKind, ExecutionState, ResultStatus, RunCommandRequest, StreamType
+from haddock.node.client import NodeClient, NodeError
+from haddock.node.config import DockerSettings
+from haddock.node.server import start_server
+from haddock.node.store import ExecutionStore, store_path
 from tests.conftest import BUSYBOX, node_settings
 from tests.support.daemon import Daemon
 from tests.support.dockerproxy import DockerProxy

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from executor.models import KiB, MiB, OutputLimits
-from executor.results import (
+from haddock.executor.models import KiB, MiB, OutputLimits
+from haddock.executor.results import (
     EXIT_CODE_FILE,
     STDERR_FILE,
     STDOUT_FILE,

@@ -11,11 +11,11 @@ import docker
 import grpc
 import pytest
 
-from executor.models import ExecutionState, Resources, ResultStatus, RunCommandRequest
-from node.bidding import BiddingSettings
-from node.client import NodeClient, NodeError
-from node.config import CapacitySettings
-from node.server import RunningServer, start_server
+from haddock.executor.models import ExecutionState, Resources, ResultStatus, RunCommandRequest
+from haddock.node.bidding import BiddingSettings
+from haddock.node.client import NodeClient, NodeError
+from haddock.node.config import CapacitySettings
+from haddock.node.server import RunningServer, start_server
 from tests.conftest import BUSYBOX, node_settings
 from tests.test_cli import haddock
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from executor.errors import ExecutionAlreadyComplete, ExecutionAlreadyStarted, ExecutionNotFound
-from executor.models import (
+from haddock.executor.errors import ExecutionAlreadyComplete, ExecutionAlreadyStarted, ExecutionNotFound
+from haddock.executor.models import (
     EventKind,
     ExecutionEvent,
     ExecutionRecord,
@@ -25,7 +25,7 @@ from executor.models import (
     RunCommandRequest,
     RunCommandResult,
 )
-from node.store import (
+from haddock.node.store import (
     APPLICATION_ID,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -338,8 +338,10 @@ async def test_writes_survive_a_crashed_process(tmp_path: Path) -> None:
         f"""
         import asyncio, os
         from pathlib import Path
-        from executor.models import ExecutionRecord, ExecutionState, ResultStatus, RunCommandRequest, RunCommandResult
-        from node.store import ExecutionStore
+        from haddock.executor.models import (
+            ExecutionRecord, ExecutionState, ResultStatus, RunCommandRequest, RunCommandResult,
+        )
+        from haddock.node.store import ExecutionStore
 
         async def main() -> None:
             store = await ExecutionStore.open(Path({str(path)!r}))

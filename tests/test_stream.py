@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from executor.docker.stream import Demuxer, StreamProtocolError
-from executor.models import StreamType
+from haddock.executor.docker.stream import Demuxer, StreamProtocolError
+from haddock.executor.models import StreamType
 
 
 def frame(kind: int, payload: bytes) -> bytes:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from executor.models import EngineSpec, InputVolume, ResultPath
-from node.tasks import (
+from haddock.executor.models import EngineSpec, InputVolume, ResultPath
+from haddock.node.tasks import (
     MAX_TASKS,
     Task,
     TaskInput,
@@ -18,7 +18,7 @@ from node.tasks import (
     load_tasks,
     parse_tasks,
 )
-from storage.models import InlineSource, LocalSource, S3Source, UrlSource
+from haddock.storage.models import InlineSource, LocalSource, S3Source, UrlSource
 
 HEADER = "--env SAMPLE\t--input READS\t--input-recursive REF\t--output BAM\t--output-recursive QC"
 

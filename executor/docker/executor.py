@@ -36,9 +36,9 @@ import requests.exceptions
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from executor.docker.images import ImageError, ImageManager
-from executor.docker.stream import Demuxer, StreamProtocolError
-from executor.errors import (
+from haddock.executor.docker.images import ImageError, ImageManager
+from haddock.executor.docker.stream import Demuxer, StreamProtocolError
+from haddock.executor.errors import (
     EngineUnavailable,
     ExecutionAlreadyComplete,
     ExecutionAlreadyStarted,
@@ -48,8 +48,8 @@ from executor.errors import (
     ExecutorShuttingDown,
     InvalidSpec,
 )
-from executor.logstore import LogEntry, LogStore, LogWriter
-from executor.models import (
+from haddock.executor.logstore import LogEntry, LogStore, LogWriter
+from haddock.executor.models import (
     RESERVED_ENV_PREFIX,
     BidResult,
     EventKind,
@@ -65,10 +65,10 @@ from executor.models import (
     StreamType,
     utcnow,
 )
-from executor.outputs import OutputWatcher, trim_to_cap
-from executor.protocol import InputPreparer, PreparedInputs, ResultPublisher
-from executor.quantity import format_bytes, format_cpu, format_duration
-from executor.results import write_job_results
+from haddock.executor.outputs import OutputWatcher, trim_to_cap
+from haddock.executor.protocol import InputPreparer, PreparedInputs, ResultPublisher
+from haddock.executor.quantity import format_bytes, format_cpu, format_duration
+from haddock.executor.results import write_job_results
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("haddock.executor")

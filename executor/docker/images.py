@@ -24,7 +24,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from executor.models import PullPolicy
+from haddock.executor.models import PullPolicy
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.cache import ContentCache, s3_object_key, s3_prefix_key, sha256_key, url_key
+from haddock.storage.cache import ContentCache, s3_object_key, s3_prefix_key, sha256_key, url_key
 from tests.storage.conftest import leftovers
 
 SHA = "0123456789abcdef" * 4

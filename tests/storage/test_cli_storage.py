@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from node.server import start_server
+from haddock.node.server import start_server
 from tests.conftest import BUSYBOX, node_settings
 from tests.storage.conftest import Handler, HttpServer
 from tests.test_cli import haddock

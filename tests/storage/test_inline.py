@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from executor.errors import ErrorCode
-from storage.inline import InlineStorage
-from storage.models import InlineSource
-from storage.provider import StorageError
+from haddock.executor.errors import ErrorCode
+from haddock.storage.inline import InlineStorage
+from haddock.storage.models import InlineSource
+from haddock.storage.provider import StorageError
 from tests.storage.conftest import leftovers, tree
 
 

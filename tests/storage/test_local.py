@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from storage.local import LocalRoot, LocalStorage
-from storage.models import LocalSource
-from storage.provider import StorageError
+from haddock.storage.local import LocalRoot, LocalStorage
+from haddock.storage.models import LocalSource
+from haddock.storage.provider import StorageError
 
 
 @pytest.fixture

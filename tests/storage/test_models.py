@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from storage.models import (
+from haddock.storage.models import (
     InlineSource,
     InputSource,
     LocalSource,

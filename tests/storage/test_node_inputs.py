@@ -14,10 +14,10 @@ from typing import Any
 import grpc
 import pytest
 
-from executor.models import EventKind, ResultStatus, RunCommandRequest
-from node.client import NodeClient, NodeError
-from node.config import LocalRootSettings, StorageSettings
-from node.server import RunningServer, start_server
+from haddock.executor.models import EventKind, ResultStatus, RunCommandRequest
+from haddock.node.client import NodeClient, NodeError
+from haddock.node.config import LocalRootSettings, StorageSettings
+from haddock.node.server import RunningServer, start_server
 from tests.conftest import BUSYBOX, node_settings
 from tests.storage.conftest import Handler, HttpServer
 
@@ -165,7 +165,7 @@ async def test_failing_input_fails_before_any_container(
 
 
 async def test_private_addresses_refused_by_default(tmp_path: Path, node_id: str, busybox_image: str) -> None:
-    from node.config import StorageSettings as S
+    from haddock.node.config import StorageSettings as S
 
     running = await start_server(node_settings(tmp_path, node_id, storage=S()))
     try:

@@ -6,10 +6,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from executor.models import ResultStatus, RunCommandRequest
-from executor.outputs import directory_usage
-from node.client import NodeClient
-from node.server import RunningServer, start_server
+from haddock.executor.models import ResultStatus, RunCommandRequest
+from haddock.executor.outputs import directory_usage
+from haddock.node.client import NodeClient
+from haddock.node.server import RunningServer, start_server
 from tests.conftest import BUSYBOX, node_settings
 
 MiB = 1024 * 1024

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from storage.publish import (
+from haddock.storage.publish import (
     ARCHIVE_NAME,
     DEFAULT_KEY,
     PUBLISHER_SPEC_ADAPTER,

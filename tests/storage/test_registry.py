@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from executor.errors import ErrorCode
-from executor.models import EngineSpec, RunCommandRequest
-from storage import build_registry
-from storage.cache import ContentCache
-from storage.inline import InlineStorage
-from storage.local import LocalRoot, LocalStorage
-from storage.models import InlineSource, InputSource, LocalSource, S3Source, UrlSource
-from storage.provider import PreparedVolume, StorageError, StorageRegistry
-from storage.url import UrlConfig, UrlStorage
+from haddock.executor.errors import ErrorCode
+from haddock.executor.models import EngineSpec, RunCommandRequest
+from haddock.storage import build_registry
+from haddock.storage.cache import ContentCache
+from haddock.storage.inline import InlineStorage
+from haddock.storage.local import LocalRoot, LocalStorage
+from haddock.storage.models import InlineSource, InputSource, LocalSource, S3Source, UrlSource
+from haddock.storage.provider import PreparedVolume, StorageError, StorageRegistry
+from haddock.storage.url import UrlConfig, UrlStorage
 from tests.storage.conftest import Handler, HttpServer, leftovers
 
 BODY = b"payload " * 100

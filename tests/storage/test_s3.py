@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from executor.errors import ErrorCode
-from storage.cache import ContentCache
-from storage.models import S3Source
-from storage.provider import StorageError
-from storage.s3 import S3Config, S3Storage, relative_paths
+from haddock.executor.errors import ErrorCode
+from haddock.storage.cache import ContentCache
+from haddock.storage.models import S3Source
+from haddock.storage.provider import StorageError
+from haddock.storage.s3 import S3Config, S3Storage, relative_paths
 from tests.storage.conftest import leftovers, tree
 
 

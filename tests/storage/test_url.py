@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from executor.errors import ErrorCode
-from storage.cache import ContentCache
-from storage.models import UrlSource
-from storage.provider import StorageError
-from storage.url import UrlConfig, UrlStorage, file_name_for, safe_file_name
+from haddock.executor.errors import ErrorCode
+from haddock.storage.cache import ContentCache
+from haddock.storage.models import UrlSource
+from haddock.storage.provider import StorageError
+from haddock.storage.url import UrlConfig, UrlStorage, file_name_for, safe_file_name
 from tests.storage.conftest import Handler, HttpServer, leftovers
 
 BODY = b"col1,col2\n" + b"1,2\n" * 1000
