@@ -23,17 +23,13 @@ from pydantic import (
 )
 
 from haddock.executor.paths import check_container_path as _check_container_path
-from haddock.executor.quantity import format_bytes, parse_bytes, parse_cpu, parse_duration
+from haddock.executor.quantity import GiB, KiB, MiB, TiB, format_bytes, parse_bytes, parse_cpu, parse_duration
 from haddock.storage.models import InputSource
 from haddock.storage.publish import PublisherSpec
 
 RESERVED_ENV_PREFIX = "HADDOCK_"
 """Environment names with this prefix are set by the node; a request may not set them."""
 
-KiB = 1024
-MiB = 1024**2
-GiB = 1024**3
-TiB = 1024**4
 
 MAX_CPU_CORES = 1024.0
 MAX_MEMORY = 64 * TiB

@@ -21,7 +21,11 @@ import re
 from decimal import Decimal, InvalidOperation
 
 __all__ = [
+    "GiB",
+    "KiB",
+    "MiB",
     "QuantityError",
+    "TiB",
     "format_bytes",
     "format_cpu",
     "format_duration",
@@ -29,6 +33,13 @@ __all__ = [
     "parse_cpu",
     "parse_duration",
 ]
+
+
+# Binary byte units: the one definition every module uses.
+KiB = 1024
+MiB = 1024**2
+GiB = 1024**3
+TiB = 1024**4
 
 
 class QuantityError(ValueError):

@@ -17,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from haddock.executor.models import BidResult, EngineSpec, GiB, MiB, NetworkMode, Resources, RunCommandRequest
+from haddock.executor.models import BidResult, EngineSpec, NetworkMode, Resources, RunCommandRequest
+from haddock.executor.quantity import GiB, MiB
 from haddock.node.bidding import (
     BidChain,
     BidContext,
