@@ -91,6 +91,21 @@ class StreamType(IntEnum):
     STDERR = 2
 
 
+@dataclass(frozen=True)
+class LogQuery:
+    """What a reader asks of an execution's log: history and/or live output, from where, which streams.
+
+    ``offset`` (a position from an earlier read) beats ``tail_lines``; without either, history starts at
+    the beginning, or at the current end when ``with_history`` is false.
+    """
+
+    with_history: bool = True
+    follow: bool = False
+    offset: int | None = None
+    tail_lines: int | None = None
+    streams: frozenset[StreamType] = frozenset({StreamType.STDOUT, StreamType.STDERR})
+
+
 class ExecutionState(StrEnum):
     """Where an execution is in its life. The last three are terminal."""
 
