@@ -31,6 +31,26 @@ from pydantic import (
 
 from haddock.executor.paths import check_container_path as _check_container_path
 
+__all__ = [
+    "SYNTAX",
+    "DataUrl",
+    "InlineSource",
+    "InputSource",
+    "LocalSource",
+    "S3Bucket",
+    "S3Endpoint",
+    "S3Region",
+    "S3Source",
+    "UrlSource",
+    "check_bucket",
+    "check_http_url",
+    "describe_source",
+    "parse_data_url",
+    "parse_input",
+    "redact_url",
+    "source_from_uri",
+]
+
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _MAX_URL_LENGTH = 8192
 _URLSAFE = bytes.maketrans(b"-_", b"+/")

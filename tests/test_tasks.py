@@ -405,8 +405,7 @@ SUFFIX = "the ':ro'/':rw' suffix is only for file:// inputs"
         ),
         (
             "--input IN\nhttps://user:pw@h/a b?sig=secret",
-            "tasks.tsv line 2, column '--input IN': 'https://h/a b' must not contain spaces or control "
-            "characters",
+            "tasks.tsv line 2, column '--input IN': 'https://h/a b' must not contain spaces or control characters",
         ),
         (
             "--input IN\nhttps:///path",
