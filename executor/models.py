@@ -23,9 +23,9 @@ from pydantic import (
 )
 
 from haddock.executor.paths import check_container_path as _check_container_path
+from haddock.executor.publishers import PublisherSpec
 from haddock.executor.quantity import GiB, KiB, MiB, TiB, format_bytes, parse_bytes, parse_cpu, parse_duration
-from haddock.storage.models import InputSource
-from haddock.storage.publish import PublisherSpec
+from haddock.executor.sources import InputSource
 
 RESERVED_ENV_PREFIX = "HADDOCK_"
 """Environment names with this prefix are set by the node; a request may not set them."""

@@ -41,6 +41,7 @@ from haddock.executor.models import (
     RunCommandRequest,
 )
 from haddock.executor.quantity import format_bytes, format_cpu, format_duration
+from haddock.executor.sources import redact_url
 
 __all__ = [
     "BidChain",
@@ -71,7 +72,6 @@ __all__ = [
     "normalize_image_name",
     "platform_from_engine_info",
     "platform_from_image_inspect",
-    "redact_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -668,13 +668,6 @@ class ResourceStrategy:
 # ---------------------------------------------------------------------------
 
 MAX_PROBE_REPLY = 64 * 1024
-
-
-def redact_url(url: str) -> str:
-    """A URL fit to show a requester: no user info, query or fragment."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _clip(text: str, most: int = MAX_REASON) -> str:

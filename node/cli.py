@@ -24,13 +24,12 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColum
 from rich.table import Table
 
 from haddock.executor.models import EventKind, ExecutionState, ResultStatus, RunCommandRequest, StreamType
+from haddock.executor.publishers import PublisherSpec, S3PublisherSpec, parse_publisher
 from haddock.executor.quantity import QuantityError, format_bytes, format_cpu, parse_bytes, parse_duration
+from haddock.executor.sources import InputSource, parse_input
 from haddock.node.api import validation_message
 from haddock.node.client import DEFAULT_NODE, ClientTls, Finished, NodeClient, NodeError
 from haddock.node.tasks import Task, load_tasks
-from haddock.storage.models import InputSource
-from haddock.storage.publish import PublisherSpec, S3PublisherSpec, parse_publisher
-from haddock.storage.uri import parse_input
 
 EXIT_NODE_FAILED = 125
 

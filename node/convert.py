@@ -26,8 +26,8 @@ from haddock.executor.models import (
     RunCommandResult,
     StreamType,
 )
-from haddock.storage.models import InlineSource, InputSource, LocalSource, UrlSource
-from haddock.storage.publish import LocalPublisherSpec, PublisherSpec
+from haddock.executor.publishers import LocalPublisherSpec, PublisherSpec
+from haddock.executor.sources import InlineSource, InputSource, LocalSource, UrlSource
 from haddock.v1 import types_pb2 as pb
 
 _NETWORK_TO_PB = {

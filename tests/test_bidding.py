@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from haddock.executor.models import BidResult, EngineSpec, NetworkMode, Resources, RunCommandRequest
 from haddock.executor.quantity import GiB, MiB
+from haddock.executor.sources import redact_url
 from haddock.node.bidding import (
     BidChain,
     BidContext,
@@ -43,7 +44,6 @@ from haddock.node.bidding import (
     normalize_image_name,
     platform_from_engine_info,
     platform_from_image_inspect,
-    redact_url,
 )
 
 CAPACITY = Resources(cpu=16, memory=16 * GiB, disk=100 * GiB, gpu=0)
