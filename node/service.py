@@ -51,6 +51,7 @@ from haddock.node.bidding import (
     platform_from_image_inspect,
 )
 from haddock.node.capacity import CapacityExhausted, CapacityManager, CapacitySnapshot, QueuePosition
+from haddock.node.client import NodeInfo
 from haddock.node.config import OnShutdown, Settings
 from haddock.node.store import ExecutionStore, store_path
 from haddock.storage import LocalRoot, StorageRegistry, build_registry
@@ -63,19 +64,6 @@ log = logging.getLogger(__name__)
 
 WATCH_QUEUE = 1024
 TERMINAL = frozenset(s for s in ExecutionState if s.terminal)
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    node_id: str
-    version: str
-    engine_version: str
-    capacity: Resources
-    allocated: Resources
-    queued: Resources
-    free: Resources
-    running: int
-    queued_count: int
 
 
 @dataclass

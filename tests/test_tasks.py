@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haddock.executor.models import EngineSpec, InputVolume, ResultPath
-from haddock.node.tasks import (
+from haddock.node.client import (
     MAX_TASKS,
     Task,
     TaskInput,
