@@ -72,7 +72,9 @@ def serve(
         telemetry.shutdown()
 
 
-app.add_typer(client_app)  # no name: its commands (run, logs, ..., node info) join ours
+# The requester's commands (run, logs, ..., node info) join ours as they are.
+app.registered_commands += client_app.registered_commands
+app.registered_groups += client_app.registered_groups
 
 
 def main() -> None:  # pragma: no cover - console script entry
