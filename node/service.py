@@ -14,7 +14,6 @@ import logging
 import shutil
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from opentelemetry import metrics
 
@@ -50,6 +49,7 @@ from haddock.node.bidding import (
     platform_from_image_inspect,
 )
 from haddock.node.capacity import CapacityExhausted, CapacityManager, CapacitySnapshot, QueuePosition
+from haddock.node.client import NodeInfo
 from haddock.node.config import OnShutdown, Settings
 from haddock.node.events import EventHub
 from haddock.node.housekeeping import Housekeeping
@@ -59,19 +59,6 @@ from haddock.storage.hooks import RegistryPreparer, RegistryPublisher
 from haddock.storage.netpolicy import AddressRefused, check_public
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    node_id: str
-    version: str
-    engine_version: str
-    capacity: Resources
-    allocated: Resources
-    queued: Resources
-    free: Resources
-    running: int
-    queued_count: int
 
 
 def new_execution_id() -> str:

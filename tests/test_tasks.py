@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from haddock.executor.models import EngineSpec, InputVolume, ResultPath
 from haddock.executor.sources import InlineSource, LocalSource, S3Source, UrlSource
-from haddock.node.tasks import (
+from haddock.node.client import (
     MAX_TASKS,
     Task,
     TaskInput,
