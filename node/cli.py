@@ -37,6 +37,10 @@ def serve(
         Path | None, typer.Option("--token-file", help="require this bearer token from clients")
     ] = None,
     log_format: Annotated[str | None, typer.Option("--log-format", help="text or json")] = None,
+    orchestrator: Annotated[
+        list[str] | None,
+        typer.Option("--orchestrator", help="join a Bacalhau network: its NATS URL, nats://HOST:PORT (repeatable)"),
+    ] = None,
 ) -> None:
     """Run the node in the foreground until SIGTERM or Ctrl-C."""
     from haddock.node.client import validation_message
@@ -53,6 +57,7 @@ def serve(
             node_id=node_id,
             auth_token_file=token_file,
             log_format=log_format,
+            cluster=_cluster_override(config, orchestrator),
         )
     except ValidationError as exc:
         fail("invalid configuration: " + validation_message(exc).removeprefix("invalid request: "))
@@ -69,6 +74,17 @@ def serve(
         fail(str(exc))
     finally:
         telemetry.shutdown()
+
+
+def _cluster_override(config: Path | None, orchestrators: list[str] | None) -> dict[str, object] | None:
+    """``--orchestrator`` replaces ``[cluster] orchestrators``; the table's other keys stay as configured."""
+    if not orchestrators:
+        return None
+    from haddock.node.config import load_settings
+
+    current = load_settings(config).cluster.model_dump(exclude_unset=True)
+    current["orchestrators"] = orchestrators
+    return current
 
 
 # The requester's commands (run, logs, ..., node info) join ours as they are.
