@@ -136,13 +136,16 @@ def test_job_level_refusals() -> None:
 def test_inputs() -> None:
     sources = [
         {"Source": {"Type": "urlDownload", "Params": {"URL": "https://example.com/a.csv"}}, "Target": "/in/a.csv"},
-        {"Source": {"Type": "s3", "Params": {"Bucket": "bkt", "Key": "data/*", "Region": "eu-west-1"}}, "Target": "/s3"},
+        {
+            "Source": {"Type": "s3", "Params": {"Bucket": "bkt", "Key": "data/*", "Region": "eu-west-1"}},
+            "Target": "/s3",
+        },
         {"Source": {"Type": "s3", "Params": {"bucket": "bkt", "key": "one.txt"}}, "Target": "/one"},
         {"Source": {"Type": "inline", "Params": {"URL": "data:,hello"}}, "Target": "/hello"},
         {"Source": {"Type": "local", "Params": {"SourcePath": "/srv/x", "ReadWrite": True}}, "Target": "/x"},
     ]
     req = to_request(execution(InputSources=sources))
-    dumped = [s.model_dump(exclude_defaults=True) for s in req.input_sources]
+    dumped = [{"type": s.type, **s.model_dump(exclude_defaults=True)} for s in req.input_sources]
     assert dumped[0] == {"type": "url", "url": "https://example.com/a.csv", "target": "/in/a.csv"}
     assert dumped[1] == {"type": "s3", "bucket": "bkt", "prefix": "data/", "region": "eu-west-1", "target": "/s3"}
     assert dumped[2] == {"type": "s3", "bucket": "bkt", "key": "one.txt", "target": "/one"}
