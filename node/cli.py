@@ -57,8 +57,12 @@ def serve(
             node_id=node_id,
             auth_token_file=token_file,
             log_format=log_format,
-            cluster=_cluster_override(config, orchestrator),
         )
+        if orchestrator:  # replaces [cluster] orchestrators; the table's other keys stay as configured
+            from haddock.node.cluster.config import ClusterSettings
+
+            urls = ClusterSettings(orchestrators=orchestrator).orchestrators
+            settings.cluster = settings.cluster.model_copy(update={"orchestrators": urls})
     except ValidationError as exc:
         fail("invalid configuration: " + validation_message(exc).removeprefix("invalid request: "))
     except ValueError as exc:
@@ -74,17 +78,6 @@ def serve(
         fail(str(exc))
     finally:
         telemetry.shutdown()
-
-
-def _cluster_override(config: Path | None, orchestrators: list[str] | None) -> dict[str, object] | None:
-    """``--orchestrator`` replaces ``[cluster] orchestrators``; the table's other keys stay as configured."""
-    if not orchestrators:
-        return None
-    from haddock.node.config import load_settings
-
-    current = load_settings(config).cluster.model_dump(exclude_unset=True)
-    current["orchestrators"] = orchestrators
-    return current
 
 
 # The requester's commands (run, logs, ..., node info) join ours as they are.
