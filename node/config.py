@@ -24,6 +24,7 @@ from pydantic_settings import (
 from haddock.executor.docker.config import DockerConfig
 from haddock.executor.models import ByteQuantity, CpuQuantity, DurationSeconds
 from haddock.node.bidding import BiddingSettings
+from haddock.node.cluster.config import ClusterSettings
 from haddock.storage.config import StorageSettings
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
@@ -143,6 +144,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings, description="inputs and publishers")
     bidding: BiddingSettings = Field(default_factory=BiddingSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings, description="join a Bacalhau network")
 
     @classmethod
     def settings_customise_sources(
