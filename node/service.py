@@ -43,20 +43,20 @@ from haddock.executor.quantity import format_duration
 from haddock.executor.sources import S3Source, UrlSource
 from haddock.node.admission import Admission, queued_priority
 from haddock.node.bidding import (
-    BidContext,
     build_chain,
     platform_from_engine_info,
     platform_from_image_inspect,
 )
-from haddock.node.capacity import CapacityExhausted, CapacityManager, CapacitySnapshot, QueuePosition
+from haddock.node.capacity import CapacityExhausted, CapacityManager, QueuePosition
 from haddock.node.client import NodeInfo
 from haddock.node.config import OnShutdown, Settings
 from haddock.node.events import EventHub
 from haddock.node.housekeeping import Housekeeping
+from haddock.node.policy import Policy, free_of
 from haddock.node.store import ExecutionStore, store_path
 from haddock.storage import StorageRegistry, build_registry
 from haddock.storage.hooks import RegistryPreparer, RegistryPublisher
-from haddock.storage.netpolicy import AddressRefused, check_public
+from haddock.storage.netpolicy import check_public
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class Node:
         self.capacity = CapacityManager(Resources(), max_running=cap.max_running, max_queued=cap.max_queued)
         self.admission = Admission(self.capacity, executor, store, events)
         self.housekeeping = Housekeeping(settings, executor, store, live=self._unfinished_in_memory)
+        self.policy = Policy(self)
         self.chains = build_chain(
             settings.bidding,
             image_platform_lookup=self._image_platform,
@@ -268,24 +269,6 @@ class Node:
             )
         return request.model_copy(update={"results_dir": self.settings.results_dir(request.execution_id)})
 
-    async def _bid_context(self, request: RunCommandRequest, usage: Resources) -> BidContext:
-        snap = self.capacity.snapshot()
-        sources = request.input_sources
-        local: bool | None = None
-        if sources and self.storage is not None:
-            try:
-                local = all([await self.storage.has_storage_locally(s) for s in sources])
-            except Exception:
-                local = None
-        return BidContext(
-            request=request,
-            usage=usage,
-            capacity=snap.capacity,
-            free=_free(snap.capacity, snap),
-            input_source_types=frozenset(s.type for s in sources),
-            inputs_local=local,
-        )
-
     async def check_addresses(self, request: RunCommandRequest) -> None:
         """URLs and S3 endpoints the requester names must be public addresses, unless the operator allows more."""
         if self.settings.storage.allow_private_networks:
@@ -308,36 +291,18 @@ class Node:
 
     async def should_bid(self, request: RunCommandRequest) -> BidResult:
         """Semantic: the engine can run this kind of job, and the node's policy accepts it."""
-        prepared = self.prepare(request)
-        bid = await self.executor.should_bid(prepared)
-        if not bid.should_bid:
-            return bid
-        try:
-            await self.check_addresses(prepared)
-        except AddressRefused as exc:
-            return BidResult.no(str(exc))
-        return await self.chains.semantic.bid(await self._bid_context(prepared, request.resources))
+        return await self.policy.should_bid(self.prepare(request))
 
     async def should_bid_based_on_usage(self, request: RunCommandRequest, usage: Resources | None) -> BidResult:
         """Resources: within per-job limits and what the node has free (running and queued count)."""
-        prepared = self.prepare(request)
-        usage = usage or request.resources
-        try:
-            input_bytes = await self.input_size(prepared)
-        except Exception as exc:  # an input that cannot be had: no bid, and why
-            return BidResult.no(str(exc))
-        if input_bytes:  # inputs count toward disk
-            usage = usage.model_copy(update={"disk": usage.disk + input_bytes})
-        bid = await self.executor.should_bid_based_on_usage(prepared, usage)
-        if not bid.should_bid:
-            return bid
-        return await self.chains.resource.bid(await self._bid_context(prepared, usage))
+        return await self.policy.should_bid_based_on_usage(self.prepare(request), usage)
 
     async def start(self, request: RunCommandRequest, *, queue: bool = False, priority: int = 0) -> RunCommandRequest:
         """Accept an execution; returns once it is durably recorded, running or queued.
 
-        Capacity is re-checked atomically: one that does not fit now waits in the queue
-        (``queue``) or is refused with RESOURCE_EXHAUSTED.
+        The operator's policy is enforced first, through the same chains as the bids (:mod:`node.policy`):
+        a refusal is FAILED_PRECONDITION with the bid's reason. Capacity is re-checked atomically: one that
+        does not fit now waits in the queue (``queue``) or is refused with RESOURCE_EXHAUSTED.
         """
         prepared = self.prepare(request)
         exec_id = prepared.execution_id
@@ -351,8 +316,8 @@ class Node:
         if self._live(exec_id) is not None or self.capacity.holds(exec_id) or self.capacity.position(exec_id):
             raise ExecutionAlreadyStarted(exec_id)
         self.executor.check(prepared)  # what the executor would refuse is refused now, not after queueing
-        await self.check_addresses(prepared)
-        await self.admission.admit(prepared, queue=queue, priority=priority)
+        usage = await self.policy.enforce(prepared)  # what a bid would refuse, refused with its reason
+        await self.admission.admit(prepared, queue=queue, priority=priority, usage=usage)
         return prepared
 
     def queue_position(self, execution_id: str) -> QueuePosition | None:
@@ -444,7 +409,7 @@ class Node:
             capacity=snap.capacity,
             allocated=snap.allocated,
             queued=snap.queued,
-            free=_free(snap.capacity, snap),
+            free=free_of(snap),
             running=snap.running,
             queued_count=snap.queued_count,
         )
@@ -482,14 +447,3 @@ class Node:
             await self.storage.aclose()
         if self.publisher is not None:
             await self.publisher.aclose()
-
-
-def _free(capacity: Resources, snap: CapacitySnapshot) -> Resources:
-    """What is neither running nor queued, per dimension (0 where the capacity is unknown)."""
-    allocated, queued = snap.allocated, snap.queued
-    return Resources.model_construct(
-        cpu=max(0.0, capacity.cpu - allocated.cpu - queued.cpu),
-        memory=max(0, capacity.memory - allocated.memory - queued.memory),
-        disk=max(0, capacity.disk - allocated.disk - queued.disk),
-        gpu=max(0, capacity.gpu - allocated.gpu - queued.gpu),
-    )
