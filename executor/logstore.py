@@ -72,6 +72,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from haddock.executor import logcap
+from haddock.executor.logcap import LogBudget, LogCap, data_that_fits, frame_bytes
 from haddock.executor.models import StreamType
 
 __all__ = [
@@ -88,10 +90,11 @@ __all__ = [
 
 MAGIC = 0xAD
 END_STREAM = 0xFF
-MAX_FRAME_DATA = 64 * 1024
+MAX_FRAME_DATA = logcap.MAX_FRAME_DATA
 HEADER = struct.Struct(">BBHIQ")
 TRAILER = struct.Struct(">I")
 FRAME_OVERHEAD = HEADER.size + TRAILER.size  # 20
+assert FRAME_OVERHEAD == logcap.FRAME_OVERHEAD
 MAX_FRAME = FRAME_OVERHEAD + MAX_FRAME_DATA
 READ_BLOCK = 1024 * 1024
 """Readers read the file in blocks of this size."""
@@ -341,7 +344,15 @@ class LogWriter:
         fd: int,
         committed: int,
         bytes_written: dict[StreamType, int],
+        *,
+        cap: LogCap | None = None,
+        budget: LogBudget | None = None,
     ) -> None:
+        self._cap = cap
+        self._budget = budget
+        self._taken = 0  # bytes of the budget this writer holds
+        self._dropped = {StreamType.STDOUT: 0, StreamType.STDERR: 0}
+        self._lost = 0  # data bytes dropped because the budget had no room
         self._store = store
         self._execution_id = execution_id
         self._fd = fd
@@ -378,6 +389,34 @@ class LogWriter:
         return dict(self._bytes)
 
     @property
+    def dropped(self) -> dict[StreamType, int]:
+        """Data bytes per stream not kept because of the cap or the budget (since this writer was opened)."""
+        return dict(self._dropped)
+
+    @property
+    def lost_bytes(self) -> int:
+        """Data bytes not kept because the logs being written had used the node's whole budget."""
+        return self._lost
+
+    def _room(self, stream: StreamType, n: int) -> int:
+        """How many of ``n`` bytes of ``stream`` are kept (called with the lock held); takes the budget for them."""
+        cap = self._cap
+        if cap is not None:
+            n = min(n, max(0, cap.stream(stream) - self._bytes[stream]))
+            n = min(n, data_that_fits(cap.total - self._committed - _END_FRAME_LEN))
+        if self._budget is not None and n:
+            want = frame_bytes(n)
+            granted = self._budget.take(want)
+            if granted < want:
+                kept = data_that_fits(granted)
+                self._budget.give_back(granted - frame_bytes(kept))
+                granted = frame_bytes(kept)
+                self._lost += n - kept
+                n = kept
+            self._taken += granted
+        return n
+
+    @property
     def stdout_bytes(self) -> int:
         return self._bytes[StreamType.STDOUT]
 
@@ -401,6 +440,11 @@ class LogWriter:
                 raise ValueError(f"the log of execution {self._execution_id!r} is closed")
             pos = 0
             n = len(view)
+            if self._cap is not None or self._budget is not None:
+                kept = self._room(stream, n)
+                self._dropped[stream] += n - kept
+                n = kept
+                view = view[:n]
             while pos < n:
                 parts: list[bytes | memoryview] = []
                 batch_start = pos
@@ -458,6 +502,9 @@ class LogWriter:
                 os.fsync(self._fd)
             finally:
                 self._closed = True
+                if self._budget is not None:
+                    self._budget.give_back(self._taken)
+                    self._taken = 0
                 try:
                     os.close(self._fd)
                 finally:
@@ -524,8 +571,10 @@ class LogWriter:
 class LogStore:
     """Log files of executions under one directory. See the module docstring for the format."""
 
-    def __init__(self, root: Path) -> None:
-        """Create ``root`` (mode 0o700) if missing."""
+    def __init__(self, root: Path, *, max_live_bytes: int | None = None) -> None:
+        """Create ``root`` (mode 0o700) if missing. ``max_live_bytes``: what the logs being written may hold
+        together (:class:`~haddock.executor.logcap.LogBudget`); None: no bound."""
+        self.budget = LogBudget(max_live_bytes) if max_live_bytes is not None else None
         self.root = Path(root)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = threading.Lock()  # guards _live together with creating/opening files
@@ -558,17 +607,18 @@ class LogStore:
 
     # -- writers ------------------------------------------------------------
 
-    def create(self, execution_id: str) -> LogWriter:
-        """Start a new log. FileExistsError if one exists."""
+    def create(self, execution_id: str, cap: LogCap | None = None) -> LogWriter:
+        """Start a new log, holding at most ``cap``. FileExistsError if one exists."""
         path = self.path(execution_id)
         self._bind_loop(strict=False)
         with self._lock:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            writer = LogWriter(self, execution_id, fd, 0, {StreamType.STDOUT: 0, StreamType.STDERR: 0})
+            empty = {StreamType.STDOUT: 0, StreamType.STDERR: 0}
+            writer = LogWriter(self, execution_id, fd, 0, empty, cap=cap, budget=self.budget)
             self._live[execution_id] = writer
         return writer
 
-    def open_append(self, execution_id: str) -> LogWriter:
+    def open_append(self, execution_id: str, cap: LogCap | None = None) -> LogWriter:
         """Reopen an incomplete log after a restart, cutting a frame left half written by a crash.
 
         LogNotFound if there is no log; ValueError if the log is complete (has END) or already has
@@ -594,7 +644,7 @@ class LogStore:
             except BaseException:
                 os.close(fd)
                 raise
-            writer = LogWriter(self, execution_id, fd, scan.end, scan.bytes_written)
+            writer = LogWriter(self, execution_id, fd, scan.end, scan.bytes_written, cap=cap, budget=self.budget)
             self._live[execution_id] = writer
         return writer
 

@@ -76,9 +76,20 @@ async def finish(
         status = decide_status(handle.stop_reason if handle else None, execution.output_cap_message, outcome)
     runner._set_state(record, ExecutionState.FINISHING)
     exec_id = request.execution_id
+    writer = execution.writer
+    log_full = (
+        f"the node's log space was full (log_max_bytes): {format_bytes(writer.lost_bytes)} of the job's output "
+        "is missing"
+        if writer is not None and writer.lost_bytes
+        else ""
+    )
     message = "; ".join(
         m
-        for m in (execution.output_cap_message or describe_outcome(request, status, outcome), outcome.capture_error)
+        for m in (
+            execution.output_cap_message or describe_outcome(request, status, outcome),
+            outcome.capture_error,
+            log_full,
+        )
         if m
     )
 
@@ -86,7 +97,6 @@ async def finish(
         async for entry in runner.logs.read(exec_id, streams=frozenset({kind})):
             yield entry.data
 
-    writer = execution.writer
     assert request.results_dir is not None
     try:
         if writer is not None:
@@ -105,7 +115,7 @@ async def finish(
             stdout_bytes=writer.stdout_bytes if writer else (written.stdout.total_bytes or 0),
             stderr_bytes=writer.stderr_bytes if writer else (written.stderr.total_bytes or 0),
         )
-        lost = bool(outcome.capture_error)
+        lost = bool(outcome.capture_error or log_full)
         published, publish_errors = await _publish(runner, record)
         result = RunCommandResult(
             status=status,

@@ -12,15 +12,33 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from haddock.executor.errors import ExecutionRefused, ExecutorError
-from haddock.executor.models import BidResult, Resources, RunCommandRequest
+from haddock.executor.errors import ExecutionRefused, ExecutorError, InvalidSpec
+from haddock.executor.models import BidResult, OutputLimits, Resources, RunCommandRequest
+from haddock.executor.quantity import format_bytes
 from haddock.node.bidding import BidContext
 from haddock.node.capacity import CapacitySnapshot
 
 if TYPE_CHECKING:
+    from haddock.node.config import LimitsSettings
     from haddock.node.service import Node
 
-__all__ = ["Policy", "free_of"]
+__all__ = ["Policy", "check_output_limits", "free_of"]
+
+
+def check_output_limits(limits: OutputLimits, operator: LimitsSettings) -> None:
+    """Each of the four output limits within the operator's maximum ([limits]); InvalidSpec naming it."""
+    for name, most, key in (
+        ("max_stdout_return_length", operator.max_return_length, "max_return_length"),
+        ("max_stderr_return_length", operator.max_return_length, "max_return_length"),
+        ("max_stdout_file_length", operator.max_file_length, "max_file_length"),
+        ("max_stderr_file_length", operator.max_file_length, "max_file_length"),
+    ):
+        asked = getattr(limits, name)
+        if asked > most:
+            raise InvalidSpec(
+                f"invalid request: output_limits.{name}: {format_bytes(asked)} is more than this node allows "
+                f"(at most {format_bytes(most)}, its limits.{key})"
+            )
 
 
 def free_of(snap: CapacitySnapshot) -> Resources:

@@ -52,7 +52,7 @@ from haddock.node.client import NodeInfo
 from haddock.node.config import OnShutdown, Settings
 from haddock.node.events import EventHub
 from haddock.node.housekeeping import Housekeeping
-from haddock.node.policy import Policy, free_of
+from haddock.node.policy import Policy, check_output_limits, free_of
 from haddock.node.store import ExecutionStore, store_path
 from haddock.storage import StorageRegistry, build_registry
 from haddock.storage.hooks import RegistryPreparer, RegistryPublisher
@@ -131,6 +131,8 @@ class Node:
             settings.docker,
             node_id=settings.node_id,
             log_dir=settings.log_dir,
+            log_max_per_execution=settings.limits.log_max_bytes_per_execution,
+            log_max_live=settings.log_max_bytes,
             event_sink=events,
             input_preparer=preparer,
             result_publisher=publisher,
@@ -267,6 +269,7 @@ class Node:
                 "inputs: requesters may not bind host paths; use input_sources (a local source is limited "
                 "to the directories the operator allows)"
             )
+        check_output_limits(request.output_limits, self.settings.limits)
         return request.model_copy(update={"results_dir": self.settings.results_dir(request.execution_id)})
 
     async def check_addresses(self, request: RunCommandRequest) -> None:
