@@ -73,6 +73,7 @@ from pathlib import Path
 from types import TracebackType
 
 from haddock.executor import logcap
+from haddock.executor.errors import shown
 from haddock.executor.logcap import LogBudget, LogCap, data_that_fits, frame_bytes
 from haddock.executor.models import StreamType
 
@@ -134,7 +135,7 @@ class LogNotFound(Exception):
     """There is no log for this execution."""
 
     def __init__(self, execution_id: str) -> None:
-        super().__init__(f"no log for execution {execution_id!r}")
+        super().__init__(f"no log for execution {shown(execution_id)}")
         self.execution_id = execution_id
 
 
@@ -437,7 +438,7 @@ class LogWriter:
         ts = time.time_ns()
         with self._lock:
             if self._closed:
-                raise ValueError(f"the log of execution {self._execution_id!r} is closed")
+                raise ValueError(f"the log of execution {shown(self._execution_id)} is closed")
             pos = 0
             n = len(view)
             if self._cap is not None or self._budget is not None:
@@ -521,7 +522,7 @@ class LogWriter:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<LogWriter {self._execution_id!r} {state} committed={self._committed}>"
+        return f"<LogWriter {shown(self._execution_id)} {state} committed={self._committed}>"
 
     # -- waking followers ---------------------------------------------------
 
@@ -600,7 +601,7 @@ class LogStore:
     def path(self, execution_id: str) -> Path:
         if not _ID_RE.match(execution_id):
             raise ValueError(
-                f"execution id {execution_id!r} must be 1-128 letters, digits, '.', '_' or '-', "
+                f"execution id {shown(execution_id)} must be 1-128 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )
         return self.root / f"{execution_id}.log"
@@ -628,7 +629,7 @@ class LogStore:
         self._bind_loop(strict=False)
         with self._lock:
             if execution_id in self._live:
-                raise ValueError(f"the log of execution {execution_id!r} already has a writer")
+                raise ValueError(f"the log of execution {shown(execution_id)} already has a writer")
             try:
                 fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
             except FileNotFoundError:
@@ -637,7 +638,7 @@ class LogStore:
                 size = os.fstat(fd).st_size
                 scan = _scan_forward(fd, path, size)
                 if scan.complete:
-                    raise ValueError(f"the log of execution {execution_id!r} is complete; it cannot be appended")
+                    raise ValueError(f"the log of execution {shown(execution_id)} is complete; it cannot be appended")
                 if scan.end < size:
                     os.ftruncate(fd, scan.end)
                     os.fsync(fd)
@@ -702,7 +703,7 @@ class LogStore:
         with self._lock:
             writer = self._live.get(execution_id)
             if writer is not None and not writer.closed:
-                raise ValueError(f"the log of execution {execution_id!r} is still being written")
+                raise ValueError(f"the log of execution {shown(execution_id)} is still being written")
             path.unlink(missing_ok=True)
 
     @staticmethod

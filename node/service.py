@@ -36,6 +36,7 @@ from haddock.executor.models import (
     ResultStatus,
     RunCommandRequest,
     RunCommandResult,
+    is_valid_id,
 )
 from haddock.executor.protocol import Executor
 from haddock.executor.publishers import S3PublisherSpec
@@ -59,6 +60,16 @@ from haddock.storage.hooks import RegistryPreparer, RegistryPublisher
 from haddock.storage.netpolicy import check_public
 
 log = logging.getLogger(__name__)
+
+
+MAX_LIST = 1000
+"""ListExecutions answers at most this many executions."""
+
+
+def known_id(execution_id: str) -> None:
+    """Every call that names an execution checks its id the same way: one that cannot exist is not found."""
+    if not is_valid_id(execution_id):
+        raise ExecutionNotFound(execution_id)
 
 
 def new_execution_id() -> str:
@@ -237,6 +248,7 @@ class Node:
 
     async def watch(self, execution_id: str) -> AsyncIterator[ExecutionEvent]:
         """Events of an execution: those so far, then live ones until it ends (queued ones too)."""
+        known_id(execution_id)
         record = self._live(execution_id)
         if record is None:
             record = await self.get(execution_id)  # finished long ago: its history only
@@ -339,6 +351,7 @@ class Node:
         return live is not None and live.result is None
 
     async def wait(self, execution_id: str) -> RunCommandResult:
+        known_id(execution_id)
         q = self.admission.get(execution_id)
         if q is not None:
             ended = await asyncio.shield(q.settled)
@@ -354,6 +367,7 @@ class Node:
         return record.result
 
     async def cancel(self, execution_id: str) -> RunCommandResult:
+        known_id(execution_id)
         q = self.admission.get(execution_id)
         if q is not None:
             return await self.admission.end_in_queue(
@@ -368,6 +382,7 @@ class Node:
         return await self.executor.wait(execution_id)
 
     async def get(self, execution_id: str) -> ExecutionRecord:
+        known_id(execution_id)
         live = self._live(execution_id)
         if live is not None:
             return live
@@ -377,6 +392,7 @@ class Node:
         return stored
 
     async def list(self, states: set[ExecutionState] | None = None, limit: int = 100) -> list[ExecutionRecord]:
+        limit = max(1, min(limit, MAX_LIST))
         merged = {r.execution_id: r for r in await self.store.list(states or None, limit=limit)}
         for r in [*self.executor.records(), *self.admission.records()]:  # fresher than persisted
             if not states or r.state in states:
@@ -387,6 +403,7 @@ class Node:
         return records[:limit]
 
     async def get_log_stream(self, execution_id: str, query: LogQuery | None = None) -> AsyncIterator[LogEntry]:
+        known_id(execution_id)
         if not self.executor.logs.exists(execution_id):
             if self._live(execution_id) is not None or await self.store.get(execution_id) is not None:
                 raise ExecutionNotFound(

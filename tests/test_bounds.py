@@ -182,3 +182,74 @@ async def test_inputs_count_against_disk_at_start(tmp_path: Path, node_id: str, 
             assert "disk" in exc.value.message and "8Ki" in exc.value.message, exc.value.message
     finally:
         await running.stop(1)
+
+
+# ----------------------------------------------------------------------------- echoed values, ids, validation
+
+
+async def test_huge_and_odd_fields_get_small_clear_answers(node_server: RunningServer) -> None:
+    from haddock.v1 import executor_pb2, executor_pb2_grpc, node_pb2, node_pb2_grpc
+    from haddock.v1 import types_pb2 as pb
+
+    big = "x" * 100_000
+    async with grpc.aio.insecure_channel(node_server.address) as channel:
+        ex = executor_pb2_grpc.ExecutorServiceStub(channel)
+        nd = node_pb2_grpc.NodeServiceStub(channel)
+        for bad_id in (big, "../etc/passwd", "a b", ""):
+            calls = [
+                ex.Wait(executor_pb2.WaitRequest(execution_id=bad_id)),
+                ex.Cancel(executor_pb2.CancelRequest(execution_id=bad_id)),
+                nd.GetExecution(node_pb2.GetExecutionRequest(execution_id=bad_id)),
+            ]
+            for call in calls:
+                with pytest.raises(grpc.aio.AioRpcError) as exc:
+                    await call
+                assert exc.value.code() is grpc.StatusCode.NOT_FOUND, (bad_id[:10], exc.value)
+                assert len((exc.value.details() or "").encode()) < 1024
+            for stream in (
+                ex.GetLogStream(executor_pb2.GetLogStreamRequest(execution_id=bad_id)),
+                nd.WatchExecution(node_pb2.WatchExecutionRequest(execution_id=bad_id)),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as exc:
+                    async for _ in stream:
+                        pass
+                assert exc.value.code() is grpc.StatusCode.NOT_FOUND, (bad_id[:10], exc.value)
+                assert len((exc.value.details() or "").encode()) < 1024
+
+        def req(**kw: Any) -> pb.RunCommandRequest:
+            engine = {"image": BUSYBOX, **kw.pop("engine", {})}
+            return pb.RunCommandRequest(
+                job_id="j",
+                execution_id=f"v-{uuid.uuid4().hex[:8]}",
+                engine=pb.DockerEngineSpec(**engine),
+                **kw,
+            )
+
+        cases = [
+            (
+                pb.RunCommandRequest(job_id="j", execution_id=big, engine=pb.DockerEngineSpec(image=BUSYBOX)),
+                "execution_id",
+            ),
+            (req(engine={"image": "UPPER/x"}), "engine.image"),
+            (req(engine={"image": big}), "engine.image"),
+            (req(engine={"working_dir": "/a/../b"}), "engine.working_dir"),
+            (req(engine={"working_dir": "/" + big}), "engine.working_dir"),
+            (req(engine={"env": {big: "1"}}), "engine.env"),
+            (req(resources=pb.Resources(cpu=0.001)), "below the engine's minimum of 0.01"),
+            (req(resources=pb.Resources(cpu=1e-12)), "below the engine's minimum of 0.01"),
+            (req(resources=pb.Resources(cpu=float("nan"))), "resources.cpu"),
+            (req(outputs=[pb.ResultPath(name="o", path="/" + "a" * 5000)]), "longer than 1024 characters"),
+            (req(outputs=[pb.ResultPath(name="o", path="/" + "a" * 300)]), "longer than 255 bytes"),
+        ]
+        for msg, needle in cases:
+            for call in (
+                ex.Start(executor_pb2.StartRequest(request=msg)),
+                ex.ShouldBid(executor_pb2.ShouldBidRequest(request=msg)),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as exc:
+                    await call
+                    pytest.fail(f"accepted: {needle}")
+                details = exc.value.details() or ""
+                assert exc.value.code() is grpc.StatusCode.INVALID_ARGUMENT, (needle, details)
+                assert needle in details, details
+                assert len(details.encode()) < 1024
