@@ -122,14 +122,16 @@ class Policy:
 
     async def enforce(self, prepared: RunCommandRequest) -> Resources:
         """At Start, before anything is created: the semantic chain and the per-job limits, as a bid would
-        answer them. Returns what the admission is to hold (inputs counted in ``disk``); raises
+        answer them. Returns what the admission is to hold (inputs of known size counted in ``disk``); raises
         :class:`ExecutionRefused` with the bid's reason."""
         bid = await self.semantic(prepared, at_start=True)
         if not bid.should_bid:
             raise ExecutionRefused(bid.reason)
         total = await self.usage(prepared)
         if isinstance(total, BidResult):
-            raise ExecutionRefused(total.reason)
+            # An input that cannot be had: the execution is accepted and fails before any container, with a
+            # message naming the input (as README promises), rather than being refused here.
+            total = prepared.resources
         bid = await self.resources(prepared, total, at_start=True)
         if not bid.should_bid:
             raise ExecutionRefused(bid.reason)
