@@ -133,6 +133,11 @@ class Driver(Protocol):
         """A message for people about an error this driver raised."""
         ...
 
+    def explain_exit(self, exit_code: int, stderr_head: bytes) -> str | None:
+        """Why the job's process ended this way when the engine, not the job, says so (e.g. the command is not
+        in the image), from the exit code and the first bytes of stderr; None when it is the job's own exit."""
+        ...
+
     async def containers(self) -> dict[str, dict[str, Any]]:
         """This node's containers by execution id."""
         ...

@@ -4,6 +4,7 @@ node's log store (never from the engine), then published; the record settled. Pa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -65,6 +66,16 @@ def describe_outcome(request: RunCommandRequest, status: ResultStatus, outcome: 
     return ""
 
 
+async def _stderr_head(runner: Runner, exec_id: str, most: int = 1024) -> bytes:
+    """The first bytes the job wrote to stderr (from the node's log)."""
+    head = b""
+    async for entry in runner.logs.read(exec_id, streams=frozenset({StreamType.STDERR})):
+        head += entry.data
+        if len(head) >= most:
+            break
+    return head[:most]
+
+
 async def finish(
     runner: Runner, execution: Execution, outcome: ExitStatus, status: ResultStatus | None
 ) -> RunCommandResult:
@@ -76,9 +87,24 @@ async def finish(
         status = decide_status(handle.stop_reason if handle else None, execution.output_cap_message, outcome)
     runner._set_state(record, ExecutionState.FINISHING)
     exec_id = request.execution_id
+    if status is ResultStatus.ERROR and outcome.exit_code in (126, 127) and not outcome.error:
+        explained = runner.driver.explain_exit(outcome.exit_code, await _stderr_head(runner, exec_id))
+        if explained:
+            outcome = dataclasses.replace(outcome, error=f"{explained} (the job exited with code {outcome.exit_code})")
+    writer = execution.writer
+    log_full = (
+        f"the node's log space was full (log_max_bytes): {format_bytes(writer.lost_bytes)} of the job's output "
+        "is missing"
+        if writer is not None and writer.lost_bytes
+        else ""
+    )
     message = "; ".join(
         m
-        for m in (execution.output_cap_message or describe_outcome(request, status, outcome), outcome.capture_error)
+        for m in (
+            execution.output_cap_message or describe_outcome(request, status, outcome),
+            outcome.capture_error,
+            log_full,
+        )
         if m
     )
 
@@ -86,7 +112,6 @@ async def finish(
         async for entry in runner.logs.read(exec_id, streams=frozenset({kind})):
             yield entry.data
 
-    writer = execution.writer
     assert request.results_dir is not None
     try:
         if writer is not None:
@@ -105,7 +130,7 @@ async def finish(
             stdout_bytes=writer.stdout_bytes if writer else (written.stdout.total_bytes or 0),
             stderr_bytes=writer.stderr_bytes if writer else (written.stderr.total_bytes or 0),
         )
-        lost = bool(outcome.capture_error)
+        lost = bool(outcome.capture_error or log_full)
         published, publish_errors = await _publish(runner, record)
         result = RunCommandResult(
             status=status,

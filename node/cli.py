@@ -64,18 +64,18 @@ def serve(
             urls = ClusterSettings(orchestrators=orchestrator).orchestrators
             settings.cluster = settings.cluster.model_copy(update={"orchestrators": urls})
     except ValidationError as exc:
-        fail("invalid configuration: " + validation_message(exc).removeprefix("invalid request: "))
+        fail("invalid configuration: " + validation_message(exc).removeprefix("invalid request: "), 1)
     except ValueError as exc:
-        fail(f"invalid configuration: {exc}")
+        fail(f"invalid configuration: {exc}", 1)
     configure_logging(settings.log_level, settings.log_format.value)
     try:
         telemetry = setup_telemetry(settings)
     except RuntimeError as exc:
-        fail(str(exc))
+        fail(str(exc), 1)
     try:
         asyncio.run(serve_node(settings))
     except RuntimeError as exc:
-        fail(str(exc))
+        fail(str(exc), 1)
     finally:
         telemetry.shutdown()
 

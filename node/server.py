@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from haddock.node.api import ExecutorServicer, NodeServicer
 from haddock.node.auth import BearerTokenInterceptor
+from haddock.node.client import wire
 from haddock.node.config import Settings
 from haddock.node.service import Node
 from haddock.v1 import executor_pb2, executor_pb2_grpc, node_pb2, node_pb2_grpc
@@ -95,7 +96,7 @@ async def start_server(settings: Settings, node: Node | None = None) -> RunningS
         await node.begin()
     server = grpc.aio.server(
         interceptors=_interceptors(settings),
-        options=[("grpc.so_reuseport", 0)],
+        options=[("grpc.so_reuseport", 0), *wire.server_options()],
     )
     executor_pb2_grpc.add_ExecutorServiceServicer_to_server(ExecutorServicer(node), server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(node), server)

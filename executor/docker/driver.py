@@ -18,7 +18,7 @@ import docker.errors
 from haddock.executor.docker import reconcile
 from haddock.executor.docker.capture import Capture
 from haddock.executor.docker.config import DockerConfig
-from haddock.executor.docker.engine import ENGINE_ERRORS, Engine, describe_failure
+from haddock.executor.docker.engine import ENGINE_ERRORS, Engine, describe_failure, explain_init_exit
 from haddock.executor.docker.handle import DockerHandle
 from haddock.executor.docker.images import ImageManager
 from haddock.executor.docker.spec import LABEL_EXECUTION, LABEL_NODE, container_name, container_spec, output_dirs
@@ -121,6 +121,9 @@ class DockerDriver:
 
     def describe_failure(self, exc: BaseException) -> str:
         return describe_failure(exc)
+
+    def explain_exit(self, exit_code: int, stderr_head: bytes) -> str | None:
+        return explain_init_exit(exit_code, stderr_head) if self.config.init else None
 
     # ------------------------------------------------------------------ one execution's container
 
