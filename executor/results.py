@@ -32,10 +32,10 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from haddock.executor.models import OutputLimits, StreamType
 
@@ -405,7 +405,7 @@ async def write_job_results(
     temps = [out_tmp, err_tmp]
     captured = captured or {}
 
-    def summarize(kind: StreamType, source: AsyncIterable[bytes], tmp: _TempFile) -> Awaitable[StreamSummary]:
+    def summarize(kind: StreamType, source: AsyncIterable[bytes], tmp: _TempFile) -> Coroutine[Any, Any, StreamSummary]:
         file_limit, return_limit = limits.file_limit(kind), limits.return_limit(kind)
         done = captured.get(kind)
         if done is not None:

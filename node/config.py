@@ -99,7 +99,7 @@ class DockerSettings(BaseModel):
     no_new_privileges: bool = True
     cap_drop: list[str] = Field(default_factory=lambda: ["NET_RAW"])
     allowed_networks: list[NetworkMode] = Field(default_factory=lambda: [NetworkMode.NONE, NetworkMode.BRIDGE])
-    log_driver: str = "local"
+    log_driver: str = "none"
     pull_attempts: int = Field(default=4, ge=1)
     init: bool = Field(default=True, description="run an init process in each container (docker --init)")
     orphan_grace: DurationSeconds = Field(

@@ -113,22 +113,29 @@ async def _cut_stream_after_first_line(ex: DockerExecutor, req: RunCommandReques
     async for entry in ex.get_log_stream(req.execution_id, follow=True):
         assert entry.data == b"before\n"
         break
-    running = ex._running[req.execution_id]
-    assert running.sock is not None
-    running.sock.shutdown(socket.SHUT_RDWR)  # as if the engine dropped the stream
+    await ex.capture.drop(req.execution_id)  # the capture process drops its attach, as if the engine had
 
 
 async def test_cut_output_stream_is_recovered_from_engine_log(
-    executor: DockerExecutor, make_request: RequestFactory
+    executor_config: DockerExecutorConfig, make_request: RequestFactory
 ) -> None:
-    req = make_request("echo before; sleep 2; echo after; echo err >&2")
-    await _cut_stream_after_first_line(executor, req)
-    result = await executor.wait(req.execution_id)
+    # With an engine log driver configured, a cut stream is completed from the engine's log.
+    executor = DockerExecutor(
+        executor_config.model_copy(update={"log_driver": "local", "log_driver_options": {"max-size": "100m"}})
+    )
+    try:
+        req = make_request("echo before; sleep 2; echo after; echo err >&2")
+        await _cut_stream_after_first_line(executor, req)
+        result = await executor.wait(req.execution_id)
+    except BaseException:
+        await executor.shutdown()
+        raise
     assert result.status is ResultStatus.SUCCESS, result.error_message
     assert (req.results_dir / "stdout").read_bytes() == b"before\nafter\n"
     assert (req.results_dir / "stderr").read_bytes() == b"err\n"
     assert EventKind.OUTPUT_RECOVERED in [e.kind for e in executor.events(req.execution_id)]
     logged = b"".join([e.data async for e in executor.get_log_stream(req.execution_id)])
+    await executor.shutdown()
     assert sorted(logged.splitlines()) == [b"after", b"before", b"err"]
 
 

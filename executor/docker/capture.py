@@ -226,7 +226,10 @@ class CaptureClient:
         for exec_id, tracked in self._tracked.items():
             if tracked.attached and not tracked.ended.done():
                 log.error("execution %s: %s", exec_id, CAPTURE_DIED)
-                self._ended(CaptureInfo(exec_id, committed=tracked.remote.committed, ended=True, ended_at=time.time(), error=CAPTURE_DIED), lost=True)
+                info = CaptureInfo(
+                    exec_id, committed=tracked.remote.committed, ended=True, ended_at=time.time(), error=CAPTURE_DIED
+                )
+                self._ended(info, lost=True)
 
     def _ended(self, info: CaptureInfo, *, lost: bool = False) -> None:
         tracked = self._tracked.get(info.id)
@@ -305,7 +308,7 @@ class CaptureClient:
         Done by the capture process if it holds the log, else here."""
         tracked = self._tracked.pop(execution_id, None)
         closed_remotely = False
-        if tracked is not None and tracked.attached and self._conn is not None:
+        if self._conn is not None:
             with contextlib.suppress(CaptureUnavailable):
                 reply = await self._request({"op": "close", "id": execution_id, "complete": complete})
                 closed_remotely = bool(reply.get("ok"))

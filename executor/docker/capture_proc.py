@@ -344,8 +344,14 @@ class CaptureServer:
             results = msg.get("results")
             if results:
                 directory = Path(results["dir"])
-                limits = {StreamType.STDOUT: int(results["stdout_limit"]), StreamType.STDERR: int(results["stderr_limit"])}
-                fillers = {k: ResultFileFiller(directory, _FILE_NAMES[k], limits[k]) for k in limits}
+                limits = {
+                    StreamType.STDOUT: int(results["stdout_limit"]),
+                    StreamType.STDERR: int(results["stderr_limit"]),
+                }
+                try:
+                    fillers = {k: ResultFileFiller(directory, _FILE_NAMES[k], limits[k]) for k in limits}
+                except OSError as exc:  # the daemon writes the results from the log (and reports why it cannot)
+                    log.warning("execution %s: cannot fill the results files: %s", exec_id, exc)
             sock, rest = await engine_attach(self.engine, container, float(msg.get("retry", 60)))
         except BaseException:
             for filler in (fillers or {}).values():
@@ -411,9 +417,10 @@ class CaptureServer:
                         self._write(cap, kind, payload)
                     self._grew(cap)
                     written = cap.writer.committed
-                    if (syncing is None or syncing.done()) and (
-                        written - synced >= SYNC_BYTES or (written > synced and time.monotonic() - synced_at >= SYNC_SECONDS)
-                    ):
+                    due = written - synced >= SYNC_BYTES or (
+                        written > synced and time.monotonic() - synced_at >= SYNC_SECONDS
+                    )
+                    if due and (syncing is None or syncing.done()):
                         # Batched fsync, off the loop: a machine crash loses at most the last batch.
                         syncing = asyncio.ensure_future(asyncio.to_thread(cap.writer.sync))
                         synced_at, synced = time.monotonic(), written
@@ -439,7 +446,8 @@ class CaptureServer:
         cap.ended = True
         cap.ended_at = time.time()
         cap.ended_event.set()
-        log.info("capture of %s ended (%d bytes)%s", cap.id, cap.writer.committed, f": {cap.error}" if cap.error else "")
+        why = f": {cap.error}" if cap.error else ""
+        log.info("capture of %s ended (%d bytes)%s", cap.id, cap.writer.committed, why)
         self._broadcast({"event": "ended", "info": cap.info()})
 
     @staticmethod
@@ -455,13 +463,15 @@ class CaptureServer:
 
 
 def _lock(directory: Path) -> int | None:
-    """Hold the node's capture lock for this process's life; None if another capture process holds it."""
+    """Hold the node's capture lock (holding its pid) for this process's life; None if another holds it."""
     fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
         return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())  # for operators: which process captures this node's output
     return fd
 
 

@@ -20,7 +20,6 @@ import concurrent.futures
 import contextlib
 import logging
 import re
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,6 +35,8 @@ import requests.exceptions
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from haddock.executor.docker.capture import CaptureClient, CaptureInfo, remove_capture_files
+from haddock.executor.docker.capture_proc import STREAM_CUT
 from haddock.executor.docker.images import ImageError, ImageManager
 from haddock.executor.docker.stream import Demuxer, StreamProtocolError
 from haddock.executor.errors import (
@@ -68,7 +69,7 @@ from haddock.executor.models import (
 from haddock.executor.outputs import OutputWatcher, trim_to_cap
 from haddock.executor.protocol import InputPreparer, PreparedInputs, ResultPublisher
 from haddock.executor.quantity import format_bytes, format_cpu, format_duration
-from haddock.executor.results import write_job_results
+from haddock.executor.results import CapturedFile, write_job_results
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("haddock.executor")
@@ -96,10 +97,17 @@ class DockerExecutorConfig(BaseModel):
     no_new_privileges: bool = True
     cap_drop: tuple[str, ...] = ("NET_RAW",)
     allowed_networks: frozenset[NetworkMode] = frozenset({NetworkMode.NONE, NetworkMode.BRIDGE})
-    log_driver: str = Field(default="local", description="the engine's own log driver for containers")
+    log_driver: str = Field(
+        default="none",
+        description="the engine's own log driver for containers; the node's capture process keeps the output, "
+        "so the engine need not (set e.g. 'local' to also recover output cut by an engine outage)",
+    )
     log_driver_options: dict[str, str] = Field(
-        default_factory=lambda: {"max-size": "100m", "max-file": "5"},
-        description="the engine keeps this much of each job's output: what a restarted node can recover",
+        default_factory=dict,
+        description="options of the log driver (e.g. max-size), ignored for 'none'",
+    )
+    capture_idle_seconds: float = Field(
+        default=10.0, gt=0, description="the capture process exits after this long with no daemon and no stream"
     )
     orphan_grace_seconds: float = Field(
         default=60.0, ge=0, description="a container of this node that no execution knows is removed after this"
@@ -132,17 +140,19 @@ class _Running:
     record: ExecutionRecord
     done: asyncio.Future[RunCommandResult]
     cancel_event: asyncio.Event
-    writer: LogWriter | None  # None: a recovered execution whose output was all captured before
+    writer: LogWriter | None  # a log this process writes; None: the capture process writes it (or it is complete)
     task: asyncio.Task[None] | None = None
     container_id: str | None = None
     stop_signal: str = "SIGTERM"
-    sock: socket.socket | None = None
     attach_response: Any = None
     stop_reason: str | None = None  # "cancel" / "timeout": the node stopped a running container
     exited: bool = False  # the engine reported the exit: too late to cancel
     leave_container: bool = False  # a shutdown lets go of the container (a restart reattaches)
     capture_error: str = ""  # why some output is missing
     capture_ended_at: float | None = None
+    capture_info: CaptureInfo | None = None  # what the capture process reported when the stream ended
+    captured: dict[StreamType, CapturedFile] | None = None  # results files filled during capture
+    gap_message: str = ""  # output written while neither the node nor its capture process ran is missing
     prepared_inputs: PreparedInputs | None = None
     output_cap_message: str = ""  # the job wrote past its output cap
     stop_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -190,6 +200,13 @@ class DockerExecutor:
         self._client: docker.APIClient | None = None
         self._images: ImageManager | None = None
         self.logs = LogStore(config.log_dir)
+        self.capture = CaptureClient(
+            config.log_dir,
+            self.logs,
+            docker_host=config.docker_host,
+            idle_seconds=config.capture_idle_seconds,
+            engine_retry_seconds=config.engine_retry_seconds,
+        )
         self._records: dict[str, ExecutionRecord] = {}
         self._running: dict[str, _Running] = {}
         self._closing = False
@@ -330,7 +347,9 @@ class DockerExecutor:
         record = ExecutionRecord(request=request)
         self._records[exec_id] = record
         try:
-            writer = await asyncio.to_thread(self.logs.create, exec_id)
+            # The capture process writes the log; this process follows it (followers wait from now on).
+            await asyncio.to_thread(self.logs.create_empty, exec_id)
+            self.capture.track(exec_id)
         except FileExistsError:
             self._records.pop(exec_id, None)
             raise ExecutionAlreadyComplete(exec_id, "an execution with this id already ran on this node") from None
@@ -341,7 +360,7 @@ class DockerExecutor:
             self._records.pop(exec_id, None)
             raise
         loop = asyncio.get_running_loop()
-        running = _Running(record=record, done=loop.create_future(), cancel_event=asyncio.Event(), writer=writer)
+        running = _Running(record=record, done=loop.create_future(), cancel_event=asyncio.Event(), writer=None)
         self._running[exec_id] = running
         self._emit(record, EventKind.ACCEPTED, f"accepted execution of {request.engine.image}")
         running.task = asyncio.create_task(self._execute(running), name=f"haddock-exec-{exec_id}")
@@ -436,6 +455,7 @@ class DockerExecutor:
             for w in waits:
                 if w.done() and not w.cancelled():
                     w.exception()
+        await self.capture.aclose()
         for pool in (self._api_pool, self._pull_pool, self._follow_pool):
             pool.shutdown(wait=False, cancel_futures=True)
         if self._client is not None:
@@ -460,13 +480,17 @@ class DockerExecutor:
         written as usual. Returns once every execution is registered (``wait`` works on them).
         """
         containers = await self.node_containers()
+        captures = await self.capture.connect()
         for record in records:
             exec_id = record.execution_id
             if exec_id in self._records:
                 continue
             record.result = None
             writer: LogWriter | None
-            if not self.logs.exists(exec_id):
+            if exec_id in captures:
+                writer = None  # the capture process went on capturing while the node was down
+                self.capture.track(exec_id, captures[exec_id])
+            elif not self.logs.exists(exec_id):
                 writer = await asyncio.to_thread(self.logs.create, exec_id)
             elif self.logs.is_complete(exec_id):
                 writer = None  # all output was captured before the node went down
@@ -485,6 +509,10 @@ class DockerExecutor:
             running.task = asyncio.create_task(
                 self._execute(running, recovered=True), name=f"haddock-recover-{exec_id}"
             )
+        for exec_id in set(captures) - set(self._running):
+            # Captures of executions that are already finished (the node went down while closing them).
+            if captures[exec_id].ended:
+                await self.capture.close(exec_id)
 
     async def reap_orphans(self, *, grace: float | None = None, keep: set[str] | None = None) -> list[str]:
         """Remove containers with this node's label that no execution knows, once older than the grace.
@@ -536,7 +564,28 @@ class DockerExecutor:
         running.stop_signal = str((info.get("Config") or {}).get("StopSignal") or "SIGTERM")
         if not state.get("Running") and str(state.get("StartedAt") or "0001").startswith("0001"):
             return _Outcome(error="the node went down after creating the job's container but before starting it")
-        if running.writer is not None:
+        exec_id = record.execution_id
+        capture: asyncio.Future[Any]
+        if self.capture.tracking(exec_id):
+            # The capture process held the stream while the node was down: nothing was missed.
+            capture = asyncio.ensure_future(self._capture_done(running))
+        elif self.config.log_driver == "none" and (state.get("Running") or running.writer is not None):
+            # Neither the node nor its capture process ran for a while, and the engine kept no log.
+            running.gap_message = (
+                "the node and its capture process were both down while the job ran: output written "
+                "while neither was running is missing"
+            )
+            if state.get("Running"):
+                if running.writer is not None:
+                    await asyncio.to_thread(running.writer.close, complete=False)
+                    running.writer = None
+                elif self.logs.exists(exec_id) and self.logs.is_complete(exec_id):
+                    raise ExecutorError(f"the log of execution {exec_id!r} is complete but its container still runs")
+                await self.capture.attach(exec_id, container_id, results_dir=None, limits=None)
+                capture = asyncio.ensure_future(self._capture_done(running))
+            else:
+                capture = asyncio.ensure_future(asyncio.sleep(0))
+        elif running.writer is not None:
             skip = running.writer.bytes_written
             capture = asyncio.ensure_future(
                 asyncio.get_running_loop().run_in_executor(
@@ -662,13 +711,13 @@ class DockerExecutor:
         except asyncio.CancelledError:
             if running.writer is not None:
                 if running.leave_container:
-                    # The node goes down and leaves the container running: stop capturing and keep
-                    # the log open-ended (no END frame) so that a restart can append to it.
-                    if running.sock is not None:
-                        _close_socket(running.sock)
+                    # The node goes down and leaves the container running: keep the log open-ended
+                    # (no END frame) so that a restart can append to it.
                     running.writer.close(complete=False)
                 else:
                     running.writer.close()
+            # The capture process goes on capturing: a restart finds its capture.
+            self.capture.forget(record.execution_id)
             raise
         finally:
             if running.attach_response is not None:
@@ -799,7 +848,9 @@ class DockerExecutor:
         host_config: dict[str, Any] = {
             "network_mode": request.network.mode.value,
             "mounts": mounts,
-            "log_config": docker.types.LogConfig(type=cfg.log_driver, config=dict(cfg.log_driver_options)),
+            "log_config": docker.types.LogConfig(
+                type=cfg.log_driver, config=dict(cfg.log_driver_options) if cfg.log_driver != "none" else {}
+            ),
             "init": cfg.init,
         }
         if res.cpu:
@@ -865,15 +916,15 @@ class DockerExecutor:
         record = running.record
         request = record.request
         client = await self._client_async()
-        # Attach before start: no byte of output can be missed.
-        response, sock = await self._engine_call(_attach, client, container_id, self.config.api_timeout_seconds)
-        running.attach_response = response  # keep it alive: collecting it would close the socket
-        running.sock = sock
-        capture = asyncio.create_task(self._capture(running, sock))
+        # Attach (by the capture process) before start: no byte of output can be missed.
+        await self.capture.attach(
+            request.execution_id, container_id, results_dir=_results_dir(request), limits=request.output_limits
+        )
+        capture = asyncio.create_task(self._capture_done(running))
         try:
             await self._start_container(client, container_id)
         except BaseException:
-            _close_socket(sock)
+            capture.cancel()  # the container is removed: its stream ends, and _finish closes the log
             await asyncio.gather(capture, return_exceptions=True)
             raise
         record.started_at = utcnow()
@@ -910,7 +961,7 @@ class DockerExecutor:
             cap_wait.cancel()
             if not exited.done():
                 exited.cancel()
-                _close_socket(sock)
+                capture.cancel()
                 await asyncio.gather(exited, capture, return_exceptions=True)
         if watcher is not None and watcher.exceeded:
             running.output_cap_message = watcher.message()
@@ -920,9 +971,17 @@ class DockerExecutor:
 
         oom = bool(state.get("OOMKilled"))
         self._check_capture_complete(running, state)
-        if running.capture_error and running.capture_error.startswith(_STREAM_CUT) and running.writer is not None:
+        if (
+            running.capture_error.startswith(STREAM_CUT)
+            and self.config.log_driver != "none"
+            and running.writer is None
+            and running.capture_info is not None
+        ):
             # The stream was cut (engine restart, dropped connection): the engine's own log has the rest.
             running.capture_error = ""
+            running.captured = None
+            await self.capture.close(request.execution_id, complete=False)
+            running.writer = await asyncio.to_thread(self.logs.open_append, request.execution_id)
             await asyncio.get_running_loop().run_in_executor(
                 self._api_pool,
                 _copy_engine_logs,
@@ -966,55 +1025,14 @@ class DockerExecutor:
                 await self._stop(running, container_id, "timeout", exited)
         await exited
 
-    async def _capture(self, running: _Running, sock: socket.socket) -> None:
-        """Read the attach stream on the event loop (no thread per container) into the log store.
-
-        If the log store refuses (disk full), keep draining the stream so the job is not blocked on
-        a full pipe, and record that output was lost.
-        """
-        loop = asyncio.get_running_loop()
-        sock.setblocking(False)
-        demux = Demuxer()
-        writer = running.writer
-        assert writer is not None
-        synced_at, synced_bytes = time.monotonic(), 0
-        try:
-            while True:
-                data = await loop.sock_recv(sock, READ_SIZE)
-                if not data:
-                    break
-                written = writer.stdout_bytes + writer.stderr_bytes
-                if written - synced_bytes >= SYNC_BYTES or (
-                    written > synced_bytes and time.monotonic() - synced_at >= SYNC_SECONDS
-                ):
-                    # Batched fsync: a crash of the machine loses at most the last batch of output.
-                    await asyncio.to_thread(writer.sync)
-                    synced_at, synced_bytes = time.monotonic(), written
-                for kind, payload in _coalesce(demux.feed(data)):
-                    if running.capture_error:
-                        continue
-                    try:
-                        writer.write(kind, payload)
-                    except ValueError:
-                        if writer.closed:  # the node let go of this container
-                            return
-                        raise
-                    except OSError as exc:
-                        running.capture_error = (
-                            f"the node could not store the job's output ({exc.strerror or exc}); "
-                            f"output after {writer.stdout_bytes + writer.stderr_bytes} bytes is missing"
-                        )
-                        log.error("execution %s: %s", running.record.execution_id, running.capture_error)
-        except StreamProtocolError as exc:
-            running.capture_error = f"the engine's output stream was not readable ({exc}); output may be missing"
-        except OSError as exc:
-            if not running.leave_container:
-                running.capture_error = f"{_STREAM_CUT}: the connection dropped ({exc}); output may be missing"
-        finally:
-            running.capture_ended_at = time.time()
-            _close_socket(sock)
-        if demux.pending and not running.capture_error:
-            running.capture_error = "the output stream ended inside a frame; the last bytes are missing"
+    async def _capture_done(self, running: _Running) -> None:
+        """Wait until the capture process reports the end of the container's stream; note what it says."""
+        info = await self.capture.wait_ended(running.record.execution_id)
+        running.capture_info = info
+        running.capture_ended_at = info.ended_at
+        running.captured = info.captured
+        if info.error and not running.capture_error:
+            running.capture_error = info.error
 
     def _check_capture_complete(self, running: _Running, state: dict[str, Any]) -> None:
         """If the stream ended well before the container did, the engine cut it: say output is missing."""
@@ -1022,7 +1040,7 @@ class DockerExecutor:
             return
         finished = _parse_engine_time(str(state.get("FinishedAt") or ""))
         if finished is not None and running.capture_ended_at < finished - CAPTURE_SLACK_SECONDS:
-            running.capture_error = f"{_STREAM_CUT}: the engine closed it before the job ended; output may be missing"
+            running.capture_error = f"{STREAM_CUT}: the engine closed it before the job ended; output may be missing"
 
     async def _wait_exit(self, running: _Running, container_id: str, capture: Awaitable[Any]) -> int:
         """The container's exit code. The attach stream ends when the job exits; then wait answers at once."""
@@ -1104,7 +1122,7 @@ class DockerExecutor:
             return ResultStatus.ERROR
         if outcome.oom_killed:
             return ResultStatus.KILLED
-        if outcome.error or running.capture_error or outcome.exit_code != 0:
+        if outcome.error or running.capture_error or running.gap_message or outcome.exit_code != 0:
             return ResultStatus.ERROR
         return ResultStatus.SUCCESS
 
@@ -1131,7 +1149,11 @@ class DockerExecutor:
         exec_id = request.execution_id
         message = "; ".join(
             m
-            for m in (running.output_cap_message or self._message(request, status, outcome), running.capture_error)
+            for m in (
+                running.output_cap_message or self._message(request, status, outcome),
+                running.gap_message,
+                running.capture_error,
+            )
             if m
         )
 
@@ -1140,24 +1162,50 @@ class DockerExecutor:
                 yield entry.data
 
         writer = running.writer
+        info = running.capture_info
+        results_dir = _results_dir(request)
         try:
             if writer is not None:
                 await asyncio.to_thread(writer.close)
-            written = await write_job_results(
-                _results_dir(request),
-                stream(StreamType.STDOUT),
-                stream(StreamType.STDERR),
-                outcome.exit_code,
-                request.output_limits,
-            )
+            else:
+                await self.capture.close(exec_id)  # the END frame, written by whoever holds the log
+            written = None
+            if running.captured is not None:
+                try:
+                    # The capture process filled the results files: rename them, read the inline heads.
+                    written = await write_job_results(
+                        results_dir,
+                        stream(StreamType.STDOUT),
+                        stream(StreamType.STDERR),
+                        outcome.exit_code,
+                        request.output_limits,
+                        captured=running.captured,
+                    )
+                except OSError as exc:
+                    log.warning("the captured results of %s are not usable (%s); copying from the log", exec_id, exc)
+            if written is None:
+                await asyncio.to_thread(remove_capture_files, results_dir)
+                written = await write_job_results(
+                    results_dir,
+                    stream(StreamType.STDOUT),
+                    stream(StreamType.STDERR),
+                    outcome.exit_code,
+                    request.output_limits,
+                )
+            if writer is not None:
+                out_bytes, err_bytes = writer.stdout_bytes, writer.stderr_bytes
+            elif info is not None:
+                out_bytes, err_bytes = info.stdout_bytes, info.stderr_bytes
+            else:
+                out_bytes, err_bytes = written.stdout.total_bytes or 0, written.stderr.total_bytes or 0
             self._emit(
                 record,
                 EventKind.RESULTS_WRITTEN,
                 f"results written to {request.results_dir}",
-                stdout_bytes=writer.stdout_bytes if writer else (written.stdout.total_bytes or 0),
-                stderr_bytes=writer.stderr_bytes if writer else (written.stderr.total_bytes or 0),
+                stdout_bytes=out_bytes,
+                stderr_bytes=err_bytes,
             )
-            lost = bool(running.capture_error)
+            lost = bool(running.capture_error or running.gap_message)
             published, publish_errors = await self._publish(record)
             result = RunCommandResult(
                 status=status,
@@ -1222,7 +1270,6 @@ class DockerExecutor:
 CAPTURE_SLACK_SECONDS = 1.0
 SYNC_BYTES = 8 * 1024 * 1024
 SYNC_SECONDS = 2.0
-_STREAM_CUT = "the output stream from the engine was cut"
 WAIT_POLL_SECONDS = 60
 
 
@@ -1256,46 +1303,9 @@ def _parse_engine_time(text: str) -> float | None:
     return dt.timestamp() + (int(frac.ljust(6, "0")) / 1e6 if frac else 0.0)
 
 
-def _coalesce(pieces: list[tuple[StreamType, bytes]]) -> list[tuple[StreamType, bytes]]:
-    """Join consecutive pieces of one stream: one log write per read per stream, not per engine frame."""
-    runs: list[tuple[StreamType, list[bytes]]] = []
-    for kind, data in pieces:
-        if runs and runs[-1][0] is kind:
-            runs[-1][1].append(data)
-        else:
-            runs.append((kind, [data]))
-    return [(kind, parts[0] if len(parts) == 1 else b"".join(parts)) for kind, parts in runs]
-
-
 def _results_dir(request: RunCommandRequest) -> Path:
     assert request.results_dir is not None, "start() refuses requests without results_dir"
     return request.results_dir
-
-
-def _attach(client: docker.APIClient, container_id: str, timeout: float) -> tuple[Any, socket.socket]:
-    """Attach to a container's stdout/stderr stream; return the HTTP response and its raw socket.
-
-    This is docker-py's ``attach_socket`` but keeping the response: on a unix socket docker-py
-    cannot tie the response to the socket it returns, and once the response is collected the
-    socket wrapper is closed under the reader.
-    """
-    response = client.post(
-        client._url("/containers/{0}/attach", container_id),
-        None,
-        params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0},
-        stream=True,
-        headers={"Connection": "Upgrade", "Upgrade": "tcp"},
-        timeout=timeout,
-    )
-    try:
-        wrapper = client._get_raw_response_socket(response)
-        raw = getattr(wrapper, "_sock", wrapper)
-        if not isinstance(raw, socket.socket):
-            raise StreamProtocolError(f"unexpected attach transport {type(raw).__name__}")
-    except BaseException:
-        response.close()
-        raise
-    return response, raw
 
 
 def _copy_engine_logs(
@@ -1337,9 +1347,3 @@ def _copy_engine_logs(
     finally:
         running.capture_ended_at = time.time()
         response.close()
-
-
-def _close_socket(sock: socket.socket) -> None:
-    """Unblock a reader: shut the socket down (closing alone does not wake it)."""
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
