@@ -313,14 +313,13 @@ async def _consume(
 
 
 def _adopt_check(captured: CapturedFile, file_limit: int, return_limit: int) -> bytes:
-    """Check a captured file (size as promised, fsync'ed) and read the inline head it holds."""
+    """Check a captured file (size as promised; its writer fsync'ed it) and read the inline head it holds."""
     expected = min(captured.total_bytes, file_limit)
     fd = os.open(captured.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
         size = os.fstat(fd).st_size
         if size != expected:
             raise OSError(f"the captured file {captured.path} holds {size} bytes, not {expected}")
-        os.fsync(fd)
         return os.pread(fd, min(return_limit, size), 0)
     finally:
         os.close(fd)

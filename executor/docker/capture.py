@@ -119,6 +119,7 @@ class CaptureClient:
         self._connect_lock: asyncio.Lock | None = None
         self._req = 0
         self._tracked: dict[str, _Tracked] = {}
+        self._untracked_ended: dict[str, CaptureInfo] = {}
 
     @property
     def pid(self) -> int | None:
@@ -133,7 +134,8 @@ class CaptureClient:
             self._connect_lock = asyncio.Lock()
         async with self._connect_lock:
             if self._conn is not None and not self._conn.writer.is_closing():
-                return {}
+                hello = await self._request({"op": "hello"})
+                return {c["id"]: CaptureInfo.from_json(c) for c in hello.get("captures", [])}
             deadline = time.monotonic() + 15
             spawned = False
             while True:
@@ -234,6 +236,8 @@ class CaptureClient:
     def _ended(self, info: CaptureInfo, *, lost: bool = False) -> None:
         tracked = self._tracked.get(info.id)
         if tracked is None:
+            # Not tracked yet (a daemon that reconnects lists the captures, then tracks them): kept for track().
+            self._untracked_ended[info.id] = info
             return
         tracked.info = info
         tracked.remote.advance(info.committed)
@@ -249,6 +253,7 @@ class CaptureClient:
         """Follow a log the capture process writes (or will write): followers here wait on its events."""
         if execution_id in self._tracked:
             return
+        info = self._untracked_ended.pop(execution_id, info)
         committed = info.committed if info is not None else 0
         remote = self.logs.track(execution_id, committed)
         fut: asyncio.Future[CaptureInfo] = asyncio.get_running_loop().create_future()

@@ -1,16 +1,17 @@
 """The Docker backend of the Executor contract.
 
 One container per execution, named ``haddock-<node>-<execution>`` and labelled with the
-node, job and execution ids. The node attaches to the container *before* starting it, so
-every byte of stdout/stderr goes into the node's log store as it is produced, whatever
-happens to the container afterwards. The job's timeout is enforced by the node (pull time
+node, job and execution ids. The node's capture process (``capture.py``, ``capture_proc.py``)
+attaches to the container *before* the node starts it, so every byte of stdout/stderr goes into
+the node's log store (and the results files) as it is produced, whatever happens to the
+container or to the daemon afterwards. The job's timeout is enforced by the node (pull time
 does not count), with a graceful stop: the image's STOPSIGNAL (SIGTERM by default), then
-SIGKILL after the configured grace. Results are written from the log store in every
-terminal case, then the container is removed.
+SIGKILL after the configured grace. Results are written in every terminal case (the
+files the capture filled, renamed; else from the log store), then the container is removed.
 
-docker-py is blocking: short API calls run on an API thread pool; each running container's
-output reader holds a thread of a separate stream pool for its lifetime. The HTTP
-connection pool is sized for both.
+docker-py is blocking: short API calls run on an API thread pool; copying an engine log (only
+with a log driver other than ``none``) holds a thread of a separate pool. The HTTP connection
+pool is sized for both.
 """
 
 from __future__ import annotations
