@@ -71,8 +71,8 @@ class Bench:
         self.pool = concurrent.futures.ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="bench-raw")
         self.node_trace = HttpTrace()
         self.raw_trace = HttpTrace()
-        executor: Any = running.node.executor  # the DockerExecutor: trace its docker-py client
-        self.node_trace.install(executor.client)
+        executor: Any = running.node.executor  # the DockerExecutor: trace its driver's docker-py client
+        self.node_trace.install(executor.driver.engine.client)
         self.raw_trace.install(self.raw_client)
         self.seq = {"node": Side(), "raw": Side()}
         self.conc = {"node": Side(), "raw": Side()}

@@ -417,9 +417,9 @@ IMPORTS = (
     "rich.progress",
     "boto3",
     "httpx",
-    "storage",
+    "haddock.storage",
     "haddock.executor.models",
-    "haddock.executor.docker.executor",
+    "haddock.executor.docker",
     "haddock.node.server",
     "haddock.node.cli",
 )
@@ -695,7 +695,7 @@ def report(
         "wall = `NodeClient.run` from the call to the result. It includes: image check, create (the node's "
         f"default container config: {describe_config()}, the engine's log driver with its default rotation), "
         "attach, start, the whole output engine -> attach socket -> the node's capture "
-        "(`executor/docker/executor.py`) -> log store file (framed), wait, inspect, the log's fsync, "
+        "(`executor/docker/capture.py`) -> log store file (framed), wait, inspect, the log's fsync, "
         "`executor/results.py:write_job_results` re-reading the log into `results/stdout` (the whole "
         "output: the default file limit is 1 GiB) with fsync, removing the container; 2 KiB come back inline.",
         "- **raw**: docker-py: create an equivalent container (same config, but log driver `local` with "

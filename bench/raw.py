@@ -1,8 +1,8 @@
 """The baseline: the engine calls the node makes for a job, made directly with docker-py.
 
-The container config mirrors what ``executor/docker/executor.py:_container_spec`` produces with
-the node's default settings, read from the node's own config (``node.config.Settings`` ->
-``DockerExecutorConfig``: log driver, pids limit, ``no-new-privileges``, dropped capabilities,
+The container config mirrors what ``executor/docker/spec.py:container_spec`` produces with
+the node's default settings, read from the node's own config (``node.config.Settings.docker``, a
+``DockerConfig``: log driver, pids limit, ``no-new-privileges``, dropped capabilities,
 ``init`` when the executor has it) plus network ``none``, the three ``haddock.*`` labels, the two
 ``HADDOCK_*`` variables and the node's container name pattern, so both sides ask the engine for
 the same kind of container.
@@ -34,7 +34,7 @@ _HEADER = struct.Struct(">BxxxL")
 def node_defaults() -> dict[str, Any]:
     """The container settings of a node with default settings (what ``haddock serve`` would use)."""
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = Settings(node_id=NODE_ID, data_dir=Path(tmp)).executor_config()
+        cfg = Settings(node_id=NODE_ID, data_dir=Path(tmp)).docker
     return {
         "log_driver": cfg.log_driver,
         "pids_limit": cfg.pids_limit,

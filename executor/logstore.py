@@ -688,6 +688,23 @@ class LogStore:
             self._live[execution_id] = remote
         return remote
 
+    def hand_over(self, writer: LogWriter) -> RemoteLog:
+        """Hand a log this process writes over to another process (the capture process), which reopens it
+        with :meth:`open_append`: the writer is closed without an END frame (and without an fsync: the new
+        writer's fsyncs cover the file), and the log is tracked instead (:meth:`track`). Followers go on
+        following it. Must run on the store's loop."""
+        execution_id = writer.execution_id
+        with writer._lock:
+            if writer._closed:
+                raise ValueError(f"the log of execution {execution_id!r} is closed")
+            writer._closed = True
+            os.close(writer._fd)
+        with self._lock:
+            remote = RemoteLog(self, execution_id, writer.committed)
+            self._live[execution_id] = remote
+        writer._wake()
+        return remote
+
     def _release(self, writer: LogWriter | RemoteLog) -> None:
         with self._lock:
             if self._live.get(writer.execution_id) is writer:
@@ -857,6 +874,11 @@ class LogStore:
                 if writer is not None and follow:
                     limit = writer.committed
                 if limit is not None and read_at >= limit:
+                    if follow and writer is not None and writer.closed and not writer.complete:
+                        successor = self._live.get(execution_id)
+                        if successor is not None and successor is not writer:
+                            writer = successor  # handed over (see hand_over): follow the new writer
+                            continue
                     if not follow or writer is None or writer.closed:
                         return
                     await writer._wait_beyond(read_at)

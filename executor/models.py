@@ -482,6 +482,10 @@ class ExecutionEvent(_Model):
     message: str
     time: datetime = Field(default_factory=utcnow)
     details: dict[str, Any] = Field(default_factory=dict)
+    # What persistence needs travels with the event (never serialised): the request on 'accepted',
+    # the result on the terminal state.
+    request: RunCommandRequest | None = Field(default=None, exclude=True, repr=False)
+    result: RunCommandResult | None = Field(default=None, exclude=True, repr=False)
 
 
 @dataclass

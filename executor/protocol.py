@@ -10,25 +10,29 @@ can be added without touching the node.
   returns the stored result again, as often as asked.
 - ``cancel(id)`` stops a running execution (graceful stop, then kill) and returns when it has
   ended; ExecutionNotFound for an unknown id, ExecutionAlreadyComplete for a finished one.
-- ``get_log_stream(id, ...)`` yields stream-tagged chunks; reachable as soon as ``start`` returns.
+- ``get_log_stream(id, query)`` yields stream-tagged chunks; reachable as soon as ``start`` returns.
+- ``recover(records)`` takes back what a previous life of the node left unfinished; ``reap_orphans``
+  removes what the engine has of this node that no execution knows.
+
+``haddock.executor.runner.Runner`` implements it over any :class:`haddock.executor.driver.Driver`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from haddock.executor.logstore import LogEntry
+from haddock.executor.logstore import LogEntry, LogStore
 from haddock.executor.models import (
     BidResult,
     ExecutionEvent,
     ExecutionRecord,
     ExecutionState,
     InputVolume,
+    LogQuery,
     Resources,
     RunCommandRequest,
     RunCommandResult,
-    StreamType,
 )
 
 
@@ -65,8 +69,22 @@ class ResultPublisher(Protocol):
 
 @runtime_checkable
 class Executor(Protocol):
+    logs: LogStore  # every execution's output, kept after it ends
+
     async def is_installed(self) -> bool:
         """Whether the engine behind this executor answers."""
+        ...
+
+    async def engine_info(self) -> dict[str, Any]:
+        """The engine's own description of itself (CPUs, memory, version, runtimes, platform)."""
+        ...
+
+    async def inspect_image(self, image: str) -> dict[str, Any] | None:
+        """The image as the engine has it locally, or None."""
+        ...
+
+    def check(self, request: RunCommandRequest) -> None:
+        """What ``start`` would refuse about the request itself, raised now, without starting anything."""
         ...
 
     async def should_bid(self, request: RunCommandRequest) -> BidResult:
@@ -85,16 +103,7 @@ class Executor(Protocol):
 
     async def cancel(self, execution_id: str) -> None: ...
 
-    def get_log_stream(
-        self,
-        execution_id: str,
-        *,
-        with_history: bool = True,
-        follow: bool = False,
-        offset: int | None = None,
-        tail_lines: int | None = None,
-        streams: frozenset[StreamType] = frozenset(StreamType),
-    ) -> AsyncIterator[LogEntry]: ...
+    def get_log_stream(self, execution_id: str, query: LogQuery | None = None) -> AsyncIterator[LogEntry]: ...
 
     def state(self, execution_id: str) -> ExecutionState: ...
 
@@ -105,6 +114,14 @@ class Executor(Protocol):
         ...
 
     def records(self) -> list[ExecutionRecord]: ...
+
+    async def recover(self, records: list[ExecutionRecord]) -> None:
+        """Take back unfinished executions after a restart; returns once ``wait`` works on each."""
+        ...
+
+    async def reap_orphans(self, *, grace: float | None = None, keep: set[str] | None = None) -> list[str]:
+        """Remove what the engine has of this node that no execution (nor ``keep``) knows."""
+        ...
 
     async def shutdown(self, *, stop_running: bool = True, grace: float | None = None) -> None:
         """Refuse new work; stop running executions (each within ``grace``), or leave them running."""

@@ -49,6 +49,7 @@ __all__ = [
     "StreamSummary",
     "capture_temp_path",
     "decode_inline",
+    "remove_capture_files",
     "write_job_results",
 ]
 
@@ -174,6 +175,13 @@ def capture_temp_path(results_dir: Path, name: str) -> Path:
     The name is fixed (not random) so that a restarted daemon finds what the capture process wrote.
     """
     return Path(results_dir) / f".{name}.capture.tmp"
+
+
+def remove_capture_files(results_dir: Path) -> None:
+    """Remove results files a capture filled that are not used (the results are written from the log)."""
+    for name in (STDOUT_FILE, STDERR_FILE):
+        with contextlib.suppress(OSError):
+            os.unlink(capture_temp_path(results_dir, name))
 
 
 @dataclass(frozen=True)

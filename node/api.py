@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from haddock.executor.errors import ErrorCode, ExecutorError
 from haddock.executor.logstore import LogCorrupted, LogNotFound
-from haddock.executor.models import ExecutionRecord, StreamType
+from haddock.executor.models import ExecutionRecord, LogQuery, StreamType
 from haddock.executor.quantity import QuantityError
 from haddock.node import convert
 from haddock.node.service import Node, new_execution_id
@@ -157,14 +157,14 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     @streaming
     async def GetLogStream(self, request: Any, context: Any) -> AsyncIterator[executor_pb2.GetLogStreamResponse]:
         streams = frozenset(convert.stream_from_pb(s) for s in request.streams) or frozenset(StreamType)
-        async for entry in self.node.get_log_stream(
-            request.execution_id,
+        query = LogQuery(
             with_history=request.with_history,
             follow=request.follow,
             offset=request.offset if request.HasField("offset") else None,
             tail_lines=request.tail_lines if request.HasField("tail_lines") else None,
             streams=streams,
-        ):
+        )
+        async for entry in self.node.get_log_stream(request.execution_id, query):
             yield executor_pb2.GetLogStreamResponse(**convert.log_entry_fields(entry))
 
     async def _results_dir(self, request: Any) -> str:

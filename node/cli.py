@@ -127,7 +127,6 @@ def serve(
             auth_token_file=token_file,
             log_format=log_format,
         )
-        settings.executor_config()  # validates the node id for the engine
     except ValidationError as exc:
         fail("invalid configuration: " + validation_message(exc).removeprefix("invalid request: "))
     except ValueError as exc:

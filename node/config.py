@@ -21,11 +21,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from haddock.executor.docker.executor import DockerExecutorConfig
-from haddock.executor.models import ByteQuantity, CpuQuantity, DurationSeconds, NetworkMode
+from haddock.executor.docker.config import DockerConfig
+from haddock.executor.models import ByteQuantity, CpuQuantity, DurationSeconds
 from haddock.node.bidding import BiddingSettings
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 def default_data_dir() -> Path:
@@ -88,27 +89,6 @@ class TlsSettings(BaseModel):
     @property
     def enabled(self) -> bool:
         return self.cert is not None
-
-
-class DockerSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    host: str | None = Field(default=None, description="engine address; default from DOCKER_HOST")
-    stop_grace: DurationSeconds = Field(default=10.0, description="SIGTERM to SIGKILL on timeout/cancel")
-    pids_limit: int | None = 4096
-    no_new_privileges: bool = True
-    cap_drop: list[str] = Field(default_factory=lambda: ["NET_RAW"])
-    allowed_networks: list[NetworkMode] = Field(default_factory=lambda: [NetworkMode.NONE, NetworkMode.BRIDGE])
-    log_driver: str = "none"
-    pull_attempts: int = Field(default=4, ge=1)
-    init: bool = Field(default=True, description="run an init process in each container (docker --init)")
-    orphan_grace: DurationSeconds = Field(
-        default=60.0, description="a container with this node's label that no execution knows is removed after this"
-    )
-    engine_retry: DurationSeconds = Field(default=60.0, description="how long calls ride out an engine outage")
-    output_cap: ByteQuantity = Field(
-        default=10 * 1024**3, description="what a job may write to its outputs when it sets no disk resource"
-    )
 
 
 class CapacitySettings(BaseModel):
@@ -182,7 +162,7 @@ class Settings(BaseSettings):
     prune_interval: DurationSeconds = Field(default=600.0, description="how often old logs and records are pruned")
     log_format: LogFormat = LogFormat.TEXT
     log_level: str = "INFO"
-    docker: DockerSettings = Field(default_factory=DockerSettings)
+    docker: DockerConfig = Field(default_factory=DockerConfig)
     capacity: CapacitySettings = Field(default_factory=CapacitySettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     bidding: BiddingSettings = Field(default_factory=BiddingSettings)
@@ -201,6 +181,16 @@ class Settings(BaseSettings):
         if cls.config_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.config_file))
         return tuple(sources)
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, v: str) -> str:
+        # It names and labels the node's containers: the engine's rules for names apply.
+        if not _NODE_ID.match(v):
+            raise ValueError(
+                f"node_id {v!r} must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        return v
 
     @field_validator("listen")
     @classmethod
@@ -245,24 +235,9 @@ class Settings(BaseSettings):
     def results_dir(self, execution_id: str) -> Path:
         return self.executions_dir / execution_id / "results"
 
-    def executor_config(self) -> DockerExecutorConfig:
-        d = self.docker
-        return DockerExecutorConfig(
-            node_id=self.node_id,
-            log_dir=self.data_dir / "logs",
-            docker_host=d.host,
-            stop_grace_seconds=d.stop_grace,
-            pids_limit=d.pids_limit,
-            no_new_privileges=d.no_new_privileges,
-            cap_drop=tuple(d.cap_drop),
-            allowed_networks=frozenset(d.allowed_networks),
-            log_driver=d.log_driver,
-            pull_attempts=d.pull_attempts,
-            init=d.init,
-            orphan_grace_seconds=d.orphan_grace,
-            engine_retry_seconds=d.engine_retry,
-            default_output_cap=d.output_cap,
-        )
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import logging
 import shutil
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
-from pathlib import Path
 
 from opentelemetry import metrics
 
-from haddock.executor.docker.executor import DockerExecutor
+from haddock.executor.docker import DockerExecutor
 from haddock.executor.errors import (
     ExecutionAlreadyComplete,
     ExecutionAlreadyStarted,
     ExecutionNotFound,
-    ExecutorShuttingDown,
     InvalidSpec,
 )
 from haddock.executor.logstore import LogEntry
@@ -36,14 +32,15 @@ from haddock.executor.models import (
     ExecutionEvent,
     ExecutionRecord,
     ExecutionState,
+    LogQuery,
     Resources,
     ResultStatus,
     RunCommandRequest,
     RunCommandResult,
-    StreamType,
-    utcnow,
 )
+from haddock.executor.protocol import Executor
 from haddock.executor.quantity import format_duration
+from haddock.node.admission import Admission, queued_priority
 from haddock.node.bidding import (
     BidContext,
     build_chain,
@@ -52,6 +49,8 @@ from haddock.node.bidding import (
 )
 from haddock.node.capacity import CapacityExhausted, CapacityManager, CapacitySnapshot, QueuePosition
 from haddock.node.config import OnShutdown, Settings
+from haddock.node.events import EventHub
+from haddock.node.housekeeping import Housekeeping
 from haddock.node.store import ExecutionStore, store_path
 from haddock.storage import LocalRoot, StorageRegistry, build_registry
 from haddock.storage.hooks import RegistryPreparer, RegistryPublisher
@@ -60,9 +59,6 @@ from haddock.storage.netpolicy import AddressRefused, check_public
 from haddock.storage.publish import S3PublisherSpec
 
 log = logging.getLogger(__name__)
-
-WATCH_QUEUE = 1024
-TERMINAL = frozenset(s for s in ExecutionState if s.terminal)
 
 
 @dataclass(frozen=True)
@@ -78,50 +74,44 @@ class NodeInfo:
     queued_count: int
 
 
-@dataclass
-class _Queued:
-    """An execution waiting for capacity: the node holds it until it is admitted."""
-
-    request: RunCommandRequest
-    record: ExecutionRecord
-    admission: asyncio.Task[None]
-    # None once admitted (the executor has it from then on), or the result if it ended in the queue
-    settled: asyncio.Future[RunCommandResult | None]
-
-
 def new_execution_id() -> str:
     return f"e-{uuid.uuid4().hex}"
 
 
 class Node:
-    """One compute node: an executor, the durable store, and the node's own bookkeeping."""
+    """One compute node: an executor, the durable store, admission and the node's own bookkeeping.
+
+    Its parts, each in its own module: admission and the queue (``admission.py``), events into the store
+    and to watchers (``events.py``), the reaper and the pruner (``housekeeping.py``), bidding
+    (``bidding.py``), capacity (``capacity.py``). Shutdown runs in named phases (:meth:`shutdown`).
+    """
 
     def __init__(
         self,
         settings: Settings,
-        executor: DockerExecutor,
+        executor: Executor,
         store: ExecutionStore,
+        events: EventHub,
         *,
         version: str,
         storage: StorageRegistry | None = None,
         storage_types: frozenset[str] = frozenset(),
+        publisher: RegistryPublisher | None = None,
     ) -> None:
         self.settings = settings
         self.executor = executor
         self.store = store
+        self.events = events
         self.version = version
         self.storage = storage
-        self.publisher: RegistryPublisher | None = None
-        self._watchers: dict[str, set[asyncio.Queue[ExecutionEvent | None]]] = {}
-        self._persist_queue: asyncio.Queue[ExecutionEvent] = asyncio.Queue()
-        self._accepted: dict[str, asyncio.Future[None]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._queued: dict[str, _Queued] = {}
+        self.publisher = publisher
         self._closing = False
+        self._recovery: asyncio.Task[None] | None = None
         self._recovered = asyncio.Event()  # set once unfinished executions are back with the executor
-        self._was_queued: set[str] = set()
         cap = settings.capacity
         self.capacity = CapacityManager(Resources(), max_running=cap.max_running, max_queued=cap.max_queued)
+        self.admission = Admission(self.capacity, executor, store, events)
+        self.housekeeping = Housekeeping(settings, executor, store, live=self._unfinished_in_memory)
         self.chains = build_chain(
             settings.bidding,
             image_platform_lookup=self._image_platform,
@@ -138,12 +128,14 @@ class Node:
         self._m_output = meter.create_counter(
             "haddock.execution.output", unit="By", description="bytes the jobs wrote to stdout and stderr"
         )
+        events.on_terminal(self._on_end)
 
     @classmethod
     async def open(cls, settings: Settings, *, version: str) -> Node:
         """The node with its executor and store (not yet recovering: see :meth:`begin`)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = await ExecutionStore.open(store_path(settings.data_dir))
+        events = EventHub(store)
         st = settings.storage
         registry = build_registry(
             cache_dir=settings.data_dir / "cache",
@@ -153,30 +145,30 @@ class Node:
         )
         preparer = RegistryPreparer(registry, lambda exec_id: settings.executions_dir / exec_id / "inputs")
         publisher = RegistryPublisher(settings.node_id)
-        holder: list[Node] = []
         executor = DockerExecutor(
-            settings.executor_config(),
-            event_sink=lambda e: holder[0].on_event(e),
+            settings.docker,
+            node_id=settings.node_id,
+            log_dir=settings.log_dir,
+            event_sink=events,
             input_preparer=preparer,
             result_publisher=publisher,
         )
-        node = cls(
+        return cls(
             settings,
             executor,
             store,
+            events,
             version=version,
             storage=registry,
             storage_types=frozenset(await registry.installed_types()),
+            publisher=publisher,
         )
-        node.publisher = publisher
-        holder.append(node)
-        return node
 
     async def begin(self) -> None:
         """Learn the capacity, start persisting, take back what a previous life left unfinished
         (queued executions queue again), start housekeeping."""
         self.capacity.set_capacity(await self.detect_capacity())
-        self._tasks.append(asyncio.create_task(self._persist_loop(), name="haddock-persist"))
+        self.events.start()
         unfinished = await self.store.non_terminal()
         queued = [r for r in unfinished if r.state is ExecutionState.QUEUED]
         others = [r for r in unfinished if r.state is not ExecutionState.QUEUED]
@@ -189,13 +181,12 @@ class Node:
                 log.warning("recovered execution %s runs beyond capacity: %s", r.execution_id, exc)
         if others:
             log.info("recovering executions", extra={"count": len(others)})
-            self._tasks.append(asyncio.create_task(self._recover(others), name="haddock-recover"))
+            self._recovery = asyncio.create_task(self._recover(others), name="haddock-recover")
         else:
             self._recovered.set()
         for r in sorted(queued, key=lambda r: r.created_at):
-            self._enqueue(r.request, r, priority=_queued_priority(r))
-        self._tasks.append(asyncio.create_task(self._reap_loop(), name="haddock-reaper"))
-        self._tasks.append(asyncio.create_task(self._prune_loop(), name="haddock-pruner"))
+            self.admission.enqueue(r.request, r, priority=queued_priority(r))
+        self.housekeeping.start()
 
     async def _recover(self, records: builtins.list[ExecutionRecord]) -> None:
         """Hand unfinished executions back to the executor; while the engine is away, keep trying."""
@@ -240,99 +231,24 @@ class Node:
 
     # ------------------------------------------------------------------ events
 
-    def on_event(self, event: ExecutionEvent) -> None:
-        """Event sink for the executor: persist in order, fan out to watchers, telemetry at the end."""
-        if event.kind is not EventKind.PULL_PROGRESS:
-            self._persist_queue.put_nowait(event)
-        for queue in list(self._watchers.get(event.execution_id, ())):
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(event)
-        if event.kind is EventKind.STATE and ExecutionState(event.details["state"]).terminal:
-            self.capacity.release(event.execution_id)  # exactly once: release is idempotent
-            self._record_end(event.execution_id)
-            for queue in list(self._watchers.get(event.execution_id, ())):
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.put_nowait(None)
-
-    async def _persist_loop(self) -> None:
-        while True:
-            event = await self._persist_queue.get()
-            try:
-                await self._persist_with_retries(event)
-            except Exception as exc:
-                log.exception("persisting %s of %s failed for good", event.kind.value, event.execution_id)
-                fut = self._accepted.pop(event.execution_id, None)
-                if fut is not None and not fut.done():
-                    fut.set_exception(exc)
-            finally:
-                self._persist_queue.task_done()
-
-    async def _persist_with_retries(self, event: ExecutionEvent, attempts: int = 5) -> None:
-        """A store write that fails (disk full, I/O error) is tried again before it is given up: a lost
-        result would make a restart report the execution wrongly."""
-        for attempt in range(1, attempts + 1):
-            try:
-                await self._persist(event)
-                return
-            except (ExecutionAlreadyStarted, ExecutionAlreadyComplete, ExecutionNotFound):
-                raise  # not transient
-            except Exception as exc:
-                if attempt == attempts:
-                    raise
-                log.warning("persisting %s of %s failed (%s); trying again", event.kind.value, event.execution_id, exc)
-                await asyncio.sleep(0.2 * 2**attempt)
-
-    async def _persist(self, event: ExecutionEvent) -> None:
-        exec_id = event.execution_id
-        if event.kind is EventKind.ACCEPTED and exec_id in self._was_queued:
-            self._was_queued.discard(exec_id)
-            await self.store.add_event(event)
-            fut = self._accepted.pop(exec_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(None)
+    def _on_end(self, event: ExecutionEvent) -> None:
+        """An execution ended: what it held is free again (exactly once: release is idempotent); telemetry."""
+        self.capacity.release(event.execution_id)
+        result = event.result
+        if result is None:
             return
-        if event.kind is EventKind.ACCEPTED:
-            record = self.executor.record(exec_id)
-            await self.store.create(
-                ExecutionRecord(
-                    request=record.request, state=record.state, events=[event], created_at=record.created_at
-                )
-            )
-            fut = self._accepted.pop(exec_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(None)
-            return
-        if event.kind is EventKind.STATE:
-            state = ExecutionState(event.details["state"])
-            if state.terminal:
-                result = self.executor.record(exec_id).result
-                if result is not None:
-                    await self.store.set_result(exec_id, result, state, at=event.time)
-                    return
-            await self.store.set_state(exec_id, state, at=event.time)
-            return
-        await self.store.add_event(event)
-        if event.kind is EventKind.STARTED and event.details.get("container_id"):
-            await self.store.set_container(exec_id, str(event.details["container_id"]))
-
-    def _record_end(self, execution_id: str) -> None:
-        try:
-            record = self.executor.record(execution_id)
-        except ExecutionNotFound:
-            return
-        if record.result is None:
-            return
-        status = record.result.status.value
+        status = result.status.value
         self._m_executions.add(1, {"status": status})
-        if record.finished_at is not None:
-            self._m_duration.record((record.finished_at - record.created_at).total_seconds(), {"status": status})
-        for event in record.events:
-            if event.kind is EventKind.RESULTS_WRITTEN:
-                for stream in ("stdout", "stderr"):
-                    self._m_output.add(int(event.details.get(f"{stream}_bytes", 0)), {"stream": stream})
+        live = self._live(event.execution_id)
+        if live is not None:
+            self._m_duration.record((event.time - live.created_at).total_seconds(), {"status": status})
+            for e in live.events:
+                if e.kind is EventKind.RESULTS_WRITTEN:
+                    for stream in ("stdout", "stderr"):
+                        self._m_output.add(int(e.details.get(f"{stream}_bytes", 0)), {"stream": stream})
         log.info(
             "execution ended",
-            extra={"execution_id": execution_id, "status": status, "exit_code": record.result.exit_code},
+            extra={"execution_id": event.execution_id, "status": status, "exit_code": result.exit_code},
         )
 
     async def watch(self, execution_id: str) -> AsyncIterator[ExecutionEvent]:
@@ -343,9 +259,7 @@ class Node:
             for event in record.events:
                 yield event
             return
-        queue: asyncio.Queue[ExecutionEvent | None] = asyncio.Queue(WATCH_QUEUE)
-        watchers = self._watchers.setdefault(execution_id, set())
-        watchers.add(queue)
+        watcher = self.events.subscribe(execution_id)
         try:
             seen = list(record.events)
             for event in seen:
@@ -353,16 +267,14 @@ class Node:
             if record.state.terminal:
                 return
             while True:
-                item = await queue.get()
+                item = await watcher.get()
                 if item is None:
                     return
                 if item in seen:  # already sent from history
                     continue
                 yield item
         finally:
-            watchers.discard(queue)
-            if not watchers:
-                self._watchers.pop(execution_id, None)
+            self.events.unsubscribe(execution_id, watcher)
 
     # ------------------------------------------------------------------ executions
 
@@ -448,7 +360,7 @@ class Node:
         """
         prepared = self.prepare(request)
         exec_id = prepared.execution_id
-        if exec_id in self._queued:
+        if self.admission.get(exec_id) is not None:
             raise ExecutionAlreadyStarted(exec_id)
         existing = await self.store.get(exec_id)
         if existing is not None:  # ids are unique for the node's whole life, across restarts
@@ -459,121 +371,26 @@ class Node:
             raise ExecutionAlreadyStarted(exec_id)
         self.executor.check(prepared)  # what the executor would refuse is refused now, not after queueing
         await self.check_addresses(prepared)
-        admission = asyncio.create_task(
-            self.capacity.acquire(exec_id, prepared.resources, queue=queue, priority=priority)
-        )
-        await asyncio.sleep(0)  # admission runs to its end, or to its first wait in the queue
-        if admission.done():
-            if isinstance(admission.exception(), ValueError):  # the same id started concurrently
-                raise ExecutionAlreadyStarted(exec_id)
-            admission.result()  # refused: RESOURCE_EXHAUSTED with the reason
-            await self._launch(prepared)
-            return prepared
-        record = ExecutionRecord(request=prepared, state=ExecutionState.QUEUED)
-        event = ExecutionEvent(
-            execution_id=exec_id, kind=EventKind.QUEUED, message="waiting for capacity", details={"priority": priority}
-        )
-        record.events.append(event)
-        try:
-            await self.store.create(record)
-        except BaseException:
-            self.capacity.release(exec_id)
-            admission.cancel()
-            raise
-        self._enqueue(prepared, record, priority, admission)
-        log.info("execution queued", extra={"execution_id": exec_id, "job_id": prepared.job_id})
+        await self.admission.admit(prepared, queue=queue, priority=priority)
         return prepared
 
-    def _enqueue(
-        self,
-        request: RunCommandRequest,
-        record: ExecutionRecord,
-        priority: int,
-        admission: asyncio.Task[None] | None = None,
-    ) -> None:
-        exec_id = request.execution_id
-        if admission is None:
-            admission = asyncio.create_task(
-                self.capacity.acquire(exec_id, request.resources, queue=True, priority=priority)
-            )
-        settled: asyncio.Future[RunCommandResult | None] = asyncio.get_running_loop().create_future()
-        self._queued[exec_id] = _Queued(request=request, record=record, admission=admission, settled=settled)
-        task = asyncio.create_task(self._admit_when_ready(exec_id), name=f"haddock-queued-{exec_id}")
-        self._tasks.append(task)
-        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
-
-    async def _admit_when_ready(self, exec_id: str) -> None:
-        q = self._queued[exec_id]
-        try:
-            await q.admission
-        except asyncio.CancelledError:
-            return  # withdrawn by cancel(), or the node is shutting down: it stays queued in the store
-        except CapacityExhausted as exc:
-            if self._queued.get(exec_id) is q and not self._closing:  # refused while waiting
-                await self._end_in_queue(exec_id, ResultStatus.ERROR, f"the execution could not be admitted: {exc}")
-            return
-        if self._queued.get(exec_id) is not q or self._closing:
-            # Cancelled (or the node closing) after admission was granted but before it ran: give it back.
-            self.capacity.release(exec_id)
-            return
-        self._queued.pop(exec_id, None)
-        try:
-            await self._launch(q.request, from_queue=True)
-        except Exception as exc:
-            q.settled.set_result(None)
-            result = RunCommandResult(status=ResultStatus.ERROR, error_message=f"the execution could not start: {exc}")
-            await self.store.set_result(exec_id, result, ExecutionState.FAILED)
-            return
-        q.settled.set_result(None)
-
-    async def _launch(self, prepared: RunCommandRequest, *, from_queue: bool = False) -> None:
-        """Hand an admitted execution to the executor; returns once it is persisted."""
-        exec_id = prepared.execution_id
-        accepted = asyncio.get_running_loop().create_future()
-        self._accepted[exec_id] = accepted
-        if from_queue:
-            self._was_queued.add(exec_id)
-        try:
-            await self.executor.start(prepared)
-        except BaseException:
-            self._accepted.pop(exec_id, None)
-            self._was_queued.discard(exec_id)
-            self.capacity.release(exec_id)
-            raise
-        await accepted
-        log.info(
-            "execution accepted",
-            extra={"execution_id": exec_id, "job_id": prepared.job_id, "image": prepared.engine.image},
-        )
-
-    async def _end_in_queue(self, exec_id: str, status: ResultStatus, message: str) -> RunCommandResult:
-        q = self._queued.pop(exec_id)
-        self.capacity.release(exec_id)
-        result = RunCommandResult(status=status, error_message=message)
-        q.record.result = result
-        q.record.state = status.state
-        q.record.finished_at = utcnow()
-        await self.store.set_result(exec_id, result, status.state)
-        if not q.settled.done():
-            q.settled.set_result(result)
-        for queue in list(self._watchers.get(exec_id, ())):
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(None)
-        return result
-
     def queue_position(self, execution_id: str) -> QueuePosition | None:
-        return self.capacity.position(execution_id) if execution_id in self._queued else None
+        return self.admission.position(execution_id)
 
     def _live(self, execution_id: str) -> ExecutionRecord | None:
         """What the executor knows, else a queued execution's record, else None."""
         try:
             return self.executor.record(execution_id)
         except ExecutionNotFound:
-            q = self._queued.get(execution_id)
+            q = self.admission.get(execution_id)
             return q.record if q is not None else None
 
+    def _unfinished_in_memory(self, execution_id: str) -> bool:
+        live = self._live(execution_id)
+        return live is not None and live.result is None
+
     async def wait(self, execution_id: str) -> RunCommandResult:
-        q = self._queued.get(execution_id)
+        q = self.admission.get(execution_id)
         if q is not None:
             ended = await asyncio.shield(q.settled)
             if ended is not None:
@@ -588,10 +405,9 @@ class Node:
         return record.result
 
     async def cancel(self, execution_id: str) -> RunCommandResult:
-        q = self._queued.get(execution_id)
+        q = self.admission.get(execution_id)
         if q is not None:
-            q.admission.cancel()
-            return await self._end_in_queue(
+            return await self.admission.end_in_queue(
                 execution_id, ResultStatus.CANCELLED, "the execution was cancelled while queued"
             )
         if self._live(execution_id) is None and not (await self.get(execution_id)).state.terminal:
@@ -613,7 +429,7 @@ class Node:
 
     async def list(self, states: set[ExecutionState] | None = None, limit: int = 100) -> list[ExecutionRecord]:
         merged = {r.execution_id: r for r in await self.store.list(states or None, limit=limit)}
-        for r in [*self.executor.records(), *(q.record for q in self._queued.values())]:  # fresher than persisted
+        for r in [*self.executor.records(), *self.admission.records()]:  # fresher than persisted
             if not states or r.state in states:
                 merged[r.execution_id] = r
             else:
@@ -621,16 +437,7 @@ class Node:
         records = sorted(merged.values(), key=lambda r: r.created_at, reverse=True)
         return records[:limit]
 
-    async def get_log_stream(
-        self,
-        execution_id: str,
-        *,
-        with_history: bool = True,
-        follow: bool = False,
-        offset: int | None = None,
-        tail_lines: int | None = None,
-        streams: frozenset[StreamType] = frozenset(StreamType),
-    ) -> AsyncIterator[LogEntry]:
+    async def get_log_stream(self, execution_id: str, query: LogQuery | None = None) -> AsyncIterator[LogEntry]:
         if not self.executor.logs.exists(execution_id):
             if self._live(execution_id) is not None or await self.store.get(execution_id) is not None:
                 raise ExecutionNotFound(
@@ -639,14 +446,7 @@ class Node:
                     f"{format_duration(self.settings.log_retention)} after an execution ends",
                 )
             raise ExecutionNotFound(execution_id)
-        async for entry in self.executor.get_log_stream(
-            execution_id,
-            with_history=with_history,
-            follow=follow,
-            offset=offset,
-            tail_lines=tail_lines,
-            streams=streams,
-        ):
+        async for entry in self.executor.get_log_stream(execution_id, query):
             yield entry
 
     async def info(self) -> NodeInfo:
@@ -668,95 +468,39 @@ class Node:
             queued_count=snap.queued_count,
         )
 
-    # ------------------------------------------------------------------ housekeeping
-
-    async def _reap_loop(self) -> None:
-        interval = max(5.0, self.settings.docker.orphan_grace / 2)
-        while True:
-            try:
-                # Containers of executions the store has not finished are not orphans (recovery may
-                # still be waiting for the engine).
-                keep = {r.execution_id for r in await self.store.non_terminal()}
-                await self.executor.reap_orphans(keep=keep)
-            except Exception as exc:
-                log.warning("looking for orphaned containers failed: %s", exc)
-            await asyncio.sleep(interval)
-
-    async def _prune_loop(self) -> None:
-        while True:
-            try:
-                await self.prune()
-            except Exception:
-                log.exception("pruning failed")
-            await asyncio.sleep(self.settings.prune_interval)
+    # ------------------------------------------------------------------ housekeeping and shutdown
 
     async def prune(self) -> builtins.list[str]:
         """Remove logs past their retention or over the size cap (oldest first), and old records."""
-        now = utcnow()
-        removed: builtins.list[str] = []
-        finished = [
-            r
-            for r in await self.store.list(set(TERMINAL), limit=1_000_000)
-            if r.finished_at is not None and getattr(self._live(r.execution_id), "result", True) is not None
-        ]
-        finished.sort(key=lambda r: r.finished_at or r.created_at)
-        logs = self.executor.logs
-        cutoff = now - timedelta(seconds=self.settings.log_retention)
-        sizes = {r.execution_id: _size(logs.path(r.execution_id)) for r in finished}
-        total = sum(_size(p) or 0 for p in logs.root.glob("*.log"))
-        for r in finished:
-            exec_id = r.execution_id
-            if sizes[exec_id] is None:
-                continue
-            assert r.finished_at is not None
-            if r.finished_at < cutoff or total > self.settings.log_max_bytes:
-                await asyncio.to_thread(logs.delete, exec_id)
-                total -= sizes[exec_id] or 0
-                removed.append(exec_id)
-        if removed:
-            log.info("pruned logs", extra={"count": len(removed)})
-        for exec_id in await self.store.prune(now - timedelta(seconds=self.settings.record_retention)):
-            await asyncio.to_thread(shutil.rmtree, self.settings.executions_dir / exec_id, True)
-            if logs.exists(exec_id):
-                await asyncio.to_thread(logs.delete, exec_id)
-        return removed
+        return await self.housekeeping.prune()
 
     async def shutdown(self, grace: float | None = None) -> None:
+        """In named phases, as a server drains (the gRPC server drains in-flight calls alongside):
+
+        1. stop accepting: no admission from the queue, no recovery, no housekeeping;
+        2. executions: stopped (each within ``grace``) or left running, as ``on_shutdown`` says;
+        3. events: watchers get their end of stream, what happened is persisted;
+        4. close: the store, the storage providers and publishers.
+        """
         self._closing = True
-        for task in self._tasks:
-            if task.get_name() != "haddock-persist":
-                task.cancel()
-        for q in self._queued.values():  # they stay queued in the store and queue again after a restart
-            q.admission.cancel()
-            if not q.settled.done():
-                q.settled.set_exception(ExecutorShuttingDown())
-                q.settled.exception()
-        await self.executor.shutdown(stop_running=self.settings.on_shutdown is OnShutdown.STOP, grace=grace)
-        for queues in self._watchers.values():
-            for queue in queues:
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.put_nowait(None)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._persist_queue.join(), 30)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        log.info("shutdown: stop accepting")
+        await self.admission.close()
+        await self.housekeeping.stop()
+        if self._recovery is not None:
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
+        stop = self.settings.on_shutdown is OnShutdown.STOP
+        log.info("shutdown: %s executions", "stop" if stop else "leave running")
+        await self.executor.shutdown(stop_running=stop, grace=grace)
+        log.info("shutdown: persist events")
+        self.events.end_watchers()
+        await self.events.drain()
+        log.info("shutdown: close")
         await self.store.close()
         if self.storage is not None:
             await self.storage.aclose()
         if self.publisher is not None:
             await self.publisher.aclose()
-
-
-def _queued_priority(record: ExecutionRecord) -> int:
-    """The priority an execution was queued with (kept in its 'queued' event)."""
-    for event in record.events:
-        if event.kind is EventKind.QUEUED:
-            try:
-                return int(event.details.get("priority", 0))
-            except (TypeError, ValueError):
-                return 0
-    return 0
 
 
 def _free(capacity: Resources, snap: CapacitySnapshot) -> Resources:
@@ -768,10 +512,3 @@ def _free(capacity: Resources, snap: CapacitySnapshot) -> Resources:
         disk=max(0, capacity.disk - allocated.disk - queued.disk),
         gpu=max(0, capacity.gpu - allocated.gpu - queued.gpu),
     )
-
-
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return None

@@ -16,7 +16,7 @@ import docker
 import docker.errors
 import pytest
 
-from haddock.executor.docker.executor import LABEL_NODE, DockerExecutor, DockerExecutorConfig
+from haddock.executor.docker import LABEL_NODE, DockerConfig, DockerExecutor
 from haddock.executor.models import EngineSpec, RunCommandRequest
 
 BUSYBOX = "haddock-test/busybox:latest"
@@ -67,13 +67,28 @@ def node_id(docker_client: docker.DockerClient) -> Iterator[str]:
 
 
 @pytest.fixture
-def executor_config(tmp_path: Path, node_id: str) -> DockerExecutorConfig:
-    return DockerExecutorConfig(node_id=node_id, log_dir=tmp_path / "logs", stop_grace_seconds=2)
+def executor_config() -> DockerConfig:
+    return DockerConfig(stop_grace=2)
+
+
+ExecutorFactory = Callable[..., DockerExecutor]
 
 
 @pytest.fixture
-async def executor(executor_config: DockerExecutorConfig, busybox_image: str) -> AsyncIterator[DockerExecutor]:
-    ex = DockerExecutor(executor_config)
+def new_executor(executor_config: DockerConfig, node_id: str, tmp_path: Path) -> ExecutorFactory:
+    """A Docker executor of the test node: the test's config (or ``config``), logs under tmp_path."""
+
+    def make(config: DockerConfig | None = None, *, log_dir: Path | None = None, **kwargs: Any) -> DockerExecutor:
+        return DockerExecutor(
+            config or executor_config, node_id=node_id, log_dir=log_dir or tmp_path / "logs", **kwargs
+        )
+
+    return make
+
+
+@pytest.fixture
+async def executor(new_executor: ExecutorFactory, busybox_image: str) -> AsyncIterator[DockerExecutor]:
+    ex = new_executor()
     yield ex
     await ex.shutdown(stop_running=True)
 
@@ -121,7 +136,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 
 from haddock.node.client import NodeClient  # noqa: E402
-from haddock.node.config import DockerSettings, OnShutdown, Settings, StorageSettings  # noqa: E402
+from haddock.node.config import OnShutdown, Settings, StorageSettings  # noqa: E402
 from haddock.node.server import RunningServer, start_server  # noqa: E402
 
 
@@ -156,7 +171,7 @@ def node_settings(tmp_path: Path, node_id: str, **kw: Any) -> Settings:
         data_dir=tmp_path / "data",
         on_shutdown=OnShutdown.STOP,
         shutdown_grace=1,
-        docker=DockerSettings(stop_grace=2),
+        docker=DockerConfig(stop_grace=2),
         **kw,
     )
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import docker
 import pytest
 
+from haddock.executor.docker import DockerConfig, DockerExecutor
 from haddock.executor.docker.capture_proc import LOCK_NAME
-from haddock.executor.docker.executor import DockerExecutor, DockerExecutorConfig
 from haddock.executor.logstore import RemoteLog
-from haddock.executor.models import ResultStatus, StreamType
+from haddock.executor.models import LogQuery, ResultStatus, StreamType
 from haddock.node.client import NodeClient
-from tests.conftest import RequestFactory
+from tests.conftest import ExecutorFactory, RequestFactory
 from tests.support.daemon import Daemon
 from tests.test_recovery import first_output, job, labelled
 
@@ -48,9 +48,9 @@ async def test_containers_run_with_log_driver_none(
 ) -> None:
     req = make_request("echo up; sleep 2")
     await executor.start(req)
-    async for _ in executor.get_log_stream(req.execution_id, follow=True):
+    async for _ in executor.get_log_stream(req.execution_id, LogQuery(follow=True)):
         break
-    container = docker_client.containers.get(executor.container_name(req.execution_id))
+    container = docker_client.containers.get(executor.driver.container_name(req.execution_id))
     assert container.attrs["HostConfig"]["LogConfig"]["Type"] == "none"
     result = await executor.wait(req.execution_id)
     assert result.status is ResultStatus.SUCCESS and result.stdout == "up\n"
@@ -59,11 +59,11 @@ async def test_containers_run_with_log_driver_none(
 async def test_follower_is_woken_by_the_capture_process(executor: DockerExecutor, make_request: RequestFactory) -> None:
     req = make_request("for i in 1 2 3 4 5; do echo line-$i; sleep 0.3; done")
     await executor.start(req)
-    # The log is written by the capture process; this process only tracks it.
-    assert isinstance(executor.logs._live[req.execution_id], RemoteLog)
     lags = []
     seen = []
-    async for entry in executor.get_log_stream(req.execution_id, follow=True):
+    async for entry in executor.get_log_stream(req.execution_id, LogQuery(follow=True)):
+        # The log is written by the capture process; this process only tracks it.
+        assert isinstance(executor.logs._live[req.execution_id], RemoteLog)
         lags.append(time.time_ns() - entry.timestamp_ns)
         seen.append(entry.data)
     assert b"".join(seen) == b"".join(b"line-%d\n" % i for i in range(1, 6))
@@ -95,23 +95,24 @@ async def test_results_files_filled_during_capture_keep_limits_and_flags(
 
 
 async def test_capture_process_exits_when_idle(
-    executor_config: DockerExecutorConfig, make_request: RequestFactory
+    executor_config: DockerConfig, new_executor: ExecutorFactory, make_request: RequestFactory, tmp_path: Path
 ) -> None:
-    config = executor_config.model_copy(update={"capture_idle_seconds": 1.0})
-    ex = DockerExecutor(config)
+    config = executor_config.model_copy(update={"capture_idle": 1.0})
+    log_dir = tmp_path / "logs"
+    ex: DockerExecutor = new_executor(config)
     try:
         assert (await ex.run(make_request("echo one"))).stdout == "one\n"
-        pid = capture_pid(config.log_dir)
+        pid = capture_pid(log_dir)
         assert alive(pid)
     finally:
         await ex.shutdown()
     await wait_gone(pid, 5)  # told the daemon left, holding nothing: at once
 
     # A daemon that vanishes without a word: the capture process exits after its idle time.
-    ex = DockerExecutor(config)
-    await ex.capture.connect()
-    pid = capture_pid(config.log_dir)
-    conn = ex.capture._conn
+    ex = new_executor(config)
+    await ex.driver.captures.connect()
+    pid = capture_pid(log_dir)
+    conn = ex.driver.captures._conn
     assert conn is not None
     conn.writer.transport.abort()
     await asyncio.sleep(0.5)

@@ -9,7 +9,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from haddock.executor.docker.executor import DockerExecutor, DockerExecutorConfig
+from haddock.executor.docker import DockerConfig, DockerExecutor
 from haddock.executor.errors import (
     ExecutionAlreadyComplete,
     ExecutionAlreadyStarted,
@@ -19,13 +19,14 @@ from haddock.executor.errors import (
 from haddock.executor.models import (
     EventKind,
     ExecutionState,
+    LogQuery,
     NetworkMode,
     OutputLimits,
     ResultStatus,
     StreamType,
 )
 from haddock.executor.protocol import Executor
-from tests.conftest import RequestFactory, node_containers
+from tests.conftest import ExecutorFactory, RequestFactory, node_containers
 
 MiB = 1024 * 1024
 
@@ -152,7 +153,7 @@ async def test_cancel_and_error_semantics(executor: DockerExecutor, make_request
     with pytest.raises(ExecutionAlreadyStarted):
         await executor.start(req)
     # wait until the job has printed, so the cancel hits a running container
-    async for entry in executor.get_log_stream(req.execution_id, follow=True):
+    async for entry in executor.get_log_stream(req.execution_id, LogQuery(follow=True)):
         assert entry.data == b"running\n"
         break
     await executor.cancel(req.execution_id)
@@ -204,13 +205,16 @@ async def test_log_stream_from_start_to_end(executor: DockerExecutor, make_reque
     # reachable as soon as start returns, and a follower ends when the execution ends
     out: list[bytes] = []
     err: list[bytes] = []
-    async for entry in executor.get_log_stream(req.execution_id, follow=True):
+    async for entry in executor.get_log_stream(req.execution_id, LogQuery(follow=True)):
         (out if entry.stream is StreamType.STDOUT else err).append(entry.data)
     assert b"".join(out) == b"out1\nout2\nout3\n"
     assert b"".join(err) == b"err1\nerr2\nerr3\n"
     await executor.wait(req.execution_id)
     # history after the end, stdout only
-    only_out = [e.data async for e in executor.get_log_stream(req.execution_id, streams=frozenset({StreamType.STDOUT}))]
+    only_out = [
+        e.data
+        async for e in executor.get_log_stream(req.execution_id, LogQuery(streams=frozenset({StreamType.STDOUT})))
+    ]
     assert b"".join(only_out) == b"out1\nout2\nout3\n"
 
 
@@ -252,9 +256,11 @@ async def test_bridge_network_allowed_host_refused(executor: DockerExecutor, mak
         await executor.start(host)
 
 
-async def test_host_network_when_allowed(executor_config: DockerExecutorConfig, make_request: RequestFactory) -> None:
+async def test_host_network_when_allowed(
+    executor_config: DockerConfig, new_executor: ExecutorFactory, make_request: RequestFactory
+) -> None:
     cfg = executor_config.model_copy(update={"allowed_networks": frozenset(NetworkMode)})
-    ex = DockerExecutor(cfg)
+    ex = new_executor(cfg)
     try:
         req = make_request("ls /sys/class/net", network={"mode": "host"})
         result = await ex.run(req)
@@ -300,11 +306,13 @@ async def test_bidding(executor: DockerExecutor, make_request: RequestFactory) -
     assert not (await executor.should_bid(gpu_req)).should_bid
 
 
-async def test_shutdown_stops_running(executor_config: DockerExecutorConfig, make_request: RequestFactory) -> None:
-    ex = DockerExecutor(executor_config)
+async def test_shutdown_stops_running(
+    executor_config: DockerConfig, new_executor: ExecutorFactory, make_request: RequestFactory
+) -> None:
+    ex = new_executor()
     req = make_request("echo up; sleep 60 & wait $!")
     await ex.start(req)
-    async for _ in ex.get_log_stream(req.execution_id, follow=True):
+    async for _ in ex.get_log_stream(req.execution_id, LogQuery(follow=True)):
         break
     await ex.shutdown(stop_running=True)
     result = await ex.wait(req.execution_id)
@@ -313,15 +321,18 @@ async def test_shutdown_stops_running(executor_config: DockerExecutorConfig, mak
 
 
 async def test_shutdown_leaving_containers_running(
-    executor_config: DockerExecutorConfig, make_request: RequestFactory, docker_client: docker.DockerClient
+    executor_config: DockerConfig,
+    new_executor: ExecutorFactory,
+    make_request: RequestFactory,
+    docker_client: docker.DockerClient,
 ) -> None:
-    ex = DockerExecutor(executor_config)
+    ex = new_executor()
     req = make_request("echo up; sleep 60 & wait $!")
     await ex.start(req)
-    async for _ in ex.get_log_stream(req.execution_id, follow=True):
+    async for _ in ex.get_log_stream(req.execution_id, LogQuery(follow=True)):
         break
     await ex.shutdown(stop_running=False)
-    container = docker_client.containers.get(ex.container_name(req.execution_id))
+    container = docker_client.containers.get(ex.driver.container_name(req.execution_id))
     try:
         assert container.status == "running"
         # the log stays open-ended so that a restarted node can append to it

@@ -13,10 +13,10 @@ from pathlib import Path
 import docker
 import pytest
 
-from haddock.executor.docker.executor import DockerExecutor, DockerExecutorConfig
+from haddock.executor.docker import DockerConfig, DockerExecutor
 from haddock.executor.errors import ExecutionAlreadyComplete, ExecutionNotFound, ExecutorError
-from haddock.executor.models import EventKind, ResultStatus, RunCommandRequest
-from tests.conftest import RequestFactory, node_containers
+from haddock.executor.models import EventKind, LogQuery, ResultStatus, RunCommandRequest
+from tests.conftest import ExecutorFactory, RequestFactory, node_containers
 
 
 async def test_unwritable_results_dir_ends_with_error_and_cleans_up(
@@ -33,9 +33,9 @@ async def test_unwritable_results_dir_ends_with_error_and_cleans_up(
 
 
 async def test_log_creation_failure_leaves_no_record(
-    executor_config: DockerExecutorConfig, make_request: RequestFactory, tmp_path: Path
+    executor_config: DockerConfig, new_executor: ExecutorFactory, make_request: RequestFactory, tmp_path: Path
 ) -> None:
-    ex = DockerExecutor(executor_config)
+    ex = new_executor()
     try:
         # the log dir becomes a file: creating the execution's log fails
         ex.logs.root.rmdir()
@@ -101,7 +101,7 @@ async def test_cancel_after_natural_exit_is_already_complete(
 ) -> None:
     req = make_request("echo quick")
     await executor.start(req)
-    async for _ in executor.get_log_stream(req.execution_id, follow=True):
+    async for _ in executor.get_log_stream(req.execution_id, LogQuery(follow=True)):
         pass  # the stream ends with the execution
     with pytest.raises(ExecutionAlreadyComplete):
         await executor.cancel(req.execution_id)
@@ -110,19 +110,18 @@ async def test_cancel_after_natural_exit_is_already_complete(
 
 async def _cut_stream_after_first_line(ex: DockerExecutor, req: RunCommandRequest) -> None:
     await ex.start(req)
-    async for entry in ex.get_log_stream(req.execution_id, follow=True):
+    async for entry in ex.get_log_stream(req.execution_id, LogQuery(follow=True)):
         assert entry.data == b"before\n"
         break
-    await ex.capture.drop(req.execution_id)  # the capture process drops its attach, as if the engine had
+    # The capture process drops its attach connection, as if the engine had dropped the stream.
+    await ex.driver.captures.drop(req.execution_id)
 
 
 async def test_cut_output_stream_is_recovered_from_engine_log(
-    executor_config: DockerExecutorConfig, make_request: RequestFactory
+    executor_config: DockerConfig, new_executor: ExecutorFactory, make_request: RequestFactory
 ) -> None:
     # With an engine log driver configured, a cut stream is completed from the engine's log.
-    executor = DockerExecutor(
-        executor_config.model_copy(update={"log_driver": "local", "log_driver_options": {"max-size": "100m"}})
-    )
+    executor = new_executor(executor_config.model_copy(update={"log_driver": "local"}))
     try:
         req = make_request("echo before; sleep 2; echo after; echo err >&2")
         await _cut_stream_after_first_line(executor, req)
@@ -140,9 +139,9 @@ async def test_cut_output_stream_is_recovered_from_engine_log(
 
 
 async def test_cut_output_stream_without_engine_log_is_reported(
-    executor_config: DockerExecutorConfig, make_request: RequestFactory
+    executor_config: DockerConfig, new_executor: ExecutorFactory, make_request: RequestFactory
 ) -> None:
-    ex = DockerExecutor(executor_config.model_copy(update={"log_driver": "none", "log_driver_options": {}}))
+    ex = new_executor(executor_config.model_copy(update={"log_driver": "none", "log_driver_options": {}}))
     try:
         req = make_request("echo before; sleep 2; echo after")
         await _cut_stream_after_first_line(ex, req)
@@ -169,9 +168,13 @@ def tiny_log_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 async def test_full_log_disk_is_reported_not_silent(
-    executor_config: DockerExecutorConfig, make_request: RequestFactory, tiny_log_disk: Path, tmp_path: Path
+    executor_config: DockerConfig,
+    new_executor: ExecutorFactory,
+    make_request: RequestFactory,
+    tiny_log_disk: Path,
+    tmp_path: Path,
 ) -> None:
-    ex = DockerExecutor(executor_config.model_copy(update={"log_dir": tiny_log_disk / "logs"}))
+    ex = new_executor(log_dir=tiny_log_disk / "logs")
     try:
         req = make_request("head -c 3000000 /dev/zero; echo finished >&2")
         result = await asyncio.wait_for(ex.run(req), 60)

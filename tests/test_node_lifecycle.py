@@ -9,10 +9,10 @@ from pathlib import Path
 
 import docker
 
-from haddock.executor.docker.executor import LABEL_EXECUTION, LABEL_JOB, LABEL_NODE
+from haddock.executor.docker import LABEL_EXECUTION, LABEL_JOB, LABEL_NODE, DockerConfig
 from haddock.executor.models import ExecutionRecord, ExecutionState, Resources, ResultStatus, RunCommandRequest
 from haddock.node.client import NodeClient
-from haddock.node.config import CapacitySettings, DockerSettings
+from haddock.node.config import CapacitySettings
 from haddock.node.server import start_server
 from haddock.node.store import ExecutionStore, store_path
 from tests.conftest import BUSYBOX, node_settings
@@ -44,7 +44,7 @@ async def test_orphan_containers_are_reaped(
 ) -> None:
     node = f"life-{uuid.uuid4().hex[:8]}"
     cid = labelled_container(docker_client, node, "nobody-knows-me")
-    settings = node_settings(tmp_path, node).model_copy(update={"docker": DockerSettings(stop_grace=2, orphan_grace=0)})
+    settings = node_settings(tmp_path, node).model_copy(update={"docker": DockerConfig(stop_grace=2, orphan_grace=0)})
     running = await start_server(settings)
     try:
         deadline = time.monotonic() + 20
@@ -117,7 +117,7 @@ async def test_recovery_of_a_never_started_container_and_capacity(
 
 def test_requeued_priority_comes_from_the_queued_event() -> None:
     from haddock.executor.models import EventKind, ExecutionEvent
-    from haddock.node.service import _queued_priority
+    from haddock.node.admission import queued_priority
 
     r = job("true")
     record = ExecutionRecord(
@@ -127,5 +127,5 @@ def test_requeued_priority_comes_from_the_queued_event() -> None:
             ExecutionEvent(execution_id=r.execution_id, kind=EventKind.QUEUED, message="q", details={"priority": 7})
         ],
     )
-    assert _queued_priority(record) == 7
-    assert _queued_priority(ExecutionRecord(request=r)) == 0
+    assert queued_priority(record) == 7
+    assert queued_priority(ExecutionRecord(request=r)) == 0

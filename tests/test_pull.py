@@ -12,10 +12,10 @@ import docker
 import docker.errors
 import pytest
 
-from haddock.executor.docker.executor import DockerExecutor, DockerExecutorConfig
+from haddock.executor.docker import DockerConfig, DockerExecutor
 from haddock.executor.docker.images import is_transient_pull_error
 from haddock.executor.models import EventKind, ExecutionEvent, ResultStatus
-from tests.conftest import RequestFactory
+from tests.conftest import ExecutorFactory, RequestFactory
 from tests.support.registry import count_manifest_gets, push_image, registry_log, run_registry
 
 
@@ -42,7 +42,7 @@ async def test_concurrent_executions_pull_once(
     for r in results:
         assert r.status is ResultStatus.SUCCESS, r.error_message
         assert r.stdout == "pulled\n"
-    assert executor.images.pulls_started == 1
+    assert executor.driver.images.pulls_started == 1
     assert count_manifest_gets(registry_log(tmp_path)) == 1
     for r in reqs:
         kinds = [e.kind for e in executor.events(r.execution_id)]
@@ -50,10 +50,10 @@ async def test_concurrent_executions_pull_once(
 
 
 async def test_pull_progress_events(
-    executor_config: DockerExecutorConfig, make_request: RequestFactory, fresh_image: str
+    new_executor: ExecutorFactory, make_request: RequestFactory, fresh_image: str
 ) -> None:
     seen = []
-    ex = DockerExecutor(executor_config, event_sink=seen.append)
+    ex = new_executor(event_sink=seen.append)
     try:
         result = await ex.run(make_request("true", image=fresh_image))
         assert result.status is ResultStatus.SUCCESS, result.error_message
@@ -71,17 +71,17 @@ async def test_pull_policy_always_pulls_present_image(
     assert first.status is ResultStatus.SUCCESS
     second = await executor.run(make_request("true", image=fresh_image, engine={"pull_policy": "always"}))
     assert second.status is ResultStatus.SUCCESS
-    assert executor.images.pulls_started == 2
+    assert executor.driver.images.pulls_started == 2
     third = await executor.run(make_request("true", image=fresh_image))
     assert third.status is ResultStatus.SUCCESS
-    assert executor.images.pulls_started == 2  # if-not-present: no pull
+    assert executor.driver.images.pulls_started == 2  # if-not-present: no pull
 
 
 async def test_image_not_in_registry_fails_without_retry(
-    executor_config: DockerExecutorConfig, make_request: RequestFactory, registry: str
+    new_executor: ExecutorFactory, make_request: RequestFactory, registry: str
 ) -> None:
     seen: list[ExecutionEvent] = []
-    ex = DockerExecutor(executor_config, event_sink=seen.append)
+    ex = new_executor(event_sink=seen.append)
     try:
         req = make_request("true", image=f"{registry}/haddock-test/absent:v1")
         result = await ex.run(req)
@@ -94,13 +94,13 @@ async def test_image_not_in_registry_fails_without_retry(
 
 
 async def test_unreachable_registry_retries_then_fails(
-    executor_config: DockerExecutorConfig, make_request: RequestFactory
+    new_executor: ExecutorFactory, make_request: RequestFactory
 ) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
     seen: list[ExecutionEvent] = []
-    ex = DockerExecutor(executor_config.model_copy(update={"pull_attempts": 3}), event_sink=seen.append)
+    ex = new_executor(DockerConfig(stop_grace=2, pull_attempts=3), event_sink=seen.append)
     try:
         req = make_request("true", image=f"127.0.0.1:{port}/haddock-test/none:v1")
         result = await ex.run(req)
@@ -113,7 +113,7 @@ async def test_unreachable_registry_retries_then_fails(
         f"Retrying pull of {req.engine.image} (attempt 2 of 3)",
         f"Retrying pull of {req.engine.image} (attempt 3 of 3)",
     ]
-    assert ex.images.pulls_started == 1
+    assert ex.driver.images.pulls_started == 1
 
 
 @pytest.mark.parametrize(

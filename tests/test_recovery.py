@@ -13,9 +13,9 @@ import docker.errors
 import grpc
 import pytest
 
+from haddock.executor.docker import DockerConfig
 from haddock.executor.models import EventKind, ExecutionState, ResultStatus, RunCommandRequest, StreamType
 from haddock.node.client import NodeClient, NodeError
-from haddock.node.config import DockerSettings
 from haddock.node.server import start_server
 from haddock.node.store import ExecutionStore, store_path
 from tests.conftest import BUSYBOX, node_settings
@@ -152,7 +152,7 @@ async def test_engine_outage_no_execution_hangs(
     settings = node_settings(tmp_path, node_id).model_copy(
         # Output printed while the engine is cut off is recovered from the engine's own log: only with a log
         # driver (the default, 'none', leaves the output to the node's capture process alone).
-        update={"docker": DockerSettings(host=proxy.docker_host, stop_grace=2, engine_retry=8, log_driver="local")}
+        update={"docker": DockerConfig(host=proxy.docker_host, stop_grace=2, engine_retry=8, log_driver="local")}
     )
     running = await start_server(settings)
     try:

@@ -1,4 +1,4 @@
-"""The daemon's side of output capture: talks to the node's capture process (``capture_proc``).
+"""The daemon's client of the node's capture process (``capture_proc``): start it, talk to it, follow its logs.
 
 The capture process owns the containers' attach streams and writes the log store; this client
 starts it when none answers on ``<log dir>/capture.sock`` (detached, in its own session, so that a
@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -249,13 +248,16 @@ class CaptureClient:
 
     # -- captures -----------------------------------------------------------
 
-    def track(self, execution_id: str, info: CaptureInfo | None = None) -> None:
-        """Follow a log the capture process writes (or will write): followers here wait on its events."""
+    def track(self, execution_id: str, info: CaptureInfo | None = None, *, remote: RemoteLog | None = None) -> None:
+        """Follow a log the capture process writes (or will write): followers here wait on its events.
+
+        ``remote``: the log is already tracked in the store (handed over by a writer of this process)."""
         if execution_id in self._tracked:
             return
         info = self._untracked_ended.pop(execution_id, info)
         committed = info.committed if info is not None else 0
-        remote = self.logs.track(execution_id, committed)
+        if remote is None:
+            remote = self.logs.track(execution_id, committed)
         fut: asyncio.Future[CaptureInfo] = asyncio.get_running_loop().create_future()
         tracked = _Tracked(remote, fut, attached=info is not None, info=info)
         self._tracked[execution_id] = tracked
@@ -351,12 +353,3 @@ class CaptureClient:
                     await conn.task
             with contextlib.suppress(Exception):
                 conn.writer.close()
-
-
-def remove_capture_files(results_dir: Path) -> None:
-    """Remove results files a capture filled but that are not used (the results came from the log)."""
-    from haddock.executor.results import capture_temp_path
-
-    for name in (STDOUT_FILE, STDERR_FILE):
-        with contextlib.suppress(OSError):
-            os.unlink(capture_temp_path(results_dir, name))

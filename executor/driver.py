@@ -1,0 +1,153 @@
+"""The narrow interface between the runner (the engine-independent lifecycle) and an engine's driver.
+
+The runner (``executor/runner.py``) owns an execution's life: records, states, events, timeouts,
+cancellation, output cap, results and publishing. A driver only does what needs the engine: say whether
+it can run a kind of job, make an image available, create a container whose output flows into the
+node's log, and hand back a :class:`ContainerHandle` for it; find this node's containers again after a
+restart and remove those nobody knows. ``executor/docker/`` is the Docker driver; a second backend
+implements this protocol and the node does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from haddock.executor.logstore import LogWriter
+from haddock.executor.models import BidResult, ExecutionRecord, InputVolume, Resources, RunCommandRequest, StreamType
+from haddock.executor.results import CapturedFile
+
+__all__ = ["ContainerHandle", "Driver", "ExitStatus", "ImageReady", "ProgressSink"]
+
+ProgressSink = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class ImageReady:
+    """The job's image is on the node."""
+
+    image_id: str | None
+    pulled: bool  # False: it was there already
+    stop_signal: str = "SIGTERM"  # what the image asks to be stopped with
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a container ended, as far as the engine and the output capture know."""
+
+    exit_code: int | None = None
+    oom_killed: bool = False
+    error: str = ""  # the container could not be followed to its end (why)
+    capture_error: str = ""  # some output is missing (why)
+    output_recovered: bool = False  # a cut stream was completed from the engine's own log
+    captured: dict[StreamType, CapturedFile] | None = None  # results files the capture filled (no second copy)
+    stdout_bytes: int | None = None  # bytes of each stream, as far as the capture knows
+    stderr_bytes: int | None = None
+
+
+class ContainerHandle(Protocol):
+    """One execution's container, created (not yet started) or taken back after a restart."""
+
+    @property
+    def container_id(self) -> str: ...
+
+    @property
+    def running(self) -> bool:
+        """Whether the container runs now (a resumed one may have exited while the node was down)."""
+        ...
+
+    @property
+    def exited(self) -> bool:
+        """The engine reported the exit: too late to cancel."""
+        ...
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the node stopped it ("cancel", "timeout", "output-cap"), set only when the stop signal
+        reached a container that was still running: a job that ended by itself keeps its own status."""
+        ...
+
+    async def start(self) -> None:
+        """Start it; every byte of its output goes into the execution's log from the first one."""
+        ...
+
+    async def wait(self) -> int:
+        """Its exit code, once it has exited and its output is captured."""
+        ...
+
+    async def stop(self, reason: str, *, grace: float | None = None) -> None:
+        """Its stop signal, up to ``grace`` (the driver's default when None) to exit, then a kill."""
+        ...
+
+    async def finish(self) -> ExitStatus:
+        """After :meth:`wait`: exit code, out-of-memory kill, and whether all output was captured."""
+        ...
+
+    async def abandon(self) -> None:
+        """The run was interrupted before the exit (an error, a shutdown): stop following its output."""
+        ...
+
+    def release(self) -> None:
+        """Let go of it: stop capturing, leave the container running (a restarted node takes it back)."""
+        ...
+
+    async def remove(self) -> bool:
+        """Remove the container; False when it was already gone."""
+        ...
+
+
+class Driver(Protocol):
+    """What the runner needs from an engine."""
+
+    @property
+    def stop_grace(self) -> float:
+        """Stop signal to kill, by default."""
+        ...
+
+    async def is_installed(self) -> bool: ...
+
+    async def engine_info(self) -> dict[str, Any]: ...
+
+    async def inspect_image(self, image: str) -> dict[str, Any] | None: ...
+
+    def check(self, request: RunCommandRequest) -> None:
+        """Refuse (ExecutionRefused/InvalidSpec) what this engine cannot run, without starting anything."""
+        ...
+
+    async def should_bid(self, request: RunCommandRequest) -> BidResult: ...
+
+    async def should_bid_based_on_usage(self, request: RunCommandRequest, usage: Resources) -> BidResult: ...
+
+    async def prepare_image(self, request: RunCommandRequest, progress: ProgressSink) -> ImageReady: ...
+
+    async def create(
+        self, request: RunCommandRequest, volumes: list[InputVolume], writer: LogWriter, *, stop_signal: str
+    ) -> ContainerHandle:
+        """Create the execution's container (not started), its output bound for ``writer``."""
+        ...
+
+    async def held_logs(self) -> set[str]:
+        """Executions whose log another process of this driver still writes (e.g. a capture process that
+        outlived the node): the runner must not open those logs; it passes ``writer=None`` to :meth:`resume`."""
+        ...
+
+    async def resume(self, record: ExecutionRecord, writer: LogWriter | None) -> ContainerHandle | ExitStatus:
+        """Take back the container of an execution a previous life of the node left unfinished: a handle
+        whose output goes on into ``writer`` (None: all output was captured already), or how it ended
+        when it cannot be followed (never created, never started, removed)."""
+        ...
+
+    def describe_failure(self, exc: BaseException) -> str:
+        """A message for people about an error this driver raised."""
+        ...
+
+    async def containers(self) -> dict[str, dict[str, Any]]:
+        """This node's containers by execution id."""
+        ...
+
+    async def reap_orphans(self, *, keep: set[str], grace: float | None = None) -> list[str]:
+        """Remove this node's containers of executions not in ``keep`` once older than the grace."""
+        ...
+
+    async def close(self) -> None: ...

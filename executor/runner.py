@@ -1,0 +1,500 @@
+"""The runner: an execution's whole life, whatever the engine (the Executor contract over a Driver).
+
+It owns the records, the state machine and the lifecycle events; it prepares inputs and the image at
+once, creates and starts the container through the driver, enforces the job's timeout (pull time does
+not count), cancellation and the output cap, and writes the results from the node's log store in every
+terminal case, then publishes them. Recovery after a restart goes through the same path: the driver
+hands back a handle of the container it finds, and the runner supervises it like a fresh one.
+
+Every event goes to the event sink in order. The ``accepted`` event carries the request and the
+terminal state event the result, so that the node can persist an execution from its events alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import trace
+
+from haddock.executor.driver import ContainerHandle, Driver, ExitStatus
+from haddock.executor.errors import (
+    ExecutionAlreadyComplete,
+    ExecutionAlreadyStarted,
+    ExecutionNotFound,
+    ExecutorError,
+    ExecutorShuttingDown,
+    InvalidSpec,
+)
+from haddock.executor.logstore import LogEntry, LogStore, LogWriter
+from haddock.executor.models import (
+    BidResult,
+    EventKind,
+    ExecutionEvent,
+    ExecutionRecord,
+    ExecutionState,
+    LogQuery,
+    Resources,
+    ResultStatus,
+    RunCommandRequest,
+    RunCommandResult,
+    utcnow,
+)
+from haddock.executor.prepare import prepare_image, prepare_inputs
+from haddock.executor.protocol import InputPreparer, PreparedInputs, ResultPublisher
+from haddock.executor.quantity import GiB
+from haddock.executor.settle import finish
+from haddock.executor.supervise import supervise
+
+__all__ = ["EventSink", "Runner", "RunnerConfig"]
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("haddock.executor")
+
+EventSink = Callable[[ExecutionEvent], None]
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    log_dir: Path
+    default_output_cap: int = 10 * GiB  # what a job may write to its outputs when it sets no disk resource
+    max_finished_records: int = 10_000  # finished executions kept in memory (the node persists them)
+
+
+@dataclass
+class Execution:
+    """One execution the runner is responsible for until it ends."""
+
+    record: ExecutionRecord
+    done: asyncio.Future[RunCommandResult]
+    writer: LogWriter | None  # None: a recovered execution whose output was all captured before
+    cancel_event: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    handle: ContainerHandle | None = None
+    leave_container: bool = False  # a shutdown lets go of the container (a restart reattaches)
+    prepared_inputs: PreparedInputs | None = None
+    output_cap_message: str = ""  # the job wrote past its output cap
+
+
+class Runner:
+    """Implements :class:`haddock.executor.protocol.Executor` over ``driver``. Bound to the event loop it
+    is first used on."""
+
+    def __init__(
+        self,
+        driver: Driver,
+        config: RunnerConfig,
+        *,
+        event_sink: EventSink | None = None,
+        input_preparer: InputPreparer | None = None,
+        result_publisher: ResultPublisher | None = None,
+    ) -> None:
+        self.driver = driver
+        self.config = config
+        self.logs = LogStore(config.log_dir)
+        self._event_sink = event_sink
+        self._input_preparer = input_preparer
+        self._result_publisher = result_publisher
+        self._records: dict[str, ExecutionRecord] = {}
+        self._running: dict[str, Execution] = {}
+        self._closing = False
+        self._grace_cap: float | None = None
+
+    # ------------------------------------------------------------------ contract: engine and bidding
+
+    async def is_installed(self) -> bool:
+        return await self.driver.is_installed()
+
+    async def engine_info(self) -> dict[str, Any]:
+        return await self.driver.engine_info()
+
+    async def inspect_image(self, image: str) -> dict[str, Any] | None:
+        return await self.driver.inspect_image(image)
+
+    async def should_bid(self, request: RunCommandRequest) -> BidResult:
+        if self._closing:
+            return BidResult.no("this node is shutting down")
+        return await self.driver.should_bid(request)
+
+    async def should_bid_based_on_usage(self, request: RunCommandRequest, usage: Resources) -> BidResult:
+        return await self.driver.should_bid_based_on_usage(request, usage)
+
+    # ------------------------------------------------------------------ contract: lifecycle
+
+    def check(self, request: RunCommandRequest) -> None:
+        """What ``start`` would refuse about the request itself, without starting anything."""
+        if self._closing:
+            raise ExecutorShuttingDown()
+        if request.results_dir is None:
+            raise InvalidSpec("results_dir is required: the executor needs to know where to write results")
+        if request.input_sources and self._input_preparer is None:
+            raise InvalidSpec("this executor was given no way to fetch input sources")
+        if request.publishers and self._result_publisher is None:
+            raise InvalidSpec("this executor was given no way to publish results")
+        self.driver.check(request)
+
+    async def start(self, request: RunCommandRequest) -> None:
+        exec_id = request.execution_id
+        existing = self._records.get(exec_id)
+        if existing is not None:
+            if existing.state.terminal:
+                raise ExecutionAlreadyComplete(exec_id, existing.state.value)
+            raise ExecutionAlreadyStarted(exec_id)
+        self.check(request)
+        # Register synchronously (no await between the check and here) so that a concurrent start
+        # of the same id sees it; the log exists before start returns, so it can be streamed at once.
+        record = ExecutionRecord(request=request)
+        self._records[exec_id] = record
+        try:
+            writer = await asyncio.to_thread(self.logs.create, exec_id)
+        except FileExistsError:
+            self._records.pop(exec_id, None)
+            raise ExecutionAlreadyComplete(exec_id, "an execution with this id already ran on this node") from None
+        except Exception as exc:
+            self._records.pop(exec_id, None)
+            raise ExecutorError(f"cannot create the log of execution {exec_id!r}: {exc}") from exc
+        except BaseException:
+            self._records.pop(exec_id, None)
+            raise
+        execution = Execution(record=record, done=asyncio.get_running_loop().create_future(), writer=writer)
+        self._running[exec_id] = execution
+        self._emit(
+            record,
+            EventKind.ACCEPTED,
+            f"accepted execution of {request.engine.image}",
+            request=request,
+            time=record.created_at,
+        )
+        execution.task = asyncio.create_task(self._execute(execution), name=f"haddock-exec-{exec_id}")
+
+    async def run(self, request: RunCommandRequest) -> RunCommandResult:
+        await self.start(request)
+        return await self.wait(request.execution_id)
+
+    async def wait(self, execution_id: str) -> RunCommandResult:
+        record = self.record(execution_id)
+        if record.result is not None:
+            return record.result
+        execution = self._running.get(execution_id)
+        if execution is None:  # pragma: no cover - a record without result is always running
+            raise ExecutionNotFound(execution_id)
+        return await asyncio.shield(execution.done)
+
+    async def cancel(self, execution_id: str) -> None:
+        record = self.record(execution_id)
+        execution = self._running.get(execution_id)
+        handle = execution.handle if execution is not None else None
+        if execution is None or execution.done.done() or record.state.terminal or (handle and handle.exited):
+            raise ExecutionAlreadyComplete(execution_id, record.state.value)
+        if not execution.cancel_event.is_set():
+            self._emit(record, EventKind.CANCEL_REQUESTED, "cancellation requested")
+            execution.cancel_event.set()
+        result = await asyncio.shield(execution.done)
+        if result.status is not ResultStatus.CANCELLED:
+            # It ended by itself before the cancellation could stop it.
+            raise ExecutionAlreadyComplete(execution_id, result.status.value)
+
+    def state(self, execution_id: str) -> ExecutionState:
+        return self.record(execution_id).state
+
+    def events(self, execution_id: str) -> list[ExecutionEvent]:
+        return list(self.record(execution_id).events)
+
+    def record(self, execution_id: str) -> ExecutionRecord:
+        record = self._records.get(execution_id)
+        if record is None:
+            raise ExecutionNotFound(execution_id)
+        return record
+
+    def records(self) -> list[ExecutionRecord]:
+        return list(self._records.values())
+
+    async def get_log_stream(self, execution_id: str, query: LogQuery | None = None) -> AsyncIterator[LogEntry]:
+        if execution_id not in self._records and not self.logs.exists(execution_id):
+            raise ExecutionNotFound(execution_id)
+        query = query or LogQuery()
+        start = query.offset
+        if start is None and not query.with_history and query.tail_lines is None:
+            start = self.logs.end_offset(execution_id)
+        async for entry in self.logs.read(
+            execution_id, offset=start or 0, follow=query.follow, streams=query.streams, tail_lines=query.tail_lines
+        ):
+            yield entry
+
+    async def shutdown(self, *, stop_running: bool = True, grace: float | None = None) -> None:
+        """Refuse new work; stop running executions (or leave their containers running).
+
+        ``grace`` caps each container's stop grace (stop signal to SIGKILL) so that the node can
+        promise when it is gone.
+        """
+        self._closing = True
+        if grace is not None:
+            self._grace_cap = grace
+        running = list(self._running.values())
+        if stop_running:
+            for r in running:
+                if not r.done.done():
+                    r.cancel_event.set()
+            waits: list[asyncio.Future[Any]] = [asyncio.shield(r.done) for r in running]
+        else:
+            for r in running:
+                r.leave_container = True
+                if r.task is not None:
+                    r.task.cancel()
+            waits = [r.task for r in running if r.task is not None]
+        if waits:
+            # Bounded: a stop takes at most the grace plus a kill; the engine may be gone.
+            _, pending = await asyncio.wait(waits, timeout=self._stop_grace() + 30)
+            if pending:
+                log.warning("%d executions did not end within the shutdown bound", len(pending))
+            for w in waits:
+                if w.done() and not w.cancelled():
+                    w.exception()
+        await self.driver.close()
+
+    def _stop_grace(self) -> float:
+        grace = self.driver.stop_grace
+        return grace if self._grace_cap is None else min(grace, self._grace_cap)
+
+    # ------------------------------------------------------------------ reconciliation after a restart
+
+    async def containers(self) -> dict[str, dict[str, Any]]:
+        return await self.driver.containers()
+
+    async def recover(self, records: list[ExecutionRecord]) -> None:
+        """Take back the executions a previous life of this node left unfinished.
+
+        For each: a container that still runs is followed again (output from where the node's log
+        ends, the remaining timeout enforced); one that exited meanwhile has its output and exit
+        status collected; a missing one ends the execution with a clear message. Results are then
+        written as usual. Returns once every execution is registered (``wait`` works on them).
+        """
+        held = await self.driver.held_logs()
+        for record in records:
+            exec_id = record.execution_id
+            if exec_id in self._records:
+                continue
+            record.result = None
+            writer: LogWriter | None
+            if exec_id in held:
+                writer = None  # another process of the driver writes it (see Driver.held_logs)
+            elif not self.logs.exists(exec_id):
+                writer = await asyncio.to_thread(self.logs.create, exec_id)
+            elif self.logs.is_complete(exec_id):
+                writer = None  # all output was captured before the node went down
+            else:
+                writer = await asyncio.to_thread(self.logs.open_append, exec_id)
+            execution = Execution(record=record, done=asyncio.get_running_loop().create_future(), writer=writer)
+            # Registered together, with no await between: a record is never seen without its execution.
+            self._records[exec_id] = record
+            self._running[exec_id] = execution
+            self._emit(record, EventKind.RECOVERED, "the node restarted and took the execution back")
+            execution.task = asyncio.create_task(
+                self._execute(execution, recovered=True), name=f"haddock-recover-{exec_id}"
+            )
+
+    async def reap_orphans(self, *, grace: float | None = None, keep: set[str] | None = None) -> list[str]:
+        """Remove containers with this node's label that no execution knows, once older than the grace.
+
+        ``keep``: execution ids whose containers must stay (unfinished in the node's store)."""
+        known = {exec_id for exec_id, r in self._records.items() if r.result is None}
+        return await self.driver.reap_orphans(keep={*(keep or ()), *self._running, *known}, grace=grace)
+
+    # ------------------------------------------------------------------ the execution itself
+
+    def _emit(self, record: ExecutionRecord, kind: EventKind, message: str, **details: Any) -> ExecutionEvent:
+        carried = {k: details.pop(k) for k in ("request", "result", "time") if k in details}
+        event = ExecutionEvent(
+            execution_id=record.request.execution_id, kind=kind, message=message, details=details, **carried
+        )
+        if kind is not EventKind.PULL_PROGRESS:
+            record.events.append(event)
+        if self._event_sink is not None:
+            try:
+                self._event_sink(event)
+            except Exception:
+                log.exception("event sink failed")
+        return event
+
+    def _set_state(self, record: ExecutionRecord, state: ExecutionState, **carried: Any) -> None:
+        if record.state is not state:
+            record.state = state
+            self._emit(record, EventKind.STATE, f"state: {state.value}", state=state.value, **carried)
+
+    async def _execute(self, execution: Execution, *, recovered: bool = False) -> None:
+        """The execution's task. Whatever happens, ``done`` is resolved and the container removed
+        (unless a shutdown let go of it)."""
+        record = execution.record
+        request = record.request
+        try:
+            with tracer.start_as_current_span(
+                "execution",
+                attributes={
+                    "haddock.execution_id": request.execution_id,
+                    "haddock.job_id": request.job_id,
+                    "haddock.image": request.engine.image,
+                    "haddock.recovered": recovered,
+                },
+            ) as span:
+                result = await self._execute_traced(execution, recovered=recovered)
+                span.set_attribute("haddock.status", result.status.value)
+                if result.exit_code is not None:
+                    span.set_attribute("haddock.exit_code", result.exit_code)
+                if result.status is not ResultStatus.SUCCESS:
+                    span.set_status(trace.StatusCode.ERROR, result.error_message)
+        except asyncio.CancelledError:
+            if not execution.done.done():
+                execution.done.set_exception(ExecutorShuttingDown())
+                execution.done.exception()  # retrieved: nobody may be waiting
+            raise
+        except BaseException as exc:  # pragma: no cover - _execute_traced handles what it can foresee
+            log.exception("execution %s failed unexpectedly", request.execution_id)
+            if not execution.done.done():
+                result = RunCommandResult(status=ResultStatus.ERROR, error_message=f"internal error: {exc!r}")
+                record.result = result
+                record.finished_at = utcnow()
+                self._set_state(record, ExecutionState.FAILED, result=result)
+                execution.done.set_result(result)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            execution.done.set_result(result)
+        finally:
+            self._running.pop(request.execution_id, None)
+            self._forget_old_records()
+
+    async def _execute_traced(self, execution: Execution, *, recovered: bool) -> RunCommandResult:
+        record = execution.record
+        outcome = ExitStatus()
+        status: ResultStatus | None = None
+        try:
+            try:
+                if recovered:
+                    with tracer.start_as_current_span("resume"):
+                        outcome = await self._resume(execution)
+                else:
+                    outcome, status = await self._prepare_and_run(execution)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                outcome = ExitStatus(error=self.driver.describe_failure(exc))
+                if outcome.error.startswith("internal error"):
+                    log.exception("execution %s failed", record.execution_id)
+            with tracer.start_as_current_span("write-results"):
+                return await finish(self, execution, outcome, status)
+        except asyncio.CancelledError:
+            if execution.writer is not None:
+                if execution.leave_container:
+                    # The node goes down and leaves the container running: stop capturing and keep
+                    # the log open-ended (no END frame) so that a restart can append to it.
+                    if execution.handle is not None:
+                        execution.handle.release()
+                    execution.writer.close(complete=False)
+                else:
+                    execution.writer.close()
+            raise
+        finally:
+            await self._clean_up(execution, recovered=recovered)
+
+    async def _clean_up(self, execution: Execution, *, recovered: bool) -> None:
+        if execution.leave_container:
+            return
+        record = execution.record
+        if execution.handle is not None:
+            try:
+                if await execution.handle.remove():
+                    self._emit(record, EventKind.CLEANED_UP, "container removed")
+            except Exception as exc:
+                # Left for the reaper: it carries this node's labels.
+                log.warning("could not remove container %s: %s", execution.handle.container_id, exc)
+        try:
+            if execution.prepared_inputs is not None:
+                await execution.prepared_inputs.cleanup()
+            elif recovered and record.request.input_sources and self._input_preparer is not None:
+                await self._input_preparer.discard(record.execution_id)  # prepared by a previous life
+        except Exception as exc:
+            log.warning("cleaning up the inputs of %s failed: %s", record.execution_id, exc)
+
+    async def _prepare_and_run(self, execution: Execution) -> tuple[ExitStatus, ResultStatus | None]:
+        """Image and inputs (at once), container, run. Returns the outcome, and a status when it is
+        decided before running."""
+        record = execution.record
+        image = asyncio.create_task(prepare_image(self.driver, record, execution.cancel_event, self._emit))
+        steps: list[asyncio.Task[Any]] = [image]
+        if record.request.input_sources:
+            assert self._input_preparer is not None
+            steps.append(
+                asyncio.create_task(self._prepare_inputs(execution, self._input_preparer)),
+            )
+        try:
+            await asyncio.gather(*steps)
+        except BaseException:
+            for step in steps:
+                step.cancel()
+            await asyncio.gather(*steps, return_exceptions=True)
+            raise
+        stop_signal = image.result()
+        if execution.cancel_event.is_set():
+            return ExitStatus(), ResultStatus.CANCELLED
+        with tracer.start_as_current_span("run"):
+            assert execution.writer is not None
+            volumes = execution.prepared_inputs.volumes if execution.prepared_inputs is not None else []
+            handle = await self.driver.create(record.request, volumes, execution.writer, stop_signal=stop_signal)
+            execution.handle = handle
+            record.container_id = handle.container_id
+            if execution.cancel_event.is_set():  # cancelled while creating: never start it
+                return ExitStatus(), ResultStatus.CANCELLED
+            await handle.start()
+            record.started_at = utcnow()
+            self._set_state(record, ExecutionState.RUNNING)
+            self._emit(record, EventKind.STARTED, "container started", container_id=handle.container_id)
+            return await supervise(self, execution, handle, record.request.timeout), None
+
+    async def _resume(self, execution: Execution) -> ExitStatus:
+        """The recovered execution's container: follow it (or read what it left), then its exit status."""
+        record = execution.record
+        resumed = await self.driver.resume(record, execution.writer)
+        if isinstance(resumed, ExitStatus):
+            return resumed
+        execution.handle = resumed
+        record.container_id = resumed.container_id
+        if not resumed.running:
+            outcome = await resumed.finish()
+        else:
+            self._set_state(record, ExecutionState.RUNNING)
+            remaining = None
+            if record.request.timeout is not None:
+                started = record.started_at or record.created_at
+                remaining = max(0.0, record.request.timeout - (utcnow() - started).total_seconds())
+            outcome = await supervise(self, execution, resumed, remaining, watch_outputs=False)
+            return outcome
+        self._emit_exit(record, outcome)
+        return outcome
+
+    def _emit_exit(self, record: ExecutionRecord, outcome: ExitStatus) -> None:
+        self._emit(
+            record,
+            EventKind.EXITED,
+            f"container exited with code {outcome.exit_code}",
+            exit_code=outcome.exit_code,
+            oom_killed=outcome.oom_killed,
+        )
+
+    async def _prepare_inputs(self, execution: Execution, preparer: InputPreparer) -> None:
+        execution.prepared_inputs = await prepare_inputs(preparer, execution.record, execution.cancel_event, self._emit)
+
+    def _forget_old_records(self) -> None:
+        """Keep a bounded number of finished executions in memory (the node persists them)."""
+        excess = len(self._records) - len(self._running) - self.config.max_finished_records
+        if excess <= 0:
+            return
+        finished = sorted(
+            (r for r in self._records.values() if r.result is not None),
+            key=lambda r: r.finished_at or r.created_at,
+        )
+        for r in finished[:excess]:
+            del self._records[r.execution_id]

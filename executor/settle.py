@@ -1,0 +1,179 @@
+"""How an execution ends: its status and message decided from what happened, its results written from the
+node's log store (never from the engine), then published; the record settled. Part of the runner."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from opentelemetry import trace
+
+from haddock.executor.driver import ExitStatus
+from haddock.executor.models import (
+    EventKind,
+    ExecutionRecord,
+    ExecutionState,
+    ResultStatus,
+    RunCommandRequest,
+    RunCommandResult,
+    StreamType,
+    utcnow,
+)
+from haddock.executor.quantity import format_bytes, format_duration
+from haddock.executor.results import remove_capture_files, write_job_results
+
+if TYPE_CHECKING:
+    from haddock.executor.runner import Execution, Runner
+
+__all__ = ["decide_status", "describe_outcome", "finish"]
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("haddock.executor")
+
+
+def decide_status(stop_reason: str | None, output_cap_message: str, outcome: ExitStatus) -> ResultStatus:
+    """Cancelled and timeout only when the node's stop reached a running container."""
+    if stop_reason == "cancel":
+        return ResultStatus.CANCELLED
+    if stop_reason == "timeout":
+        return ResultStatus.TIMEOUT
+    if output_cap_message:
+        return ResultStatus.ERROR
+    if outcome.oom_killed:
+        return ResultStatus.KILLED
+    if outcome.error or outcome.capture_error or outcome.exit_code != 0:
+        return ResultStatus.ERROR
+    return ResultStatus.SUCCESS
+
+
+def describe_outcome(request: RunCommandRequest, status: ResultStatus, outcome: ExitStatus) -> str:
+    """The result's message for people."""
+    if outcome.error:
+        return outcome.error
+    if status is ResultStatus.KILLED:
+        limit = format_bytes(request.resources.memory) if request.resources.memory else "the node's memory"
+        return f"the job ran out of memory: it was killed for exceeding its memory limit of {limit}"
+    if status is ResultStatus.TIMEOUT:
+        assert request.timeout is not None
+        return f"the job exceeded its timeout of {format_duration(request.timeout)} and was stopped"
+    if status is ResultStatus.CANCELLED:
+        return "the execution was cancelled"
+    if status is ResultStatus.ERROR and outcome.exit_code not in (0, None):
+        return f"the job exited with code {outcome.exit_code}"
+    return ""
+
+
+async def finish(
+    runner: Runner, execution: Execution, outcome: ExitStatus, status: ResultStatus | None
+) -> RunCommandResult:
+    """Write the results and settle the record. Never raises."""
+    record = execution.record
+    request = record.request
+    if status is None:
+        handle = execution.handle
+        status = decide_status(handle.stop_reason if handle else None, execution.output_cap_message, outcome)
+    runner._set_state(record, ExecutionState.FINISHING)
+    exec_id = request.execution_id
+    message = "; ".join(
+        m
+        for m in (execution.output_cap_message or describe_outcome(request, status, outcome), outcome.capture_error)
+        if m
+    )
+
+    async def stream(kind: StreamType) -> AsyncIterator[bytes]:
+        async for entry in runner.logs.read(exec_id, streams=frozenset({kind})):
+            yield entry.data
+
+    writer = execution.writer
+    assert request.results_dir is not None
+    try:
+        if writer is not None:
+            await asyncio.to_thread(writer.close)
+        written = None
+        if outcome.captured is not None:
+            try:
+                # The capture filled the results files as output arrived: rename them, read the inline heads.
+                written = await write_job_results(
+                    request.results_dir,
+                    stream(StreamType.STDOUT),
+                    stream(StreamType.STDERR),
+                    outcome.exit_code,
+                    request.output_limits,
+                    captured=outcome.captured,
+                )
+            except OSError as exc:
+                log.warning("the captured results of %s are not usable (%s); copying from the log", exec_id, exc)
+        if written is None:
+            await asyncio.to_thread(remove_capture_files, request.results_dir)
+            written = await write_job_results(
+                request.results_dir,
+                stream(StreamType.STDOUT),
+                stream(StreamType.STDERR),
+                outcome.exit_code,
+                request.output_limits,
+            )
+        out_bytes = outcome.stdout_bytes if outcome.stdout_bytes is not None else None
+        err_bytes = outcome.stderr_bytes if outcome.stderr_bytes is not None else None
+        if out_bytes is None or err_bytes is None:
+            out_bytes = writer.stdout_bytes if writer else (written.stdout.total_bytes or 0)
+            err_bytes = writer.stderr_bytes if writer else (written.stderr.total_bytes or 0)
+        runner._emit(
+            record,
+            EventKind.RESULTS_WRITTEN,
+            f"results written to {request.results_dir}",
+            stdout_bytes=out_bytes,
+            stderr_bytes=err_bytes,
+        )
+        lost = bool(outcome.capture_error)
+        published, publish_errors = await _publish(runner, record)
+        result = RunCommandResult(
+            status=status,
+            exit_code=outcome.exit_code,
+            stdout=written.stdout.text,
+            stdout_truncated=written.stdout.truncated or lost,
+            stdout_file_truncated=written.stdout.file_truncated or lost,
+            stderr=written.stderr.text,
+            stderr_truncated=written.stderr.truncated or lost,
+            stderr_file_truncated=written.stderr.file_truncated or lost,
+            error_message=message,
+            published=published,
+            publish_errors=publish_errors,
+        )
+    except Exception as exc:
+        log.exception("writing results of %s failed", exec_id)
+        result = RunCommandResult(
+            status=ResultStatus.ERROR if status is ResultStatus.SUCCESS else status,
+            exit_code=outcome.exit_code,
+            error_message=f"{message + '; ' if message else ''}writing results to "
+            f"{request.results_dir} failed: {runner.driver.describe_failure(exc)}",
+        )
+    record.result = result
+    record.finished_at = utcnow()
+    if result.status is not ResultStatus.SUCCESS:
+        runner._emit(record, EventKind.FAILED, result.error_message, status=result.status.value)
+    runner._set_state(record, result.status.state, result=result)
+    return result
+
+
+async def _publish(runner: Runner, record: ExecutionRecord) -> tuple[list[str], list[str]]:
+    """Publish the results dir as the request asks; failures are reported in the result, not raised."""
+    request = record.request
+    publisher = runner._result_publisher
+    if not request.publishers or publisher is None:
+        return [], []
+    with tracer.start_as_current_span("publish"):
+        try:
+            published, errors = await publisher.publish(request)
+        except Exception as exc:  # a publisher's bug must not lose the result
+            log.exception("publishing the results of %s failed", record.execution_id)
+            published, errors = [], [f"publishing failed: {exc}"]
+    runner._emit(
+        record,
+        EventKind.PUBLISHED,
+        f"results published to {', '.join(published)}" if published else "publishing failed",
+        published=", ".join(published),
+        errors="; ".join(errors),
+    )
+    return published, errors

@@ -1,0 +1,192 @@
+"""Admission: capacity re-checked atomically at Start, the queue of executions waiting for it, and the
+hand-over of an admitted execution to the executor.
+
+An execution that fits runs at once; one that does not waits in the capacity manager's bounded priority
+queue (durably recorded as ``queued``) or is refused with RESOURCE_EXHAUSTED. When it is admitted it is
+handed to the executor; while it waits it can be waited for, watched and cancelled like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from haddock.executor.errors import ExecutionAlreadyStarted, ExecutorShuttingDown
+from haddock.executor.models import (
+    EventKind,
+    ExecutionEvent,
+    ExecutionRecord,
+    ExecutionState,
+    ResultStatus,
+    RunCommandRequest,
+    RunCommandResult,
+    utcnow,
+)
+from haddock.executor.protocol import Executor
+from haddock.node.capacity import CapacityExhausted, CapacityManager, QueuePosition
+from haddock.node.events import EventHub
+from haddock.node.store import ExecutionStore
+
+__all__ = ["Admission", "Queued", "queued_priority"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Queued:
+    """An execution waiting for capacity: the node holds it until it is admitted."""
+
+    request: RunCommandRequest
+    record: ExecutionRecord
+    admission: asyncio.Task[None]
+    # None once admitted (the executor has it from then on), or the result if it ended in the queue
+    settled: asyncio.Future[RunCommandResult | None]
+    task: asyncio.Task[None] | None = None
+
+
+class Admission:
+    """Capacity at Start, and the queue."""
+
+    def __init__(self, capacity: CapacityManager, executor: Executor, store: ExecutionStore, events: EventHub) -> None:
+        self.capacity = capacity
+        self.executor = executor
+        self.store = store
+        self.events = events
+        self._queued: dict[str, Queued] = {}
+        self._closing = False
+
+    def get(self, execution_id: str) -> Queued | None:
+        return self._queued.get(execution_id)
+
+    def records(self) -> list[ExecutionRecord]:
+        return [q.record for q in self._queued.values()]
+
+    def position(self, execution_id: str) -> QueuePosition | None:
+        return self.capacity.position(execution_id) if execution_id in self._queued else None
+
+    async def admit(self, prepared: RunCommandRequest, *, queue: bool, priority: int) -> None:
+        """Run it now if it fits, else queue it (``queue``) or refuse it (RESOURCE_EXHAUSTED).
+        Returns once it is durably recorded, running or queued."""
+        exec_id = prepared.execution_id
+        admission = asyncio.create_task(
+            self.capacity.acquire(exec_id, prepared.resources, queue=queue, priority=priority)
+        )
+        await asyncio.sleep(0)  # admission runs to its end, or to its first wait in the queue
+        if admission.done():
+            if isinstance(admission.exception(), ValueError):  # the same id started concurrently
+                raise ExecutionAlreadyStarted(exec_id)
+            admission.result()  # refused: RESOURCE_EXHAUSTED with the reason
+            await self.launch(prepared)
+            return
+        record = ExecutionRecord(request=prepared, state=ExecutionState.QUEUED)
+        event = ExecutionEvent(
+            execution_id=exec_id, kind=EventKind.QUEUED, message="waiting for capacity", details={"priority": priority}
+        )
+        record.events.append(event)
+        try:
+            await self.store.create(record)
+        except BaseException:
+            self.capacity.release(exec_id)
+            admission.cancel()
+            raise
+        self.enqueue(prepared, record, priority, admission)
+        log.info("execution queued", extra={"execution_id": exec_id, "job_id": prepared.job_id})
+
+    def enqueue(
+        self,
+        request: RunCommandRequest,
+        record: ExecutionRecord,
+        priority: int,
+        admission: asyncio.Task[None] | None = None,
+    ) -> None:
+        """Wait in the queue (also what a restart does with an execution the store has as queued)."""
+        exec_id = request.execution_id
+        if admission is None:
+            admission = asyncio.create_task(
+                self.capacity.acquire(exec_id, request.resources, queue=True, priority=priority)
+            )
+        settled: asyncio.Future[RunCommandResult | None] = asyncio.get_running_loop().create_future()
+        q = Queued(request=request, record=record, admission=admission, settled=settled)
+        self._queued[exec_id] = q
+        q.task = asyncio.create_task(self._admit_when_ready(q), name=f"haddock-queued-{exec_id}")
+
+    async def _admit_when_ready(self, q: Queued) -> None:
+        exec_id = q.request.execution_id
+        try:
+            await q.admission
+        except asyncio.CancelledError:
+            return  # withdrawn by cancel(), or the node is shutting down: it stays queued in the store
+        except CapacityExhausted as exc:
+            if self._queued.get(exec_id) is q and not self._closing:  # refused while waiting
+                await self.end_in_queue(exec_id, ResultStatus.ERROR, f"the execution could not be admitted: {exc}")
+            return
+        if self._queued.get(exec_id) is not q or self._closing:
+            # Cancelled (or the node closing) after admission was granted but before it ran: give it back.
+            self.capacity.release(exec_id)
+            return
+        self._queued.pop(exec_id, None)
+        try:
+            await self.launch(q.request, from_queue=True)
+        except Exception as exc:
+            q.settled.set_result(None)
+            result = RunCommandResult(status=ResultStatus.ERROR, error_message=f"the execution could not start: {exc}")
+            await self.store.set_result(exec_id, result, ExecutionState.FAILED)
+            return
+        q.settled.set_result(None)
+
+    async def launch(self, prepared: RunCommandRequest, *, from_queue: bool = False) -> None:
+        """Hand an admitted execution to the executor; returns once it is persisted."""
+        exec_id = prepared.execution_id
+        accepted = self.events.expect_accepted(exec_id, from_queue=from_queue)
+        try:
+            await self.executor.start(prepared)
+        except BaseException:
+            self.events.forget_accepted(exec_id)
+            self.capacity.release(exec_id)
+            raise
+        await accepted
+        log.info(
+            "execution accepted",
+            extra={"execution_id": exec_id, "job_id": prepared.job_id, "image": prepared.engine.image},
+        )
+
+    async def end_in_queue(self, exec_id: str, status: ResultStatus, message: str) -> RunCommandResult:
+        """It ends without having run (cancelled, refused while waiting)."""
+        q = self._queued.pop(exec_id)
+        q.admission.cancel()
+        self.capacity.release(exec_id)
+        result = RunCommandResult(status=status, error_message=message)
+        q.record.result = result
+        q.record.state = status.state
+        q.record.finished_at = utcnow()
+        await self.store.set_result(exec_id, result, status.state)
+        if not q.settled.done():
+            q.settled.set_result(result)
+        self.events.end_watchers(exec_id)
+        return result
+
+    async def close(self) -> None:
+        """Stop admitting: queued executions stay queued in the store and queue again after a restart."""
+        self._closing = True
+        tasks = []
+        for q in self._queued.values():
+            q.admission.cancel()
+            if q.task is not None:
+                q.task.cancel()
+                tasks.append(q.task)
+            if not q.settled.done():
+                q.settled.set_exception(ExecutorShuttingDown())
+                q.settled.exception()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def queued_priority(record: ExecutionRecord) -> int:
+    """The priority an execution was queued with (kept in its 'queued' event)."""
+    for event in record.events:
+        if event.kind is EventKind.QUEUED:
+            try:
+                return int(event.details.get("priority", 0))
+            except (TypeError, ValueError):
+                return 0
+    return 0
