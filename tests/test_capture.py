@@ -193,3 +193,14 @@ async def test_log_is_complete_after_the_execution(
     await executor.run(req)
     assert executor.logs.is_complete(req.execution_id) is complete
     assert executor.logs.writer(req.execution_id) is None
+
+
+def test_capture_process_does_not_load_docker_py() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, haddock.executor.docker.capture_proc; "
+        "sys.exit(1 if {'docker', 'requests', 'grpc'} & set(sys.modules) else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
