@@ -160,7 +160,7 @@ async def test_daemon_and_capture_process_both_killed(
     node = f"cap-{uuid.uuid4().hex[:8]}"
     daemon = Daemon(node, tmp_path / "data", tmp_path / "daemon.log", env={"HADDOCK_ON_SHUTDOWN": "stop"})
     await daemon.start()
-    r = job("echo before; sleep 3; echo lost; sleep 4; echo after")
+    r = job("echo before; sleep 3; echo lost; sleep 12; echo after")
     try:
         async with NodeClient(daemon.address) as client:
             await client.start(r)
