@@ -114,8 +114,7 @@ async def finish(
                 outcome.exit_code,
                 request.output_limits,
             )
-        out_bytes = outcome.stdout_bytes if outcome.stdout_bytes is not None else None
-        err_bytes = outcome.stderr_bytes if outcome.stderr_bytes is not None else None
+        out_bytes, err_bytes = outcome.stdout_bytes, outcome.stderr_bytes
         if out_bytes is None or err_bytes is None:
             out_bytes = writer.stdout_bytes if writer else (written.stdout.total_bytes or 0)
             err_bytes = writer.stderr_bytes if writer else (written.stderr.total_bytes or 0)

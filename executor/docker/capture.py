@@ -60,8 +60,8 @@ class Capture:
         if self.writer is not None:
             self.client.track(self.execution_id, remote=self.client.logs.hand_over(self.writer))
             self.writer = None
+        self.remote = True  # from here on the log is closed through the client (also if the attach fails)
         await self.client.attach(self.execution_id, container_id, results_dir=results_dir, limits=limits)
-        self.remote = True
 
     async def wait_ended(self) -> None:
         """Until the capture process reports the end of the stream; note what it says."""
