@@ -204,3 +204,24 @@ def test_capture_process_does_not_load_docker_py() -> None:
         "sys.exit(1 if {'docker', 'requests', 'grpc'} & set(sys.modules) else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+async def test_capture_process_killed_while_the_daemon_runs(
+    executor: DockerExecutor, make_request: RequestFactory, tmp_path: Path
+) -> None:
+    req = make_request("echo before; sleep 2; echo after")
+    await executor.start(req)
+    async for _ in executor.get_log_stream(req.execution_id, LogQuery(follow=True)):
+        break
+    pid = capture_pid(tmp_path / "logs")
+    os.kill(pid, signal.SIGKILL)  # started by this test's executor
+    result = await asyncio.wait_for(executor.wait(req.execution_id), 60)
+    assert result.exit_code == 0
+    assert result.status is ResultStatus.ERROR
+    assert "capture process ended unexpectedly" in result.error_message
+    assert result.stdout == "before\n" and result.stdout_truncated and result.stdout_file_truncated
+    assert executor.logs.is_complete(req.execution_id)
+    # The next execution starts a new capture process.
+    again = await asyncio.wait_for(executor.run(make_request("echo again")), 60)
+    assert again.status is ResultStatus.SUCCESS and again.stdout == "again\n"
+    assert capture_pid(tmp_path / "logs") != pid
