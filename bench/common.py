@@ -45,7 +45,7 @@ RUN_TOKEN = f"bench{secrets.token_hex(3)}"
 # Our code, for attributing profile samples ("file:function" hot spots).
 OUR_PACKAGES = ("executor", "node", "storage", "haddock")
 # Frames of ours that only hold the event loop (not hot spots): samples under them are asyncio/grpc.
-ENTRY_FRAMES = frozenset({"haddock:<module>", "node/cli.py:serve", "node/cli.py:_run", "node/server.py:serve"})
+ENTRY_FRAMES = frozenset({"haddock:<module>", "node/cli.py:serve", "node/client/cli.py:_run", "node/server.py:serve"})
 
 
 def log(msg: str) -> None:

@@ -22,10 +22,11 @@ from pydantic import (
     model_validator,
 )
 
+from haddock.executor import imageref
 from haddock.executor.paths import check_container_path as _check_container_path
+from haddock.executor.publishers import PublisherSpec
 from haddock.executor.quantity import GiB, KiB, MiB, TiB, format_bytes, parse_bytes, parse_cpu, parse_duration
-from haddock.storage.models import InputSource
-from haddock.storage.publish import PublisherSpec
+from haddock.executor.sources import InputSource
 
 RESERVED_ENV_PREFIX = "HADDOCK_"
 """Environment names with this prefix are set by the node; a request may not set them."""
@@ -41,14 +42,6 @@ MAX_TIMEOUT_SECONDS = 30 * 24 * 3600.0
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _OUTPUT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-# A Docker image reference: [registry[:port]/]path[:tag][@digest], path components lower case.
-_IMAGE_RE = re.compile(
-    r"^(?:(?P<registry>(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
-    r"(?::[0-9]+)?|\[[0-9a-fA-F:]+\](?::[0-9]+)?)/)?"
-    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
-    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
-    r"(?:@(?P<digest>[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,}))?$"
-)
 
 
 # ---------------------------------------------------------------------------
@@ -271,7 +264,7 @@ class EngineSpec(_Model):
             raise ValueError("image must not be empty")
         if v != v.strip():
             raise ValueError(f"image {v!r} must not have leading or trailing spaces")
-        if len(v) > 1024 or not _IMAGE_RE.match(v):
+        if not imageref.is_valid(v):
             raise ValueError(
                 f"image {v!r} is not a valid image reference (expected [registry/]name[:tag][@digest], "
                 "name in lower case)"

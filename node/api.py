@@ -15,9 +15,10 @@ from pydantic import ValidationError
 
 from haddock.executor.errors import ErrorCode, ExecutorError
 from haddock.executor.logstore import LogCorrupted, LogNotFound
-from haddock.executor.models import ExecutionRecord, LogQuery, StreamType
+from haddock.executor.models import ExecutionRecord
 from haddock.executor.quantity import QuantityError
-from haddock.node import convert
+from haddock.node.client import convert
+from haddock.node.client.convert import validation_message
 from haddock.node.service import Node, new_execution_id
 from haddock.v1 import executor_pb2, executor_pb2_grpc, node_pb2, node_pb2_grpc
 from haddock.v1 import types_pb2 as pb
@@ -34,16 +35,6 @@ _CODES = {
     ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
 }
-
-
-def validation_message(exc: ValidationError) -> str:
-    """One line per problem: ``field.path: what is wrong``."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "invalid request: " + "; ".join(parts)
 
 
 def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -156,16 +147,9 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
 
     @streaming
     async def GetLogStream(self, request: Any, context: Any) -> AsyncIterator[executor_pb2.GetLogStreamResponse]:
-        streams = frozenset(convert.stream_from_pb(s) for s in request.streams) or frozenset(StreamType)
-        query = LogQuery(
-            with_history=request.with_history,
-            follow=request.follow,
-            offset=request.offset if request.HasField("offset") else None,
-            tail_lines=request.tail_lines if request.HasField("tail_lines") else None,
-            streams=streams,
-        )
+        query = convert.log_query_from_pb(request)
         async for entry in self.node.get_log_stream(request.execution_id, query):
-            yield executor_pb2.GetLogStreamResponse(**convert.log_entry_fields(entry))
+            yield convert.log_entry_to_pb(entry)
 
     async def _results_dir(self, request: Any) -> str:
         results_dir = (await self.node.get(request.execution_id)).request.results_dir
@@ -209,18 +193,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
 
     @unary
     async def GetNodeInfo(self, request: Any, context: Any) -> node_pb2.GetNodeInfoResponse:
-        info = await self.node.info()
-        return node_pb2.GetNodeInfoResponse(
-            node_id=info.node_id,
-            version=info.version,
-            engine_version=info.engine_version,
-            capacity=convert.resources_to_pb(info.capacity),
-            allocated=convert.resources_to_pb(info.allocated),
-            queued=convert.resources_to_pb(info.queued),
-            free=convert.resources_to_pb(info.free),
-            running_executions=info.running,
-            queued_executions=info.queued_count,
-        )
+        return convert.info_to_pb(await self.node.info())
 
     @unary
     async def ListExecutions(self, request: Any, context: Any) -> node_pb2.ListExecutionsResponse:

@@ -31,6 +31,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from haddock.executor.imageref import normalize_name
 from haddock.executor.models import (
     BidResult,
     ByteQuantity,
@@ -41,6 +42,7 @@ from haddock.executor.models import (
     RunCommandRequest,
 )
 from haddock.executor.quantity import format_bytes, format_cpu, format_duration
+from haddock.executor.sources import redact_url
 
 __all__ = [
     "BidChain",
@@ -68,10 +70,8 @@ __all__ = [
     "build_chain",
     "image_matches",
     "normalize_arch",
-    "normalize_image_name",
     "platform_from_engine_info",
     "platform_from_image_inspect",
-    "redact_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -213,39 +213,7 @@ class NetworkingStrategy:
 # 2. Image policy
 # ---------------------------------------------------------------------------
 
-DEFAULT_REGISTRY = "docker.io"
-_LEGACY_DEFAULT_REGISTRY = "index.docker.io"
-_OFFICIAL_PREFIX = "library/"
 _GLOB_CHARS = frozenset("*?[")
-
-
-def normalize_image_name(image: str) -> str:
-    """An image reference's ``registry/repository``, the way Docker reads it; tag and digest dropped.
-
-    ``busybox`` -> ``docker.io/library/busybox``; ``user/app:1`` -> ``docker.io/user/app``;
-    ``127.0.0.1:5000/x/y:tag`` -> ``127.0.0.1:5000/x/y``; ``index.docker.io/busybox`` ->
-    ``docker.io/library/busybox``. The first path component is a registry when it contains a
-    ``.`` or a ``:``, is ``localhost``, or has upper-case letters (as in Docker's reference package).
-    """
-    if not image or image != image.strip() or any(c.isspace() for c in image):
-        raise ValueError(f"{image!r} is not an image reference")
-    name = image.split("@", 1)[0]
-    slash = name.rfind("/")
-    colon = name.rfind(":")
-    if colon > slash:
-        name = name[:colon]
-    first, sep, rest = name.partition("/")
-    if sep and (any(c in first for c in ".:") or first == "localhost" or first.lower() != first):
-        registry, remainder = first, rest
-    else:
-        registry, remainder = DEFAULT_REGISTRY, name
-    if registry == _LEGACY_DEFAULT_REGISTRY:
-        registry = DEFAULT_REGISTRY
-    if registry == DEFAULT_REGISTRY and "/" not in remainder:
-        remainder = _OFFICIAL_PREFIX + remainder
-    if not remainder or any(not part for part in remainder.split("/")) or not registry:
-        raise ValueError(f"{image!r} is not an image reference")
-    return f"{registry}/{remainder}"
 
 
 def image_matches(name: str, pattern: str) -> bool:
@@ -263,8 +231,7 @@ def _check_pattern(pattern: str) -> str:
         )
     if "/" not in pattern and not _GLOB_CHARS & set(pattern):
         raise ValueError(
-            f"image pattern {pattern!r} can never match: patterns match the full name, "
-            f"e.g. {normalize_image_name(pattern)!r}"
+            f"image pattern {pattern!r} can never match: patterns match the full name, e.g. {normalize_name(pattern)!r}"
         )
     return pattern
 
@@ -296,7 +263,7 @@ class ImagePolicyStrategy:
 
     async def bid(self, ctx: BidContext) -> BidResult:
         image = ctx.request.engine.image
-        name = normalize_image_name(image)
+        name = normalize_name(image)
         shown = f"'{image}'" if name == image else f"'{image}' ({name})"
         for pattern in self.deny:
             if image_matches(name, pattern):
@@ -668,13 +635,6 @@ class ResourceStrategy:
 # ---------------------------------------------------------------------------
 
 MAX_PROBE_REPLY = 64 * 1024
-
-
-def redact_url(url: str) -> str:
-    """A URL fit to show a requester: no user info, query or fragment."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _clip(text: str, most: int = MAX_REASON) -> str:

@@ -24,6 +24,7 @@ from pydantic_settings import (
 from haddock.executor.docker.config import DockerConfig
 from haddock.executor.models import ByteQuantity, CpuQuantity, DurationSeconds
 from haddock.node.bidding import BiddingSettings
+from haddock.storage.config import StorageSettings
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
 _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -108,31 +109,6 @@ class CapacitySettings(BaseModel):
     max_queued: int = Field(default=100, ge=0, description="executions that may wait for capacity")
 
 
-class LocalRootSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    path: Path
-    read_write: bool = False
-
-
-class StorageSettings(BaseModel):
-    """Input sources: what the node may read and how much it caches."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    local_roots: list[LocalRootSettings] = Field(
-        default_factory=list, description="directories local (file://) inputs may come from; none by default"
-    )
-    cache_max_bytes: ByteQuantity = Field(default=20 * 1024**3, description="downloaded inputs kept for reuse")
-    allow_private_networks: bool = Field(
-        default=False,
-        description="let requesters name URLs and S3 endpoints on loopback, private or link-local addresses",
-    )
-    inline_max_bytes: ByteQuantity = Field(
-        default=1024**2, description="largest inline (data:) input (gRPC messages are at most 4 MiB)"
-    )
-
-
 class Settings(BaseSettings):
     """Everything an operator can set."""
 
@@ -164,7 +140,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     docker: DockerConfig = Field(default_factory=DockerConfig)
     capacity: CapacitySettings = Field(default_factory=CapacitySettings)
-    storage: StorageSettings = Field(default_factory=StorageSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings, description="inputs and publishers")
     bidding: BiddingSettings = Field(default_factory=BiddingSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 

@@ -14,7 +14,6 @@ import logging
 import shutil
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from opentelemetry import metrics
 
@@ -39,7 +38,9 @@ from haddock.executor.models import (
     RunCommandResult,
 )
 from haddock.executor.protocol import Executor
+from haddock.executor.publishers import S3PublisherSpec
 from haddock.executor.quantity import format_duration
+from haddock.executor.sources import S3Source, UrlSource
 from haddock.node.admission import Admission, queued_priority
 from haddock.node.bidding import (
     BidContext,
@@ -48,30 +49,16 @@ from haddock.node.bidding import (
     platform_from_image_inspect,
 )
 from haddock.node.capacity import CapacityExhausted, CapacityManager, CapacitySnapshot, QueuePosition
+from haddock.node.client import NodeInfo
 from haddock.node.config import OnShutdown, Settings
 from haddock.node.events import EventHub
 from haddock.node.housekeeping import Housekeeping
 from haddock.node.store import ExecutionStore, store_path
-from haddock.storage import LocalRoot, StorageRegistry, build_registry
+from haddock.storage import StorageRegistry, build_registry
 from haddock.storage.hooks import RegistryPreparer, RegistryPublisher
-from haddock.storage.models import S3Source, UrlSource
 from haddock.storage.netpolicy import AddressRefused, check_public
-from haddock.storage.publish import S3PublisherSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    node_id: str
-    version: str
-    engine_version: str
-    capacity: Resources
-    allocated: Resources
-    queued: Resources
-    free: Resources
-    running: int
-    queued_count: int
 
 
 def new_execution_id() -> str:
@@ -136,15 +123,9 @@ class Node:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = await ExecutionStore.open(store_path(settings.data_dir))
         events = EventHub(store)
-        st = settings.storage
-        registry = build_registry(
-            cache_dir=settings.data_dir / "cache",
-            cache_max_bytes=st.cache_max_bytes,
-            local_roots=[LocalRoot(r.path, read_write=r.read_write) for r in st.local_roots],
-            inline_max_bytes=st.inline_max_bytes,
-        )
+        registry = build_registry(settings.storage, cache_dir=settings.data_dir / "cache")
         preparer = RegistryPreparer(registry, lambda exec_id: settings.executions_dir / exec_id / "inputs")
-        publisher = RegistryPublisher(settings.node_id)
+        publisher = RegistryPublisher(settings.node_id, settings.storage.s3)
         executor = DockerExecutor(
             settings.docker,
             node_id=settings.node_id,

@@ -1,70 +1,95 @@
-"""Input sources (inline, local, URL, S3) behind one provider protocol, and the content cache.
+"""Input sources (inline, local, URL, S3) behind one provider protocol, the content cache, and the
+output publishers. The sources and publisher specs themselves are domain data:
+:mod:`haddock.executor.sources` and :mod:`haddock.executor.publishers`.
 
 Typical use by the node::
 
-    registry = build_registry(cache_dir=data_dir / "cache", local_roots=[LocalRoot(Path("/data"))])
+    registry = build_registry(settings.storage, cache_dir=data_dir / "cache")
     volumes = await registry.prepare_all(sources, work_dir)     # in parallel; all or nothing
     request = request.model_copy(update={"inputs": [v.as_input_volume() for v in volumes]})
     ...
     await registry.cleanup_all(volumes)
+
+Names are imported on first use: ``import haddock.storage`` loads neither boto3 nor httpx.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from pathlib import Path
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from haddock.storage.cache import CacheLease, ContentCache
-from haddock.storage.inline import InlineStorage
-from haddock.storage.local import LocalRoot, LocalStorage
-from haddock.storage.models import InlineSource, InputSource, LocalSource, S3Source, UrlSource, describe_source
-from haddock.storage.provider import PreparedVolume, StorageError, StorageProvider, StorageRegistry
-from haddock.storage.s3 import S3Config, S3Storage
-from haddock.storage.url import UrlConfig, UrlStorage
-
-GiB = 1024**3
-
-
-def build_registry(
-    *,
-    cache_dir: Path | None = None,
-    cache_max_bytes: int = 20 * GiB,
-    local_roots: Iterable[LocalRoot] = (),
-    inline_max_bytes: int = 10 * 1024 * 1024,
-    url: UrlConfig | None = None,
-    s3: S3Config | None = None,
-) -> StorageRegistry:
-    """A registry with every provider; URL and S3 downloads share one content cache when ``cache_dir`` is set."""
-    cache = ContentCache(cache_dir, cache_max_bytes) if cache_dir is not None else None
-    return StorageRegistry(
-        [
-            InlineStorage(max_bytes=inline_max_bytes),
-            LocalStorage(local_roots),
-            UrlStorage(cache, url),
-            S3Storage(cache, s3),
-        ]
+if TYPE_CHECKING:
+    from haddock.storage.cache import CacheLease, ContentCache
+    from haddock.storage.config import (
+        CacheSettings,
+        InlineSettings,
+        LocalRoot,
+        S3InputSettings,
+        S3PublishSettings,
+        S3Settings,
+        StorageSettings,
+        UrlSettings,
     )
+    from haddock.storage.inline import InlineStorage
+    from haddock.storage.local import LocalStorage
+    from haddock.storage.provider import PreparedVolume, StorageError, StorageProvider, StorageRegistry
+    from haddock.storage.registry import build_registry
+    from haddock.storage.s3 import S3Storage
+    from haddock.storage.url import UrlStorage
 
+_WHERE = {
+    "CacheLease": "cache",
+    "ContentCache": "cache",
+    "CacheSettings": "config",
+    "InlineSettings": "config",
+    "LocalRoot": "config",
+    "S3InputSettings": "config",
+    "S3PublishSettings": "config",
+    "S3Settings": "config",
+    "StorageSettings": "config",
+    "UrlSettings": "config",
+    "InlineStorage": "inline",
+    "LocalStorage": "local",
+    "PreparedVolume": "provider",
+    "StorageError": "provider",
+    "StorageProvider": "provider",
+    "StorageRegistry": "provider",
+    "build_registry": "registry",
+    "S3Storage": "s3",
+    "UrlStorage": "url",
+}
 
 __all__ = [
     "CacheLease",
+    "CacheSettings",
     "ContentCache",
-    "InlineSource",
+    "InlineSettings",
     "InlineStorage",
-    "InputSource",
     "LocalRoot",
-    "LocalSource",
     "LocalStorage",
     "PreparedVolume",
-    "S3Config",
-    "S3Source",
+    "S3InputSettings",
+    "S3PublishSettings",
+    "S3Settings",
     "S3Storage",
     "StorageError",
     "StorageProvider",
     "StorageRegistry",
-    "UrlConfig",
-    "UrlSource",
+    "StorageSettings",
+    "UrlSettings",
     "UrlStorage",
     "build_registry",
-    "describe_source",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

@@ -12,11 +12,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from haddock.executor.publishers import S3PublisherSpec
+from haddock.storage.config import S3Settings
 from haddock.storage.provider import PreparedVolume, StorageRegistry
-from haddock.storage.publish import PublishContext, S3Publisher, publish_all
+from haddock.storage.publish import PublishContext, Publisher, publish_all
 
 if TYPE_CHECKING:
     from haddock.executor.models import InputVolume, RunCommandRequest
+    from haddock.storage.publish_s3 import S3Publisher
 
 
 @dataclass
@@ -59,11 +62,20 @@ class RegistryPreparer:
 
 
 class RegistryPublisher:
-    """Implements ``executor.protocol.ResultPublisher`` with the publishers of :mod:`storage.publish`."""
+    """Implements ``executor.protocol.ResultPublisher`` with the publishers of :mod:`storage.publish`.
+    The S3 publisher (and boto3) is made when an execution first publishes to S3, then kept."""
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, s3: S3Settings | None = None) -> None:
         self.node_id = node_id
-        self._s3 = S3Publisher()
+        self.s3 = s3 or S3Settings()
+        self._s3: S3Publisher | None = None
+
+    def _s3_publisher(self) -> S3Publisher:
+        if self._s3 is None:
+            from haddock.storage.publish_s3 import S3Publisher
+
+            self._s3 = S3Publisher(self.s3)
+        return self._s3
 
     async def publish(self, request: RunCommandRequest) -> tuple[list[str], list[str]]:
         assert request.results_dir is not None
@@ -74,8 +86,13 @@ class RegistryPublisher:
             results_dir=request.results_dir,
             when=datetime.now(UTC),
         )
-        done, errors = await publish_all(request.publishers, ctx, publishers={"s3": self._s3})
+        publishers: dict[str, Publisher] = {}
+        if any(isinstance(p, S3PublisherSpec) for p in request.publishers):
+            publishers["s3"] = self._s3_publisher()
+        done, errors = await publish_all(request.publishers, ctx, publishers=publishers)
         return [p.location for p in done], errors
 
     async def aclose(self) -> None:
-        await self._s3.aclose()
+        s3, self._s3 = self._s3, None
+        if s3 is not None:
+            await s3.aclose()

@@ -18,18 +18,9 @@ from pathlib import Path
 
 from haddock.executor.errors import ErrorCode
 from haddock.executor.quantity import format_bytes
-from haddock.storage.models import InlineSource
-from haddock.storage.provider import (
-    PreparedVolume,
-    StorageError,
-    make_scratch,
-    release_volume,
-    remove_tree,
-    run_blocking,
-    scratch_path,
-)
-
-MiB = 1024 * 1024
+from haddock.executor.sources import InlineSource
+from haddock.storage.config import InlineSettings
+from haddock.storage.provider import PreparedVolume, StorageError, prepare_fetched, release_volume, run_blocking
 
 INLINE_FILE_NAME = "inline"
 """The name of the file an inline input becomes (the file itself is mounted at the target)."""
@@ -38,16 +29,11 @@ INLINE_FILE_NAME = "inline"
 class InlineStorage:
     source_type = "inline"
 
-    def __init__(
-        self,
-        *,
-        max_bytes: int = 10 * MiB,
-        max_unpacked_bytes: int = 100 * MiB,
-        max_members: int = 10_000,
-    ) -> None:
-        self.max_bytes = max_bytes
-        self.max_unpacked_bytes = max_unpacked_bytes
-        self.max_members = max_members
+    def __init__(self, config: InlineSettings | None = None) -> None:
+        self.config = config or InlineSettings()
+        self.max_bytes = self.config.max_bytes
+        self.max_unpacked_bytes = self.config.max_unpacked_bytes
+        self.max_members = self.config.max_members
 
     async def is_installed(self) -> bool:
         return True
@@ -61,20 +47,15 @@ class InlineStorage:
     async def prepare_storage(self, source: InlineSource, work_dir: Path) -> PreparedVolume:
         data = self._decode(source)
         tarball = source.parsed().is_tarball
-        scratch = scratch_path(work_dir, "inline")
-        try:
-            await run_blocking(make_scratch, scratch)
+
+        async def write(dest: Path, _shared: bool) -> Path:
             if tarball:
-                host_path = await run_blocking(self._unpack, source, data, scratch / "tree")
-            else:
-                host_path = scratch / INLINE_FILE_NAME
-                await run_blocking(_write_file, host_path, data)
-        except BaseException:
-            await run_blocking(remove_tree, scratch)
-            raise
-        return PreparedVolume(
-            source=source, host_path=host_path, target=source.target, read_only=True, cached=False, scratch=scratch
-        )
+                return await run_blocking(self._unpack, source, data, dest / "tree")
+            path = dest / INLINE_FILE_NAME
+            await run_blocking(_write_file, path, data)
+            return path
+
+        return await prepare_fetched(source, work_dir, write, prefix="inline")
 
     async def cleanup_storage(self, volume: PreparedVolume) -> None:
         await release_volume(volume)

@@ -11,34 +11,23 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from haddock.executor.errors import ErrorCode
-from haddock.storage.models import LocalSource
+from haddock.executor.sources import LocalSource
+from haddock.storage.config import LocalRoot
 from haddock.storage.provider import PreparedVolume, StorageError, run_blocking
-
-
-@dataclass(frozen=True)
-class LocalRoot:
-    """A directory the operator allows inputs from, read-only unless ``read_write``."""
-
-    path: Path
-    read_write: bool = False
 
 
 class LocalStorage:
     source_type = "local"
 
     def __init__(self, roots: Iterable[LocalRoot]) -> None:
-        self.configured = list(roots)
-        for root in self.configured:
-            if not root.path.is_absolute() or ".." in root.path.parts:
-                raise ValueError(f"allowed local path {str(root.path)!r} must be absolute, without '..'")
+        self.configured = list(roots)  # absolute, without '..': LocalRoot checks
         # a root that is itself a symlink (/data -> /mnt/data) allows its real location;
         # the most specific root comes first
         self.roots = sorted(
-            (LocalRoot(r.path.resolve(strict=False), r.read_write) for r in self.configured),
+            (LocalRoot(path=r.path.resolve(strict=False), read_write=r.read_write) for r in self.configured),
             key=lambda r: len(r.path.parts),
             reverse=True,
         )

@@ -14,17 +14,17 @@ import logging
 import random
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from haddock.executor.errors import ErrorCode, ExecutorError
-from haddock.storage.models import InputSource, describe_source
+from haddock.executor.models import InputVolume
+from haddock.executor.sources import InputSource, describe_source
 
 if TYPE_CHECKING:
-    from haddock.executor.models import InputVolume
-    from haddock.storage.cache import CacheLease
+    from haddock.storage.cache import CacheLease, ContentCache
 
 log = logging.getLogger("haddock.storage")
 
@@ -72,8 +72,6 @@ class PreparedVolume:
     scratch: Path | None = field(default=None, repr=False, compare=False)
 
     def as_input_volume(self) -> InputVolume:
-        from haddock.executor.models import InputVolume  # executor.models imports storage.models: resolve at use
-
         return InputVolume(source=self.host_path, target=self.target, read_only=self.read_only)
 
 
@@ -154,6 +152,40 @@ def backoff(attempt: int, initial: float, maximum: float) -> float:
     """Seconds to wait before retry ``attempt`` (1 = the first retry): exponential, with up to
     ``initial`` of random jitter, at most ``maximum``."""
     return min(maximum, initial * 2.0 ** max(0, attempt - 1) + random.uniform(0, initial))
+
+
+async def prepare_fetched(
+    source: InputSource,
+    work_dir: Path,
+    fetch: Callable[[Path, bool], Awaitable[Path]],
+    *,
+    prefix: str,
+    cache: ContentCache | None = None,
+    cache_key: str | None = None,
+    size: int | None = None,
+) -> PreparedVolume:
+    """The one way a provider makes an input it fetches or writes: into the content cache when there is
+    one, the content has an identity (``cache_key``) and its ``size`` fits (the volume then shares the
+    cached copy), else into the input's own scratch directory under ``work_dir``, removed at cleanup
+    and at once if ``fetch`` fails or is cancelled. Mounted read-only either way.
+
+    ``fetch(dest, shared)`` writes the input under the empty directory ``dest`` and returns the path
+    to mount; ``shared`` says whether it is for the cache."""
+    if cache is not None and cache_key is not None and cache.accepts(size):
+        lease = await cache.get_or_fetch(cache_key, lambda dest: fetch(dest, True), expected_size=size)
+        return PreparedVolume(
+            source=source, host_path=lease.path, target=source.target, read_only=True, cached=True, lease=lease
+        )
+    scratch = scratch_path(work_dir, prefix)
+    try:
+        await run_blocking(make_scratch, scratch)
+        path = await fetch(scratch, False)
+    except BaseException:
+        await run_blocking(remove_tree, scratch)
+        raise
+    return PreparedVolume(
+        source=source, host_path=path, target=source.target, read_only=True, cached=False, scratch=scratch
+    )
 
 
 async def release_volume(volume: PreparedVolume) -> None:

@@ -40,17 +40,16 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from haddock.executor.errors import ErrorCode
 from haddock.executor.quantity import format_bytes, format_duration
+from haddock.executor.sources import S3Source
 from haddock.storage.cache import ContentCache, s3_object_key, s3_prefix_key
-from haddock.storage.models import S3Source
+from haddock.storage.config import S3Settings
 from haddock.storage.provider import (
     PreparedVolume,
     StorageError,
     backoff,
-    make_scratch,
+    prepare_fetched,
     release_volume,
-    remove_tree,
     run_blocking,
-    scratch_path,
 )
 from haddock.storage.url import safe_file_name
 
@@ -60,8 +59,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("haddock.storage.s3")
 
 T = TypeVar("T")
-GiB = 1024**3
-MiB = 1024**2
 DEFAULT_OBJECT_NAME = "object"
 
 _STREAM_TRANSIENT = (
@@ -69,27 +66,6 @@ _STREAM_TRANSIENT = (
     botocore.exceptions.ConnectionError,
     botocore.exceptions.IncompleteReadError,
 )
-
-
-@dataclass(frozen=True)
-class S3Config:
-    max_bytes: int = 10 * GiB
-    """Largest input (one object, or all objects under a prefix together)."""
-    max_objects: int = 10_000
-    region: str | None = None
-    """Region when a source names none (else boto3's own default)."""
-    endpoint_url: str | None = None
-    """Endpoint when a source names none (else AWS)."""
-    allowed_endpoints: tuple[str, ...] | None = None
-    """Endpoints a source may name (None: any). The node signs requests with its credentials for them."""
-    attempts: int = 4
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    total_timeout: float = 3600.0
-    parallel_downloads: int = 4
-    chunk_size: int = 1 * MiB
-    backoff_initial: float = 0.5
-    backoff_max: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -114,17 +90,17 @@ class S3Storage:
     def __init__(
         self,
         cache: ContentCache | None = None,
-        config: S3Config | None = None,
+        config: S3Settings | None = None,
         *,
         session: boto3.session.Session | None = None,
     ) -> None:
         self.cache = cache
-        self.config = config or S3Config()
+        self.config = config or S3Settings()
         self._session = session
         self._clients: dict[tuple[str | None, str | None], S3Client] = {}
         self._client_lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.config.parallel_downloads + 4, thread_name_prefix="haddock-s3"
+            max_workers=self.config.inputs.parallel_downloads + 4, thread_name_prefix="haddock-s3"
         )
 
     async def aclose(self) -> None:
@@ -154,10 +130,10 @@ class S3Storage:
 
     async def prepare_storage(self, source: S3Source, work_dir: Path) -> PreparedVolume:
         cache_key, size, objects = await self._identify(source)
-        if size > self.config.max_bytes:
+        if size > self.config.inputs.max_bytes:
             raise StorageError(
                 source,
-                f"is {format_bytes(size)}, larger than the size limit of {format_bytes(self.config.max_bytes)} "
+                f"is {format_bytes(size)}, larger than the size limit of {format_bytes(self.config.inputs.max_bytes)} "
                 "for S3 inputs",
                 code=ErrorCode.RESOURCE_EXHAUSTED,
             )
@@ -173,20 +149,11 @@ class S3Storage:
                     code=ErrorCode.UNAVAILABLE,
                 ) from None
 
-        if self.cache is not None and cache_key is not None and self.cache.accepts(size):
-            lease = await self.cache.get_or_fetch(cache_key, fetch, expected_size=size)
-            return PreparedVolume(
-                source=source, host_path=lease.path, target=source.target, read_only=True, cached=True, lease=lease
-            )
-        scratch = scratch_path(work_dir, "s3")
-        try:
-            await run_blocking(make_scratch, scratch)
-            path = await fetch(scratch)
-        except BaseException:
-            await run_blocking(remove_tree, scratch)
-            raise
-        return PreparedVolume(
-            source=source, host_path=path, target=source.target, read_only=True, cached=False, scratch=scratch
+        async def fetch_into(dest: Path, _shared: bool) -> Path:
+            return await fetch(dest)
+
+        return await prepare_fetched(
+            source, work_dir, fetch_into, prefix="s3", cache=self.cache, cache_key=cache_key, size=size
         )
 
     async def cleanup_storage(self, volume: PreparedVolume) -> None:
@@ -238,7 +205,7 @@ class S3Storage:
     async def _list(self, source: S3Source) -> list[S3Object]:
         client = await self._client(source)
         pattern = re.compile(source.filter) if source.filter is not None else None
-        limit = self.config.max_objects
+        limit = self.config.inputs.max_objects
 
         def list_objects() -> list[S3Object]:
             out: list[S3Object] = []
@@ -272,7 +239,7 @@ class S3Storage:
         if source.key:
             obj = objects[0]
             path = dest / (safe_file_name(source.key.rsplit("/", 1)[-1]) or DEFAULT_OBJECT_NAME)
-            size, digest = await self._download(source, obj, path, self.config.max_bytes)
+            size, digest = await self._download(source, obj, path, self.config.inputs.max_bytes)
             if source.sha256 is not None and digest != source.sha256:
                 raise StorageError(
                     source,
@@ -283,8 +250,8 @@ class S3Storage:
         tree = dest / "tree"
         paths = relative_paths(source, [o.key for o in objects])
         await run_blocking(tree.mkdir)
-        budget = [self.config.max_bytes]
-        sem = asyncio.Semaphore(self.config.parallel_downloads)
+        budget = [self.config.inputs.max_bytes]
+        sem = asyncio.Semaphore(self.config.inputs.parallel_downloads)
 
         async def one(obj: S3Object) -> None:
             async with sem:
@@ -304,7 +271,7 @@ class S3Storage:
         c = self.config
         retrying = AsyncRetrying(
             stop=stop_after_attempt(c.attempts),
-            wait=lambda rs: backoff(rs.attempt_number, c.backoff_initial, c.backoff_max),
+            wait=lambda rs: backoff(rs.attempt_number, c.inputs.backoff_initial, c.inputs.backoff_max),
             retry=retry_if_exception_type(_STREAM_TRANSIENT),
             before_sleep=lambda rs: log.warning(
                 "fetching s3://%s/%s failed (attempt %d): %s; retrying",
@@ -321,13 +288,20 @@ class S3Storage:
                     return await self._stoppable(
                         source,
                         functools.partial(
-                            _get_object, client, source.bucket, obj, path, cap, c.chunk_size, pinned=bool(obj.etag)
+                            _get_object,
+                            client,
+                            source.bucket,
+                            obj,
+                            path,
+                            cap,
+                            c.inputs.chunk_size,
+                            pinned=bool(obj.etag),
                         ),
                     )
         except _TooBig:
             raise StorageError(
                 source,
-                f"is larger than the size limit of {format_bytes(c.max_bytes)} for S3 inputs "
+                f"is larger than the size limit of {format_bytes(c.inputs.max_bytes)} for S3 inputs "
                 f"(download aborted at {obj.key!r})",
                 code=ErrorCode.RESOURCE_EXHAUSTED,
             ) from None
@@ -347,12 +321,11 @@ class S3Storage:
     async def _client(self, source: S3Source) -> S3Client:
         region = source.region or self.config.region
         endpoint = self._endpoint(source)
-        allowed = self.config.allowed_endpoints
-        if source.endpoint_url is not None and allowed is not None and source.endpoint_url not in allowed:
+        if not self.config.allows_endpoint(source.endpoint_url):
             raise StorageError(
                 source,
                 f"names the endpoint {source.endpoint_url}, which this node does not use "
-                f"(allowed: {', '.join(allowed) or 'none'})",
+                f"(allowed: {self.config.allowed_text()})",
             )
         key = (region, endpoint)
         client = self._clients.get(key)
@@ -373,7 +346,7 @@ class S3Storage:
                 retries={"max_attempts": c.attempts, "mode": "standard"},
                 connect_timeout=c.connect_timeout,
                 read_timeout=c.read_timeout,
-                max_pool_connections=max(10, c.parallel_downloads * 2),
+                max_pool_connections=max(10, c.inputs.parallel_downloads * 2),
                 s3={"addressing_style": "path"} if endpoint else {},
             )
             client = self._session.client("s3", endpoint_url=endpoint, config=cfg)

@@ -39,44 +39,22 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from haddock.executor.errors import ErrorCode
 from haddock.executor.quantity import format_bytes, format_duration
+from haddock.executor.sources import UrlSource, redact_url
 from haddock.storage.cache import ContentCache, url_key
-from haddock.storage.models import UrlSource, redact_url
+from haddock.storage.config import UrlSettings
 from haddock.storage.provider import (
     PreparedVolume,
     StorageError,
     backoff,
-    make_scratch,
+    prepare_fetched,
     release_volume,
-    remove_tree,
     run_blocking,
-    scratch_path,
 )
 
 log = logging.getLogger("haddock.storage.url")
 
-GiB = 1024**3
 DEFAULT_FILE_NAME = "download"
 _MAX_NAME_BYTES = 200
-
-
-@dataclass(frozen=True)
-class UrlConfig:
-    max_bytes: int = 10 * GiB
-    """Largest download accepted."""
-    attempts: int = 4
-    """Tries of one GET, the first included."""
-    backoff_initial: float = 0.5
-    backoff_max: float = 10.0
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    """Longest wait for the next bytes of a response."""
-    total_timeout: float = 3600.0
-    """Longest a whole download may take, retries included."""
-    head_timeout: float = 10.0
-    chunk_size: int = 256 * 1024
-    user_agent: str = "haddock"
-    trust_env: bool = True
-    """Honour HTTP(S)_PROXY, NO_PROXY and SSL_CERT_FILE from the environment."""
 
 
 @dataclass(frozen=True)
@@ -102,12 +80,12 @@ class UrlStorage:
     def __init__(
         self,
         cache: ContentCache | None = None,
-        config: UrlConfig | None = None,
+        config: UrlSettings | None = None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.cache = cache
-        self.config = config or UrlConfig()
+        self.config = config or UrlSettings()
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
 
@@ -150,26 +128,20 @@ class UrlStorage:
         if head is not None and head.size is not None and head.size > self.config.max_bytes:
             raise self._too_big(source, f"the server's HEAD says {format_bytes(head.size)}; nothing was downloaded")
         key = await self._cache_key(source, head)
-        if self.cache is not None and key is not None and self.cache.accepts(head.size if head else None):
-            # the validators must still match on the GET when they are what identifies the content
-            expect = head if source.sha256 is None else None
+        # the validators must still match on the GET when they are what identifies shared content
+        expect = head if source.sha256 is None else None
 
-            async def fetch(dest: Path) -> Path:
-                return await self._download(source, dest, expect)
+        async def fetch(dest: Path, shared: bool) -> Path:
+            return await self._download(source, dest, expect if shared else None)
 
-            lease = await self.cache.get_or_fetch(key, fetch, expected_size=head.size if head else None)
-            return PreparedVolume(
-                source=source, host_path=lease.path, target=source.target, read_only=True, cached=True, lease=lease
-            )
-        scratch = scratch_path(work_dir, "url")
-        try:
-            await run_blocking(make_scratch, scratch)
-            path = await self._download(source, scratch, None)
-        except BaseException:
-            await run_blocking(remove_tree, scratch)
-            raise
-        return PreparedVolume(
-            source=source, host_path=path, target=source.target, read_only=True, cached=False, scratch=scratch
+        return await prepare_fetched(
+            source,
+            work_dir,
+            fetch,
+            prefix="url",
+            cache=self.cache,
+            cache_key=key,
+            size=head.size if head else None,
         )
 
     async def cleanup_storage(self, volume: PreparedVolume) -> None:

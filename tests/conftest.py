@@ -136,8 +136,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 
 from haddock.node.client import NodeClient  # noqa: E402
-from haddock.node.config import OnShutdown, Settings, StorageSettings  # noqa: E402
+from haddock.node.config import OnShutdown, Settings  # noqa: E402
 from haddock.node.server import RunningServer, start_server  # noqa: E402
+from haddock.storage.config import StorageSettings  # noqa: E402
 
 
 class TelemetryCapture:

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from haddock.executor.models import BidResult, EngineSpec, NetworkMode, Resources, RunCommandRequest
+from haddock.executor.models import BidResult, NetworkMode, Resources, RunCommandRequest
 from haddock.executor.quantity import GiB, MiB
+from haddock.executor.sources import redact_url
 from haddock.node.bidding import (
     BidChain,
     BidContext,
@@ -40,10 +39,8 @@ from haddock.node.bidding import (
     build_chain,
     image_matches,
     normalize_arch,
-    normalize_image_name,
     platform_from_engine_info,
     platform_from_image_inspect,
-    redact_url,
 )
 
 CAPACITY = Resources(cpu=16, memory=16 * GiB, disk=100 * GiB, gpu=0)
@@ -169,88 +166,8 @@ def test_networking_settings() -> None:
 
 
 # ---------------------------------------------------------------------------
-# 2. Image policy and name normalization
+# 2. Image policy (name normalization: tests/test_imageref.py)
 # ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("image", "expected"),
-    [
-        ("busybox", "docker.io/library/busybox"),
-        ("busybox:1.36", "docker.io/library/busybox"),
-        ("busybox@sha256:" + "a" * 64, "docker.io/library/busybox"),
-        ("busybox:1.36@sha256:" + "a" * 64, "docker.io/library/busybox"),
-        ("library/busybox", "docker.io/library/busybox"),
-        ("user/app:2", "docker.io/user/app"),
-        ("user/team/app", "docker.io/user/team/app"),
-        ("docker.io/busybox", "docker.io/library/busybox"),
-        ("docker.io/library/busybox:latest", "docker.io/library/busybox"),
-        ("index.docker.io/busybox", "docker.io/library/busybox"),
-        ("index.docker.io/user/app", "docker.io/user/app"),
-        ("haddock-test/busybox:latest", "docker.io/haddock-test/busybox"),
-        ("127.0.0.1:5000/x/y:tag", "127.0.0.1:5000/x/y"),
-        ("127.0.0.1:5000/x", "127.0.0.1:5000/x"),
-        ("localhost/app", "localhost/app"),
-        ("localhost:5000/app:1", "localhost:5000/app"),
-        ("localhost:5000", "docker.io/library/localhost"),  # Docker reads this as image localhost, tag 5000
-        ("localhost", "docker.io/library/localhost"),
-        ("ghcr.io/acme/tool:v1", "ghcr.io/acme/tool"),
-        ("registry.example.com:443/a/b/c@sha256:" + "0" * 64, "registry.example.com:443/a/b/c"),
-        ("[::1]:5000/app:1", "[::1]:5000/app"),
-        ("Registry/app", "Registry/app"),  # upper case: a host name, as in Docker
-        ("my.registry/app", "my.registry/app"),
-        ("app.v2/thing", "app.v2/thing"),  # a dot in the first component makes it a registry
-    ],
-)
-def test_normalize_image_name(image: str, expected: str) -> None:
-    assert normalize_image_name(image) == expected
-    assert normalize_image_name(expected) == expected
-
-
-@pytest.mark.parametrize("image", ["", " busybox", "busybox ", "a b", ":tag", "/app", "app/", "a//b", "@sha256:00"])
-def test_normalize_image_name_refuses_what_is_not_a_reference(image: str) -> None:
-    with pytest.raises(ValueError, match="is not an image reference"):
-        normalize_image_name(image)
-
-
-_COMPONENT = st.from_regex(r"[a-z0-9]{1,6}(?:(?:[._]|__|-{1,2})[a-z0-9]{1,6}){0,2}", fullmatch=True)
-_PLAIN_COMPONENT = st.from_regex(r"[a-z0-9]{1,6}(?:(?:_|__|-{1,2})[a-z0-9]{1,6}){0,2}", fullmatch=True).filter(
-    lambda s: s != "localhost"
-)
-_HOST_LABEL = st.from_regex(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,6}[a-zA-Z0-9])?", fullmatch=True)
-_REGISTRY = st.one_of(
-    st.sampled_from(["ghcr.io", "quay.io", "127.0.0.1:5000", "localhost", "localhost:5000", "[::1]:5000"]),
-    st.builds(lambda a, b, port: f"{a}.{b}{port}", _HOST_LABEL, _HOST_LABEL, st.sampled_from(["", ":443"])),
-)
-_TAG = st.one_of(st.just(""), st.from_regex(r":[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}", fullmatch=True))
-_DIGEST = st.one_of(st.just(""), st.from_regex(r"@sha256:[0-9a-f]{64}", fullmatch=True))
-
-
-@given(
-    registry=_REGISTRY,
-    path=st.lists(_COMPONENT, min_size=1, max_size=3).map("/".join),
-    tag=_TAG,
-    digest=_DIGEST,
-)
-def test_normalize_keeps_an_explicit_registry_and_drops_tag_and_digest(
-    registry: str, path: str, tag: str, digest: str
-) -> None:
-    image = f"{registry}/{path}{tag}{digest}"
-    EngineSpec(image=image)  # the generated reference is one the request model accepts
-    name = normalize_image_name(image)
-    assert name == f"{registry}/{path}"
-    assert normalize_image_name(name) == name
-
-
-@given(path=st.lists(_PLAIN_COMPONENT, min_size=1, max_size=3), tag=_TAG, digest=_DIGEST)
-def test_normalize_puts_names_without_registry_on_docker_hub(path: list[str], tag: str, digest: str) -> None:
-    image = "/".join(path) + tag + digest
-    EngineSpec(image=image)
-    name = normalize_image_name(image)
-    expected_path = "/".join(path) if len(path) > 1 else f"library/{path[0]}"
-    assert name == f"docker.io/{expected_path}"
-    assert normalize_image_name(name) == name
-    EngineSpec(image=name)  # still a valid reference, with the same meaning
 
 
 async def test_image_policy_allow_list() -> None:

@@ -13,6 +13,7 @@ import pytest
 from haddock.executor.models import (
     EventKind,
     ExecutionState,
+    LogQuery,
     Resources,
     ResultStatus,
     RunCommandRequest,
@@ -50,7 +51,7 @@ async def test_start_then_wait_logs_and_describe(client: NodeClient) -> None:
     req = job("echo one; sleep 0.3; echo two >&2")
     started = await client.start(req)
     assert started.execution_id == req.execution_id
-    chunks = [c async for c in client.logs(req.execution_id, follow=True)]
+    chunks = [c async for c in client.logs(req.execution_id, LogQuery(follow=True))]
     assert b"".join(c.data for c in chunks if c.stream is StreamType.STDOUT) == b"one\n"
     assert b"".join(c.data for c in chunks if c.stream is StreamType.STDERR) == b"two\n"
     done = await client.wait(req.execution_id)
@@ -81,7 +82,7 @@ async def test_cancel_and_error_statuses(client: NodeClient) -> None:
     with pytest.raises(NodeError) as exc:
         await client.start(req)
     assert exc.value.code is grpc.StatusCode.ALREADY_EXISTS
-    async for _ in client.logs(req.execution_id, follow=True):
+    async for _ in client.logs(req.execution_id, LogQuery(follow=True)):
         break
     cancelled = await client.cancel(req.execution_id)
     assert cancelled.result.status is ResultStatus.CANCELLED
@@ -102,7 +103,7 @@ async def test_cancel_and_error_statuses(client: NodeClient) -> None:
             pass
     assert exc.value.code is grpc.StatusCode.NOT_FOUND
     with pytest.raises(NodeError) as exc:
-        async for _ in client.logs(req.execution_id, offset=3):
+        async for _ in client.logs(req.execution_id, LogQuery(offset=3)):
             pass
     assert exc.value.code is grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(NodeError) as exc:
@@ -201,7 +202,7 @@ async def test_log_stream_10_mib_and_resume(client: NodeClient, node_server: Run
     script = "i=0; while [ $i -lt 80 ]; do head -c 65536 /dev/urandom; head -c 65536 /dev/urandom >&2; i=$((i+1)); done"
     req = job(script)
     await client.start(req)
-    chunks = [c async for c in client.logs(req.execution_id, follow=True)]
+    chunks = [c async for c in client.logs(req.execution_id, LogQuery(follow=True))]
     done = await client.wait(req.execution_id)
     assert done.result.status is ResultStatus.SUCCESS
     out = b"".join(c.data for c in chunks if c.stream is StreamType.STDOUT)
@@ -214,11 +215,11 @@ async def test_log_stream_10_mib_and_resume(client: NodeClient, node_server: Run
     for prev, cur in itertools.pairwise(chunks):
         assert cur.offset == prev.next_offset
     middle = chunks[len(chunks) // 2]
-    rest = [c async for c in client.logs(req.execution_id, offset=middle.next_offset)]
+    rest = [c async for c in client.logs(req.execution_id, LogQuery(offset=middle.next_offset))]
     assert [(c.stream, c.data, c.offset) for c in rest] == [
         (c.stream, c.data, c.offset) for c in chunks[len(chunks) // 2 + 1 :]
     ]
-    tail = [c async for c in client.logs(req.execution_id, offset=chunks[-1].next_offset)]
+    tail = [c async for c in client.logs(req.execution_id, LogQuery(offset=chunks[-1].next_offset))]
     assert tail == []
 
 
@@ -226,10 +227,13 @@ async def test_logs_tail_and_stream_filter(client: NodeClient) -> None:
     req = job("for i in 1 2 3 4 5; do echo line$i; done; echo oops >&2")
     await client.run(req)
     tail = b"".join(
-        [c.data async for c in client.logs(req.execution_id, tail_lines=2, streams=frozenset({StreamType.STDOUT}))]
+        [
+            c.data
+            async for c in client.logs(req.execution_id, LogQuery(tail_lines=2, streams=frozenset({StreamType.STDOUT})))
+        ]
     )
     assert tail == b"line4\nline5\n"
-    errs = [c async for c in client.logs(req.execution_id, streams=frozenset({StreamType.STDERR}))]
+    errs = [c async for c in client.logs(req.execution_id, LogQuery(streams=frozenset({StreamType.STDERR})))]
     assert b"".join(c.data for c in errs) == b"oops\n"
 
 

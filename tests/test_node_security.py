@@ -15,7 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from haddock.executor.models import RunCommandRequest
+from haddock.executor.models import LogQuery, RunCommandRequest
 from haddock.node.client import ClientTls, NodeClient, NodeError
 from haddock.node.config import TlsSettings
 from haddock.node.server import start_server
@@ -49,7 +49,7 @@ async def test_bearer_token_unary_and_streaming(tmp_path: Path, node_id: str, bu
                     await anon.list_executions()
                 assert exc.value.code is grpc.StatusCode.UNAUTHENTICATED
                 with pytest.raises(NodeError) as exc:
-                    async for _ in anon.logs("whatever", follow=True):
+                    async for _ in anon.logs("whatever", LogQuery(follow=True)):
                         pass
                 assert exc.value.code is grpc.StatusCode.UNAUTHENTICATED
                 with pytest.raises(NodeError) as exc:

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from haddock.executor.docker import DockerConfig
-from haddock.executor.models import EventKind, ExecutionState, ResultStatus, RunCommandRequest, StreamType
+from haddock.executor.models import EventKind, ExecutionState, LogQuery, ResultStatus, RunCommandRequest, StreamType
 from haddock.node.client import NodeClient, NodeError
 from haddock.node.server import start_server
 from haddock.node.store import ExecutionStore, store_path
@@ -41,7 +41,7 @@ def labelled(client: docker.DockerClient, node: str) -> list[str]:
 
 
 async def first_output(client: NodeClient, exec_id: str) -> None:
-    async for _ in client.logs(exec_id, follow=True):
+    async for _ in client.logs(exec_id, LogQuery(follow=True)):
         return
 
 
@@ -94,7 +94,10 @@ async def test_kill_9_and_restart_recovers_every_execution(
                     assert done.result.status is ResultStatus.SUCCESS, done.result.error_message
                     assert done.result.stdout == f"start-{i}\nend-{i}\n"
                     out = b"".join(
-                        [c.data async for c in client.logs(r.execution_id, streams=frozenset({StreamType.STDOUT}))]
+                        [
+                            c.data
+                            async for c in client.logs(r.execution_id, LogQuery(streams=frozenset({StreamType.STDOUT})))
+                        ]
                     )
                     assert out == f"start-{i}\nend-{i}\n".encode()
                     kinds = [e["kind"] for e in (await client.describe(r.execution_id))["events"]]
@@ -198,7 +201,7 @@ async def test_100_followers_get_every_byte_and_resume(tmp_path: Path, node_id: 
             async def follow() -> tuple[str, int]:
                 h = hashlib.sha256()
                 n = 0
-                async for c in client.logs(r.execution_id, follow=True):
+                async for c in client.logs(r.execution_id, LogQuery(follow=True)):
                     h.update(c.data)
                     n += len(c.data)
                 return h.hexdigest(), n
@@ -207,13 +210,13 @@ async def test_100_followers_get_every_byte_and_resume(tmp_path: Path, node_id: 
                 h = hashlib.sha256()
                 n = 0
                 offset = None
-                async for c in client.logs(r.execution_id, follow=True):
+                async for c in client.logs(r.execution_id, LogQuery(follow=True)):
                     h.update(c.data)
                     n += len(c.data)
                     offset = c.next_offset
                     if n >= 5 * MiB:
                         break  # the connection drops
-                async for c in client.logs(r.execution_id, follow=True, offset=offset):
+                async for c in client.logs(r.execution_id, LogQuery(follow=True, offset=offset)):
                     h.update(c.data)
                     n += len(c.data)
                 return h.hexdigest(), n

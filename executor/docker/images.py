@@ -16,7 +16,6 @@ from typing import Any
 import docker
 import docker.errors
 import requests.exceptions
-from docker.utils import parse_repository_tag
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -24,6 +23,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from haddock.executor import imageref
 from haddock.executor.models import PullPolicy
 
 log = logging.getLogger(__name__)
@@ -89,12 +89,6 @@ def is_transient_pull_error(message: str) -> bool:
     return any(marker in text for marker in _TRANSIENT_MARKERS)
 
 
-def normalize_reference(image: str) -> tuple[str, str]:
-    """Split an image reference into (repository, tag-or-digest); the tag defaults to ``latest``."""
-    repo, tag = parse_repository_tag(image)
-    return repo, tag or "latest"
-
-
 @dataclass
 class _Pull:
     future: asyncio.Future[dict[str, Any]]  # the pulled image's inspect data
@@ -155,7 +149,7 @@ class ImageManager:
 
     async def pull(self, image: str, on_progress: ProgressCallback | None = None) -> dict[str, Any]:
         """Pull ``image`` (deduplicated with concurrent pulls of the same reference); its inspect data."""
-        repo, tag = normalize_reference(image)
+        repo, tag = imageref.pull_reference(image)
         key = f"{repo}:{tag}" if not tag.startswith("sha256:") else f"{repo}@{tag}"
         pull = self._inflight.get(key)
         if pull is None:

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from haddock.executor.errors import ErrorCode
+from haddock.executor.sources import InlineSource
+from haddock.storage.config import InlineSettings
 from haddock.storage.inline import InlineStorage
-from haddock.storage.models import InlineSource
 from haddock.storage.provider import StorageError
 from tests.storage.conftest import leftovers, tree
 
@@ -93,7 +94,7 @@ async def test_tarball_becomes_a_directory(tmp_path: Path, media_type: str, mode
 
 
 async def test_oversize_is_refused(tmp_path: Path) -> None:
-    storage = InlineStorage(max_bytes=100)
+    storage = InlineStorage(InlineSettings(max_bytes=100))
     for url in (data_url(b"x" * 101), "data:," + "x" * 101, data_url(b"x" * 10_000)):
         src = InlineSource(data_url=url, target="/in/x")
         with pytest.raises(StorageError, match=r"larger than the inline size limit of 100B$") as err:
@@ -110,11 +111,11 @@ async def test_unpacked_size_and_member_count_are_capped(tmp_path: Path) -> None
     assert len(bomb) < 2000
     src = InlineSource(data_url=data_url(bomb, "application/gzip"), target="/in/t")
     with pytest.raises(StorageError, match=r"unpacks to more than the limit of 100Ki$"):
-        await InlineStorage(max_unpacked_bytes=100 * 1024).prepare_storage(src, tmp_path / "work")
+        await InlineStorage(InlineSettings(max_unpacked_bytes=100 * 1024)).prepare_storage(src, tmp_path / "work")
     many = make_tar([(entry(f"f{i}"), b"") for i in range(20)])
     src = InlineSource(data_url=data_url(many, "application/gzip"), target="/in/t")
     with pytest.raises(StorageError, match="has 20 tar members, more than the limit of 10"):
-        await InlineStorage(max_members=10).prepare_storage(src, tmp_path / "work")
+        await InlineStorage(InlineSettings(max_members=10)).prepare_storage(src, tmp_path / "work")
     assert leftovers(tmp_path / "work") == []
 
 

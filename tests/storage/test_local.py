@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from haddock.storage.local import LocalRoot, LocalStorage
-from haddock.storage.models import LocalSource
+from haddock.executor.sources import LocalSource
+from haddock.storage.config import LocalRoot
+from haddock.storage.local import LocalStorage
 from haddock.storage.provider import StorageError
 
 
@@ -33,9 +34,9 @@ def layout(tmp_path: Path) -> dict[str, Path]:
 def storage(layout: dict[str, Path]) -> LocalStorage:
     return LocalStorage(
         [
-            LocalRoot(layout["data"]),
-            LocalRoot(layout["rw"], read_write=True),
-            LocalRoot(layout["rw"] / "ref"),  # a read-only corner of a read-write root
+            LocalRoot(path=layout["data"]),
+            LocalRoot(path=layout["rw"], read_write=True),
+            LocalRoot(path=layout["rw"] / "ref"),  # a read-only corner of a read-write root
         ]
     )
 
@@ -128,7 +129,7 @@ async def test_symlinks_inside_the_roots_resolve_to_the_real_path(
 async def test_a_root_that_is_a_symlink(layout: dict[str, Path]) -> None:
     link = layout["tmp"] / "data-link"
     link.symlink_to(layout["data"])
-    storage = LocalStorage([LocalRoot(link)])
+    storage = LocalStorage([LocalRoot(path=link)])
     vol = await storage.prepare_storage(LocalSource(path=str(link / "file.txt"), target="/in"), layout["tmp"])
     assert vol.host_path == layout["data"] / "file.txt"
     vol = await storage.prepare_storage(LocalSource(path=str(layout["data"] / "dir"), target="/in"), layout["tmp"])
@@ -152,4 +153,4 @@ def test_dot_dot_and_relative_paths_are_refused_by_the_model(layout: dict[str, P
     with pytest.raises(ValidationError, match="must be an absolute path"):
         LocalSource(path="data/file.txt", target="/in")
     with pytest.raises(ValueError, match="must be absolute"):
-        LocalStorage([LocalRoot(Path("relative"))])
+        LocalStorage([LocalRoot(path=Path("relative"))])

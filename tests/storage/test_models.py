@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from haddock.storage.models import (
+from haddock.executor.sources import (
     InlineSource,
     InputSource,
     LocalSource,
@@ -125,9 +125,12 @@ def test_data_url_parsing() -> None:
 def test_descriptions_name_the_input_without_secrets() -> None:
     assert describe_source(LocalSource(path="/data/x", target="/in")) == "local input /data/x"
     url = UrlSource(url="https://user:pw@example.com/f.csv?X-Amz-Signature=secret", target="/in")
-    assert describe_source(url) == "url input https://***@example.com/f.csv?..."
+    # one redact_url for the whole node (it was also in node/bidding.py): user info and query dropped
+    assert describe_source(url) == "url input https://example.com/f.csv"
     assert "secret" not in describe_source(url) and "pw" not in describe_source(url)
     assert redact_url("http://h/p#frag") == "http://h/p"
+    assert redact_url("https://u:p@h.example:8443/x?y=1#z") == "https://h.example:8443/x"
+    assert redact_url("http://[::1/x") == "<invalid URL>"
     s3 = S3Source(bucket="bkt", key="a/b.csv", version_id="v1", target="/in")
     assert describe_source(s3) == "s3 input s3://bkt/a/b.csv?versionId=v1"
     s3p = S3Source(bucket="bkt", prefix="a/", filter=r"\.csv$", target="/in")

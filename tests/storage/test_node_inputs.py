@@ -16,8 +16,8 @@ import pytest
 
 from haddock.executor.models import EventKind, ResultStatus, RunCommandRequest
 from haddock.node.client import NodeClient, NodeError
-from haddock.node.config import LocalRootSettings, StorageSettings
 from haddock.node.server import RunningServer, start_server
+from haddock.storage.config import LocalRoot, StorageSettings
 from tests.conftest import BUSYBOX, node_settings
 from tests.storage.conftest import Handler, HttpServer
 
@@ -49,7 +49,7 @@ async def node(tmp_path: Path, node_id: str, busybox_image: str) -> Any:
     settings = node_settings(tmp_path, node_id).model_copy(
         update={
             "storage": StorageSettings(
-                local_roots=[LocalRootSettings(path=allowed), LocalRootSettings(path=writable, read_write=True)],
+                local_roots=(LocalRoot(path=allowed), LocalRoot(path=writable, read_write=True)),
                 allow_private_networks=True,  # the test servers are on 127.0.0.1
             )
         }
@@ -165,7 +165,7 @@ async def test_failing_input_fails_before_any_container(
 
 
 async def test_private_addresses_refused_by_default(tmp_path: Path, node_id: str, busybox_image: str) -> None:
-    from haddock.node.config import StorageSettings as S
+    from haddock.storage.config import StorageSettings as S
 
     running = await start_server(node_settings(tmp_path, node_id, storage=S()))
     try:

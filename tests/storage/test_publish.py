@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import http.client
 import io
 import logging
@@ -22,37 +21,41 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from haddock.storage.publish import (
-    ARCHIVE_NAME,
+from haddock.executor.publishers import (
     DEFAULT_KEY,
     PUBLISHER_SPEC_ADAPTER,
-    LocalPublisher,
     LocalPublisherSpec,
+    S3PublisherSpec,
+    parse_publisher,
+)
+from haddock.storage.config import S3PublishSettings, S3Settings
+from haddock.storage.publish import (
+    ARCHIVE_NAME,
+    LocalPublisher,
     PublishContext,
     Published,
     PublishError,
-    S3PublishConfig,
-    S3Publisher,
-    S3PublisherSpec,
     key_prefix,
-    parse_publisher,
     publish_all,
     render_key,
 )
+from haddock.storage.publish_s3 import S3Publisher
 
 MiB = 1024**2
 BIG = bytes(range(256)) * (5 * MiB // 256) + b"tail" * 31  # 5 MiB + 124 bytes: two parts of a multipart upload
 
-FAST = S3PublishConfig(
+FAST = S3Settings(
     attempts=3,
-    request_attempts=1,  # botocore does not retry by itself: every attempt is the publisher's
-    backoff_initial=0.01,
-    backoff_max=0.05,
     connect_timeout=2,
     read_timeout=10,
     total_timeout=20,
-    multipart_threshold=5 * MiB,
-    multipart_chunksize=5 * MiB,
+    publish=S3PublishSettings(
+        request_attempts=1,  # botocore does not retry by itself: every attempt is the publisher's
+        backoff_initial=0.01,
+        backoff_max=0.05,
+        multipart_threshold=5 * MiB,
+        multipart_chunksize=5 * MiB,
+    ),
 )
 
 WHEN = datetime(2024, 2, 29, 23, 30, tzinfo=timezone(timedelta(hours=-5)))  # 2024-03-01 in UTC
@@ -320,7 +323,7 @@ async def test_missing_bucket_fails_at_once(publisher: S3Publisher, s3_endpoint:
 
 
 async def test_endpoints_can_be_restricted(s3_endpoint: str, bucket: str, tmp_path: Path) -> None:
-    p = S3Publisher(S3PublishConfig(allowed_endpoints=("https://s3.example.com",)))
+    p = S3Publisher(S3Settings(allowed_endpoints=("https://s3.example.com",)))
     try:
         with pytest.raises(PublishError, match=rf"endpoint {s3_endpoint} is not one this node uses"):
             await p.publish(s3_spec(s3_endpoint, bucket), ctx_for(make_results(tmp_path, big=False)))
@@ -467,7 +470,7 @@ async def test_a_retry_does_not_upload_again_what_was_done(
 ) -> None:
     results = make_results(tmp_path, big=False)
     proxy = proxy_factory({3})  # PUT 1, HEAD 1, then the second file's PUT fails
-    p = S3Publisher(dataclasses.replace(FAST, parallel_uploads=1))
+    p = S3Publisher(FAST.model_copy(update={"publish": FAST.publish.model_copy(update={"parallel_uploads": 1})}))
     try:
         published = await p.publish(s3_spec(proxy.url, bucket), ctx_for(results))
     finally:
@@ -509,7 +512,7 @@ async def test_publish_all_reports_each_outcome(s3_endpoint: str, s3_client: Any
         s3_spec(s3_endpoint, bucket, key="{execution_id}"),
         s3_spec(s3_endpoint, "missing-bucket-x"),
     ]
-    published, errors = await publish_all(specs, ctx_for(results), s3_config=FAST)
+    published, errors = await publish_all(specs, ctx_for(results), s3=FAST)
     assert [p.spec for p in published] == specs[:2]
     assert published[1].location == f"s3://{bucket}/exec-1/" and published[1].objects == 4
     assert errors == [

@@ -12,13 +12,14 @@ import pytest
 
 from haddock.executor.errors import ErrorCode
 from haddock.executor.models import EngineSpec, RunCommandRequest
+from haddock.executor.sources import InlineSource, InputSource, LocalSource, S3Source, UrlSource
 from haddock.storage import build_registry
 from haddock.storage.cache import ContentCache
+from haddock.storage.config import LocalRoot, StorageSettings, UrlSettings
 from haddock.storage.inline import InlineStorage
-from haddock.storage.local import LocalRoot, LocalStorage
-from haddock.storage.models import InlineSource, InputSource, LocalSource, S3Source, UrlSource
+from haddock.storage.local import LocalStorage
 from haddock.storage.provider import PreparedVolume, StorageError, StorageRegistry
-from haddock.storage.url import UrlConfig, UrlStorage
+from haddock.storage.url import UrlStorage
 from tests.storage.conftest import Handler, HttpServer, leftovers
 
 BODY = b"payload " * 100
@@ -38,8 +39,8 @@ async def registry(tmp_path: Path, data_dir: Path) -> AsyncIterator[StorageRegis
     reg = StorageRegistry(
         [
             InlineStorage(),
-            LocalStorage([LocalRoot(data_dir)]),
-            UrlStorage(cache, UrlConfig(attempts=1, trust_env=False)),
+            LocalStorage([LocalRoot(path=data_dir)]),
+            UrlStorage(cache, UrlSettings(attempts=1, trust_env=False)),
         ]
     )
     yield reg
@@ -193,7 +194,7 @@ async def test_a_provider_bug_is_reported_as_a_storage_error(registry: StorageRe
 
 
 async def test_build_registry(tmp_path: Path, data_dir: Path) -> None:
-    reg = build_registry(cache_dir=tmp_path / "cache", local_roots=[LocalRoot(data_dir)])
+    reg = build_registry(StorageSettings(local_roots=(LocalRoot(path=data_dir),)), cache_dir=tmp_path / "cache")
     try:
         assert reg.source_types == ["inline", "local", "s3", "url"]
         assert await reg.installed_types() == ["inline", "local", "s3", "url"]

@@ -11,16 +11,17 @@ from pathlib import Path
 import pytest
 
 from haddock.executor.errors import ErrorCode
+from haddock.executor.sources import UrlSource
 from haddock.storage.cache import ContentCache
-from haddock.storage.models import UrlSource
+from haddock.storage.config import UrlSettings
 from haddock.storage.provider import StorageError
-from haddock.storage.url import UrlConfig, UrlStorage, file_name_for, safe_file_name
+from haddock.storage.url import UrlStorage, file_name_for, safe_file_name
 from tests.storage.conftest import Handler, HttpServer, leftovers
 
 BODY = b"col1,col2\n" + b"1,2\n" * 1000
 ETAG = '"v1"'
 
-FAST = UrlConfig(
+FAST = UrlSettings(
     max_bytes=64 * 1024,
     attempts=3,
     backoff_initial=0.01,
@@ -210,7 +211,7 @@ async def test_read_timeout_is_retried_then_reported(http_server: HttpServer, tm
         time.sleep(1.0)
 
     url = http_server.add(stall, "stall")
-    s = UrlStorage(None, UrlConfig(read_timeout=0.2, attempts=2, backoff_initial=0.01, trust_env=False))
+    s = UrlStorage(None, UrlSettings(read_timeout=0.2, attempts=2, backoff_initial=0.01, trust_env=False))
     try:
         with pytest.raises(StorageError, match=r"timed out \(ReadTimeout\) \(gave up after 2 attempts\)") as err:
             await s.prepare_storage(src(url), tmp_path / "work")
@@ -223,7 +224,7 @@ async def test_read_timeout_is_retried_then_reported(http_server: HttpServer, tm
 
 async def test_total_timeout(http_server: HttpServer, tmp_path: Path) -> None:
     url = http_server.add(static(pieces=20, delay=0.1), "slow")  # type: ignore[arg-type]
-    s = UrlStorage(None, UrlConfig(total_timeout=0.3, trust_env=False))
+    s = UrlStorage(None, UrlSettings(total_timeout=0.3, trust_env=False))
     try:
         with pytest.raises(StorageError, match=r"could not be downloaded within the total timeout of 300ms"):
             await s.prepare_storage(src(url), tmp_path / "work")
@@ -233,7 +234,7 @@ async def test_total_timeout(http_server: HttpServer, tmp_path: Path) -> None:
 
 
 async def test_connection_refused(tmp_path: Path) -> None:
-    s = UrlStorage(None, UrlConfig(attempts=2, backoff_initial=0.01, trust_env=False))
+    s = UrlStorage(None, UrlSettings(attempts=2, backoff_initial=0.01, trust_env=False))
     try:
         # port 9 (discard) on loopback: nothing listens there
         with pytest.raises(StorageError, match=r"ConnectError.*\(gave up after 2 attempts\)") as err:

@@ -1,8 +1,11 @@
 """Input sources: what a requester asks the node to fetch and mount into a job's container.
 
 Each source names a ``target``, the absolute path in the container where the prepared input is
-mounted (same rules as :class:`executor.models.InputVolume`). Models are frozen, refuse unknown
-fields and say plainly what is wrong; :data:`InputSource` is their union, discriminated by ``type``.
+mounted (same rules as :class:`haddock.executor.models.InputVolume`). Models are frozen, refuse
+unknown fields and say plainly what is wrong; :data:`InputSource` is their union, discriminated by
+``type``. Also here: the one check of http(s) URLs and of S3 bucket, region and endpoint names
+(inputs and publishers alike), :func:`redact_url`, and the ``SOURCE:TARGET`` form people type
+(:func:`parse_input`). Pure pydantic and the standard library: fetching is ``haddock.storage``'s.
 """
 
 from __future__ import annotations
@@ -15,9 +18,38 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from haddock.executor.paths import check_container_path as _check_container_path
+
+__all__ = [
+    "SYNTAX",
+    "DataUrl",
+    "InlineSource",
+    "InputSource",
+    "LocalSource",
+    "S3Bucket",
+    "S3Endpoint",
+    "S3Region",
+    "S3Source",
+    "UrlSource",
+    "check_bucket",
+    "check_http_url",
+    "describe_source",
+    "parse_data_url",
+    "parse_input",
+    "redact_url",
+    "source_from_uri",
+]
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _MAX_URL_LENGTH = 8192
@@ -159,7 +191,9 @@ class LocalSource(_Source):
 # ------------------------------------------------------------------------------------------------- url
 
 
-def _check_http_url(v: str, what: str) -> str:
+def check_http_url(v: str, what: str) -> str:
+    """``v`` when it is an http(s) URL with a host, not too long, without spaces or control characters;
+    else ValueError naming ``what`` (and the URL, redacted)."""
     if len(v) > _MAX_URL_LENGTH:
         raise ValueError(f"{what} is longer than {_MAX_URL_LENGTH} characters")
     if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in v):
@@ -177,16 +211,15 @@ def _check_http_url(v: str, what: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL without credentials or query string, for messages and logs (queries often carry signatures)."""
+    """The URL fit to show anyone (messages, logs, requesters): scheme, host, port and path only. User
+    info, query (which often carries signatures) and fragment are dropped; a URL that cannot be parsed
+    becomes ``<invalid URL>``."""
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
         return "<invalid URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    query = "..." if parts.query else ""
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    netloc = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class UrlSource(_Source):
@@ -199,7 +232,7 @@ class UrlSource(_Source):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        return _check_http_url(v, "url")
+        return check_http_url(v, "url")
 
     @field_validator("sha256")
     @classmethod
@@ -213,6 +246,16 @@ _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
 _REGION_RE = re.compile(r"^[a-z0-9-]{1,64}$")
 
 
+def check_bucket(v: str) -> str:
+    """``v`` when it is a valid bucket name, else ValueError saying what one looks like."""
+    if not _BUCKET_RE.match(v):
+        raise ValueError(
+            f"bucket {v!r} is not a valid bucket name (3-255 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit)"
+        )
+    return v
+
+
 def _check_region(v: str | None) -> str | None:
     if v is not None and not _REGION_RE.match(v):
         raise ValueError(f"region {v!r} is not a valid region name (like 'eu-west-1')")
@@ -220,9 +263,11 @@ def _check_region(v: str | None) -> str | None:
 
 
 def _check_endpoint(v: str | None) -> str | None:
-    return _check_http_url(v, "endpoint_url") if v else None
+    return check_http_url(v, "endpoint_url") if v else None
 
 
+S3Bucket = Annotated[str, AfterValidator(check_bucket)]
+"""An S3 bucket name (inputs and publishers alike)."""
 S3Region = Annotated[str | None, AfterValidator(_check_region)]
 """An AWS region name, or None (inputs and publishers alike)."""
 S3Endpoint = Annotated[str | None, AfterValidator(_check_endpoint)]
@@ -237,7 +282,7 @@ class S3Source(_Source):
     """
 
     type: Literal["s3"] = "s3"
-    bucket: str
+    bucket: S3Bucket
     key: str = ""
     prefix: str = ""
     filter: str | None = Field(default=None, description="regular expression searched in keys under the prefix")
@@ -245,16 +290,6 @@ class S3Source(_Source):
     endpoint_url: S3Endpoint = Field(default=None, description="for S3-compatible servers")
     version_id: str | None = None
     sha256: str | None = Field(default=None, description="expected SHA-256 of the object (hex)")
-
-    @field_validator("bucket")
-    @classmethod
-    def _bucket(cls, v: str) -> str:
-        if not _BUCKET_RE.match(v):
-            raise ValueError(
-                f"bucket {v!r} is not a valid bucket name (3-255 letters, digits, '.', '_' or '-', "
-                "starting with a letter or digit)"
-            )
-        return v
 
     @field_validator("key", "prefix")
     @classmethod
@@ -327,3 +362,77 @@ def describe_source(source: InlineSource | LocalSource | UrlSource | S3Source) -
     if source.filter is not None:
         text += f" (filter {source.filter!r})"
     return text
+
+
+# ------------------------------------------------------------------------------- the typed form (URIs)
+#
+# Input sources written as URIs, as people type them: ``SOURCE:TARGET[:ro|:rw]``.
+#
+# SOURCE is one of ``file:///abs/path``, ``http(s)://...`` (an optional ``#sha256=<hex>`` fragment
+# checks the content), ``s3://bucket/key`` or ``s3://bucket/prefix/`` (a trailing ``/`` means every
+# object under the prefix; query ``?region=&endpoint=&version=&filter=&sha256=``), or ``data:...``.
+# TARGET is the absolute path in the container; the last ``:/`` separates it from the source.
+# ``:ro`` / ``:rw`` (local sources only) choose read-only (the default) or read-write.
+
+_ADAPTER: TypeAdapter[InputSource] = TypeAdapter(InputSource)
+
+SYNTAX = "SOURCE:TARGET[:ro|:rw], e.g. https://host/data.csv:/data/data.csv or file:///srv/in:/in:ro"
+
+
+def source_from_uri(uri: str, target: str, *, read_write: bool = False) -> InputSource:
+    """The input source a URI names, mounted at ``target``. Raises ValueError with a clear message."""
+    scheme = uri.split(":", 1)[0].lower()
+    data: dict[str, object]
+    if scheme == "data":
+        data = {"type": "inline", "data_url": uri, "target": target}
+    elif scheme == "file":
+        parsed = urllib.parse.urlsplit(uri)
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"{uri!r}: a file URI names a path on the node, like file:///srv/data")
+        data = {"type": "local", "path": urllib.parse.unquote(parsed.path), "target": target, "read_write": read_write}
+    elif scheme in ("http", "https"):
+        base, _, fragment = uri.partition("#")
+        sha = dict(urllib.parse.parse_qsl(fragment)).get("sha256") if fragment else None
+        data = {"type": "url", "url": base, "target": target, "sha256": sha}
+    elif scheme == "s3":
+        parsed = urllib.parse.urlsplit(uri)
+        if not parsed.netloc:
+            raise ValueError(f"{uri!r}: an S3 URI is s3://bucket/key or s3://bucket/prefix/")
+        path = urllib.parse.unquote(parsed.path.lstrip("/"))
+        query = dict(urllib.parse.parse_qsl(parsed.query))
+        unknown = set(query) - {"region", "endpoint", "version", "filter", "sha256"}
+        if unknown:
+            raise ValueError(f"{uri!r}: unknown S3 options {', '.join(sorted(unknown))}")
+        data = {
+            "type": "s3",
+            "bucket": parsed.netloc,
+            "target": target,
+            "region": query.get("region"),
+            "endpoint_url": query.get("endpoint"),
+        }
+        if path.endswith("/") or not path:
+            data |= {"prefix": path, "filter": query.get("filter")}
+        else:
+            data |= {"key": path, "version_id": query.get("version"), "sha256": query.get("sha256")}
+    else:
+        raise ValueError(f"{uri!r} is not a supported input source (file://, http(s)://, s3://, data:)")
+    if read_write and scheme != "file":
+        raise ValueError(f"{uri!r}: only local (file://) inputs can be read-write")
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise ValueError(f"{uri!r}: {problems}") from None
+
+
+def parse_input(spec: str) -> InputSource:
+    """``SOURCE:TARGET[:ro|:rw]`` as typed on a command line."""
+    text = spec.strip()
+    read_write = False
+    if text.endswith((":ro", ":rw")):
+        read_write = text.endswith(":rw")
+        text = text[:-3]
+    source, sep, target = text.rpartition(":/")
+    if not sep or not source or target.startswith("/"):  # ...or that ':/' was the scheme's '://'
+        raise ValueError(f"input {spec!r} must be {SYNTAX}")
+    return source_from_uri(source, "/" + target, read_write=read_write)

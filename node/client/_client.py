@@ -2,7 +2,7 @@
 
     async with NodeClient("127.0.0.1:7420", token="...") as node:
         started = await node.start(request)
-        async for chunk in node.logs(started.execution_id, follow=True):
+        async for chunk in node.logs(started.execution_id, LogQuery(follow=True)):
             ...
         done = await node.wait(started.execution_id)
 
@@ -24,16 +24,15 @@ from google.protobuf import json_format
 from haddock.executor.logstore import LogEntry
 from haddock.executor.models import (
     BidResult,
-    EventKind,
     ExecutionEvent,
     ExecutionState,
+    LogQuery,
     Resources,
     RunCommandRequest,
     RunCommandResult,
-    StreamType,
 )
-from haddock.node import convert
-from haddock.node.service import NodeInfo
+from haddock.node.client import convert
+from haddock.node.client._info import NodeInfo
 from haddock.v1 import executor_pb2, executor_pb2_grpc, node_pb2, node_pb2_grpc
 
 DEFAULT_NODE = "127.0.0.1:7420"
@@ -195,37 +194,15 @@ class NodeClient:
         resp = await self._unary(self._executor.Cancel, executor_pb2.CancelRequest(execution_id=execution_id))
         return Finished(resp.execution_id, convert.result_from_pb(resp.result), resp.result.results_dir)
 
-    async def logs(
-        self,
-        execution_id: str,
-        *,
-        follow: bool = False,
-        with_history: bool = True,
-        offset: int | None = None,
-        tail_lines: int | None = None,
-        streams: frozenset[StreamType] | None = None,
-    ) -> AsyncIterator[LogEntry]:
-        """The execution's output; resume after a dropped connection with ``offset=last.next_offset``."""
-        msg = executor_pb2.GetLogStreamRequest(
-            execution_id=execution_id,
-            with_history=with_history,
-            follow=follow,
-            streams=[convert.stream_to_pb(s) for s in streams or ()],
+    async def logs(self, execution_id: str, query: LogQuery | None = None) -> AsyncIterator[LogEntry]:
+        """The execution's output (all of it, both streams, by default); resume after a dropped
+        connection with ``LogQuery(offset=last.next_offset)``."""
+        call = self._executor.GetLogStream(
+            convert.log_query_to_pb(execution_id, query or LogQuery()), metadata=self._metadata
         )
-        if offset is not None:
-            msg.offset = offset
-        if tail_lines is not None:
-            msg.tail_lines = tail_lines
-        call = self._executor.GetLogStream(msg, metadata=self._metadata)
         try:
             async for resp in call:
-                yield LogEntry(
-                    stream=convert.stream_from_pb(resp.stream),
-                    data=resp.data,
-                    offset=resp.offset,
-                    next_offset=resp.next_offset,
-                    timestamp_ns=resp.timestamp_unix_nano,
-                )
+                yield convert.log_entry_from_pb(resp)
         except grpc.aio.AioRpcError as exc:
             raise NodeError.from_rpc(exc, self.address) from None
         finally:
@@ -240,32 +217,14 @@ class NodeClient:
         )
         try:
             async for resp in call:
-                e = resp.event
-                yield ExecutionEvent(
-                    execution_id=execution_id,
-                    kind=EventKind(e.kind),
-                    message=e.message,
-                    time=convert.from_timestamp(e.time),
-                    details=dict(e.details),
-                )
+                yield convert.event_from_pb(resp.event, execution_id)
         except grpc.aio.AioRpcError as exc:
             raise NodeError.from_rpc(exc, self.address) from None
         finally:
             call.cancel()
 
     async def node_info(self) -> NodeInfo:
-        r = await self._unary(self._node.GetNodeInfo, node_pb2.GetNodeInfoRequest())
-        return NodeInfo(
-            node_id=r.node_id,
-            version=r.version,
-            engine_version=r.engine_version,
-            capacity=convert.resources_from_pb(r.capacity),
-            allocated=convert.resources_from_pb(r.allocated),
-            queued=convert.resources_from_pb(r.queued),
-            free=convert.resources_from_pb(r.free),
-            running=r.running_executions,
-            queued_count=r.queued_executions,
-        )
+        return convert.info_from_pb(await self._unary(self._node.GetNodeInfo, node_pb2.GetNodeInfoRequest()))
 
     async def list_executions(
         self, states: set[ExecutionState] | None = None, limit: int = 100

@@ -62,8 +62,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from haddock.executor.models import RESERVED_ENV_PREFIX
-from haddock.storage.models import InputSource, parse_data_url, redact_url
-from haddock.storage.uri import source_from_uri
+from haddock.executor.sources import InputSource, parse_data_url, redact_url, source_from_uri
 
 INPUTS_ROOT = "/haddock/inputs"
 OUTPUTS_ROOT = "/haddock/outputs"

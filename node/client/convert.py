@@ -1,8 +1,9 @@
 """Translation between the wire contract (``haddock.v1``) and the executor's domain models.
 
 Used by the servicers (proto → domain on the way in, domain → proto on the way out) and by the
-client (the other way round). Validation happens in the domain models: converting a bad proto
-raises ``pydantic.ValidationError`` with a message that names the field.
+client (the other way round): each message has its one pair of functions here. Validation happens in
+the domain models: converting a bad proto raises ``pydantic.ValidationError`` with a message that names
+the field, and :func:`validation_message` turns that into the one line both sides show.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import ValidationError
 
 from haddock.executor.logstore import LogEntry
 from haddock.executor.models import (
+    EventKind,
     ExecutionEvent,
     ExecutionState,
+    LogQuery,
     NetworkMode,
     OutputLimits,
     PullPolicy,
@@ -26,8 +30,10 @@ from haddock.executor.models import (
     RunCommandResult,
     StreamType,
 )
-from haddock.storage.models import InlineSource, InputSource, LocalSource, UrlSource
-from haddock.storage.publish import LocalPublisherSpec, PublisherSpec
+from haddock.executor.publishers import LocalPublisherSpec, PublisherSpec
+from haddock.executor.sources import InlineSource, InputSource, LocalSource, UrlSource
+from haddock.node.client._info import NodeInfo
+from haddock.v1 import executor_pb2, node_pb2
 from haddock.v1 import types_pb2 as pb
 
 _NETWORK_TO_PB = {
@@ -70,6 +76,16 @@ _STREAM_FROM_PB = {v: k for k, v in _STREAM_TO_PB.items()}
 
 class ConversionError(ValueError):
     """A proto value has no domain meaning (e.g. an unknown enum number)."""
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One line per problem: ``field.path: what is wrong``."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "invalid request: " + "; ".join(parts)
 
 
 def _enum(table: dict[Any, Any], value: Any, what: str) -> Any:
@@ -257,6 +273,16 @@ def result_from_pb(p: pb.RunCommandResult) -> RunCommandResult:
     )
 
 
+def event_from_pb(e: pb.ExecutionEvent, execution_id: str) -> ExecutionEvent:
+    return ExecutionEvent(
+        execution_id=execution_id,
+        kind=EventKind(e.kind),
+        message=e.message,
+        time=from_timestamp(e.time),
+        details=dict(e.details),
+    )
+
+
 def event_to_pb(e: ExecutionEvent) -> pb.ExecutionEvent:
     msg = pb.ExecutionEvent(
         kind=e.kind.value,
@@ -269,15 +295,84 @@ def event_to_pb(e: ExecutionEvent) -> pb.ExecutionEvent:
     return msg
 
 
-def log_entry_fields(entry: LogEntry) -> dict[str, Any]:
-    """Fields of a GetLogStreamResponse for one log entry."""
-    return {
-        "stream": _STREAM_TO_PB[entry.stream],
-        "data": entry.data,
-        "offset": entry.offset,
-        "next_offset": entry.next_offset,
-        "timestamp_unix_nano": entry.timestamp_ns,
-    }
+# --------------------------------------------------------------------- logs
+
+
+def log_query_to_pb(execution_id: str, query: LogQuery) -> executor_pb2.GetLogStreamRequest:
+    """The request for ``query``; every stream is asked for by naming none (the node's default)."""
+    msg = executor_pb2.GetLogStreamRequest(
+        execution_id=execution_id,
+        with_history=query.with_history,
+        follow=query.follow,
+        streams=[] if query.streams == frozenset(StreamType) else [stream_to_pb(s) for s in sorted(query.streams)],
+    )
+    if query.offset is not None:
+        msg.offset = query.offset
+    if query.tail_lines is not None:
+        msg.tail_lines = query.tail_lines
+    return msg
+
+
+def log_query_from_pb(p: executor_pb2.GetLogStreamRequest) -> LogQuery:
+    """What a GetLogStream request asks; no stream named means both."""
+    return LogQuery(
+        with_history=p.with_history,
+        follow=p.follow,
+        offset=p.offset if p.HasField("offset") else None,
+        tail_lines=p.tail_lines if p.HasField("tail_lines") else None,
+        streams=frozenset(stream_from_pb(s) for s in p.streams) or frozenset(StreamType),
+    )
+
+
+def log_entry_to_pb(entry: LogEntry) -> executor_pb2.GetLogStreamResponse:
+    return executor_pb2.GetLogStreamResponse(
+        stream=_STREAM_TO_PB[entry.stream],
+        data=entry.data,
+        offset=entry.offset,
+        next_offset=entry.next_offset,
+        timestamp_unix_nano=entry.timestamp_ns,
+    )
+
+
+def log_entry_from_pb(p: executor_pb2.GetLogStreamResponse) -> LogEntry:
+    return LogEntry(
+        stream=stream_from_pb(p.stream),
+        data=p.data,
+        offset=p.offset,
+        next_offset=p.next_offset,
+        timestamp_ns=p.timestamp_unix_nano,
+    )
+
+
+# --------------------------------------------------------------------- node info
+
+
+def info_to_pb(info: NodeInfo) -> node_pb2.GetNodeInfoResponse:
+    return node_pb2.GetNodeInfoResponse(
+        node_id=info.node_id,
+        version=info.version,
+        engine_version=info.engine_version,
+        capacity=resources_to_pb(info.capacity),
+        allocated=resources_to_pb(info.allocated),
+        queued=resources_to_pb(info.queued),
+        free=resources_to_pb(info.free),
+        running_executions=info.running,
+        queued_executions=info.queued_count,
+    )
+
+
+def info_from_pb(p: node_pb2.GetNodeInfoResponse) -> NodeInfo:
+    return NodeInfo(
+        node_id=p.node_id,
+        version=p.version,
+        engine_version=p.engine_version,
+        capacity=resources_from_pb(p.capacity),
+        allocated=resources_from_pb(p.allocated),
+        queued=resources_from_pb(p.queued),
+        free=resources_from_pb(p.free),
+        running=p.running_executions,
+        queued_count=p.queued_executions,
+    )
 
 
 # --------------------------------------------------------------------- input sources

@@ -1,0 +1,743 @@
+"""The ``haddock`` commands that talk to a node: run, bid, submit, logs, wait, cancel, ls, describe, node info.
+
+The top-level app (``haddock.node.cli``) adds ``serve``; nothing here loads the daemon. Every command
+takes the connection options (``--node``, ``--token``, ``--tls-ca``, ``--tls-cert``, ``--tls-key``),
+declared once in :func:`connected`. Errors are one clear line on stderr, never a traceback.
+``haddock run`` exits with the job's exit code, or 125 when the node could not run it (like ``docker run``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import json
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
+from rich.table import Table
+
+from haddock.executor.models import (
+    EventKind,
+    ExecutionState,
+    LogQuery,
+    ResultStatus,
+    RunCommandRequest,
+    StreamType,
+)
+from haddock.executor.publishers import PublisherSpec, S3PublisherSpec, parse_publisher
+from haddock.executor.quantity import QuantityError, format_bytes, format_cpu, parse_bytes, parse_duration
+from haddock.executor.sources import InputSource, parse_input
+from haddock.node.client._client import DEFAULT_NODE, ClientTls, Finished, NodeClient, NodeError
+from haddock.node.client._tasks import Task, load_tasks
+from haddock.node.client.convert import validation_message
+
+EXIT_NODE_FAILED = 125
+
+app = typer.Typer(
+    help="Talk to a haddock node.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+node_app = typer.Typer(help="About the node itself.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
+
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the node is and how to reach it: what the connection options say."""
+
+    node: str = DEFAULT_NODE
+    token: str | None = None
+    tls: ClientTls | None = None
+
+    def client(self) -> NodeClient:
+        return NodeClient(self.node, token=self.token, tls=self.tls)
+
+    async def call(self, fn: Callable[[NodeClient], Awaitable[T]]) -> T:
+        """``fn`` with a client, closed afterwards."""
+        async with self.client() as client:
+            return await fn(client)
+
+
+_KW = inspect.Parameter.KEYWORD_ONLY
+_CONNECTION_OPTIONS = [
+    inspect.Parameter(
+        "node",
+        _KW,
+        default=DEFAULT_NODE,
+        annotation=Annotated[
+            str,
+            typer.Option("--node", envvar="HADDOCK_NODE", help="the node's address HOST:PORT", show_default=True),
+        ],
+    ),
+    inspect.Parameter(
+        "token",
+        _KW,
+        default=None,
+        annotation=Annotated[
+            str | None, typer.Option("--token", envvar="HADDOCK_TOKEN", help="bearer token", show_default=False)
+        ],
+    ),
+    inspect.Parameter(
+        "tls_ca",
+        _KW,
+        default=None,
+        annotation=Annotated[
+            Path | None, typer.Option("--tls-ca", envvar="HADDOCK_TLS_CA", help="CA of the node's cert (TLS)")
+        ],
+    ),
+    inspect.Parameter(
+        "tls_cert",
+        _KW,
+        default=None,
+        annotation=Annotated[
+            Path | None, typer.Option("--tls-cert", envvar="HADDOCK_TLS_CERT", help="client certificate (mTLS)")
+        ],
+    ),
+    inspect.Parameter(
+        "tls_key",
+        _KW,
+        default=None,
+        annotation=Annotated[
+            Path | None, typer.Option("--tls-key", envvar="HADDOCK_TLS_KEY", help="client key (mTLS)")
+        ],
+    ),
+]
+
+
+def connected(fn: Callable[..., T]) -> Callable[..., T]:
+    """A command that talks to a node: Typer sees the connection options (declared only here) in place
+    of the command's ``conn: Connection`` parameter, which receives them."""
+    sig = inspect.signature(fn, eval_str=True)
+    own = [p for name, p in sig.parameters.items() if name != "conn"]
+
+    @functools.wraps(fn)
+    def command(
+        *args: Any,
+        node: str,
+        token: str | None,
+        tls_ca: Path | None,
+        tls_cert: Path | None,
+        tls_key: Path | None,
+        **kwargs: Any,
+    ) -> T:
+        tls = ClientTls(ca=tls_ca, cert=tls_cert, key=tls_key) if (tls_ca or tls_cert or tls_key) else None
+        return fn(*args, conn=Connection(node, token, tls), **kwargs)
+
+    command.__signature__ = sig.replace(parameters=[*own, *_CONNECTION_OPTIONS])  # type: ignore[attr-defined]
+    return command
+
+
+def say(message: str) -> None:
+    """One line on stderr, never wrapped."""
+    sys.stderr.write(f"haddock: {message}\n")
+    sys.stderr.flush()
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    say(message)
+    raise typer.Exit(code)
+
+
+def _run(coro: Coroutine[Any, Any, T], error_exit: int = 1) -> T:
+    """Run a coroutine; turn every expected error into one line on stderr."""
+    try:
+        return asyncio.run(coro)
+    except NodeError as exc:
+        fail(f"error: {exc.message} ({exc.code.name})", error_exit)
+    except ValidationError as exc:
+        fail(validation_message(exc), error_exit)
+    except (QuantityError, ValueError, OSError) as exc:
+        fail(f"error: {exc}", error_exit)
+
+
+def out_console() -> Console:
+    """Tables on stdout: fitted to a terminal, never cut when piped into another program."""
+    return Console() if sys.stdout.isatty() else Console(width=100_000, no_color=True)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def _job_args(args: list[str] | None) -> list[str]:
+    """The job's arguments: in `IMAGE -- ARGS` options end at IMAGE, so the separator arrives as an argument."""
+    argv = list(args or [])
+    return argv[1:] if argv[:1] == ["--"] else argv
+
+
+def _parse_env(items: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            value = os.environ.get(name, "")
+        env[name] = value
+    return env
+
+
+def build_request(
+    image: str,
+    args: list[str],
+    *,
+    execution_id: str | None,
+    job_id: str | None,
+    cpu: str | None,
+    memory: str | None,
+    disk: str | None,
+    gpu: int,
+    network: str,
+    env: list[str],
+    workdir: str | None,
+    entrypoint: str | None,
+    timeout: str | None,
+    pull: str,
+    limits: dict[str, str | None],
+    inputs: list[str] | None = None,
+    outputs: list[str] | None = None,
+    publishers: list[str] | None = None,
+    env_extra: dict[str, str] | None = None,
+    sources_extra: list[InputSource] | None = None,
+    outputs_extra: list[dict[str, str]] | None = None,
+    publishers_extra: list[PublisherSpec] | None = None,
+) -> RunCommandRequest:
+    exec_id = execution_id or f"e-{uuid.uuid4().hex[:16]}"
+    sources = [parse_input(spec) for spec in inputs or []] + list(sources_extra or [])
+    results = []
+    for spec in outputs or []:
+        name, sep, path = spec.partition(":")
+        if not sep or not name or not path:
+            raise ValueError(f"output {spec!r} must be NAME:PATH, e.g. results:/outputs")
+        results.append({"name": name, "path": path})
+    return RunCommandRequest.model_validate(
+        {
+            "job_id": job_id or exec_id,
+            "execution_id": exec_id,
+            "engine": {
+                "image": image,
+                "parameters": args,
+                "entrypoint": [entrypoint] if entrypoint else None,
+                "env": {**_parse_env(env), **(env_extra or {})},
+                "working_dir": workdir,
+                "pull_policy": pull,
+            },
+            "resources": {"cpu": cpu or 0, "memory": memory or 0, "disk": disk or 0, "gpu": gpu},
+            "network": {"mode": network},
+            "output_limits": {k: parse_bytes(v) for k, v in limits.items() if v is not None},
+            "timeout": parse_duration(timeout) if timeout else None,
+            "input_sources": sources,
+            "outputs": results + list(outputs_extra or []),
+            "publishers": [parse_publisher(p) for p in publishers or []] + list(publishers_extra or []),
+        }
+    )
+
+
+class PullProgress:
+    """A rich progress bar per image layer while the node pulls; only on a terminal."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=err_console, transient=True
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    async def follow(self, client: NodeClient, execution_id: str) -> None:
+        with self.progress:
+            async for event in client.watch(execution_id):
+                if event.kind is EventKind.PULL_PROGRESS:
+                    layer = event.details.get("layer")
+                    if not layer:
+                        continue
+                    total = event.details.get("total")
+                    current = event.details.get("current")
+                    if layer not in self.tasks:
+                        self.tasks[layer] = self.progress.add_task(f"{layer} {event.message}", total=None)
+                    self.progress.update(
+                        self.tasks[layer],
+                        description=f"{layer} {event.message}",
+                        total=float(total) if total else None,
+                        completed=float(current) if current else None,
+                    )
+                elif event.kind in (EventKind.STARTED, EventKind.FAILED) or event.kind is EventKind.IMAGE_READY:
+                    return
+
+
+async def _stream_logs(client: NodeClient, execution_id: str, query: LogQuery) -> int | None:
+    """Copy the execution's output to our stdout/stderr; return the last next_offset."""
+    last: int | None = None
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    async for chunk in client.logs(execution_id, query):
+        target = out if chunk.stream is StreamType.STDOUT else err
+        target.write(chunk.data)
+        target.flush()
+        last = chunk.next_offset
+    return last
+
+
+def _report(done: Finished) -> int:
+    """Say what went wrong (if anything) and choose the exit code."""
+    r = done.result
+    if r.exit_code is None:
+        say(r.error_message or r.status.value)
+        return EXIT_NODE_FAILED
+    if r.status in (ResultStatus.TIMEOUT, ResultStatus.KILLED, ResultStatus.CANCELLED):
+        say(r.error_message)
+    return r.exit_code
+
+
+async def _run_job(
+    make_client: Callable[[], NodeClient],
+    request: RunCommandRequest,
+    detach: bool,
+    as_json: bool,
+    queue: bool = True,
+    priority: int = 0,
+) -> int:
+    async with make_client() as client:
+        started = await client.start(request, queue=queue, priority=priority)
+        exec_id = started.execution_id
+        if detach:
+            sys.stdout.write(exec_id + "\n")
+            return 0
+        progress: asyncio.Task[None] | None = None
+        if sys.stderr.isatty() and not as_json:
+            progress = asyncio.create_task(PullProgress().follow(client, exec_id))
+        loop = asyncio.get_running_loop()
+        cancel_task: list[asyncio.Task[Any]] = []
+
+        def on_interrupt() -> None:
+            if not cancel_task:
+                say(f"cancelling {exec_id} (Ctrl-C again to stop waiting; the execution goes on)")
+                cancel_task.append(asyncio.create_task(client.cancel(exec_id)))
+            else:
+                for task in asyncio.all_tasks(loop):
+                    task.cancel()
+
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGINT, on_interrupt)
+        try:
+            if not as_json:
+                await _stream_logs(client, exec_id, LogQuery(follow=True))
+            done = await client.wait(exec_id)
+        finally:
+            if progress is not None:
+                progress.cancel()
+                with contextlib.suppress(asyncio.CancelledError, NodeError):
+                    await progress
+        if as_json:
+            _print_json(done.as_json())
+            return done.result.exit_code if done.result.exit_code is not None else EXIT_NODE_FAILED
+        return _report(done)
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+@connected
+def run(
+    image: Annotated[str, typer.Argument(help="the image to run")],
+    args: Annotated[list[str] | None, typer.Argument(help="arguments (after --)")] = None,
+    execution_id: Annotated[str | None, typer.Option("--id", help="execution id [generated]")] = None,
+    job_id: Annotated[str | None, typer.Option("--job-id", help="job id [the execution id]")] = None,
+    cpu: Annotated[str | None, typer.Option("--cpu", help="CPU cores, e.g. 0.5 or 500m")] = None,
+    memory: Annotated[str | None, typer.Option("--memory", help="memory limit, e.g. 64Mi")] = None,
+    disk: Annotated[str | None, typer.Option("--disk", help="disk, e.g. 1Gi")] = None,
+    gpu: Annotated[int, typer.Option("--gpu", help="GPUs")] = 0,
+    network: Annotated[str, typer.Option("--network", help="none, bridge or host")] = "none",
+    env: Annotated[list[str] | None, typer.Option("-e", "--env", help="KEY=VALUE (repeatable)")] = None,
+    workdir: Annotated[str | None, typer.Option("-w", "--workdir", help="working directory in the container")] = None,
+    entrypoint: Annotated[str | None, typer.Option("--entrypoint", help="override the image's entrypoint")] = None,
+    timeout: Annotated[str | None, typer.Option("--timeout", help="e.g. 30s, 5m")] = None,
+    pull: Annotated[str, typer.Option("--pull", help="always, if-not-present or never")] = "if-not-present",
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option("-i", "--input", help="SOURCE:TARGET[:ro|:rw] (file://, http(s)://, s3://, data:), repeatable"),
+    ] = None,
+    outputs: Annotated[
+        list[str] | None, typer.Option("-o", "--output", help="NAME:PATH, a directory the job writes; repeatable")
+    ] = None,
+    publishers: Annotated[
+        list[str] | None,
+        typer.Option("--publisher", help="local, local+archive or s3://bucket/prefix/ (repeatable)"),
+    ] = None,
+    max_stdout_file: Annotated[str | None, typer.Option("--max-stdout-file", help="e.g. 1Gi")] = None,
+    max_stdout_return: Annotated[str | None, typer.Option("--max-stdout-return", help="e.g. 2Ki")] = None,
+    max_stderr_file: Annotated[str | None, typer.Option("--max-stderr-file")] = None,
+    max_stderr_return: Annotated[str | None, typer.Option("--max-stderr-return")] = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="print the execution id and return")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON at the end")] = False,
+    queue: Annotated[
+        bool, typer.Option("--queue/--no-queue", help="wait for capacity, or be refused when the node is full")
+    ] = True,
+    priority: Annotated[int, typer.Option("--priority", help="higher runs first among queued executions")] = 0,
+    *,
+    conn: Connection,
+) -> None:
+    """Run IMAGE on the node, stream its output, exit with its exit code."""
+    try:
+        argv = _job_args(args)
+        request = build_request(
+            image,
+            argv,
+            execution_id=execution_id,
+            job_id=job_id,
+            cpu=cpu,
+            memory=memory,
+            disk=disk,
+            gpu=gpu,
+            network=network,
+            env=list(env or []),
+            workdir=workdir,
+            entrypoint=entrypoint,
+            timeout=timeout,
+            pull=pull,
+            limits={
+                "max_stdout_file_length": max_stdout_file,
+                "max_stdout_return_length": max_stdout_return,
+                "max_stderr_file_length": max_stderr_file,
+                "max_stderr_return_length": max_stderr_return,
+            },
+            inputs=inputs,
+            outputs=outputs,
+            publishers=publishers,
+        )
+    except ValidationError as exc:
+        fail(validation_message(exc), EXIT_NODE_FAILED)
+    except ValueError as exc:  # QuantityError and malformed -i/-o
+        fail(f"invalid request: {exc}", EXIT_NODE_FAILED)
+    code = _run(
+        _run_job(conn.client, request, detach, as_json, queue, priority),
+        EXIT_NODE_FAILED,
+    )
+    raise typer.Exit(code)
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+@connected
+def bid(
+    image: Annotated[str, typer.Argument(help="the image the job would run")],
+    args: Annotated[list[str] | None, typer.Argument(help="arguments (after --)")] = None,
+    cpu: Annotated[str | None, typer.Option("--cpu", help="CPU cores, e.g. 0.5 or 500m")] = None,
+    memory: Annotated[str | None, typer.Option("--memory", help="memory limit, e.g. 64Mi")] = None,
+    disk: Annotated[str | None, typer.Option("--disk", help="disk, e.g. 1Gi")] = None,
+    gpu: Annotated[int, typer.Option("--gpu", help="GPUs")] = 0,
+    network: Annotated[str, typer.Option("--network", help="none, bridge or host")] = "none",
+    timeout: Annotated[str | None, typer.Option("--timeout", help="e.g. 30s, 5m")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the answer as JSON")] = False,
+    *,
+    conn: Connection,
+) -> None:
+    """Ask the node whether it would take a job, and why. Exit 0 for yes, 1 for no."""
+    argv = _job_args(args)
+    try:
+        request = build_request(
+            image,
+            argv,
+            execution_id=None,
+            job_id=None,
+            cpu=cpu,
+            memory=memory,
+            disk=disk,
+            gpu=gpu,
+            network=network,
+            env=[],
+            workdir=None,
+            entrypoint=None,
+            timeout=timeout,
+            pull="if-not-present",
+            limits={},
+        )
+    except ValidationError as exc:
+        fail(validation_message(exc))
+    except QuantityError as exc:
+        fail(f"invalid request: {exc}")
+
+    async def ask(client: NodeClient) -> tuple[bool, str]:
+        semantic = await client.should_bid(request)
+        if not semantic.should_bid:
+            return False, semantic.reason
+        usage = await client.should_bid_based_on_usage(request)
+        return usage.should_bid, usage.reason
+
+    yes, reason = _run(conn.call(ask))
+    if as_json:
+        _print_json({"should_bid": yes, "reason": reason})
+    else:
+        sys.stdout.write(f"{'yes' if yes else 'no'}: {reason}\n")
+    raise typer.Exit(0 if yes else 1)
+
+
+def _task_publishers(task: Task) -> list[PublisherSpec]:
+    """S3 destinations of a row's outputs. The row's whole results dir (stdout, stderr, exitCode and
+    each output under its name) is uploaded under ``<folder>/<execution_id>/``, where the folder is,
+    for a file output, the one it would be in, and for a recursive output the prefix itself."""
+    specs: dict[tuple[str, str], PublisherSpec] = {}
+    for out in task.outputs:
+        if not out.destination.startswith("s3://"):
+            continue  # kept in the node's results dir
+        bucket, _, key = out.destination.removeprefix("s3://").partition("/")
+        key = key.split("?", 1)[0]
+        folder = key.rstrip("/") if out.recursive else key.rpartition("/")[0]
+        # per execution: rows sharing a folder must not overwrite each other's results
+        prefix = f"{folder}/{{execution_id}}/" if folder else "{job_id}/{execution_id}/"
+        specs.setdefault((bucket, prefix), S3PublisherSpec(bucket=bucket, key=prefix))
+    return list(specs.values())
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+@connected
+def submit(
+    image: Annotated[str, typer.Argument(help="the image every task runs")],
+    tasks_file: Annotated[Path, typer.Option("--tasks", help="TSV: a header of --env/--input/--output columns")],
+    args: Annotated[list[str] | None, typer.Argument(help="the command (after --)")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="tasks running at once")] = 4,
+    cpu: Annotated[str | None, typer.Option("--cpu")] = None,
+    memory: Annotated[str | None, typer.Option("--memory")] = None,
+    disk: Annotated[str | None, typer.Option("--disk")] = None,
+    network: Annotated[str, typer.Option("--network")] = "none",
+    timeout: Annotated[str | None, typer.Option("--timeout")] = None,
+    pull: Annotated[str, typer.Option("--pull")] = "if-not-present",
+    publishers: Annotated[list[str] | None, typer.Option("--publisher", help="for every task, as in run")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
+    *,
+    conn: Connection,
+) -> None:
+    """Run IMAGE once per row of a tasks file (hotsub style); exit 0 when every task succeeded."""
+    argv = _job_args(args)
+    try:
+        tasks = load_tasks(tasks_file)
+        for task in tasks:
+            for out in task.outputs:
+                if out.destination.startswith("file:"):
+                    raise ValueError(
+                        f"{tasks_file} task {task.index}: output {out.name} goes to {out.destination}, but the node "
+                        "does not write outside its data dir; use a relative name (kept in the results dir) or s3://"
+                    )
+        job_id = f"{tasks_file.stem}-{uuid.uuid4().hex[:8]}"
+        requests = [
+            build_request(
+                image,
+                argv,
+                execution_id=None,
+                job_id=job_id,
+                cpu=cpu,
+                memory=memory,
+                disk=disk,
+                gpu=0,
+                network=network,
+                env=[],
+                workdir=None,
+                entrypoint=None,
+                timeout=timeout,
+                pull=pull,
+                limits={},
+                publishers=publishers,
+                env_extra=task.env,
+                sources_extra=[i.source() for i in task.inputs],
+                outputs_extra=[{"name": o.output_name, "path": o.collect_dir} for o in task.outputs],
+                publishers_extra=_task_publishers(task),
+            )
+            for task in tasks
+        ]
+    except ValidationError as exc:
+        fail(validation_message(exc))
+    except ValueError as exc:  # TasksFileError, QuantityError, bad --publisher
+        fail(str(exc))
+
+    async def go(client: NodeClient) -> list[Finished | str]:
+        gate = asyncio.Semaphore(concurrency)
+        done: list[Finished | str] = ["" for _ in requests]
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            console=err_console,
+            transient=False,
+            disable=not sys.stderr.isatty(),
+        )
+        bar = progress.add_task("tasks", total=len(requests))
+
+        async def one(i: int, request: RunCommandRequest) -> None:
+            async with gate:
+                try:
+                    await client.start(request, queue=True)
+                    done[i] = await client.wait(request.execution_id)
+                except NodeError as exc:
+                    done[i] = exc.message
+            progress.advance(bar)
+            if not sys.stderr.isatty():
+                outcome = done[i]
+                status = outcome.result.status.value if isinstance(outcome, Finished) else f"failed: {outcome}"
+                say(f"task {i + 1}/{len(requests)} {request.execution_id}: {status}")
+
+        with progress:
+            await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
+        return done
+
+    outcomes = _run(conn.call(go))
+    rows = []
+    for task, request, outcome in zip(tasks, requests, outcomes, strict=True):
+        if isinstance(outcome, Finished):
+            rows.append({"task": task.index, **outcome.as_json()})
+        else:
+            rows.append(
+                {
+                    "task": task.index,
+                    "execution_id": request.execution_id,
+                    "status": "refused",
+                    "error_message": outcome,
+                }
+            )
+    if as_json:
+        _print_json(rows)
+    else:
+        table = Table("TASK", "EXECUTION", "STATUS", "EXIT", "RESULTS", box=None)
+        for row in rows:
+            table.add_row(
+                str(row["task"]),
+                row["execution_id"],
+                row["status"],
+                str(row.get("exit_code", "")),
+                row.get("results_dir") or row.get("error_message", ""),
+            )
+        out_console().print(table)
+    raise typer.Exit(0 if all(r["status"] == "success" for r in rows) else 1)
+
+
+# ---------------------------------------------------------------------------- other commands
+
+
+@app.command()
+@connected
+def logs(
+    execution_id: Annotated[str, typer.Argument(metavar="EXEC_ID")],
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="keep streaming until the execution ends")] = False,
+    tail: Annotated[int | None, typer.Option("--tail", help="start with the last N lines", min=0)] = None,
+    since: Annotated[int | None, typer.Option("--since", help="resume at this log offset", min=0)] = None,
+    *,
+    conn: Connection,
+) -> None:
+    """Print an execution's stdout and stderr (to our stdout and stderr)."""
+    query = LogQuery(follow=follow, offset=since, tail_lines=tail)
+    _run(conn.call(lambda c: _stream_logs(c, execution_id, query)))
+
+
+@app.command()
+@connected
+def wait(
+    execution_id: Annotated[str, typer.Argument(metavar="EXEC_ID")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    *,
+    conn: Connection,
+) -> None:
+    """Wait for an execution to end; exit with its exit code."""
+    done = _run(conn.call(lambda c: c.wait(execution_id)))
+    if as_json:
+        _print_json(done.as_json())
+        raise typer.Exit(done.result.exit_code if done.result.exit_code is not None else EXIT_NODE_FAILED)
+    raise typer.Exit(_report(done))
+
+
+@app.command()
+@connected
+def cancel(
+    execution_id: Annotated[str, typer.Argument(metavar="EXEC_ID")],
+    *,
+    conn: Connection,
+) -> None:
+    """Stop a running execution (graceful stop, then kill)."""
+    done = _run(conn.call(lambda c: c.cancel(execution_id)))
+    sys.stdout.write(f"{done.execution_id} {done.result.status.value}\n")
+
+
+@app.command("ls")
+@connected
+def list_executions(
+    state: Annotated[list[str] | None, typer.Option("--state", help="only this state (repeatable)")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 100,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    *,
+    conn: Connection,
+) -> None:
+    """List executions, newest first."""
+    try:
+        states = {ExecutionState(s) for s in state or []}
+    except ValueError:
+        fail(f"--state must be one of: {', '.join(s.value for s in ExecutionState)}")
+    rows = _run(conn.call(lambda c: c.list_executions(states, limit)))
+    if as_json:
+        _print_json([{**r.__dict__, "state": r.state.value} for r in rows])
+        return
+    table = Table("EXECUTION", "JOB", "IMAGE", "STATE", "STATUS", "CREATED", box=None)
+    for column in table.columns:
+        column.overflow = "fold"
+    for r in rows:
+        table.add_row(r.execution_id, r.job_id, r.image, r.state.value, r.status, r.created_at)
+    out_console().print(table)
+
+
+@app.command()
+@connected
+def describe(
+    execution_id: Annotated[str, typer.Argument(metavar="EXEC_ID")],
+    *,
+    conn: Connection,
+) -> None:
+    """Everything the node knows about an execution, as JSON."""
+    _print_json(_run(conn.call(lambda c: c.describe(execution_id))))
+
+
+@node_app.command("info")
+@connected
+def node_info(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    *,
+    conn: Connection,
+) -> None:
+    """The node's id, versions, capacity and what is in use."""
+    info = _run(conn.call(lambda c: c.node_info()))
+    if as_json:
+        _print_json(
+            {
+                "node_id": info.node_id,
+                "version": info.version,
+                "engine_version": info.engine_version,
+                "capacity": info.capacity.model_dump(),
+                "allocated": info.allocated.model_dump(),
+                "queued": info.queued.model_dump(),
+                "free": info.free.model_dump(),
+                "running_executions": info.running,
+                "queued_executions": info.queued_count,
+            }
+        )
+        return
+    console = out_console()
+    console.print(f"node {info.node_id}  haddock {info.version}  docker {info.engine_version}")
+    table = Table("", "CPU", "MEMORY", "DISK", "GPU", box=None)
+    for name, r in (
+        ("capacity", info.capacity),
+        ("allocated", info.allocated),
+        ("queued", info.queued),
+        ("free", info.free),
+    ):
+        table.add_row(name, format_cpu(r.cpu), format_bytes(r.memory), format_bytes(r.disk), str(r.gpu))
+    console.print(table)
+    console.print(f"running {info.running}, queued {info.queued_count}")
