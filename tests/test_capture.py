@@ -144,7 +144,9 @@ async def test_capture_process_outlives_a_killed_daemon(
             assert done.result.stdout == "before\nwhile-down\nafter\n"
             assert done.result.stderr == "err-while-down\n"
             assert Path(done.results_dir, "stdout").read_bytes() == b"before\nwhile-down\nafter\n"
-            out = b"".join([c.data async for c in client.logs(r.execution_id, streams=frozenset({StreamType.STDOUT}))])
+            out = b"".join(
+                [c.data async for c in client.logs(r.execution_id, LogQuery(streams=frozenset({StreamType.STDOUT})))]
+            )
             assert out == b"before\nwhile-down\nafter\n"
         assert await daemon.terminate() == 0
         await wait_gone(pid, 15)
