@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from haddock.executor.logstore import LogWriter
-from haddock.executor.models import BidResult, ExecutionRecord, InputVolume, Resources, RunCommandRequest
+from haddock.executor.models import BidResult, ExecutionRecord, InputVolume, Resources, RunCommandRequest, StreamType
+from haddock.executor.results import CapturedFile
 
 __all__ = ["ContainerHandle", "Driver", "ExitStatus", "ImageReady", "ProgressSink"]
 
@@ -40,6 +41,9 @@ class ExitStatus:
     error: str = ""  # the container could not be followed to its end (why)
     capture_error: str = ""  # some output is missing (why)
     output_recovered: bool = False  # a cut stream was completed from the engine's own log
+    captured: dict[StreamType, CapturedFile] | None = None  # results files the capture filled (no second copy)
+    stdout_bytes: int | None = None  # bytes of each stream, as far as the capture knows
+    stderr_bytes: int | None = None
 
 
 class ContainerHandle(Protocol):
@@ -121,6 +125,11 @@ class Driver(Protocol):
         self, request: RunCommandRequest, volumes: list[InputVolume], writer: LogWriter, *, stop_signal: str
     ) -> ContainerHandle:
         """Create the execution's container (not started), its output bound for ``writer``."""
+        ...
+
+    async def held_logs(self) -> set[str]:
+        """Executions whose log another process of this driver still writes (e.g. a capture process that
+        outlived the node): the runner must not open those logs; it passes ``writer=None`` to :meth:`resume`."""
         ...
 
     async def resume(self, record: ExecutionRecord, writer: LogWriter | None) -> ContainerHandle | ExitStatus:

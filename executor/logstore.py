@@ -87,6 +87,7 @@ __all__ = [
     "LogNotFound",
     "LogStore",
     "LogWriter",
+    "RemoteLog",
 ]
 
 MAGIC = 0xAD
@@ -390,6 +391,11 @@ class LogWriter:
         return dict(self._bytes)
 
     @property
+    def cap(self) -> LogCap | None:
+        """The most this log may hold (None: no cap)."""
+        return self._cap
+
+    @property
     def dropped(self) -> dict[StreamType, int]:
         """Data bytes per stream not kept because of the cap or the budget (since this writer was opened)."""
         return dict(self._dropped)
@@ -564,6 +570,75 @@ class LogWriter:
                 self._waiters.remove(fut)
 
 
+class RemoteLog:
+    """A log written by another process (the capture process), as this process's followers see it.
+
+    The writing process reports how far the log has grown (:meth:`advance`, always a frame
+    boundary) and when it stopped writing (:meth:`end`); followers in this process read up to
+    ``committed`` and are woken by each report, as by a local :class:`LogWriter`. No polling.
+    Used only on the store's event loop.
+    """
+
+    def __init__(self, store: LogStore, execution_id: str, committed: int) -> None:
+        self._store = store
+        self._execution_id = execution_id
+        self._committed = committed
+        self._closed = False
+        self._complete = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def execution_id(self) -> str:
+        return self._execution_id
+
+    @property
+    def committed(self) -> int:
+        return self._committed
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def complete(self) -> bool:
+        return self._complete
+
+    def advance(self, committed: int) -> None:
+        """The writer has whole frames up to ``committed``."""
+        if committed > self._committed and not self._closed:
+            self._committed = committed
+            self._wake()
+
+    def end(self, *, complete: bool) -> None:
+        """The writer closed the log (with an END frame if ``complete``); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._complete = complete
+        self._store._release(self)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _wait_beyond(self, pos: int) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            if self._committed > pos or self._closed:
+                return
+            await fut
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
+
+    def __repr__(self) -> str:
+        return f"<RemoteLog {self._execution_id!r} {'closed' if self._closed else 'open'} committed={self._committed}>"
+
+
 # ---------------------------------------------------------------------------
 # Store
 # ---------------------------------------------------------------------------
@@ -579,7 +654,7 @@ class LogStore:
         self.root = Path(root)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = threading.Lock()  # guards _live together with creating/opening files
-        self._live: dict[str, LogWriter] = {}
+        self._live: dict[str, LogWriter | RemoteLog] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         with contextlib.suppress(RuntimeError):
             self._loop = asyncio.get_running_loop()
@@ -619,6 +694,13 @@ class LogStore:
             self._live[execution_id] = writer
         return writer
 
+    def create_empty(self, execution_id: str) -> None:
+        """Start a new, empty log that another process will write (see :meth:`track`). FileExistsError if one
+        exists. Not synced: an empty log lost in a machine crash holds nothing."""
+        path = self.path(execution_id)
+        with self._lock:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+
     def open_append(self, execution_id: str, cap: LogCap | None = None) -> LogWriter:
         """Reopen an incomplete log after a restart, cutting a frame left half written by a crash.
 
@@ -649,14 +731,45 @@ class LogStore:
             self._live[execution_id] = writer
         return writer
 
-    def _release(self, writer: LogWriter) -> None:
+    def track(self, execution_id: str, committed: int) -> RemoteLog:
+        """Register a log that another process writes (see :class:`RemoteLog`); must run on the store's loop.
+
+        ValueError if the log already has a writer or tracker in this process."""
+        self.path(execution_id)
+        self._bind_loop(strict=True)
+        with self._lock:
+            if execution_id in self._live:
+                raise ValueError(f"the log of execution {execution_id!r} already has a writer")
+            remote = RemoteLog(self, execution_id, committed)
+            self._live[execution_id] = remote
+        return remote
+
+    def hand_over(self, writer: LogWriter) -> RemoteLog:
+        """Hand a log this process writes over to another process (the capture process), which reopens it
+        with :meth:`open_append`: the writer is closed without an END frame (and without an fsync: the new
+        writer's fsyncs cover the file), and the log is tracked instead (:meth:`track`). Followers go on
+        following it. Must run on the store's loop."""
+        execution_id = writer.execution_id
+        with writer._lock:
+            if writer._closed:
+                raise ValueError(f"the log of execution {execution_id!r} is closed")
+            writer._closed = True
+            os.close(writer._fd)
+        with self._lock:
+            remote = RemoteLog(self, execution_id, writer.committed)
+            self._live[execution_id] = remote
+        writer._wake()
+        return remote
+
+    def _release(self, writer: LogWriter | RemoteLog) -> None:
         with self._lock:
             if self._live.get(writer.execution_id) is writer:
                 del self._live[writer.execution_id]
 
     def writer(self, execution_id: str) -> LogWriter | None:
         """The live writer of this log in this process, if any."""
-        return self._live.get(execution_id)
+        live = self._live.get(execution_id)
+        return live if isinstance(live, LogWriter) else None
 
     # -- queries ------------------------------------------------------------
 
@@ -721,7 +834,7 @@ class LogStore:
         offset: int,
         streams: frozenset[StreamType],
         tail_lines: int | None,
-    ) -> tuple[int, LogWriter | None, int, int, LogEntry | None]:
+    ) -> tuple[int, LogWriter | RemoteLog | None, int, int, LogEntry | None]:
         """Runs in a worker thread: open, validate the offset, find the tail.
 
         Returns (fd, live writer, end, start, first partial entry).
@@ -768,7 +881,7 @@ class LogStore:
           the part of the frame before the tail.
         - Without ``follow``: everything up to the current end. With ``follow``: then wait for
           new data and go on until the END frame; if no writer in this process is writing the
-          log (and it has no END), stop at its end, as no one will write more.
+          log or tracking it (:meth:`track`), stop at its end, as no one will write more.
 
         LogNotFound if there is no log (raised on the first iteration).
         """
@@ -817,6 +930,11 @@ class LogStore:
                 if writer is not None and follow:
                     limit = writer.committed
                 if limit is not None and read_at >= limit:
+                    if follow and writer is not None and writer.closed and not writer.complete:
+                        successor = self._live.get(execution_id)
+                        if successor is not None and successor is not writer:
+                            writer = successor  # handed over (see hand_over): follow the new writer
+                            continue
                     if not follow or writer is None or writer.closed:
                         return
                     await writer._wait_beyond(read_at)

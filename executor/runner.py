@@ -279,6 +279,7 @@ class Runner:
         status collected; a missing one ends the execution with a clear message. Results are then
         written as usual. Returns once every execution is registered (``wait`` works on them).
         """
+        held = await self.driver.held_logs()
         for record in records:
             exec_id = record.execution_id
             if exec_id in self._records:
@@ -286,7 +287,9 @@ class Runner:
             record.result = None
             writer: LogWriter | None
             cap = self.config.log_cap(record.request)
-            if not self.logs.exists(exec_id):
+            if exec_id in held:
+                writer = None  # another process of the driver writes it (see Driver.held_logs)
+            elif not self.logs.exists(exec_id):
                 writer = await asyncio.to_thread(self.logs.create, exec_id, cap)
             elif self.logs.is_complete(exec_id):
                 writer = None  # all output was captured before the node went down

@@ -23,7 +23,7 @@ from haddock.executor.models import (
     utcnow,
 )
 from haddock.executor.quantity import format_bytes, format_duration
-from haddock.executor.results import write_job_results
+from haddock.executor.results import remove_capture_files, write_job_results
 
 if TYPE_CHECKING:
     from haddock.executor.runner import Execution, Runner
@@ -116,19 +116,39 @@ async def finish(
     try:
         if writer is not None:
             await asyncio.to_thread(writer.close)
-        written = await write_job_results(
-            request.results_dir,
-            stream(StreamType.STDOUT),
-            stream(StreamType.STDERR),
-            outcome.exit_code,
-            request.output_limits,
-        )
+        written = None
+        if outcome.captured is not None:
+            try:
+                # The capture filled the results files as output arrived: rename them, read the inline heads.
+                written = await write_job_results(
+                    request.results_dir,
+                    stream(StreamType.STDOUT),
+                    stream(StreamType.STDERR),
+                    outcome.exit_code,
+                    request.output_limits,
+                    captured=outcome.captured,
+                )
+            except OSError as exc:
+                log.warning("the captured results of %s are not usable (%s); copying from the log", exec_id, exc)
+        if written is None:
+            await asyncio.to_thread(remove_capture_files, request.results_dir)
+            written = await write_job_results(
+                request.results_dir,
+                stream(StreamType.STDOUT),
+                stream(StreamType.STDERR),
+                outcome.exit_code,
+                request.output_limits,
+            )
+        out_bytes, err_bytes = outcome.stdout_bytes, outcome.stderr_bytes
+        if out_bytes is None or err_bytes is None:
+            out_bytes = writer.stdout_bytes if writer else (written.stdout.total_bytes or 0)
+            err_bytes = writer.stderr_bytes if writer else (written.stderr.total_bytes or 0)
         runner._emit(
             record,
             EventKind.RESULTS_WRITTEN,
             f"results written to {request.results_dir}",
-            stdout_bytes=writer.stdout_bytes if writer else (written.stdout.total_bytes or 0),
-            stderr_bytes=writer.stderr_bytes if writer else (written.stderr.total_bytes or 0),
+            stdout_bytes=out_bytes,
+            stderr_bytes=err_bytes,
         )
         lost = bool(outcome.capture_error or log_full)
         published, publish_errors = await _publish(runner, record)
