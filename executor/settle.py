@@ -23,6 +23,7 @@ from haddock.executor.models import (
 )
 from haddock.executor.quantity import format_bytes, format_duration
 from haddock.executor.results import write_job_results
+from haddock.executor.stats import StatsSummary
 
 if TYPE_CHECKING:
     from haddock.executor.runner import Execution, Runner
@@ -48,13 +49,18 @@ def decide_status(stop_reason: str | None, output_cap_message: str, outcome: Exi
     return ResultStatus.SUCCESS
 
 
-def describe_outcome(request: RunCommandRequest, status: ResultStatus, outcome: ExitStatus) -> str:
+def describe_outcome(
+    request: RunCommandRequest, status: ResultStatus, outcome: ExitStatus, stats: StatsSummary | None = None
+) -> str:
     """The result's message for people."""
     if outcome.error:
         return outcome.error
     if status is ResultStatus.KILLED:
         limit = format_bytes(request.resources.memory) if request.resources.memory else "the node's memory"
-        return f"the job ran out of memory: it was killed for exceeding its memory limit of {limit}"
+        message = f"the job ran out of memory: it was killed for exceeding its memory limit of {limit}"
+        if stats is not None and stats.peak_memory_bytes:
+            message += f"; peak observed {format_bytes(stats.peak_memory_bytes)}"
+        return message
     if status is ResultStatus.TIMEOUT:
         assert request.timeout is not None
         return f"the job exceeded its timeout of {format_duration(request.timeout)} and was stopped"
@@ -76,9 +82,13 @@ async def finish(
         status = decide_status(handle.stop_reason if handle else None, execution.output_cap_message, outcome)
     runner._set_state(record, ExecutionState.FINISHING)
     exec_id = request.execution_id
+    stats = execution.stats.summary()
     message = "; ".join(
         m
-        for m in (execution.output_cap_message or describe_outcome(request, status, outcome), outcome.capture_error)
+        for m in (
+            execution.output_cap_message or describe_outcome(request, status, outcome, stats),
+            outcome.capture_error,
+        )
         if m
     )
 
@@ -119,6 +129,7 @@ async def finish(
             error_message=message,
             published=published,
             publish_errors=publish_errors,
+            stats=stats,
         )
     except Exception as exc:
         log.exception("writing results of %s failed", exec_id)
@@ -127,6 +138,7 @@ async def finish(
             exit_code=outcome.exit_code,
             error_message=f"{message + '; ' if message else ''}writing results to "
             f"{request.results_dir} failed: {runner.driver.describe_failure(exc)}",
+            stats=stats,
         )
     record.result = result
     record.finished_at = utcnow()

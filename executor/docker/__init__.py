@@ -27,12 +27,22 @@ class DockerExecutor(Runner):
     driver: DockerDriver
 
     def __init__(
-        self, config: DockerConfig, *, node_id: str, log_dir: Path, max_finished_records: int = 10_000, **kwargs: Any
+        self,
+        config: DockerConfig,
+        *,
+        node_id: str,
+        log_dir: Path,
+        max_finished_records: int = 10_000,
+        stats_interval: float = 1.0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             DockerDriver(config, node_id=node_id),
             RunnerConfig(
-                log_dir=log_dir, default_output_cap=config.output_cap, max_finished_records=max_finished_records
+                log_dir=log_dir,
+                default_output_cap=config.output_cap,
+                max_finished_records=max_finished_records,
+                stats_interval=stats_interval,
             ),
             **kwargs,
         )

@@ -1,4 +1,5 @@
-"""The ``haddock`` commands that talk to a node: run, bid, submit, logs, wait, cancel, ls, describe, node info.
+"""The ``haddock`` commands that talk to a node: run, bid, submit, logs, wait, cancel, ls, describe, stats,
+node info.
 
 The top-level app (``haddock.node.cli``) adds ``serve``; nothing here loads the daemon. Every command
 takes the connection options (``--node``, ``--token``, ``--tls-ca``, ``--tls-cert``, ``--tls-key``),
@@ -14,8 +15,10 @@ import functools
 import inspect
 import json
 import os
+import shutil
 import signal
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ from haddock.executor.models import (
 from haddock.executor.publishers import PublisherSpec, S3PublisherSpec, parse_publisher
 from haddock.executor.quantity import QuantityError, format_bytes, format_cpu, parse_bytes, parse_duration
 from haddock.executor.sources import InputSource, parse_input
+from haddock.executor.stats import Stat, StatsSummary, decimate
 from haddock.node.client._client import DEFAULT_NODE, ClientTls, Finished, NodeClient, NodeError
 from haddock.node.client._tasks import Task, load_tasks
 from haddock.node.client.convert import validation_message
@@ -741,3 +745,108 @@ def node_info(
         table.add_row(name, format_cpu(r.cpu), format_bytes(r.memory), format_bytes(r.disk), str(r.gpu))
     console.print(table)
     console.print(f"running {info.running}, queued {info.queued_count}")
+
+
+# ---------------------------------------------------------------------------- stats
+
+
+def _stats_json(samples: list[Stat], summary: StatsSummary | None, execution_id: str) -> dict[str, Any]:
+    return {
+        "execution_id": execution_id,
+        "summary": summary.model_dump() if summary is not None else None,
+        "samples": [s.model_dump(mode="json") for s in samples],
+    }
+
+
+def render_stats_chart(
+    samples: list[Stat], summary: StatsSummary | None, *, width: int = 100, height: int = 30, color: bool = True
+) -> str:
+    """CPU and memory over seconds since the first sample, as a terminal chart (plotext), the memory
+    limit as a line."""
+    import plotext as plt
+
+    plt.clear_figure()
+    plt.subplots(2, 1)
+    plt.plotsize(width, height)
+    t0 = samples[0].time if samples else None
+    xs = [(s.time - t0).total_seconds() for s in samples] if t0 is not None else []
+    mib = 1024 * 1024
+    limit = summary.memory_limit_bytes if summary is not None else 0
+    if not limit and samples:
+        limit = round(samples[-1].memory_limit_bytes)
+    plt.subplot(1, 1)
+    plt.theme("clear" if not color else "pro")
+    peak_cores = max([s.cpu_cores for s in samples] or [0.0])
+    plt.title(f"CPU (cores; peak {peak_cores:.2f})")
+    if xs:
+        plt.plot(xs, [s.cpu_cores for s in samples], label="cores")
+    plt.subplot(2, 1)
+    plt.theme("clear" if not color else "pro")
+    peak = summary.peak_memory_bytes if summary is not None else 0
+    plt.title(f"memory (MiB; peak {format_bytes(peak)}, limit {format_bytes(limit) if limit else 'none'})")
+    if xs:
+        plt.plot(xs, [s.memory_bytes / mib for s in samples], label="in use")
+        plt.plot(xs, [s.memory_peak_bytes / mib for s in samples], label="peak so far")
+    if limit and xs:
+        plt.hline(limit / mib)
+    plt.xlabel("seconds since start")
+    chart: str = plt.build()
+    return chart if color else plt.uncolorize(chart)
+
+
+def _summary_line(summary: StatsSummary | None) -> str:
+    if summary is None:
+        return "no samples"
+    return (
+        f"samples {summary.samples}  CPU {summary.cpu_seconds:.2f}s (avg {summary.avg_cpu_cores:.2f}, "
+        f"max {summary.max_cpu_cores:.2f} cores)  memory peak {format_bytes(summary.peak_memory_bytes)}"
+        f"{' of ' + format_bytes(summary.memory_limit_bytes) if summary.memory_limit_bytes else ''}  "
+        f"block I/O {format_bytes(summary.block_read_bytes)} read, {format_bytes(summary.block_write_bytes)} written"
+    )
+
+
+async def _show_stats(client: NodeClient, execution_id: str, *, max_points: int, follow: bool, as_json: bool) -> None:
+    samples: list[Stat] = []
+    summary: StatsSummary | None = None
+    tty = sys.stdout.isatty()
+    width, height = shutil.get_terminal_size((100, 30)) if tty else (100, 30)
+    width, height = max(40, width), max(16, min(height - 2, 40))
+
+    def draw(live: bool) -> None:
+        points = decimate(samples, max_points) if max_points else samples
+        if as_json:
+            _print_json(_stats_json(points, summary, execution_id))
+            return
+        chart = render_stats_chart(points, summary, width=width, height=height - 1, color=tty)
+        if live and tty:
+            sys.stdout.write("\x1b[H\x1b[2J")
+        sys.stdout.write(chart + "\n" + _summary_line(summary) + ("  (running)" if live else "") + "\n")
+        sys.stdout.flush()
+
+    last_draw = 0.0
+    async for update in client.stats(execution_id, max_points=0 if follow else max_points, follow=follow):
+        samples.extend(update.samples)
+        summary = update.summary
+        if follow and not as_json and time.monotonic() - last_draw >= 1.0 and update.running:
+            draw(True)
+            last_draw = time.monotonic()
+    draw(False)
+
+
+@app.command()
+@connected
+def stats(
+    execution_id: Annotated[str, typer.Argument(metavar="EXEC_ID")],
+    max_points: Annotated[
+        int, typer.Option("--max-points", min=1, help="down-sample to at most N points (time windows)")
+    ] = 120,
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="redraw as new samples come, until it ends")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the (down-sampled) samples and summary")] = False,
+    *,
+    conn: Connection,
+) -> None:
+    """An execution's CPU and memory over time, as a chart in the terminal (or JSON)."""
+    _run(
+        conn.call(lambda c: _show_stats(c, execution_id, max_points=max_points, follow=follow, as_json=as_json)),
+        EXIT_NODE_FAILED,
+    )
