@@ -83,7 +83,7 @@ async def test_average_cpu_follows_the_cpu_limit(client: NodeClient) -> None:
     the machine had the room to give the job what its limit allows (else it is tried again, at most 3 times,
     and a starved job only has to show it ran)."""
     for cpu, low, high in ((0.5, 0.35, 0.6), (1.0, 0.8, 1.1)):
-        for attempt in range(3):
+        for _attempt in range(3):
             idle0, total0 = machine_idle_cores()
             done = await client.run(job(BUSY, resources={"cpu": cpu}))
             idle1, total1 = machine_idle_cores()
