@@ -81,8 +81,8 @@ class StatsSettings(BaseModel):
     @field_validator("interval")
     @classmethod
     def _interval(cls, v: float) -> float:
-        if 0 < v < 0.1:
-            raise ValueError("stats.interval must be at least 100ms (or 0 to turn sampling off)")
+        if 0 < v < 1:
+            raise ValueError("stats.interval must be at least 1s, the engine's own sampling period (or 0: off)")
         return v
 
 

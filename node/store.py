@@ -1,4 +1,5 @@
-"""The durable execution store: executions, their requests, state transitions, lifecycle events and results.
+"""The durable execution store: executions, their requests, state transitions, lifecycle events, results
+and resource samples (the ``stats`` table: ``statstore.py``).
 
 One embedded SQLite database per node, ``<data_dir>/haddock.db`` (:func:`store_path`), so that
 GetExecution, ListExecutions and Wait answer after a restart and start-up recovery knows what was running.

@@ -242,3 +242,21 @@ async def test_store_bounds_samples_by_merging_the_oldest(tmp_path: Path) -> Non
         await store.set_result("e1", RunCommandResult(status=ResultStatus.SUCCESS, exit_code=0))
         assert await store.prune(datetime.now(UTC) + timedelta(days=1)) == ["e1"]
         assert await store.stats("e1") == []  # pruned with the execution
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def test_stats_and_metrics_settings(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from haddock.node.config import Settings
+
+    s = Settings(data_dir=tmp_path, stats={"interval": "2s", "max_samples": 100}, metrics_listen="127.0.0.1:9464")
+    assert (s.stats.interval, s.stats.max_samples, s.metrics_listen) == (2.0, 100, "127.0.0.1:9464")
+    assert Settings(data_dir=tmp_path).metrics_listen is None  # off by default
+    assert Settings(data_dir=tmp_path, stats={"interval": 0}).stats.interval == 0  # sampling off
+    with pytest.raises(ValidationError, match="at least 1s"):
+        Settings(data_dir=tmp_path, stats={"interval": "200ms"})
+    with pytest.raises(ValidationError, match="must be HOST:PORT"):
+        Settings(data_dir=tmp_path, metrics_listen="9464")
