@@ -24,6 +24,7 @@ from pydantic_settings import (
 from haddock.executor.docker.config import DockerConfig
 from haddock.executor.models import ByteQuantity, CpuQuantity, DurationSeconds
 from haddock.node.bidding import BiddingSettings
+from haddock.node.cluster.config import ClusterSettings
 from haddock.storage.config import StorageSettings
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
@@ -167,6 +168,7 @@ class Settings(BaseSettings):
     metrics_listen: str | None = Field(
         default=None, description="HOST:PORT of an HTTP listener serving /metrics for Prometheus; default off"
     )
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings, description="join a Bacalhau network")
 
     @classmethod
     def settings_customise_sources(
