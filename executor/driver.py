@@ -10,13 +10,14 @@ implements this protocol and the node does not change.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from haddock.executor.logstore import LogWriter
 from haddock.executor.models import BidResult, ExecutionRecord, InputVolume, Resources, RunCommandRequest, StreamType
 from haddock.executor.results import CapturedFile
+from haddock.executor.stats import Stat
 
 __all__ = ["ContainerHandle", "Driver", "ExitStatus", "ImageReady", "ProgressSink"]
 
@@ -78,6 +79,11 @@ class ContainerHandle(Protocol):
 
     async def stop(self, reason: str, *, grace: float | None = None) -> None:
         """Its stop signal, up to ``grace`` (the driver's default when None) to exit, then a kill."""
+        ...
+
+    def stats(self, interval: float) -> AsyncIterator[Stat]:
+        """Resource samples of the running container every ``interval`` seconds, the first at once, until
+        it is no longer running. Never raises for an engine that does not answer: it skips samples."""
         ...
 
     async def finish(self) -> ExitStatus:

@@ -29,6 +29,7 @@ from haddock.executor.paths import check_container_path as _check_container_path
 from haddock.executor.publishers import PublisherSpec
 from haddock.executor.quantity import GiB, KiB, MiB, TiB, format_bytes, parse_bytes, parse_cpu, parse_duration
 from haddock.executor.sources import InputSource
+from haddock.executor.stats import StatsSummary
 
 RESERVED_ENV_PREFIX = "HADDOCK_"
 """Environment names with this prefix are set by the node; a request may not set them."""
@@ -444,6 +445,7 @@ class RunCommandResult(_Model):
     error_message: str = ""
     published: list[str] = Field(default_factory=list, description="where the results were published")
     publish_errors: list[str] = Field(default_factory=list, description="publishers that failed, and why")
+    stats: StatsSummary | None = Field(default=None, description="resource use sampled while the container ran")
 
 
 class BidResult(_Model):

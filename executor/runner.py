@@ -49,14 +49,17 @@ from haddock.executor.prepare import prepare_image, prepare_inputs
 from haddock.executor.protocol import InputPreparer, PreparedInputs, ResultPublisher
 from haddock.executor.quantity import GiB
 from haddock.executor.settle import finish
+from haddock.executor.stats import Stat, StatsAccumulator
 from haddock.executor.supervise import supervise
 
-__all__ = ["EventSink", "Runner", "RunnerConfig"]
+__all__ = ["EventSink", "Runner", "RunnerConfig", "StatsSink"]
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("haddock.executor")
 
 EventSink = Callable[[ExecutionEvent], None]
+StatsSink = Callable[[str, Stat], None]
+"""Where resource samples go (execution id, sample), one way: the node keeps them with the execution."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class RunnerConfig:
 
     def log_cap(self, request: RunCommandRequest) -> LogCap:
         return LogCap.for_limits(request.output_limits, self.log_max_per_execution)
+
+    stats_interval: float = 1.0  # seconds between resource samples of a running container; 0: none
 
 
 @dataclass
@@ -84,6 +89,7 @@ class Execution:
     leave_container: bool = False  # a shutdown lets go of the container (a restart reattaches)
     prepared_inputs: PreparedInputs | None = None
     output_cap_message: str = ""  # the job wrote past its output cap
+    stats: StatsAccumulator = field(default_factory=StatsAccumulator)  # resource use, summed up as sampled
 
 
 class Runner:
@@ -98,6 +104,7 @@ class Runner:
         event_sink: EventSink | None = None,
         input_preparer: InputPreparer | None = None,
         result_publisher: ResultPublisher | None = None,
+        stats_sink: StatsSink | None = None,
     ) -> None:
         self.driver = driver
         self.config = config
@@ -105,6 +112,7 @@ class Runner:
         self._event_sink = event_sink
         self._input_preparer = input_preparer
         self._result_publisher = result_publisher
+        self._stats_sink = stats_sink
         self._records: dict[str, ExecutionRecord] = {}
         self._running: dict[str, Execution] = {}
         self._closing = False
@@ -326,6 +334,14 @@ class Runner:
             except Exception:
                 log.exception("event sink failed")
         return event
+
+    def _emit_stat(self, execution: Execution, stat: Stat) -> None:
+        execution.stats.add(stat)
+        if self._stats_sink is not None:
+            try:
+                self._stats_sink(execution.record.execution_id, stat)
+            except Exception:
+                log.exception("stats sink failed")
 
     def _set_state(self, record: ExecutionRecord, state: ExecutionState, **carried: Any) -> None:
         if record.state is not state:

@@ -24,6 +24,7 @@ from haddock.executor.models import (
 )
 from haddock.executor.quantity import format_bytes, format_duration
 from haddock.executor.results import remove_capture_files, write_job_results
+from haddock.executor.stats import StatsSummary
 
 if TYPE_CHECKING:
     from haddock.executor.runner import Execution, Runner
@@ -49,13 +50,18 @@ def decide_status(stop_reason: str | None, output_cap_message: str, outcome: Exi
     return ResultStatus.SUCCESS
 
 
-def describe_outcome(request: RunCommandRequest, status: ResultStatus, outcome: ExitStatus) -> str:
+def describe_outcome(
+    request: RunCommandRequest, status: ResultStatus, outcome: ExitStatus, stats: StatsSummary | None = None
+) -> str:
     """The result's message for people."""
     if outcome.error:
         return outcome.error
     if status is ResultStatus.KILLED:
         limit = format_bytes(request.resources.memory) if request.resources.memory else "the node's memory"
-        return f"the job ran out of memory: it was killed for exceeding its memory limit of {limit}"
+        message = f"the job ran out of memory: it was killed for exceeding its memory limit of {limit}"
+        if stats is not None and stats.peak_memory_bytes:
+            message += f"; peak observed {format_bytes(stats.peak_memory_bytes)}"
+        return message
     if status is ResultStatus.TIMEOUT:
         assert request.timeout is not None
         return f"the job exceeded its timeout of {format_duration(request.timeout)} and was stopped"
@@ -91,6 +97,7 @@ async def finish(
         explained = runner.driver.explain_exit(outcome.exit_code, await _stderr_head(runner, exec_id))
         if explained:
             outcome = dataclasses.replace(outcome, error=f"{explained} (the job exited with code {outcome.exit_code})")
+    stats = execution.stats.summary()
     writer = execution.writer
     log_full = (
         f"the node's log space was full (log_max_bytes): {format_bytes(writer.lost_bytes)} of the job's output "
@@ -101,7 +108,7 @@ async def finish(
     message = "; ".join(
         m
         for m in (
-            execution.output_cap_message or describe_outcome(request, status, outcome),
+            execution.output_cap_message or describe_outcome(request, status, outcome, stats),
             outcome.capture_error,
             log_full,
         )
@@ -164,6 +171,7 @@ async def finish(
             error_message=message,
             published=published,
             publish_errors=publish_errors,
+            stats=stats,
         )
     except Exception as exc:
         log.exception("writing results of %s failed", exec_id)
@@ -172,6 +180,7 @@ async def finish(
             exit_code=outcome.exit_code,
             error_message=f"{message + '; ' if message else ''}writing results to "
             f"{request.results_dir} failed: {runner.driver.describe_failure(exc)}",
+            stats=stats,
         )
     record.result = result
     record.finished_at = utcnow()

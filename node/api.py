@@ -220,3 +220,18 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def WatchExecution(self, request: Any, context: Any) -> AsyncIterator[node_pb2.WatchExecutionResponse]:
         async for event in self.node.watch(request.execution_id):
             yield node_pb2.WatchExecutionResponse(event=convert.event_to_pb(event))
+
+    @streaming
+    async def GetExecutionStats(self, request: Any, context: Any) -> AsyncIterator[node_pb2.GetExecutionStatsResponse]:
+        interval = self.node.settings.stats.interval
+        async for update in self.node.stats_of(
+            request.execution_id, max_points=request.max_points, follow=request.follow
+        ):
+            msg = node_pb2.GetExecutionStatsResponse(
+                samples=[convert.stat_to_pb(s) for s in update.samples],
+                running=update.running,
+                interval_seconds=interval,
+            )
+            if update.summary is not None:
+                msg.summary.CopyFrom(convert.summary_to_pb(update.summary))
+            yield msg

@@ -69,6 +69,26 @@ class TelemetrySettings(BaseModel):
     metrics_interval_seconds: float = Field(default=60.0, gt=0)
 
 
+class StatsSettings(BaseModel):
+    """Resource statistics of executions: sampled while the container runs, kept with the execution."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval: DurationSeconds = Field(
+        default=1.0, ge=0, description="seconds between samples of a running container; 0 turns sampling off"
+    )
+    max_samples: int = Field(
+        default=3600, ge=16, description="samples kept per execution; past it, older ones are merged (averaged)"
+    )
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: float) -> float:
+        if 0 < v < 1:
+            raise ValueError("stats.interval must be at least 1s, the engine's own sampling period (or 0: off)")
+        return v
+
+
 class TlsSettings(BaseModel):
     """Server TLS. With ``client_ca`` set, clients must present a certificate it signed (mTLS)."""
 
@@ -173,6 +193,10 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings, description="inputs and publishers")
     bidding: BiddingSettings = Field(default_factory=BiddingSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    stats: StatsSettings = Field(default_factory=StatsSettings)
+    metrics_listen: str | None = Field(
+        default=None, description="HOST:PORT of an HTTP listener serving /metrics for Prometheus; default off"
+    )
     cluster: ClusterSettings = Field(default_factory=ClusterSettings, description="join a Bacalhau network")
 
     @classmethod
@@ -205,6 +229,16 @@ class Settings(BaseSettings):
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"listen address {v!r} must be HOST:PORT, e.g. {DEFAULT_LISTEN}")
+        return v
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_listen(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"metrics_listen {v!r} must be HOST:PORT, e.g. 127.0.0.1:9464")
         return v
 
     @field_validator("log_level")

@@ -15,8 +15,6 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator
 
-from opentelemetry import metrics
-
 from haddock.executor.docker import DockerExecutor
 from haddock.executor.errors import (
     ExecutionAlreadyComplete,
@@ -27,7 +25,6 @@ from haddock.executor.errors import (
 from haddock.executor.logstore import LogEntry
 from haddock.executor.models import (
     BidResult,
-    EventKind,
     ExecutionEvent,
     ExecutionRecord,
     ExecutionState,
@@ -53,7 +50,9 @@ from haddock.node.client import NodeInfo
 from haddock.node.config import OnShutdown, Settings
 from haddock.node.events import EventHub
 from haddock.node.housekeeping import Housekeeping
+from haddock.node.metrics import MetricsListener, NodeGauges, NodeMetrics
 from haddock.node.policy import Policy, check_output_limits, free_of
+from haddock.node.stats import StatsHub, StatsUpdate, execution_stats
 from haddock.node.store import ExecutionStore, store_path
 from haddock.storage import StorageRegistry, build_registry
 from haddock.storage.hooks import RegistryPreparer, RegistryPublisher
@@ -95,6 +94,7 @@ class Node:
         storage: StorageRegistry | None = None,
         storage_types: frozenset[str] = frozenset(),
         publisher: RegistryPublisher | None = None,
+        stats: StatsHub | None = None,
     ) -> None:
         self.settings = settings
         self.executor = executor
@@ -117,16 +117,10 @@ class Node:
             storage_types_installed=storage_types,
             engine_platform=self._engine_platform,
         )
-        meter = metrics.get_meter("haddock.node")
-        self._m_executions = meter.create_counter(
-            "haddock.executions", unit="{execution}", description="executions ended, by status"
-        )
-        self._m_duration = meter.create_histogram(
-            "haddock.execution.duration", unit="s", description="time from acceptance to the end"
-        )
-        self._m_output = meter.create_counter(
-            "haddock.execution.output", unit="By", description="bytes the jobs wrote to stdout and stderr"
-        )
+        self.stats = stats or StatsHub(store, max_samples=settings.stats.max_samples)
+        self.metrics_listener = MetricsListener(settings.metrics_listen) if settings.metrics_listen else None
+        self.metrics = NodeMetrics(self.metrics_listener.meter() if self.metrics_listener else None)
+        self._gauges: asyncio.Task[None] | None = None
         events.on_terminal(self._on_end)
 
     @classmethod
@@ -138,6 +132,7 @@ class Node:
         registry = build_registry(settings.storage, cache_dir=settings.data_dir / "cache")
         preparer = RegistryPreparer(registry, lambda exec_id: settings.executions_dir / exec_id / "inputs")
         publisher = RegistryPublisher(settings.node_id, settings.storage.s3)
+        stats = StatsHub(store, max_samples=settings.stats.max_samples)
         executor = DockerExecutor(
             settings.docker,
             node_id=settings.node_id,
@@ -147,6 +142,8 @@ class Node:
             event_sink=events,
             input_preparer=preparer,
             result_publisher=publisher,
+            stats_sink=stats,
+            stats_interval=settings.stats.interval,
         )
         return cls(
             settings,
@@ -157,13 +154,18 @@ class Node:
             storage=registry,
             storage_types=frozenset(await registry.installed_types()),
             publisher=publisher,
+            stats=stats,
         )
 
     async def begin(self) -> None:
         """Learn the capacity, start persisting, take back what a previous life left unfinished
         (queued executions queue again), start housekeeping."""
         self.capacity.set_capacity(await self.detect_capacity())
+        if self.metrics_listener is not None:
+            self.metrics_listener.start()
+        self._gauges = asyncio.create_task(self.metrics.keep_fresh(self._gauge_snapshot), name="haddock-gauges")
         self.events.start()
+        self.stats.start()
         unfinished = await self.store.non_terminal()
         queued = [r for r in unfinished if r.state is ExecutionState.QUEUED]
         others = [r for r in unfinished if r.state is not ExecutionState.QUEUED]
@@ -227,24 +229,39 @@ class Node:
     # ------------------------------------------------------------------ events
 
     def _on_end(self, event: ExecutionEvent) -> None:
-        """An execution ended: what it held is free again (exactly once: release is idempotent); telemetry."""
+        """An execution ended: what it held is free again (exactly once: release is idempotent); its stats
+        followers end; telemetry."""
         self.capacity.release(event.execution_id)
+        self.stats.end(event.execution_id)
         result = event.result
         if result is None:
             return
         status = result.status.value
-        self._m_executions.add(1, {"status": status})
         live = self._live(event.execution_id)
-        if live is not None:
-            self._m_duration.record((event.time - live.created_at).total_seconds(), {"status": status})
-            for e in live.events:
-                if e.kind is EventKind.RESULTS_WRITTEN:
-                    for stream in ("stdout", "stderr"):
-                        self._m_output.add(int(e.details.get(f"{stream}_bytes", 0)), {"stream": stream})
+        self.metrics.ended(
+            result,
+            live.events if live is not None else [],
+            (event.time - live.created_at).total_seconds() if live is not None else None,
+        )
         log.info(
             "execution ended",
             extra={"execution_id": event.execution_id, "status": status, "exit_code": result.exit_code},
         )
+
+    async def _gauge_snapshot(self) -> NodeGauges:
+        snap = self.capacity.snapshot()
+        return NodeGauges(
+            capacity=snap.capacity,
+            allocated=snap.allocated,
+            running=snap.running,
+            queued=snap.queued_count,
+            engine_up=await self.executor.is_installed(),
+        )
+
+    def stats_of(self, execution_id: str, *, max_points: int = 0, follow: bool = False) -> AsyncIterator[StatsUpdate]:
+        """The execution's resource samples (decimated to ``max_points``, 0: all) and summary; with
+        ``follow``, then new samples until it ends (``stats.py``)."""
+        return execution_stats(self, execution_id, max_points=max_points, follow=follow)
 
     async def watch(self, execution_id: str) -> AsyncIterator[ExecutionEvent]:
         """Events of an execution: those so far, then live ones until it ends (queued ones too)."""
@@ -452,6 +469,9 @@ class Node:
         log.info("shutdown: stop accepting")
         await self.admission.close()
         await self.housekeeping.stop()
+        if self._gauges is not None:
+            self._gauges.cancel()
+            await asyncio.gather(self._gauges, return_exceptions=True)
         if self._recovery is not None:
             self._recovery.cancel()
             await asyncio.gather(self._recovery, return_exceptions=True)
@@ -461,7 +481,10 @@ class Node:
         log.info("shutdown: persist events")
         self.events.end_watchers()
         await self.events.drain()
+        await self.stats.drain()
         log.info("shutdown: close")
+        if self.metrics_listener is not None:
+            self.metrics_listener.stop()
         await self.store.close()
         if self.storage is not None:
             await self.storage.aclose()

@@ -26,6 +26,9 @@ from haddock.executor.errors import EngineUnavailable, ExecutorError, shown
 
 __all__ = ["ENGINE_ERRORS", "Engine", "describe_failure"]
 
+STATS_STREAMS = 256
+"""Running containers sampled at once at most (a thread and a connection each); more wait for a thread."""
+
 # What a call to an engine that is not answering raises.
 ENGINE_ERRORS = (EngineUnavailable, docker.errors.DockerException, requests.exceptions.RequestException)
 
@@ -43,6 +46,11 @@ class Engine:
         )
         # Recovered executions follow the engine's log from a thread each, for their container's life.
         self.follow_pool = concurrent.futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="haddock-follow")
+        # Resource sampling (``stats.py``): a stats stream per running container, read by a thread each, on
+        # threads and connections of its own: an engine slow to answer stats holds up no other call.
+        self.stats_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=STATS_STREAMS, thread_name_prefix="haddock-stats"
+        )
         kwargs: dict[str, Any] = {
             "version": "auto",
             "timeout": config.api_timeout,
@@ -54,6 +62,7 @@ class Engine:
         self._kwargs = kwargs
         self._lock = threading.Lock()
         self._client: docker.APIClient | None = None
+        self._stats_client: docker.APIClient | None = None
         self._images: ImageManager | None = None
         self._info: dict[str, Any] | None = None
 
@@ -62,18 +71,30 @@ class Engine:
         """The low-level client, created on first use (creating it talks to the engine)."""
         with self._lock:
             if self._client is None:
-                try:
-                    if "base_url" in self._kwargs:
-                        client = docker.APIClient(**self._kwargs)
-                    else:
-                        env = docker.utils.kwargs_from_env()
-                        client = docker.APIClient(**{**env, **self._kwargs})
-                    # The engine is local: no proxy or ~/.netrc lookups on every call (a profile hot spot).
-                    client.trust_env = False
-                    self._client = client
-                except docker.errors.DockerException as exc:
-                    raise EngineUnavailable(f"the Docker engine does not answer: {exc}") from exc
+                self._client = self._make_client()
             return self._client
+
+    @property
+    def stats_client(self) -> docker.APIClient:
+        """A client of its own for the stats streams (one long-lived connection per running container)."""
+        with self._lock:
+            if self._stats_client is None:
+                self._stats_client = self._make_client(max_pool_size=STATS_STREAMS)
+            return self._stats_client
+
+    def _make_client(self, **overrides: Any) -> docker.APIClient:
+        kwargs = {**self._kwargs, **overrides}
+        try:
+            if "base_url" in kwargs:
+                client = docker.APIClient(**kwargs)
+            else:
+                env = docker.utils.kwargs_from_env()
+                client = docker.APIClient(**{**env, **kwargs})
+        except docker.errors.DockerException as exc:
+            raise EngineUnavailable(f"the Docker engine does not answer: {exc}") from exc
+        # The engine is local: no proxy or ~/.netrc lookups on every call (a profile hot spot).
+        client.trust_env = False
+        return client
 
     async def client_async(self) -> docker.APIClient:
         """The client, created off the event loop."""
@@ -123,10 +144,11 @@ class Engine:
             return False
 
     def close(self) -> None:
-        for pool in (self.api_pool, self.pull_pool, self.follow_pool):
+        for pool in (self.api_pool, self.pull_pool, self.follow_pool, self.stats_pool):
             pool.shutdown(wait=False, cancel_futures=True)
-        if self._client is not None:
-            self._client.close()
+        for client in (self._client, self._stats_client):
+            if client is not None:
+                client.close()
 
 
 def describe_failure(exc: BaseException) -> str:

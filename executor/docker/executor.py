@@ -26,6 +26,7 @@ class DockerExecutor(Runner):
         max_finished_records: int = 10_000,
         log_max_per_execution: int | None = None,
         log_max_live: int | None = None,
+        stats_interval: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -36,6 +37,7 @@ class DockerExecutor(Runner):
                 max_finished_records=max_finished_records,
                 log_max_per_execution=log_max_per_execution,
                 log_max_live=log_max_live,
+                stats_interval=stats_interval,
             ),
             **kwargs,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import docker.errors
@@ -12,8 +13,10 @@ import requests.exceptions
 
 from haddock.executor.docker.capture import GAP, Capture
 from haddock.executor.docker.engine import Engine
+from haddock.executor.docker.stats import sample as sample_stats
 from haddock.executor.driver import ExitStatus
 from haddock.executor.models import RunCommandRequest
+from haddock.executor.stats import Stat
 
 __all__ = ["DockerHandle"]
 
@@ -162,6 +165,10 @@ class DockerHandle:
             except TimeoutError:
                 with contextlib.suppress(docker.errors.APIError):
                     await self._engine.api(client.kill, cid, signal="SIGKILL")
+
+    def stats(self, interval: float) -> AsyncIterator[Stat]:
+        """Resource samples while it runs (``stats.py``)."""
+        return sample_stats(self._engine, self._container_id, interval)
 
     async def finish(self) -> ExitStatus:
         """After the exit: out-of-memory kill from the engine's state, and a cut stream completed from the

@@ -1,4 +1,5 @@
-"""The ``haddock`` commands that talk to a node: run, bid, submit, logs, wait, cancel, ls, describe, node info.
+"""The ``haddock`` commands that talk to a node: run, bid, submit, logs, wait, cancel, ls, describe, stats,
+node info.
 
 The top-level app (``haddock.node.cli``) adds ``serve``; nothing here loads the daemon. Every command
 takes the connection options (``--node``, ``--token``, ``--tls-ca``, ``--tls-cert``, ``--tls-key``),
@@ -16,8 +17,10 @@ import functools
 import inspect
 import json
 import os
+import shutil
 import signal
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -42,6 +45,8 @@ from haddock.executor.models import (
 from haddock.executor.publishers import PublisherSpec, S3PublisherSpec, parse_publisher
 from haddock.executor.quantity import QuantityError, format_bytes, format_cpu, parse_bytes, parse_duration
 from haddock.executor.sources import InputSource, parse_input
+from haddock.executor.stats import Stat, StatsSummary, decimate
+from haddock.node.client._charts import render_stats_chart, stats_json, summary_line
 from haddock.node.client._client import DEFAULT_NODE, ClientTls, Finished, NodeClient, NodeError
 from haddock.node.client._tasks import Task, load_tasks
 from haddock.node.client.convert import validation_message
@@ -758,3 +763,53 @@ def node_info(
         table.add_row(name, format_cpu(r.cpu), format_bytes(r.memory), format_bytes(r.disk), str(r.gpu))
     console.print(table)
     console.print(f"running {info.running}, queued {info.queued_count}")
+
+
+# ---------------------------------------------------------------------------- stats
+
+
+async def _show_stats(client: NodeClient, execution_id: str, *, max_points: int, follow: bool, as_json: bool) -> None:
+    samples: list[Stat] = []
+    summary: StatsSummary | None = None
+    tty = sys.stdout.isatty()
+    width, height = shutil.get_terminal_size((100, 30)) if tty else (100, 30)
+    width, height = max(40, width), max(16, min(height - 2, 40))
+
+    def draw(live: bool) -> None:
+        points = decimate(samples, max_points) if max_points else samples
+        if as_json:
+            _print_json(stats_json(points, summary, execution_id))
+            return
+        chart = render_stats_chart(points, summary, width=width, height=height - 1, color=tty)
+        if live and tty:
+            sys.stdout.write("\x1b[H\x1b[2J")
+        sys.stdout.write(chart + "\n" + summary_line(summary) + ("  (running)" if live else "") + "\n")
+        sys.stdout.flush()
+
+    last_draw = 0.0
+    async for update in client.stats(execution_id, max_points=0 if follow else max_points, follow=follow):
+        samples.extend(update.samples)
+        summary = update.summary
+        if follow and not as_json and time.monotonic() - last_draw >= 1.0 and update.running:
+            draw(True)
+            last_draw = time.monotonic()
+    draw(False)
+
+
+@app.command()
+@connected
+def stats(
+    execution_id: Annotated[str, typer.Argument(metavar="EXEC_ID")],
+    max_points: Annotated[
+        int, typer.Option("--max-points", min=1, help="down-sample to at most N points (time windows)")
+    ] = 120,
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="redraw as new samples come, until it ends")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the (down-sampled) samples and summary")] = False,
+    *,
+    conn: Connection,
+) -> None:
+    """An execution's CPU and memory over time, as a chart in the terminal (or JSON)."""
+    _run(
+        conn.call(lambda c: _show_stats(c, execution_id, max_points=max_points, follow=follow, as_json=as_json)),
+        EXIT_NODE_FAILED,
+    )
