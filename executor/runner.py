@@ -101,6 +101,7 @@ class Runner:
         self._result_publisher = result_publisher
         self._records: dict[str, ExecutionRecord] = {}
         self._running: dict[str, Execution] = {}
+        self._starting: dict[str, asyncio.Future[None]] = {}  # starts under way (creating the log)
         self._closing = False
         self._grace_cap: float | None = None
 
@@ -147,8 +148,11 @@ class Runner:
         self.check(request)
         # Register synchronously (no await between the check and here) so that a concurrent start
         # of the same id sees it; the log exists before start returns, so it can be streamed at once.
+        # A wait or cancel arriving meanwhile waits for this start to be through (see _started).
         record = ExecutionRecord(request=request)
         self._records[exec_id] = record
+        starting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._starting[exec_id] = starting
         try:
             writer = await asyncio.to_thread(self.logs.create, exec_id)
         except FileExistsError:
@@ -160,6 +164,9 @@ class Runner:
         except BaseException:
             self._records.pop(exec_id, None)
             raise
+        finally:
+            self._starting.pop(exec_id, None)
+            starting.set_result(None)
         execution = Execution(record=record, done=asyncio.get_running_loop().create_future(), writer=writer)
         self._running[exec_id] = execution
         self._emit(
@@ -175,7 +182,15 @@ class Runner:
         await self.start(request)
         return await self.wait(request.execution_id)
 
+    async def _started(self, execution_id: str) -> None:
+        """Wait until a start of this id under way is through (accepted, or refused and forgotten): a wait
+        or cancel arriving while ``start`` creates the log sees the execution, or nothing at all."""
+        starting = self._starting.get(execution_id)
+        if starting is not None:
+            await asyncio.shield(starting)
+
     async def wait(self, execution_id: str) -> RunCommandResult:
+        await self._started(execution_id)
         record = self.record(execution_id)
         if record.result is not None:
             return record.result
@@ -185,6 +200,7 @@ class Runner:
         return await asyncio.shield(execution.done)
 
     async def cancel(self, execution_id: str) -> None:
+        await self._started(execution_id)
         record = self.record(execution_id)
         execution = self._running.get(execution_id)
         handle = execution.handle if execution is not None else None
@@ -214,6 +230,7 @@ class Runner:
         return list(self._records.values())
 
     async def get_log_stream(self, execution_id: str, query: LogQuery | None = None) -> AsyncIterator[LogEntry]:
+        await self._started(execution_id)
         if execution_id not in self._records and not self.logs.exists(execution_id):
             raise ExecutionNotFound(execution_id)
         query = query or LogQuery()
