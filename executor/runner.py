@@ -387,10 +387,13 @@ class Runner:
         status: ResultStatus | None = None
         try:
             try:
+                resumed: ExitStatus | None = None
                 if recovered:
                     with tracer.start_as_current_span("resume"):
-                        outcome = await self._resume(execution)
-                else:
+                        resumed = await self._resume(execution)
+                if resumed is not None:
+                    outcome = resumed
+                else:  # a fresh execution, or one the node went down while preparing: prepared (again)
                     outcome, status = await self._prepare_and_run(execution)
             except asyncio.CancelledError:
                 raise
@@ -468,10 +471,18 @@ class Runner:
             self._emit(record, EventKind.STARTED, "container started", container_id=handle.container_id)
             return await supervise(self, execution, handle, record.request.timeout), None
 
-    async def _resume(self, execution: Execution) -> ExitStatus:
-        """The recovered execution's container: follow it (or read what it left), then its exit status."""
+    async def _resume(self, execution: Execution) -> ExitStatus | None:
+        """The recovered execution's container: follow it (or read what it left), then its exit status.
+        None when the node went down while preparing it: it is to be prepared again (nothing of it ran)."""
         record = execution.record
         resumed = await self.driver.resume(record, execution.writer)
+        if resumed is None:
+            if execution.writer is None:  # pragma: no cover - a complete log means a container ran
+                return ExitStatus(error="the job's container was not found when the node restarted")
+            self._set_state(record, ExecutionState.PREPARING)
+            if record.request.input_sources and self._input_preparer is not None:
+                await self._input_preparer.discard(record.execution_id)  # what the previous life fetched
+            return None
         if isinstance(resumed, ExitStatus):
             return resumed
         execution.handle = resumed

@@ -12,8 +12,9 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
-from haddock.executor.errors import ExecutionAlreadyStarted, ExecutorShuttingDown
+from haddock.executor.errors import ExecutionAlreadyStarted, ExecutionNotFound, ExecutorShuttingDown
 from haddock.executor.models import (
     EventKind,
     ExecutionEvent,
@@ -132,11 +133,23 @@ class Admission:
         try:
             await self.launch(q.request, from_queue=True)
         except Exception as exc:
-            q.settled.set_result(None)
-            result = RunCommandResult(status=ResultStatus.ERROR, error_message=f"the execution could not start: {exc}")
-            await self.store.set_result(exec_id, result, ExecutionState.FAILED)
+            if self._known_to_executor(exec_id):  # it runs, but its acceptance could not be persisted
+                log.error("execution %s runs but could not be recorded as admitted: %s", exec_id, exc)
+                q.settled.set_result(None)
+                return
+            # The executor refused it and let go of it at once: it ends as one that never ran, findable all
+            # along (no await since the executor forgot it).
+            self._queued[exec_id] = q
+            await self.end_in_queue(exec_id, ResultStatus.ERROR, f"the execution could not start: {exc}")
             return
         q.settled.set_result(None)
+
+    def _known_to_executor(self, exec_id: str) -> bool:
+        try:
+            self.executor.record(exec_id)
+        except ExecutionNotFound:
+            return False
+        return True
 
     async def launch(self, prepared: RunCommandRequest, *, from_queue: bool = False) -> None:
         """Hand an admitted execution to the executor; returns once it is persisted."""
@@ -188,7 +201,7 @@ class Admission:
     async def close(self) -> None:
         """Stop admitting: queued executions stay queued in the store and queue again after a restart."""
         self._closing = True
-        tasks = []
+        tasks: list[asyncio.Task[Any]] = []
         for q in self._queued.values():
             q.admission.cancel()
             if q.task is not None:

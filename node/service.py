@@ -152,8 +152,11 @@ class Node:
         self.capacity.set_capacity(await self.detect_capacity())
         self.events.start()
         unfinished = await self.store.non_terminal()
-        queued = [r for r in unfinished if r.state is ExecutionState.QUEUED]
-        others = [r for r in unfinished if r.state is not ExecutionState.QUEUED]
+        # Queued ones queue again; an execution is never queued twice once the executor had it (its log
+        # exists: the node went down between handing it over and recording that): it is taken back.
+        logs = self.executor.logs
+        queued = [r for r in unfinished if r.state is ExecutionState.QUEUED and not logs.exists(r.execution_id)]
+        others = [r for r in unfinished if r not in queued]
         for r in others:
             # What it held is held again before it can end (and release it). Its container may run
             # already: it runs whatever the capacity now says.

@@ -352,7 +352,14 @@ async def test_50_parallel_runs_on_a_node_running_2(tmp_path: Path, busybox_imag
     try:
         runs = [
             haddock(
-                "run", "--node", daemon.address, BUSYBOX, "--", "sh", "-c", f"echo out-{i}; echo err-{i} >&2; exit {i % 4}"
+                "run",
+                "--node",
+                daemon.address,
+                BUSYBOX,
+                "--",
+                "sh",
+                "-c",
+                f"echo out-{i}; echo err-{i} >&2; exit {i % 4}",
             )
             for i in range(50)
         ]

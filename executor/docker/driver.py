@@ -27,6 +27,7 @@ from haddock.executor.errors import ExecutionRefused, ExecutorError, InvalidSpec
 from haddock.executor.logstore import LogWriter
 from haddock.executor.models import (
     BidResult,
+    EventKind,
     ExecutionRecord,
     ExecutionState,
     InputVolume,
@@ -172,17 +173,13 @@ class DockerDriver:
         found = await self.engine.call(client.containers, all=True, filters={"label": f"{LABEL_NODE}={self.node_id}"})
         return {str(c["Labels"].get(LABEL_EXECUTION, "")): c for c in found}
 
-    async def resume(self, record: ExecutionRecord, writer: LogWriter | None) -> DockerHandle | ExitStatus:
+    async def resume(self, record: ExecutionRecord, writer: LogWriter | None) -> DockerHandle | ExitStatus | None:
         container_id = record.container_id
         if container_id is None:
             container_id = str((await self.containers()).get(record.execution_id, {}).get("Id") or "") or None
         if container_id is None:
-            if record.state in (ExecutionState.QUEUED, ExecutionState.PREPARING):
-                # Not known to have started: either it never did, or the node went down before noting it.
-                return ExitStatus(
-                    error="the job's container was not found when the node restarted: the node went down before "
-                    "starting it, or it was removed while the node was down; its exit status is unknown"
-                )
+            if _never_ran(record, writer):
+                return None  # the node went down while preparing it: it is prepared again
             return ExitStatus(error=_REMOVED)
         client = await self.engine.client_async()
         try:
@@ -218,3 +215,16 @@ class DockerDriver:
 
 
 _REMOVED = "the job's container was removed while the node was down; its exit status is unknown"
+
+
+def _never_ran(record: ExecutionRecord, writer: LogWriter | None) -> bool:
+    """No container of it is found, and nothing says one ever ran: the node went down while preparing it.
+    Its state, its events and its log agree (a container that started before the node could note it has
+    written to the log, or it is found by name)."""
+    return (
+        record.state in (ExecutionState.QUEUED, ExecutionState.PREPARING)
+        and record.started_at is None
+        and not any(e.kind in (EventKind.STARTED, EventKind.EXITED) for e in record.events)
+        and writer is not None
+        and writer.committed == 0
+    )
