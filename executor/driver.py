@@ -19,6 +19,7 @@ from haddock.executor.models import BidResult, ExecutionRecord, InputVolume, Res
 
 __all__ = ["ContainerHandle", "Driver", "ExitStatus", "ImageReady", "ProgressSink"]
 
+# Pull progress records as the engine gives them; ``{"note": ...}`` says why making the image available waits.
 ProgressSink = Callable[[dict[str, Any]], None]
 
 

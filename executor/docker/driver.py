@@ -127,8 +127,10 @@ class DockerDriver:
 
     async def prepare_image(self, request: RunCommandRequest, progress: ProgressSink) -> ImageReady:
         engine = request.engine
-        images = await self.engine.images_async()
-        info, pulled = await images.ensure(engine.image, engine.pull_policy, progress)
+        # The engine may be away (restarting): the calls wait for it up to engine_retry, and say so.
+        with self.engine.on_wait(lambda why: progress({"note": why})):
+            images = await self.engine.images_async()
+            info, pulled = await images.ensure(engine.image, engine.pull_policy, progress)
         stop_signal = str((info.get("Config") or {}).get("StopSignal") or "SIGTERM")
         return ImageReady(image_id=info.get("Id"), pulled=pulled, stop_signal=stop_signal)
 

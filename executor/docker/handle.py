@@ -152,6 +152,7 @@ class DockerHandle:
             recovered = not self.capture.error
         return ExitStatus(
             exit_code=exit_code,
+            error="" if self._stop_reason else self._engine.stopped_by_outage(state, exit_code),
             oom_killed=bool(state.get("OOMKilled")),
             capture_error=self.capture.error,
             output_recovered=recovered,
