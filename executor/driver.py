@@ -21,6 +21,7 @@ from haddock.executor.stats import Stat
 
 __all__ = ["ContainerHandle", "Driver", "ExitStatus", "ImageReady", "ProgressSink"]
 
+# Pull progress records as the engine gives them; ``{"note": ...}`` says why making the image available waits.
 ProgressSink = Callable[[dict[str, Any]], None]
 
 
@@ -138,10 +139,12 @@ class Driver(Protocol):
         outlived the node): the runner must not open those logs; it passes ``writer=None`` to :meth:`resume`."""
         ...
 
-    async def resume(self, record: ExecutionRecord, writer: LogWriter | None) -> ContainerHandle | ExitStatus:
+    async def resume(self, record: ExecutionRecord, writer: LogWriter | None) -> ContainerHandle | ExitStatus | None:
         """Take back the container of an execution a previous life of the node left unfinished: a handle
-        whose output goes on into ``writer`` (None: all output was captured already), or how it ended
-        when it cannot be followed (never created, never started, removed)."""
+        whose output goes on into ``writer`` (None: all output was captured already), how it ended when it
+        cannot be followed (created and never started, removed), or None when the node went down while
+        preparing it (pulling the image, fetching inputs): no container was ever created, it can be prepared
+        again."""
         ...
 
     def describe_failure(self, exc: BaseException) -> str:

@@ -115,6 +115,7 @@ class Runner:
         self._stats_sink = stats_sink
         self._records: dict[str, ExecutionRecord] = {}
         self._running: dict[str, Execution] = {}
+        self._starting: dict[str, asyncio.Future[None]] = {}  # starts under way (creating the log)
         self._closing = False
         self._grace_cap: float | None = None
 
@@ -161,8 +162,11 @@ class Runner:
         self.check(request)
         # Register synchronously (no await between the check and here) so that a concurrent start
         # of the same id sees it; the log exists before start returns, so it can be streamed at once.
+        # A wait or cancel arriving meanwhile waits for this start to be through (see _started).
         record = ExecutionRecord(request=request)
         self._records[exec_id] = record
+        starting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._starting[exec_id] = starting
         try:
             writer = await asyncio.to_thread(self.logs.create, exec_id, self.config.log_cap(request))
         except FileExistsError:
@@ -174,6 +178,9 @@ class Runner:
         except BaseException:
             self._records.pop(exec_id, None)
             raise
+        finally:
+            self._starting.pop(exec_id, None)
+            starting.set_result(None)
         execution = Execution(record=record, done=asyncio.get_running_loop().create_future(), writer=writer)
         self._running[exec_id] = execution
         self._emit(
@@ -189,7 +196,15 @@ class Runner:
         await self.start(request)
         return await self.wait(request.execution_id)
 
+    async def _started(self, execution_id: str) -> None:
+        """Wait until a start of this id under way is through (accepted, or refused and forgotten): a wait
+        or cancel arriving while ``start`` creates the log sees the execution, or nothing at all."""
+        starting = self._starting.get(execution_id)
+        if starting is not None:
+            await asyncio.shield(starting)
+
     async def wait(self, execution_id: str) -> RunCommandResult:
+        await self._started(execution_id)
         record = self.record(execution_id)
         if record.result is not None:
             return record.result
@@ -199,6 +214,7 @@ class Runner:
         return await asyncio.shield(execution.done)
 
     async def cancel(self, execution_id: str) -> None:
+        await self._started(execution_id)
         record = self.record(execution_id)
         execution = self._running.get(execution_id)
         handle = execution.handle if execution is not None else None
@@ -228,6 +244,7 @@ class Runner:
         return list(self._records.values())
 
     async def get_log_stream(self, execution_id: str, query: LogQuery | None = None) -> AsyncIterator[LogEntry]:
+        await self._started(execution_id)
         if execution_id not in self._records and not self.logs.exists(execution_id):
             raise ExecutionNotFound(execution_id)
         query = query or LogQuery()
@@ -396,10 +413,13 @@ class Runner:
         status: ResultStatus | None = None
         try:
             try:
+                resumed: ExitStatus | None = None
                 if recovered:
                     with tracer.start_as_current_span("resume"):
-                        outcome = await self._resume(execution)
-                else:
+                        resumed = await self._resume(execution)
+                if resumed is not None:
+                    outcome = resumed
+                else:  # a fresh execution, or one the node went down while preparing: prepared (again)
                     outcome, status = await self._prepare_and_run(execution)
             except asyncio.CancelledError:
                 raise
@@ -477,10 +497,18 @@ class Runner:
             self._emit(record, EventKind.STARTED, "container started", container_id=handle.container_id)
             return await supervise(self, execution, handle, record.request.timeout), None
 
-    async def _resume(self, execution: Execution) -> ExitStatus:
-        """The recovered execution's container: follow it (or read what it left), then its exit status."""
+    async def _resume(self, execution: Execution) -> ExitStatus | None:
+        """The recovered execution's container: follow it (or read what it left), then its exit status.
+        None when the node went down while preparing it: it is to be prepared again (nothing of it ran)."""
         record = execution.record
         resumed = await self.driver.resume(record, execution.writer)
+        if resumed is None:
+            if execution.writer is None:  # pragma: no cover - a complete log means a container ran
+                return ExitStatus(error="the job's container was not found when the node restarted")
+            self._set_state(record, ExecutionState.PREPARING)
+            if record.request.input_sources and self._input_preparer is not None:
+                await self._input_preparer.discard(record.execution_id)  # what the previous life fetched
+            return None
         if isinstance(resumed, ExitStatus):
             return resumed
         execution.handle = resumed

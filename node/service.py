@@ -25,6 +25,7 @@ from haddock.executor.errors import (
 from haddock.executor.logstore import LogEntry
 from haddock.executor.models import (
     BidResult,
+    EventKind,
     ExecutionEvent,
     ExecutionRecord,
     ExecutionState,
@@ -104,6 +105,7 @@ class Node:
         self.storage = storage
         self.publisher = publisher
         self._closing = False
+        self._starting: dict[str, asyncio.Future[None]] = {}  # Starts under way
         self._recovery: asyncio.Task[None] | None = None
         self._recovered = asyncio.Event()  # set once unfinished executions are back with the executor
         cap = settings.capacity
@@ -167,8 +169,11 @@ class Node:
         self.events.start()
         self.stats.start()
         unfinished = await self.store.non_terminal()
-        queued = [r for r in unfinished if r.state is ExecutionState.QUEUED]
-        others = [r for r in unfinished if r.state is not ExecutionState.QUEUED]
+        # Queued ones queue again; an execution is never queued twice once the executor had it (its log
+        # exists: the node went down between handing it over and recording that): it is taken back.
+        logs = self.executor.logs
+        queued = [r for r in unfinished if r.state is ExecutionState.QUEUED and not logs.exists(r.execution_id)]
+        others = [r for r in unfinished if r not in queued]
         for r in others:
             # What it held is held again before it can end (and release it). Its container may run
             # already: it runs whatever the capacity now says.
@@ -266,6 +271,7 @@ class Node:
     async def watch(self, execution_id: str) -> AsyncIterator[ExecutionEvent]:
         """Events of an execution: those so far, then live ones until it ends (queued ones too)."""
         known_id(execution_id)
+        await self._started(execution_id)
         record = self._live(execution_id)
         if record is None:
             record = await self.get(execution_id)  # finished long ago: its history only
@@ -338,19 +344,32 @@ class Node:
         """
         prepared = self.prepare(request)
         exec_id = prepared.execution_id
-        if self.admission.get(exec_id) is not None:
+        if self.admission.get(exec_id) is not None or exec_id in self._starting:
             raise ExecutionAlreadyStarted(exec_id)
-        existing = await self.store.get(exec_id)
-        if existing is not None:  # ids are unique for the node's whole life, across restarts
-            if existing.state.terminal:
-                raise ExecutionAlreadyComplete(exec_id, existing.state.value)
-            raise ExecutionAlreadyStarted(exec_id)
-        if self._live(exec_id) is not None or self.capacity.holds(exec_id) or self.capacity.position(exec_id):
-            raise ExecutionAlreadyStarted(exec_id)
-        self.executor.check(prepared)  # what the executor would refuse is refused now, not after queueing
-        usage = await self.policy.enforce(prepared)  # what a bid would refuse, refused with its reason
-        await self.admission.admit(prepared, queue=queue, priority=priority, usage=usage)
+        # Atomic with respect to wait, cancel, logs and watch: they wait for this start to be through.
+        starting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._starting[exec_id] = starting
+        try:
+            existing = await self.store.get(exec_id)
+            if existing is not None:  # ids are unique for the node's whole life, across restarts
+                if existing.state.terminal:
+                    raise ExecutionAlreadyComplete(exec_id, existing.state.value)
+                raise ExecutionAlreadyStarted(exec_id)
+            if self._live(exec_id) is not None or self.capacity.holds(exec_id) or self.capacity.position(exec_id):
+                raise ExecutionAlreadyStarted(exec_id)
+            self.executor.check(prepared)  # what the executor would refuse is refused now, not after queueing
+            usage = await self.policy.enforce(prepared)  # what a bid would refuse, refused with its reason
+            await self.admission.admit(prepared, queue=queue, priority=priority, usage=usage)
+        finally:
+            del self._starting[exec_id]
+            starting.set_result(None)
         return prepared
+
+    async def _started(self, execution_id: str) -> None:
+        """Wait until a Start of this id under way is through: recorded (running or queued), or refused."""
+        starting = self._starting.get(execution_id)
+        if starting is not None:
+            await asyncio.shield(starting)
 
     def queue_position(self, execution_id: str) -> QueuePosition | None:
         return self.admission.position(execution_id)
@@ -369,6 +388,7 @@ class Node:
 
     async def wait(self, execution_id: str) -> RunCommandResult:
         known_id(execution_id)
+        await self._started(execution_id)
         q = self.admission.get(execution_id)
         if q is not None:
             ended = await asyncio.shield(q.settled)
@@ -385,6 +405,7 @@ class Node:
 
     async def cancel(self, execution_id: str) -> RunCommandResult:
         known_id(execution_id)
+        await self._started(execution_id)
         q = self.admission.get(execution_id)
         if q is not None:
             return await self.admission.end_in_queue(
@@ -420,15 +441,33 @@ class Node:
         return records[:limit]
 
     async def get_log_stream(self, execution_id: str, query: LogQuery | None = None) -> AsyncIterator[LogEntry]:
+        """The execution's output. One that has not run yet (queued) has an empty history, and a follower
+        waits for its first byte; one that ended without running has none."""
         known_id(execution_id)
-        if not self.executor.logs.exists(execution_id):
-            if self._live(execution_id) is not None or await self.store.get(execution_id) is not None:
+        await self._started(execution_id)
+        query = query or LogQuery()
+        logs = self.executor.logs
+        if not logs.exists(execution_id):
+            q = self.admission.get(execution_id)
+            if q is not None:  # queued: the runner creates its log when it is admitted
+                if not query.follow:
+                    return
+                if await asyncio.shield(q.settled) is not None:  # it ended in the queue
+                    return
+            else:
+                record = self._live(execution_id) or await self.store.get(execution_id)
+                if record is None:
+                    raise ExecutionNotFound(execution_id)
+                if not record.state.terminal:
+                    await self._recovered.wait()  # unfinished from a previous life: recovery makes its log
+                elif not any(e.kind is EventKind.ACCEPTED for e in record.events):
+                    return  # it ended before it ran (cancelled or refused while queued): no output, ever
+            if not logs.exists(execution_id):
                 raise ExecutionNotFound(
                     execution_id,
                     f"the logs of execution {execution_id!r} were removed: logs are kept for "
                     f"{format_duration(self.settings.log_retention)} after an execution ends",
                 )
-            raise ExecutionNotFound(execution_id)
         async for entry in self.executor.get_log_stream(execution_id, query):
             yield entry
 

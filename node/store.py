@@ -431,9 +431,14 @@ class ExecutionStore:
 
         await self._write(tx)
 
-    async def add_event(self, event: ExecutionEvent) -> None:
-        """Append a lifecycle event. Every event given is kept: leaving out pull progress is the caller's job."""
+    async def add_event(self, event: ExecutionEvent, *, state: ExecutionState | None = None) -> None:
+        """Append a lifecycle event. Every event given is kept: leaving out pull progress is the caller's job.
+
+        With ``state``, the execution moves to it in the same transaction (as :meth:`set_state`, at the
+        event's time): e.g. a queued execution admitted is ``preparing`` together with its ``accepted``.
+        """
         args = (event.kind.value, event.model_dump_json(), event.execution_id)
+        when = _ts(event.time)
 
         def tx(conn: sqlite3.Connection) -> None:
             cur = conn.execute(
@@ -442,8 +447,14 @@ class ExecutionStore:
             )
             if cur.rowcount == 0:
                 raise ExecutionNotFound(event.execution_id)
+            if state is not None:
+                current = _current_state(conn, event.execution_id)
+                if current is not state:
+                    if current.terminal:
+                        raise ExecutionAlreadyComplete(event.execution_id, current.value)
+                    _transition(conn, event.execution_id, current, state, when)
 
-        await self._write(tx)
+        await self._write(tx, durable=state is not None)
 
     async def add_events(self, events: Sequence[ExecutionEvent]) -> None:
         """Append several events in one transaction (all or none), in the order given."""

@@ -28,6 +28,7 @@ from haddock.executor.errors import ExecutionRefused, ExecutorError, InvalidSpec
 from haddock.executor.logstore import LogStore, LogWriter
 from haddock.executor.models import (
     BidResult,
+    EventKind,
     ExecutionRecord,
     ExecutionState,
     InputVolume,
@@ -149,8 +150,10 @@ class DockerDriver:
 
     async def prepare_image(self, request: RunCommandRequest, progress: ProgressSink) -> ImageReady:
         engine = request.engine
-        images = await self.engine.images_async()
-        info, pulled = await images.ensure(engine.image, engine.pull_policy, progress)
+        # The engine may be away (restarting): the calls wait for it up to engine_retry, and say so.
+        with self.engine.on_wait(lambda why: progress({"note": why})):
+            images = await self.engine.images_async()
+            info, pulled = await images.ensure(engine.image, engine.pull_policy, progress)
         stop_signal = str((info.get("Config") or {}).get("StopSignal") or "SIGTERM")
         return ImageReady(image_id=info.get("Id"), pulled=pulled, stop_signal=stop_signal)
 
@@ -200,7 +203,7 @@ class DockerDriver:
         self._held = await self.captures.connect()
         return set(self._held)
 
-    async def resume(self, record: ExecutionRecord, writer: LogWriter | None) -> DockerHandle | ExitStatus:
+    async def resume(self, record: ExecutionRecord, writer: LogWriter | None) -> DockerHandle | ExitStatus | None:
         held = self._held.pop(record.execution_id, None)
         if held is not None:
             self.captures.track(record.execution_id, held)
@@ -209,17 +212,13 @@ class DockerDriver:
             await self.captures.close(record.execution_id)  # no container to follow: the log is complete
         return resumed
 
-    async def _resume(self, record: ExecutionRecord, writer: LogWriter | None) -> DockerHandle | ExitStatus:
+    async def _resume(self, record: ExecutionRecord, writer: LogWriter | None) -> DockerHandle | ExitStatus | None:
         container_id = record.container_id
         if container_id is None:
             container_id = str((await self.containers()).get(record.execution_id, {}).get("Id") or "") or None
         if container_id is None:
-            if record.state in (ExecutionState.QUEUED, ExecutionState.PREPARING):
-                # Not known to have started: either it never did, or the node went down before noting it.
-                return ExitStatus(
-                    error="the job's container was not found when the node restarted: the node went down before "
-                    "starting it, or it was removed while the node was down; its exit status is unknown"
-                )
+            if _never_ran(record, writer):
+                return None  # the node went down while preparing it: it is prepared again
             return ExitStatus(error=_REMOVED)
         client = await self.engine.client_async()
         try:
@@ -258,3 +257,16 @@ class DockerDriver:
 
 
 _REMOVED = "the job's container was removed while the node was down; its exit status is unknown"
+
+
+def _never_ran(record: ExecutionRecord, writer: LogWriter | None) -> bool:
+    """No container of it is found, and nothing says one ever ran: the node went down while preparing it.
+    Its state, its events and its log agree (a container that started before the node could note it has
+    written to the log, or it is found by name)."""
+    return (
+        record.state in (ExecutionState.QUEUED, ExecutionState.PREPARING)
+        and record.started_at is None
+        and not any(e.kind in (EventKind.STARTED, EventKind.EXITED) for e in record.events)
+        and writer is not None
+        and writer.committed == 0
+    )

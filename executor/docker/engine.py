@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import contextvars
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import docker
@@ -23,6 +26,7 @@ from haddock.executor.docker.config import DockerConfig
 from haddock.executor.docker.images import ImageError, ImageManager
 from haddock.executor.docker.stream import StreamProtocolError
 from haddock.executor.errors import EngineUnavailable, ExecutorError, shown
+from haddock.executor.quantity import format_duration
 
 __all__ = ["ENGINE_ERRORS", "Engine", "describe_failure"]
 
@@ -31,6 +35,13 @@ STATS_STREAMS = 256
 
 # What a call to an engine that is not answering raises.
 ENGINE_ERRORS = (EngineUnavailable, docker.errors.DockerException, requests.exceptions.RequestException)
+
+# Told once per call that the engine does not answer and the call waits for it (see Engine.on_wait).
+_on_wait: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar("on_wait", default=None)
+
+# How close to an outage the node saw a container's exit must be to blame the engine (clocks and
+# detection lag: the node notices an outage at its next call).
+OUTAGE_SLACK_SECONDS = 5.0
 
 
 class Engine:
@@ -65,6 +76,8 @@ class Engine:
         self._stats_client: docker.APIClient | None = None
         self._images: ImageManager | None = None
         self._info: dict[str, Any] | None = None
+        # Outages the node saw, as (first failed call, first call answered again or None), wall clock.
+        self._outages: list[tuple[float, float | None]] = []
 
     @property
     def client(self) -> docker.APIClient:
@@ -97,15 +110,21 @@ class Engine:
         return client
 
     async def client_async(self) -> docker.APIClient:
-        """The client, created off the event loop."""
+        """The client, created off the event loop (riding out an outage as :meth:`call` does)."""
         if self._client is not None:
             return self._client
-        return await asyncio.get_running_loop().run_in_executor(self.api_pool, lambda: self.client)
+        loop = asyncio.get_running_loop()
+        client: docker.APIClient = await self._riding_out(
+            lambda: loop.run_in_executor(self.api_pool, lambda: self.client), (EngineUnavailable,)
+        )
+        return client
 
     @property
     def images(self) -> ImageManager:
         if self._images is None:
-            self._images = ImageManager(self.client, self.api_pool, self.pull_pool, attempts=self.config.pull_attempts)
+            self._images = ImageManager(
+                self.client, self.api_pool, self.pull_pool, attempts=self.config.pull_attempts, call=self.call
+            )
         return self._images
 
     async def images_async(self) -> ImageManager:
@@ -117,17 +136,81 @@ class Engine:
         return await asyncio.get_running_loop().run_in_executor(self.api_pool, lambda: fn(*args, **kwargs))
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """An engine call that survives a short engine outage (connection refused/reset), bounded."""
+        """An engine call that survives an engine outage (connection refused/reset, socket gone while the
+        engine restarts) for ``engine_retry``; then EngineUnavailable saying how long it waited."""
+        return await self._riding_out(lambda: self.api(fn, *args, **kwargs), (requests.exceptions.ConnectionError,))
+
+    async def _riding_out(self, attempt: Callable[[], Any], transient: tuple[type[BaseException], ...]) -> Any:
         deadline = time.monotonic() + self.config.engine_retry
         delay = 0.2
+        told = False
         while True:
             try:
-                return await self.api(fn, *args, **kwargs)
-            except requests.exceptions.ConnectionError as exc:
+                out = await attempt()
+            except transient as exc:
+                self._outage_seen()
                 if time.monotonic() + delay > deadline:
-                    raise EngineUnavailable(f"the Docker engine did not answer: {exc}") from exc
+                    raise EngineUnavailable(
+                        f"the Docker engine did not answer for {format_duration(self.config.engine_retry)} "
+                        f"(docker.engine_retry): {exc}"
+                    ) from exc
+                notify = _on_wait.get()
+                if notify is not None and not told:
+                    told = True
+                    notify(f"waiting for the Docker engine, which does not answer ({_short(exc)})")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            else:
+                self._answered()
+                return out
+
+    @staticmethod
+    @contextlib.contextmanager
+    def on_wait(notify: Callable[[str], None]) -> Iterator[None]:
+        """Within the block (and the tasks it starts), calls that wait for an absent engine say so once."""
+        token = _on_wait.set(notify)
+        try:
+            yield
+        finally:
+            _on_wait.reset(token)
+
+    # ------------------------------------------------------------------ outages the node saw
+
+    def _outage_seen(self) -> None:
+        if not self._outages or self._outages[-1][1] is not None:
+            self._outages.append((time.time(), None))
+            del self._outages[:-100]
+
+    def _answered(self) -> None:
+        if self._outages and self._outages[-1][1] is None:
+            self._outages[-1] = (self._outages[-1][0], time.time())
+
+    def unavailable_while(self, started: float, finished: float) -> bool:
+        """Whether a container that ran from ``started`` to ``finished`` (wall clock) may have been stopped
+        by an outage the node saw: it started before the engine answered again, and ended during the outage
+        or shortly before the node noticed it (:data:`OUTAGE_SLACK_SECONDS`: the node notices at its next
+        call)."""
+        now = time.time()
+        for start, end in self._outages:
+            back = now if end is None else end
+            if started < back and start - OUTAGE_SLACK_SECONDS <= finished <= back + 0.5:
+                return True
+        return False
+
+    def stopped_by_outage(self, state: dict[str, Any], exit_code: int) -> str:
+        """Why a container the node did not stop ended, when the engine is to blame: it was killed by a
+        signal (exit code above 128) when the engine was away (an engine going down stops its containers).
+        Empty otherwise."""
+        if exit_code <= 128:
+            return ""
+        started = _parse_engine_time(str(state.get("StartedAt") or ""))
+        finished = _parse_engine_time(str(state.get("FinishedAt") or ""))
+        if started is None or finished is None or not self.unavailable_while(started, finished):
+            return ""
+        return (
+            f"the job's container was stopped by the Docker engine going away (an engine restart stops the "
+            f"containers it runs): it exited with code {exit_code} while the engine did not answer"
+        )
 
     async def info(self) -> dict[str, Any]:
         """``docker info`` of the engine (cached)."""
@@ -149,6 +232,30 @@ class Engine:
         for client in (self._client, self._stats_client):
             if client is not None:
                 client.close()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+def _parse_engine_time(text: str) -> float | None:
+    """The engine's RFC 3339 time (nanoseconds, ``Z``) as a POSIX timestamp; None when unset."""
+    if not text or text.startswith("0001"):
+        return None
+    head, _, frac = text.rstrip("Z").partition(".")
+    tz = ""
+    for sign in ("+", "-"):
+        if sign in frac:
+            frac, _, rest = frac.partition(sign)
+            tz = sign + rest
+    if not frac and len(head) > 19:
+        head, tz = head[:19], head[19:]
+    try:
+        parsed = datetime.fromisoformat(f"{head}.{(frac or '0')[:6]:0<6}{tz or '+00:00'}")
+    except ValueError:
+        return None
+    return parsed.timestamp()
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -188,6 +188,7 @@ class DockerHandle:
         await capture.end_log()
         return ExitStatus(
             exit_code=exit_code,
+            error="" if self._stop_reason else self._engine.stopped_by_outage(state, exit_code),
             oom_killed=bool(state.get("OOMKilled")),
             capture_error=capture.error,
             output_recovered=recovered,

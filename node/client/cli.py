@@ -49,7 +49,7 @@ from haddock.executor.stats import Stat, StatsSummary, decimate
 from haddock.node.client._charts import render_stats_chart, stats_json, summary_line
 from haddock.node.client._client import DEFAULT_NODE, ClientTls, Finished, NodeClient, NodeError
 from haddock.node.client._tasks import Task, load_tasks
-from haddock.node.client.convert import validation_message
+from haddock.node.client.convert import state_from_pb, validation_message
 
 EXIT_NODE_FAILED = 125
 """The node could not or would not run it, or the request is invalid."""
@@ -304,6 +304,27 @@ class PullProgress:
                     return
 
 
+QUEUE_POLL_SECONDS = 2.0
+
+
+async def _say_while_queued(client: NodeClient, execution_id: str) -> None:
+    """While the execution waits in the node's queue: its position and why it waits, on stderr, when they
+    change. Returns once it is admitted (or ended)."""
+    said: tuple[int, str] | None = None
+    while True:
+        try:
+            msg = await client.get_execution(execution_id)
+        except NodeError:
+            return
+        if state_from_pb(msg.state) is not ExecutionState.QUEUED or not msg.queue_position:
+            return
+        now = (msg.queue_position, msg.queue_reason)
+        if now != said:
+            say(f"{execution_id} is queued: position {msg.queue_position} ({msg.queue_reason})")
+            said = now
+        await asyncio.sleep(QUEUE_POLL_SECONDS)
+
+
 async def _stream_logs(client: NodeClient, execution_id: str, query: LogQuery) -> int | None:
     """Copy the execution's output to our stdout/stderr; return the last next_offset."""
     last: int | None = None
@@ -344,6 +365,7 @@ async def _run_job(
         progress: asyncio.Task[None] | None = None
         if sys.stderr.isatty() and not as_json:
             progress = asyncio.create_task(PullProgress().follow(client, exec_id))
+        queued = asyncio.create_task(_say_while_queued(client, exec_id))
         loop = asyncio.get_running_loop()
         cancel_task: list[asyncio.Task[Any]] = []
 
@@ -362,6 +384,9 @@ async def _run_job(
                 await _stream_logs(client, exec_id, LogQuery(follow=True))
             done = await client.wait(exec_id)
         finally:
+            queued.cancel()
+            with contextlib.suppress(asyncio.CancelledError, NodeError):
+                await queued
             if progress is not None:
                 progress.cancel()
                 with contextlib.suppress(asyncio.CancelledError, NodeError):
