@@ -103,6 +103,10 @@ class ContainerHandle(Protocol):
         """Remove the container; False when it was already gone."""
         ...
 
+    async def address(self) -> str | None:
+        """The address the node reaches the running container on (None: it has none, e.g. network none)."""
+        ...
+
 
 class Driver(Protocol):
     """What the runner needs from an engine."""

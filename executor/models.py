@@ -25,6 +25,7 @@ from pydantic import (
 
 from haddock.executor import imageref
 from haddock.executor.errors import shown
+from haddock.executor.jobspec import JOB_SOURCE_TARGET, JobSpec
 from haddock.executor.paths import check_container_path as _check_container_path
 from haddock.executor.publishers import PublisherSpec
 from haddock.executor.quantity import GiB, KiB, MiB, TiB, format_bytes, parse_bytes, parse_cpu, parse_duration
@@ -382,6 +383,11 @@ class RunCommandRequest(_Model):
     )
     output_limits: OutputLimits = Field(default_factory=OutputLimits)
     timeout: DurationSeconds | None = Field(default=None, description="seconds the job may run; None = no limit")
+    job: JobSpec | None = Field(
+        default=None,
+        description="a job to build with a job-type plugin (its source is the input source at JOB_SOURCE_TARGET); "
+        "the engine's image is then the built one",
+    )
 
     @field_validator("job_id")
     @classmethod
@@ -423,6 +429,14 @@ class RunCommandRequest(_Model):
         dupes = sorted({t for t in targets if targets.count(t) > 1})
         if dupes:
             raise ValueError(f"each container path may be mounted once; repeated: {', '.join(dupes)}")
+        if self.job is not None:
+            if not any(s.target == JOB_SOURCE_TARGET for s in self.input_sources):
+                raise ValueError(f"job: its source must be one of the input sources, with target {JOB_SOURCE_TARGET}")
+            limits = self.job.manifest.resources
+            if not (self.resources.cpu or self.resources.memory) and (limits.cpu_cores or limits.memory_bytes):
+                # The manifest's resources become the execution's (and go through bidding like any request's).
+                resources = Resources(cpu=limits.cpu_cores, memory=limits.memory_bytes, disk=self.resources.disk)
+                object.__setattr__(self, "resources", resources)
         return self
 
 
@@ -467,6 +481,8 @@ class EventKind(StrEnum):
     PULLING = "pulling"
     PULL_PROGRESS = "pull-progress"
     IMAGE_READY = "image-ready"
+    BUILDING = "building"  # a job's image is built (details: step, steps, instruction)
+    BUILT = "built"  # a job's image is there (details: image, built: False when nothing was built)
     INPUTS_PREPARED = "inputs-prepared"
     STARTED = "started"
     EXITED = "exited"

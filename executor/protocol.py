@@ -19,8 +19,12 @@ can be added without touching the node.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from haddock.executor.jobspec import JobSpec
 
 from haddock.executor.logstore import LogEntry, LogStore
 from haddock.executor.models import (
@@ -64,6 +68,40 @@ class ResultPublisher(Protocol):
 
     async def publish(self, request: RunCommandRequest) -> tuple[list[str], list[str]]:
         """Returns where the results went and a message per publisher that failed; never raises for one."""
+        ...
+
+
+@dataclass(frozen=True)
+class BuildOutput:
+    """One line of an image build's output; ``step``/``steps`` set on the line that starts a step."""
+
+    line: str
+    step: int | None = None
+    steps: int | None = None
+    instruction: str = ""
+
+
+@dataclass(frozen=True)
+class BuiltJob:
+    """A job's image, built (or found: ``built`` False) from its source with its job type."""
+
+    image: str
+    built: bool
+    stop_signal: str = "SIGTERM"
+    jobtype: str = ""  # name:version of the plugin that built it
+
+
+class JobBuilder(Protocol):
+    """Turns a job's source into an image with a job-type plugin (``haddock.node.jobtypes`` implements it)."""
+
+    def check(self, job: JobSpec) -> None:
+        """Refuse (InvalidSpec) a job whose job type this node does not have, before anything is fetched."""
+        ...
+
+    async def build(
+        self, request: RunCommandRequest, source: Path, on_output: Callable[[BuildOutput], None]
+    ) -> BuiltJob:
+        """Build (or find, by content hash) the job's image from ``source`` (a directory or a tarball)."""
         ...
 
 

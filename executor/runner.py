@@ -30,6 +30,7 @@ from haddock.executor.errors import (
     ExecutorShuttingDown,
     InvalidSpec,
 )
+from haddock.executor.jobrun import build_job, run_batch
 from haddock.executor.logcap import LogCap
 from haddock.executor.logstore import LogEntry, LogStore, LogWriter
 from haddock.executor.models import (
@@ -45,8 +46,8 @@ from haddock.executor.models import (
     RunCommandResult,
     utcnow,
 )
-from haddock.executor.prepare import prepare_image, prepare_inputs
-from haddock.executor.protocol import InputPreparer, PreparedInputs, ResultPublisher
+from haddock.executor.prepare import prepare_image, prepare_inputs, unless_cancelled
+from haddock.executor.protocol import InputPreparer, JobBuilder, PreparedInputs, ResultPublisher
 from haddock.executor.quantity import GiB
 from haddock.executor.settle import finish
 from haddock.executor.stats import Stat, StatsAccumulator
@@ -90,6 +91,8 @@ class Execution:
     prepared_inputs: PreparedInputs | None = None
     output_cap_message: str = ""  # the job wrote past its output cap
     stats: StatsAccumulator = field(default_factory=StatsAccumulator)  # resource use, summed up as sampled
+    stdout_body: bytes | None = None  # a batch job's answer: the results' stdout (its output is the stderr)
+    output_offset: int = 0  # where the container's output starts in the log (after a job's build output)
 
 
 class Runner:
@@ -105,6 +108,7 @@ class Runner:
         input_preparer: InputPreparer | None = None,
         result_publisher: ResultPublisher | None = None,
         stats_sink: StatsSink | None = None,
+        job_builder: JobBuilder | None = None,
     ) -> None:
         self.driver = driver
         self.config = config
@@ -113,6 +117,7 @@ class Runner:
         self._input_preparer = input_preparer
         self._result_publisher = result_publisher
         self._stats_sink = stats_sink
+        self.job_builder = job_builder  # builds jobs of job types (request.job); the node sets it
         self._records: dict[str, ExecutionRecord] = {}
         self._running: dict[str, Execution] = {}
         self._starting: dict[str, asyncio.Future[None]] = {}  # starts under way (creating the log)
@@ -150,6 +155,10 @@ class Runner:
             raise InvalidSpec("this executor was given no way to fetch input sources")
         if request.publishers and self._result_publisher is None:
             raise InvalidSpec("this executor was given no way to publish results")
+        if request.job is not None:
+            if self.job_builder is None:
+                raise InvalidSpec("this node has no job types: it cannot build jobs from source")
+            self.job_builder.check(request.job)
         self.driver.check(request)
 
     async def start(self, request: RunCommandRequest) -> None:
@@ -466,6 +475,8 @@ class Runner:
         """Image and inputs (at once), container, run. Returns the outcome, and a status when it is
         decided before running."""
         record = execution.record
+        if record.request.job is not None:
+            return await self._build_and_run(execution)
         image = asyncio.create_task(prepare_image(self.driver, record, execution.cancel_event, self._emit))
         steps: list[asyncio.Task[Any]] = [image]
         if record.request.input_sources:
@@ -480,13 +491,33 @@ class Runner:
                 step.cancel()
             await asyncio.gather(*steps, return_exceptions=True)
             raise
-        stop_signal = image.result()
+        return await self._run(execution, record.request, image.result())
+
+    async def _build_and_run(self, execution: Execution) -> tuple[ExitStatus, ResultStatus | None]:
+        """A job of a job type: its inputs (its source among them), then its image built, then the run."""
+        record = execution.record
+        assert self._input_preparer is not None  # check() refuses input sources without a preparer
+        await self._prepare_inputs(execution, self._input_preparer)
+        if execution.cancel_event.is_set():
+            return ExitStatus(), ResultStatus.CANCELLED
+        with tracer.start_as_current_span("build"):
+            build = asyncio.ensure_future(build_job(self, execution, self.job_builder))
+            if not await unless_cancelled(build, execution.cancel_event):
+                return ExitStatus(), ResultStatus.CANCELLED
+            run_request, stop_signal = build.result()
+        return await self._run(execution, run_request, stop_signal)
+
+    async def _run(
+        self, execution: Execution, run_request: RunCommandRequest, stop_signal: str
+    ) -> tuple[ExitStatus, ResultStatus | None]:
+        record = execution.record
         if execution.cancel_event.is_set():
             return ExitStatus(), ResultStatus.CANCELLED
         with tracer.start_as_current_span("run"):
             assert execution.writer is not None
+            execution.output_offset = execution.writer.committed
             volumes = execution.prepared_inputs.volumes if execution.prepared_inputs is not None else []
-            handle = await self.driver.create(record.request, volumes, execution.writer, stop_signal=stop_signal)
+            handle = await self.driver.create(run_request, volumes, execution.writer, stop_signal=stop_signal)
             execution.handle = handle
             record.container_id = handle.container_id
             if execution.cancel_event.is_set():  # cancelled while creating: never start it
@@ -495,6 +526,8 @@ class Runner:
             record.started_at = utcnow()
             self._set_state(record, ExecutionState.RUNNING)
             self._emit(record, EventKind.STARTED, "container started", container_id=handle.container_id)
+            if record.request.job is not None and record.request.job.batch:
+                return await run_batch(self, execution, handle)
             return await supervise(self, execution, handle, record.request.timeout), None
 
     async def _resume(self, execution: Execution) -> ExitStatus | None:

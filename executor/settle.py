@@ -119,6 +119,18 @@ async def finish(
         async for entry in runner.logs.read(exec_id, streams=frozenset({kind})):
             yield entry.data
 
+    body = execution.stdout_body
+    if body is not None:
+        # A batch job: its answer is the stdout; all it printed (after its build) the stderr.
+        outcome = dataclasses.replace(outcome, captured=None)
+
+        async def stream(kind: StreamType) -> AsyncIterator[bytes]:
+            if kind is StreamType.STDOUT:
+                yield body
+                return
+            async for entry in runner.logs.read(exec_id, offset=execution.output_offset):
+                yield entry.data
+
     assert request.results_dir is not None
     try:
         if writer is not None:

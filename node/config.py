@@ -27,6 +27,7 @@ from haddock.executor.quantity import format_bytes
 from haddock.node.bidding import BiddingSettings
 from haddock.node.client import wire
 from haddock.node.cluster.config import ClusterSettings
+from haddock.node.jobtypes.config import JobTypesSettings
 from haddock.storage.config import StorageSettings
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
@@ -194,6 +195,9 @@ class Settings(BaseSettings):
     bidding: BiddingSettings = Field(default_factory=BiddingSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
+    jobtypes: JobTypesSettings = Field(
+        default_factory=JobTypesSettings, description="job-type plugins (golang, python3) and how jobs are built"
+    )
     metrics_listen: str | None = Field(
         default=None, description="HOST:PORT of an HTTP listener serving /metrics for Prometheus; default off"
     )

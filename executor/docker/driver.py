@@ -32,12 +32,16 @@ from haddock.executor.models import (
     ExecutionRecord,
     ExecutionState,
     InputVolume,
+    NetworkMode,
     Resources,
     RunCommandRequest,
 )
 from haddock.executor.quantity import format_bytes, format_cpu
 
-__all__ = ["DockerDriver"]
+__all__ = ["JOB_NETWORK", "DockerDriver"]
+
+JOB_NETWORK = "haddock-jobs"
+"""Jobs (job types) with network none run here: an internal network (no way out) the node reaches them on."""
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,7 @@ class DockerDriver:
         self.engine = Engine(config)
         self._captures: CaptureClient | None = None
         self._held: dict[str, CaptureInfo] = {}  # what the capture process held when the node (re)started
+        self._job_network_lock = asyncio.Lock()
 
     def bind_logs(self, logs: LogStore) -> None:
         """The node's log store: the capture process (one per log dir) writes into it."""
@@ -170,6 +175,10 @@ class DockerDriver:
             return container_spec(request, volumes, self.config, self.node_id)
 
         kwargs = await asyncio.to_thread(spec)
+        if request.job is not None and request.network.mode is NetworkMode.NONE:
+            # The node must reach a job's wrapper (port 7000) and the job must reach nothing: a network
+            # of the engine's with no way out (internal), which the node's host can still reach.
+            kwargs["host_config"]["network_mode"] = await self._job_network(client)
         kwargs["host_config"] = client.create_host_config(**kwargs["host_config"])
         try:
             created = await self.engine.call(client.create_container, **kwargs)
@@ -189,6 +198,21 @@ class DockerDriver:
             created = await self.engine.api(client.create_container, **kwargs)
         capture = Capture(request.execution_id, writer, self.captures)
         return DockerHandle(self.engine, str(created["Id"]), capture, stop_signal=stop_signal, request=request)
+
+    async def _job_network(self, client: docker.APIClient) -> str:
+        """The internal network for jobs that asked for none (created once, labelled with this node)."""
+        name = JOB_NETWORK
+        async with self._job_network_lock:
+            found = await self.engine.call(client.networks, names=[name])
+            if not any(n.get("Name") == name for n in found):
+                try:
+                    await self.engine.call(
+                        client.create_network, name, driver="bridge", internal=True, labels={LABEL_NODE: self.node_id}
+                    )
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:  # another node on this engine made it meanwhile
+                        raise
+        return name
 
     # ------------------------------------------------------------------ after a restart
 

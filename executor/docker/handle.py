@@ -224,3 +224,13 @@ class DockerHandle:
     async def _state(self) -> dict[str, Any]:
         client = await self._engine.client_async()
         return dict((await self._engine.call(client.inspect_container, self._container_id)).get("State") or {})
+
+    async def address(self) -> str | None:
+        """The container's IP address on its (first) network; None without one (network none)."""
+        client = await self._engine.client_async()
+        info = await self._engine.call(client.inspect_container, self._container_id)
+        settings = info.get("NetworkSettings") or {}
+        for net in (settings.get("Networks") or {}).values():
+            if (net or {}).get("IPAddress"):
+                return str(net["IPAddress"])
+        return str(settings.get("IPAddress") or "") or None

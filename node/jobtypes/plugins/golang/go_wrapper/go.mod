@@ -1,0 +1,3 @@
+module haddock/golang-wrapper
+
+go 1.19

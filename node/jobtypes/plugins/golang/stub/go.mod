@@ -1,0 +1,3 @@
+module racetrack/job
+
+go 1.19
