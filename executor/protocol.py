@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from haddock.executor.jobspec import JobSpec
-
 from haddock.executor.logstore import LogEntry, LogStore
 from haddock.executor.models import (
     BidResult,

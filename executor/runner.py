@@ -495,7 +495,6 @@ class Runner:
 
     async def _build_and_run(self, execution: Execution) -> tuple[ExitStatus, ResultStatus | None]:
         """A job of a job type: its inputs (its source among them), then its image built, then the run."""
-        record = execution.record
         assert self._input_preparer is not None  # check() refuses input sources without a preparer
         await self._prepare_inputs(execution, self._input_preparer)
         if execution.cancel_event.is_set():

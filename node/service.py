@@ -16,7 +16,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 from haddock.executor.docker import DockerExecutor
-from haddock.node.jobtypes.builder import JobTypeBuilder
 from haddock.executor.errors import (
     ExecutionAlreadyComplete,
     ExecutionAlreadyStarted,
@@ -52,6 +51,7 @@ from haddock.node.client import NodeInfo
 from haddock.node.config import OnShutdown, Settings
 from haddock.node.events import EventHub
 from haddock.node.housekeeping import Housekeeping
+from haddock.node.jobtypes.builder import JobTypeBuilder
 from haddock.node.metrics import MetricsListener, NodeGauges, NodeMetrics
 from haddock.node.policy import Policy, check_output_limits, free_of
 from haddock.node.stats import StatsHub, StatsUpdate, execution_stats

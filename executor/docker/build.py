@@ -92,7 +92,7 @@ class ImageBuilder:
         context: Callable[[], bytes],
         *,
         what: str,
-        timeout: float,
+        build_timeout: float,
         labels: dict[str, str] | None = None,
         on_output: BuildListener | None = None,
         dockerfile: str = "Dockerfile",
@@ -108,7 +108,7 @@ class ImageBuilder:
             self._inflight[tag] = build
             if on_output:
                 build.listeners.append(on_output)
-            task = asyncio.create_task(self._build(tag, context, what, timeout, labels or {}, dockerfile, build))
+            task = asyncio.create_task(self._build(tag, context, what, build_timeout, labels or {}, dockerfile, build))
             task.add_done_callback(lambda _t: self._inflight.pop(tag, None))
         elif on_output:
             build.listeners.append(on_output)
@@ -124,7 +124,7 @@ class ImageBuilder:
         tag: str,
         context: Callable[[], bytes],
         what: str,
-        timeout: float,
+        build_timeout: float,
         labels: dict[str, str],
         dockerfile: str,
         build: _Build,
@@ -148,12 +148,13 @@ class ImageBuilder:
                 self._pool, self._build_once, tag, context, what, labels, dockerfile, emit_threadsafe, stop
             )
             try:
-                await asyncio.wait_for(asyncio.shield(work), timeout)
+                await asyncio.wait_for(asyncio.shield(work), build_timeout)
             except TimeoutError:
                 stop.set()
                 raise BuildFailed(
                     what,
-                    f"it took longer than the build timeout of {format_duration(timeout)} ([jobtypes] build_timeout)",
+                    f"it took longer than the build timeout of {format_duration(build_timeout)} "
+                    "([jobtypes] build_timeout)",
                 ) from None
             info = await self.image_info(tag)
             if info is None:

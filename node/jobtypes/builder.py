@@ -175,7 +175,7 @@ class JobTypeBuilder:
             tag,
             context,
             what=f"the base image of job type {plugin.key}",
-            timeout=self.settings.build_timeout,
+            build_timeout=self.settings.build_timeout,
             labels={LABEL_KIND: "jobtype-base", "haddock.jobtype": plugin.key},
             on_output=on_output,
         )
@@ -217,7 +217,7 @@ class JobTypeBuilder:
             ],
             capture_output=True,
             text=True,
-            timeout=self.settings.build_timeout,
+            build_timeout=self.settings.build_timeout,
         )
         if done.returncode != 0:
             tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-10:])
@@ -249,7 +249,7 @@ class JobTypeBuilder:
     ) -> BuiltJob:
         assert request.job is not None
         manifest = request.job.manifest
-        if source.is_file():
+        if await asyncio.to_thread(source.is_file):
             tree = scratch / "source"
             tree.mkdir()
             await asyncio.to_thread(_unpack_source, source, tree)
@@ -293,7 +293,7 @@ class JobTypeBuilder:
             tag,
             context,
             what=f"job {manifest.name} {manifest.version}",
-            timeout=self.settings.build_timeout,
+            build_timeout=self.settings.build_timeout,
             labels={LABEL_KIND: "job", "haddock.job-name": manifest.name, "haddock.job-version": manifest.version},
             on_output=on_output,
             dockerfile=DOCKERFILE,

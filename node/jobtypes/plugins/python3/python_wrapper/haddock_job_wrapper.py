@@ -112,7 +112,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "haddock-python-wrapper/2"
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+    def log_message(self, format: str, *args: Any) -> None:
         log(f"request {self.address_string()} {format % args}")
 
     def _route(self) -> str:
@@ -131,7 +131,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         route = self._route()
         ts = int(os.environ.get("JOB_DEPLOYMENT_TIMESTAMP") or 0)
         entrypoint = _state["entrypoint"]
@@ -162,7 +162,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, {"error": f"not found: {self.path}"})
 
-    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_POST(self) -> None:
         if self._route() != "/api/v1/perform":
             self._send(404, {"error": f"not found: {self.path}"})
             return
