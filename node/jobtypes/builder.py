@@ -217,7 +217,7 @@ class JobTypeBuilder:
             ],
             capture_output=True,
             text=True,
-            build_timeout=self.settings.build_timeout,
+            timeout=self.settings.build_timeout,
         )
         if done.returncode != 0:
             tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-10:])
