@@ -28,12 +28,13 @@ def main(argv: list[str] | None = None) -> int:
         "--profile",
         choices=("auto", "always", "never"),
         default="auto",
-        help="py-spy profiles: when a goal is missed (auto), always, or never",
+        help="where the time or memory goes (py-spy profiles, CPU per thread, import footprints, the floor with the "
+        "node's log driver): when a goal is missed (auto), always, or never",
     )
     parser.add_argument("--seq", type=_positive, default=30, help="e2e: sequential jobs per side (default 30)")
     parser.add_argument("--rounds", type=_positive, default=3, help="e2e: concurrent rounds per side (default 3)")
     parser.add_argument("--concurrency", type=_positive, default=20, help="e2e: jobs per concurrent round (20)")
-    parser.add_argument("--reps", type=_positive, default=3, help="output: measured reps of each run (default 3)")
+    parser.add_argument("--reps", type=_positive, default=5, help="output: measured reps of each run (default 5)")
     parser.add_argument("--output-warmup", type=int, default=1, help="output: unmeasured warm-up pairs first (1)")
     parser.add_argument("--output-mib", type=_positive, default=512, help="output: MiB each job prints (default 512)")
     parser.add_argument("--long-lines", type=_positive, default=8, help="output: lines of case 2 (default 8)")

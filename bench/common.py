@@ -247,6 +247,15 @@ def proc_status_kib(pid: int, key: str) -> int:
     return proc_status(pid).get(key, 0)
 
 
+def proc_pss(pid: int) -> int:
+    """Proportional set size (KiB) from /proc/<pid>/smaps_rollup; 0 when unreadable or gone."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
 def proc_threads(pid: int) -> int:
     return proc_status_kib(pid, "Threads")
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import common
-from bench.common import NODE_ID, log, proc_status, proc_text
+from bench.common import NODE_ID, log, proc_pss, proc_status, proc_text
 from haddock.node.client import NodeClient, NodeError
 
 
@@ -106,18 +106,23 @@ def stop_leftovers(pids: list[int], data_dir: Path, wait: float = 20) -> None:
         alive = [p for p in alive if _names(p, str(data_dir))]
 
 
-def _names(pid: int, data_dir: str) -> bool:
-    """Whether process ``pid`` is alive (not a zombie) and names the node's data dir."""
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
     try:
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
+        return False
+
+
+def _names(pid: int, data_dir: str) -> bool:
+    """Whether process ``pid`` is alive and names the node's data dir."""
+    if not _alive(pid):
         return False
     return data_dir in proc_text(pid, "cmdline") or f"HADDOCK_DATA_DIR={data_dir}" in proc_text(pid, "environ")
 
 
 def node_processes(data_dir: Path, daemon_pid: int) -> list[int]:
-    """The node's processes besides the daemon: those naming its data dir (command line or
+    """The node's live processes besides the daemon: those naming its data dir (command line or
     ``HADDOCK_DATA_DIR``) and the daemon's descendants. This process (the benchmark) is never one."""
     me = os.getpid()
     parents: dict[int, int] = {}
@@ -127,7 +132,7 @@ def node_processes(data_dir: Path, daemon_pid: int) -> list[int]:
                 parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
     found = set()
     for pid in parents:
-        if pid in (me, daemon_pid):
+        if pid in (me, daemon_pid) or not _alive(pid):
             continue
         p, seen = parents.get(pid), 0
         while p and p != daemon_pid and seen < 64:
@@ -142,7 +147,7 @@ def describe(pid: int) -> str:
     argv = proc_text(pid, "cmdline").split()
     if "-m" in argv[:-1]:
         return argv[argv.index("-m") + 1].rsplit(".", 1)[-1]
-    return Path(argv[0]).name if argv else f"pid {pid}"
+    return Path(argv[0]).name if argv else f"pid{pid}"
 
 
 @dataclass
@@ -154,6 +159,8 @@ class Mem:
     hwm: int = 0
     anon: int = 0
     file: int = 0
+    pss: int = 0  # proportional set size: shared pages divided among the processes sharing them
+    alive: bool = True
     samples: list[tuple[float, int]] = field(default_factory=list)  # (perf_counter, VmRSS KiB)
 
 
@@ -191,7 +198,8 @@ class ProcWatch(threading.Thread):
         with self._lock:
             for pid, m in self.mem.items():
                 st = proc_status(pid)
-                if "VmRSS" not in st:
+                if "VmRSS" not in st or not _alive(pid):
+                    m.alive = False
                     continue
                 m.samples.append((now, st["VmRSS"]))
                 m.max_rss = max(m.max_rss, st["VmRSS"])
@@ -205,11 +213,16 @@ class ProcWatch(threading.Thread):
         self.join(5)
 
     def snapshot(self) -> dict[int, Mem]:
-        """Each process's memory so far (copies, without samples)."""
+        """Each process's memory so far (copies, without samples; PSS read now), those that were seen
+        with memory; the daemon first."""
         self.scan()
         self.sample()
         with self._lock:
-            return {pid: Mem(m.name, m.max_rss, m.hwm, m.anon, m.file) for pid, m in self.mem.items()}
+            return {
+                pid: Mem(m.name, m.max_rss, m.hwm, m.anon, m.file, proc_pss(pid), m.alive)
+                for pid, m in self.mem.items()
+                if m.hwm or m.max_rss
+            }
 
     def between(self, t0: float, t1: float) -> dict[int, list[tuple[float, int]]]:
         with self._lock:

@@ -51,11 +51,11 @@ LINE = "0123456789abcdef"
 
 @dataclass
 class OutputConfig:
-    reps: int = 3
+    reps: int = 5
     warmup: int = 1
     size: int = 512 * MiB
     long_lines: int = 8
-    profile: str = "auto"  # auto (when a goal is missed), always, never
+    profile: str = "auto"  # diagnosis and py-spy: when a goal is missed (auto), always, never
     node_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -129,7 +129,8 @@ class Results:
 
     @property
     def hwm_sum_kib(self) -> int:
-        return sum(m.hwm for m in self.end.values())
+        """The goal's figure: VmHWM summed over the node's processes alive after the runs."""
+        return sum(m.hwm for m in self.end.values() if m.alive)
 
     @property
     def missed(self) -> dict[str, bool]:
@@ -236,6 +237,8 @@ class Bench:
 
     async def diagnose(self, cases: list[Case], missed: dict[str, bool]) -> Diagnosis:
         cfg, d = self.cfg, Diagnosis()
+        if cfg.profile == "never":
+            return d
         slow = [c for c in cases if missed[c.key] or cfg.profile == "always"]
         if missed["memory"] or cfg.profile == "always":
             log("output: import footprint of the node's programs")
@@ -254,7 +257,7 @@ class Bench:
             log(f"output: {d.note}")
             return d
         for case in slow:
-            mem = self.watch.snapshot()
+            mem = {pid: m for pid, m in self.watch.snapshot().items() if m.alive}
             targets = [(pid, f"output-{case.key}-{m.name}", f"{m.name} ({case.key} lines)") for pid, m in mem.items()]
             log(f"output: one more node run of {case.key} lines under py-spy ({len(targets)} process(es))")
             spies = profiling.start_spies(targets)

@@ -30,7 +30,7 @@ def goal_rows(res: Results) -> list[list[str]]:
     nl = [n.wall for n in res.node["long"]]
     r_floor, r_long = res.ratio_floor("short"), res.ratio_long()
     hwm = res.hwm_sum_kib
-    parts = " + ".join(f"{m.name} {_mib(m.hwm)}" for m in res.end.values())
+    parts = " + ".join(f"{m.name} {_mib(m.hwm)}" for m in res.end.values() if m.alive)
     return [
         [
             f"{short.title} through the node / the floor (docker CLI, `--log-driver none`)",
@@ -59,7 +59,7 @@ def report(res: Results) -> tuple[str, list[list[str]]]:
     size_mib = cfg.size / MiB
     driver = node_defaults()
     settings = ", ".join(f"`{k}={v}`" for k, v in cfg.node_env.items())
-    procs = ", ".join(f"{m.name} (pid {pid})" for pid, m in res.end.items())
+    procs = ", ".join(f"{m.name} (pid {pid}{'' if m.alive else ', exited'})" for pid, m in res.end.items())
     out = [
         f"### 2. Output at the speed of the engine: {size_mib:.0f} MiB through the node vs the floor",
         "",
@@ -90,7 +90,8 @@ def report(res: Results) -> tuple[str, list[list[str]]]:
         _runs_table(res),
         "",
         "**Memory of the node's processes** (MiB): idle = after start-up and one `true` job; end = after the "
-        "measured runs (RssAnon: the process's own heap; RssFile: mapped files, shared libraries included):",
+        "measured runs (RssAnon: the process's own heap; RssFile: mapped files, shared libraries included; PSS: "
+        "shared pages divided among the processes that share them, so the PSS sum does not count them twice):",
         "",
         _memory_table(res.idle, res.end),
         "",
@@ -145,25 +146,21 @@ def _memory_table(idle: dict[int, Mem], end: dict[int, Mem]) -> str:
     rows = []
     for pid, m in end.items():
         i = idle.get(pid)
-        rows.append(
-            [
-                f"{m.name} (pid {pid})",
-                _mib(i.max_rss) if i else "(not running)",
-                _mib(m.hwm),
-                _mib(m.anon),
-                _mib(m.file),
-            ]
-        )
+        name = f"{m.name} (pid {pid})" if m.alive else f"{m.name} (pid {pid}, exited: not summed)"
+        cells = [_mib(m.hwm), _mib(m.anon), _mib(m.file), _mib(m.pss)] if m.alive else [_mib(m.hwm), "", "", ""]
+        rows.append([name, _mib(i.max_rss) if i else "(not running)", *cells])
+    live = [m for m in end.values() if m.alive]
     rows.append(
         [
             "**sum**",
-            _mib(sum(m.max_rss for m in idle.values())),
-            f"**{_mib(sum(m.hwm for m in end.values()))}**",
-            _mib(sum(m.anon for m in end.values())),
-            _mib(sum(m.file for m in end.values())),
+            _mib(sum(m.max_rss for m in idle.values() if m.alive)),
+            f"**{_mib(sum(m.hwm for m in live))}**",
+            _mib(sum(m.anon for m in live)),
+            _mib(sum(m.file for m in live)),
+            _mib(sum(m.pss for m in live)),
         ]
     )
-    return table(rows, ("process", "idle RSS", "VmHWM (end)", "RssAnon (end)", "RssFile (end)"))
+    return table(rows, ("process", "idle RSS", "VmHWM (end)", "RssAnon (end)", "RssFile (end)", "PSS (end)"))
 
 
 def _cpu_table(res: Results) -> str:

@@ -7,7 +7,6 @@ final path ``bench/profiles/<file>``.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
 import signal
@@ -70,9 +69,13 @@ class PySpy:
 
     def started(self) -> bool:
         if self.proc.poll() is not None:
-            log(f"py-spy exited at once: {self._stderr.read_text(errors='replace')[-500:]}")
+            log(f"py-spy exited at once ({self.title}): {self._why()}")
             return False
         return True
+
+    def _why(self) -> str:
+        text = self._stderr.read_text(errors="replace") if self._stderr.exists() else ""
+        return " ".join(text.split("Stack backtrace:")[0].split())[:300]
 
     def stop(self) -> Profile | None:
         if self.proc.poll() is None:
@@ -83,10 +86,9 @@ class PySpy:
                 self.proc.kill()
                 self.proc.wait()
         if not self.out.exists():
-            log(f"py-spy wrote no profile: {self._stderr.read_text(errors='replace')[-500:]}")
+            log(f"py-spy wrote no profile ({self.title}): {self._why()}")
             return None
-        with contextlib.suppress(OSError):
-            self._stderr.unlink()
+        self._stderr.unlink(missing_ok=True)
         return Profile.parse(self.out, self.title, self.mode)
 
 
