@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         "node's log driver): when a goal is missed (auto), always, or never",
     )
     parser.add_argument("--seq", type=_positive, default=30, help="e2e: sequential jobs per side (default 30)")
+    parser.add_argument("--warmup", type=int, default=3, help="e2e: unmeasured jobs per side first (default 3)")
     parser.add_argument("--rounds", type=_positive, default=3, help="e2e: concurrent rounds per side (default 3)")
     parser.add_argument("--concurrency", type=_positive, default=20, help="e2e: jobs per concurrent round (20)")
     parser.add_argument("--reps", type=_positive, default=5, help="output: measured reps of each run (default 5)")
@@ -67,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
                 from bench import e2e
 
                 cfg = e2e.E2EConfig(
-                    seq_n=args.seq, concurrency=args.concurrency, rounds=args.rounds, profile=args.profile
+                    seq_n=args.seq,
+                    warmup=args.warmup,
+                    concurrency=args.concurrency,
+                    rounds=args.rounds,
+                    profile=args.profile,
                 )
                 sections["e2e"], _ = asyncio.run(e2e.run(cfg))
                 common.remove_bench_containers()

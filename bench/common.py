@@ -395,9 +395,11 @@ def _summary(text: str, order: Sequence[str]) -> str:
     return "### Goals\n\n" + ("\n".join([head, *rows]) if rows else "_no benchmark run yet_")
 
 
-def update_results(sections: dict[str, str], machine: str, order: Sequence[str]) -> Path:
-    """Write ``sections`` (name -> markdown) into RESULTS.md, replacing those blocks; keep the others."""
-    text = RESULTS_FILE.read_text() if RESULTS_FILE.exists() else ""
+def update_results(sections: dict[str, str], machine: str, order: Sequence[str], path: Path = RESULTS_FILE) -> Path:
+    """Write ``sections`` (name -> markdown) into RESULTS.md, replacing those blocks and the preamble, keeping
+    the other blocks and what follows the results (a hand-written analysis); the goals summary is rebuilt
+    from the goals tables of every section in the file."""
+    text = path.read_text() if path.exists() else ""
     if BEGIN.format("results") not in text:
         blocks = "\n\n".join(_block(n, f"_{n}: not run yet_") for n in order)
         results = "## Results\n\n" + _block("machine", "_not run yet_") + "\n\n" + blocks
@@ -413,8 +415,8 @@ def update_results(sections: dict[str, str], machine: str, order: Sequence[str])
         else:
             text = _replace(text, name, body)
     text = _replace(text, "summary", _summary(text, order))
-    RESULTS_FILE.write_text(text)
-    return RESULTS_FILE
+    path.write_text(text)
+    return path
 
 
 def _inner(text: str, name: str) -> str:

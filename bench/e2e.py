@@ -189,9 +189,10 @@ class Bench:
 
     async def concurrent(self) -> None:
         cfg = self.cfg
-        log(f"e2e: concurrent warm-up round ({cfg.concurrency} jobs per side)")
-        await self._round("node", None)
-        await self._round("raw", None)
+        if cfg.warmup:
+            log(f"e2e: concurrent warm-up round ({cfg.concurrency} jobs per side)")
+            await self._round("node", None)
+            await self._round("raw", None)
         for r in range(cfg.rounds):
             log(f"e2e: concurrent round {r + 1}/{cfg.rounds} ({cfg.concurrency} jobs per side)")
             for name in ("node", "raw"):
@@ -394,8 +395,8 @@ def report(bench: Bench, cfg: E2EConfig, profs: list[profiling.Profile]) -> tupl
         f"host config as the node's defaults ({describe_config()}), attach before start, start, read the attach "
         "stream to EOF, wait, remove (`bench/raw.py:run_noop`).",
         f"- Sequential: {cfg.warmup} warm-ups per side, then {cfg.seq_n} jobs per side interleaved "
-        f"node, raw, node, raw, … Concurrent: one warm-up round per side, then {cfg.rounds} rounds of "
-        f"{cfg.concurrency} jobs at once per side, interleaved by round (node round, raw round, …).",
+        f"node, raw, node, raw, … Concurrent: {1 if cfg.warmup else 0} warm-up round per side, then {cfg.rounds} "
+        f"rounds of {cfg.concurrency} jobs at once per side, interleaved by round (node round, raw round, …).",
         "- The ratio is node/raw; the goal is judged on the mean.",
         "",
         f"**Sequential** (goal ≤ {GOAL_SEQ:.2f}x): {common.verdict(sn.mean / sr.mean, GOAL_SEQ)}; p50 ratio "

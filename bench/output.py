@@ -107,7 +107,8 @@ class Diagnosis:
     profiles: list[profiling.Profile] = field(default_factory=list)
     thread_cpu: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # process -> kind -> cpu
     log_driver_floor: dict[str, float] = field(default_factory=dict)  # case key -> CLI with the node's driver
-    imports: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # program -> (module, RSS KiB)
+    # program -> (module, RSS KiB after importing it, top-level packages it loaded first)
+    imports: dict[str, list[tuple[str, int, list[str]]]] = field(default_factory=dict)
     note: str = ""
 
 
@@ -320,13 +321,18 @@ def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
-out = [("python itself", rss())]
+std = set(sys.stdlib_module_names)
+def tops():
+    return {m.split(".")[0] for m in sys.modules}
+out = [("python itself", rss(), [])]
 for mod in sys.argv[1:]:
+    before = tops()
     try:
         __import__(mod)
     except ImportError:
         continue
-    out.append((mod, rss()))
+    new = sorted(t for t in tops() - before if t not in std and not t.startswith("_"))
+    out.append((mod, rss(), new))
 print(json.dumps(out))
 """
 
@@ -340,8 +346,10 @@ IMPORTS = {
         "opentelemetry.instrumentation.grpc",
         "typer",
         "haddock.executor.models",
-        "haddock.storage",
-        "haddock.executor.docker",
+        "haddock.executor.runner",
+        "haddock.executor.docker.driver",
+        "haddock.node.store",
+        "haddock.node.service",
         "haddock.node.server",
         "haddock.node.cli",
     ),
@@ -355,7 +363,7 @@ IMPORTS = {
 }
 
 
-def import_footprint(procs: dict[int, Mem]) -> dict[str, list[tuple[str, int]]]:
+def import_footprint(procs: dict[int, Mem]) -> dict[str, list[tuple[str, int, list[str]]]]:
     """RSS (KiB) of a fresh interpreter after importing, cumulatively, what each running program of the
     node imports (those of :data:`IMPORTS` whose name matches a process of the node)."""
     import json
@@ -373,5 +381,5 @@ def import_footprint(procs: dict[int, Mem]) -> dict[str, list[tuple[str, int]]]:
             timeout=60,
         )
         if res.returncode == 0:
-            out[program] = [(m, int(k)) for m, k in json.loads(res.stdout)]
+            out[program] = [(m, int(k), list(new)) for m, k, new in json.loads(res.stdout)]
     return out

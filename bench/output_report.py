@@ -228,15 +228,17 @@ def _diagnosis(res: Results, d: Diagnosis) -> list[str]:
     for program, mods in d.imports.items():
         rows = []
         prev = 0
-        for mod, kib in mods:
-            rows.append([f"`{mod}`", f"{(kib - prev) / 1024:+.1f}" if prev else _mib(kib), _mib(kib)])
+        for mod, kib, new in mods:
+            loaded = ", ".join(new[:12]) + (f" (+{len(new) - 12} more)" if len(new) > 12 else "")
+            rows.append([f"`{mod}`", f"{(kib - prev) / 1024:+.1f}" if prev else _mib(kib), _mib(kib), loaded])
             prev = kib
         out += [
             "",
             f"What importing the {program}'s code costs (a fresh interpreter importing these in order; each row "
-            "adds what that import brings beyond the rows above; MiB):",
+            "adds what that import brings beyond the rows above, MiB, and names the packages outside the standard "
+            "library it loaded first):",
             "",
-            table(rows, ("import", "added", "RSS")),
+            table(rows, ("import", "added", "RSS", "packages it loaded")),
         ]
     for prof in d.profiles:
         out += ["", *profiling.profile_markdown(prof)]
