@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 common.log(f"warning: {left} container(s) were left by the benchmarks (removed now)")
     machine = "### Machine\n\n" + common.machine_markdown(common.machine_info())
     if args.no_write:
-        print(machine)
+        print(machine + "\n\n" + common.goals_summary("\n".join(sections.values()), ORDER))
         for body in sections.values():
             print("\n" + body)
         if any(profiling.PROFILE_DIR.iterdir()):

@@ -386,7 +386,8 @@ def goals_block(name: str, rows: Sequence[Sequence[str]]) -> str:
     return _block(f"goals-{name}", table([[name, *r] for r in rows], GOALS_HEADER))
 
 
-def _summary(text: str, order: Sequence[str]) -> str:
+def goals_summary(text: str, order: Sequence[str]) -> str:
+    """The goals tables of the sections in ``text``, as one table."""
     rows: list[str] = []
     for name in order:
         if BEGIN.format(f"goals-{name}") in text:
@@ -414,7 +415,7 @@ def update_results(sections: dict[str, str], machine: str, order: Sequence[str],
             text = _replace(text, "results", _inner(text, "results") + "\n\n" + _block(name, body))
         else:
             text = _replace(text, name, body)
-    text = _replace(text, "summary", _summary(text, order))
+    text = _replace(text, "summary", goals_summary(text, order))
     path.write_text(text)
     return path
 

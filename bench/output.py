@@ -155,6 +155,7 @@ class Bench:
         self.client = NodeClient(self.node.address)
         self.watch = ProcWatch(self.node)
         self._n = 0
+        self.alive: set[int] = set()
 
     def _id(self, what: str) -> str:
         self._n += 1
@@ -185,14 +186,28 @@ class Bench:
         shutil.rmtree(results.parent if results.parent.name == exec_id else results, ignore_errors=True)
         for f in (self.data_dir / "logs").glob(f"{exec_id}*"):
             f.unlink(missing_ok=True)
-        names = {pid: m.name for pid, m in self.watch.snapshot().items()}
-        cpu = {names.get(pid, str(pid)): cpu1.get(pid, 0.0) - cpu0.get(pid, 0.0) for pid in cpu1}
+        names = self.names()
+        cpu = {}
+        for pid, name in names.items():
+            used = cpu1.get(pid, 0.0) - cpu0.get(pid, 0.0)
+            if pid in self.alive or used >= 0.005:  # not a transient helper (a launcher) that did nothing
+                cpu[name] = used
         cpu["engine"] = use.engine_cpu
         return NodeRun(t1 - t0, cpu, use.machine_busy, self._rss(t0, t1, names), spans)
 
+    def names(self) -> dict[int, str]:
+        """The node's processes seen so far, by pid: their names, made unique (``name-pid`` for a repeat)."""
+        out: dict[int, str] = {}
+        self.alive = set()
+        for pid, m in self.watch.snapshot().items():
+            out[pid] = m.name if m.name not in out.values() else f"{m.name}-{pid}"
+            if m.alive:
+                self.alive.add(pid)
+        return out
+
     def _rss(self, t0: float, t1: float, names: dict[int, str]) -> dict[str, int]:
         window = self.watch.between(t0, t1)
-        out = {names.get(pid, str(pid)): max((k for _, k in s), default=0) for pid, s in window.items()}
+        out = {names[pid]: max((k for _, k in s), default=0) for pid, s in window.items() if pid in names}
         at: dict[float, int] = {}
         for samples in window.values():
             for t, kib in samples:
