@@ -118,7 +118,7 @@ class Frame:
     @property
     def ours(self) -> bool:
         rel = self.rel
-        if f"{rel}:{self.func}" in ENTRY_FRAMES:
+        if self.func == "<module>" or f"{rel}:{self.func}" in ENTRY_FRAMES:
             return False
         return rel.split("/", 1)[0] in OUR_PACKAGES and not rel.startswith("haddock/v1/")
 
@@ -241,8 +241,13 @@ class Profile:
         """Samples attributed to the deepest frame of our code on the stack (its callees included)."""
         c: Counter[str] = Counter()
         for _, frames, n in self.stacks:
-            ours = [f for f in frames if f.ours]
-            c[ours[-1].label() if ours else "(no frame of ours: grpc, asyncio, docker-py internals)"] += n
+            # a frame of ours that runs the event loop (calls asyncio.run) is an entry, not a hot spot
+            ours = [
+                f
+                for f, below in zip(frames, [*frames[1:], None], strict=False)
+                if f.ours and not (below is not None and below.rel.endswith("asyncio/runners.py"))
+            ]
+            c[ours[-1].label() if ours else "(no frame of ours: the event loop, grpc, asyncio, docker-py)"] += n
         return c
 
     def inclusive(self) -> Counter[str]:
