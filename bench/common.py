@@ -364,12 +364,12 @@ below, details in each section):
 
 These are benchmarks, not tests: nothing fails when a goal is missed; the result says so, and where
 the time or memory goes, from py-spy profiles of the node's processes (taken when a goal is missed;
-`--profile always|never` overrides; py-spy is installed with `.venv/bin/pip install py-spy`, without
-it the benchmarks run and say that no profile was taken). The whole run takes about 10 minutes on a
+`--profile always|never` overrides; `make bench` installs py-spy, the `bench` extra; without it the
+benchmarks run and say that no profile was taken). The whole run takes about 10 minutes on a
 2-core machine; its nodes take the run's token as their node id, every container it creates carries
-that id and an execution id starting with it, and is removed at the end (also on failure or SIGTERM). The `code`
-row says "uncommitted changes" when the measured tree differs from its commit. An "Analysis" section
-below the results, if any, is written by hand and is kept.
+that id and an execution id starting with it, and is removed at the end (also on failure or
+SIGTERM). The `code` row says "uncommitted changes" when the measured tree differs from its commit.
+An "Analysis" section below the results, if any, is written by hand and is kept.
 
 """
 
