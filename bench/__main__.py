@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
 import time
 
@@ -97,14 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         print(machine + "\n\n" + common.goals_summary("\n".join(sections.values()), ORDER))
         for body in sections.values():
             print("\n" + body)
-        if any(profiling.PROFILE_DIR.iterdir()):
-            common.log(f"profiles of this run (not kept in bench/profiles/): {profiling.PROFILE_DIR}")
+        kept = profiling.taken()
+        if kept is not None:
+            common.log(f"profiles of this run (not kept in bench/profiles/): {kept}")
         else:
-            shutil.rmtree(profiling.PROFILE_DIR, ignore_errors=True)
+            profiling.discard()
     else:
         for name in sections:
             profiling.keep_profiles(name)
-        shutil.rmtree(profiling.PROFILE_DIR, ignore_errors=True)
+        profiling.discard()
         path = common.update_results(sections, machine, ORDER)
         common.log(f"results written to {path.relative_to(common.ROOT)}")
     common.log(f"done in {time.perf_counter() - t0:.0f} s")

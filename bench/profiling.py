@@ -1,6 +1,6 @@
 """py-spy profiles of the node's processes: recording, parsing the collapsed stacks, markdown.
 
-Profiles are written into :data:`PROFILE_DIR` for the run (a temp dir; ``python -m bench`` moves
+Profiles are written into :func:`profile_dir` for the run (a temp dir; ``python -m bench`` moves
 them to ``bench/profiles/`` when it writes RESULTS.md), and the markdown names them by their
 final path ``bench/profiles/<file>``.
 """
@@ -19,8 +19,28 @@ from pathlib import Path
 
 from bench.common import PROFILES_DIR, ROOT, VENV_BIN, log, table, top_table
 
-# Where this run's profiles go until they are kept (moved to PROFILES_DIR) or left in place.
-PROFILE_DIR = Path(tempfile.mkdtemp(prefix="haddock-bench-profiles-"))
+_profile_dir: Path | None = None
+
+
+def profile_dir() -> Path:
+    """Where this run's profiles go until they are kept (moved to PROFILES_DIR): a temp dir, made on first use."""
+    global _profile_dir
+    if _profile_dir is None:
+        _profile_dir = Path(tempfile.mkdtemp(prefix="haddock-bench-profiles-"))
+    return _profile_dir
+
+
+def taken() -> Path | None:
+    """The temp dir of this run's profiles, if any was taken."""
+    return _profile_dir if _profile_dir is not None and any(_profile_dir.glob("*.txt")) else None
+
+
+def discard() -> None:
+    global _profile_dir
+    if _profile_dir is not None:
+        shutil.rmtree(_profile_dir, ignore_errors=True)
+        _profile_dir = None
+
 
 # Our code, for attributing profile samples ("file:function" hot spots).
 OUR_PACKAGES = ("executor", "node", "storage", "haddock")
@@ -41,7 +61,7 @@ def keep_profiles(prefix: str) -> list[Path]:
     for old in PROFILES_DIR.glob(f"{prefix}-*"):
         old.unlink()
     kept = []
-    for new in sorted(PROFILE_DIR.glob(f"{prefix}-*.txt")):
+    for new in sorted(profile_dir().glob(f"{prefix}-*.txt")):
         kept.append(Path(shutil.move(new, PROFILES_DIR / new.name)))
     return kept
 
@@ -58,7 +78,7 @@ class PySpy:
         exe = pyspy_path()
         if exe is None:
             raise RuntimeError("py-spy is not installed (.venv/bin/pip install py-spy)")
-        self.out = PROFILE_DIR / name
+        self.out = profile_dir() / name
         self.title = title
         self.mode = mode
         cmd = [exe, "record", "--pid", str(pid), "--format", "raw", "-o", str(self.out), "--rate", str(rate)]
