@@ -156,6 +156,7 @@ class Mem:
 
     name: str
     max_rss: int = 0  # KiB
+    rss: int = 0  # the latest VmRSS
     hwm: int = 0
     anon: int = 0
     file: int = 0
@@ -202,7 +203,8 @@ class ProcWatch(threading.Thread):
                     m.alive = False
                     continue
                 m.samples.append((now, st["VmRSS"]))
-                m.max_rss = max(m.max_rss, st["VmRSS"])
+                m.rss = st["VmRSS"]
+                m.max_rss = max(m.max_rss, m.rss)
                 m.hwm = max(m.hwm, st.get("VmHWM", 0))
                 m.anon, m.file = st.get("RssAnon", 0), st.get("RssFile", 0)
 
@@ -219,7 +221,7 @@ class ProcWatch(threading.Thread):
         self.sample()
         with self._lock:
             return {
-                pid: Mem(m.name, m.max_rss, m.hwm, m.anon, m.file, proc_pss(pid), m.alive)
+                pid: Mem(m.name, m.max_rss, m.rss, m.hwm, m.anon, m.file, proc_pss(pid), m.alive)
                 for pid, m in self.mem.items()
                 if m.hwm or m.max_rss
             }

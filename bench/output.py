@@ -306,7 +306,7 @@ async def _main(cfg: OutputConfig, tmp: Path) -> Results:
         warm = {"job_id": "bench-job", "execution_id": f"{RUN_TOKEN}-warm", "engine": engine}
         await bench.client.run(RunCommandRequest.model_validate(warm))
         idle = bench.watch.snapshot()
-        log("output: node idle: " + ", ".join(f"{m.name} RSS {m.max_rss / 1024:.1f} MiB" for m in idle.values()))
+        log("output: node idle: " + ", ".join(f"{m.name} RSS {m.rss / 1024:.1f} MiB" for m in idle.values()))
         cases = [short_lines(cfg.size), long_lines(cfg.size, cfg.long_lines)]
         node, floor = await bench.measure(cases)
         end = bench.watch.snapshot()

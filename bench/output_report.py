@@ -89,7 +89,7 @@ def report(res: Results) -> tuple[str, list[list[str]]]:
         "",
         _runs_table(res),
         "",
-        "**Memory of the node's processes** (MiB): idle = after start-up and one `true` job; end = after the "
+        "**Memory of the node's processes** (MiB): idle RSS = after start-up and one `true` job; end = after the "
         "measured runs (RssAnon: the process's own heap; RssFile: mapped files, shared libraries included; PSS: "
         "shared pages divided among the processes that share them, so the PSS sum does not count them twice):",
         "",
@@ -148,12 +148,12 @@ def _memory_table(idle: dict[int, Mem], end: dict[int, Mem]) -> str:
         i = idle.get(pid)
         name = f"{m.name} (pid {pid})" if m.alive else f"{m.name} (pid {pid}, exited: not summed)"
         cells = [_mib(m.hwm), _mib(m.anon), _mib(m.file), _mib(m.pss)] if m.alive else [_mib(m.hwm), "", "", ""]
-        rows.append([name, _mib(i.max_rss) if i else "(not running)", *cells])
+        rows.append([name, _mib(i.rss) if i else "(not running)", *cells])
     live = [m for m in end.values() if m.alive]
     rows.append(
         [
             "**sum**",
-            _mib(sum(m.max_rss for m in idle.values() if m.alive)),
+            _mib(sum(m.rss for m in idle.values() if m.alive)),
             f"**{_mib(sum(m.hwm for m in live))}**",
             _mib(sum(m.anon for m in live)),
             _mib(sum(m.file for m in live)),
