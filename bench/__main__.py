@@ -9,7 +9,7 @@ import time
 
 from bench import common, profiling
 
-ORDER = ("e2e", "output")
+ORDER = ("e2e", "output", "cluster")
 MiB = 1024 * 1024
 
 
@@ -22,7 +22,7 @@ def _positive(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("benchmarks", nargs="*", metavar="{e2e,output}", help="which to run (default: all)")
+    parser.add_argument("benchmarks", nargs="*", metavar="{e2e,output,cluster}", help="which to run (default: all)")
     parser.add_argument(
         "--profile",
         choices=("auto", "always", "never"),
@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-write", action="store_true", help="print the results; leave RESULTS.md and bench/profiles/ alone"
     )
+    parser.add_argument("--asks", type=_positive, default=1000, help="cluster: bid round trips (default 1000)")
+    parser.add_argument("--cluster-jobs", type=_positive, default=30, help="cluster: no-op jobs per round (30)")
     args = parser.parse_args(argv)
     unknown = [b for b in args.benchmarks if b not in ORDER]
     if unknown:
@@ -87,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
                     node_env=dict(item.split("=", 1) for item in args.node_env),
                 )
                 sections["output"], _ = output.run(ocfg)
+            if "cluster" in chosen:
+                from bench import cluster
+
+                ccfg = cluster.ClusterConfig(asks=args.asks, jobs=args.cluster_jobs)
+                sections["cluster"] = asyncio.run(cluster.run(ccfg))
         finally:
             left = common.remove_bench_containers()
             if left:
