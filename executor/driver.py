@@ -92,6 +92,10 @@ class ContainerHandle(Protocol):
         """Remove the container; False when it was already gone."""
         ...
 
+    async def health(self) -> str | None:
+        """The image's own HEALTHCHECK status ("starting", "healthy", "unhealthy"); None without one."""
+        ...
+
 
 class Driver(Protocol):
     """What the runner needs from an engine."""
@@ -118,9 +122,16 @@ class Driver(Protocol):
     async def prepare_image(self, request: RunCommandRequest, progress: ProgressSink) -> ImageReady: ...
 
     async def create(
-        self, request: RunCommandRequest, volumes: list[InputVolume], writer: LogWriter, *, stop_signal: str
+        self,
+        request: RunCommandRequest,
+        volumes: list[InputVolume],
+        writer: LogWriter,
+        *,
+        stop_signal: str,
+        attempt: int = 1,
     ) -> ContainerHandle:
-        """Create the execution's container (not started), its output bound for ``writer``."""
+        """Create the execution's container (not started), its output bound for ``writer``; a service's ports
+        published as its request says (host ports chosen by the node), labelled with the ``attempt``."""
         ...
 
     async def resume(self, record: ExecutionRecord, writer: LogWriter | None) -> ContainerHandle | ExitStatus:

@@ -50,9 +50,11 @@ from haddock.node.bidding import (
 )
 from haddock.node.capacity import CapacityExhausted, CapacityManager, CapacitySnapshot, QueuePosition
 from haddock.node.client import NodeInfo
+from haddock.node.client._info import ServiceInfo
 from haddock.node.config import OnShutdown, Settings
 from haddock.node.events import EventHub
 from haddock.node.housekeeping import Housekeeping
+from haddock.node.ports import PortAllocator
 from haddock.node.store import ExecutionStore, store_path
 from haddock.storage import StorageRegistry, build_registry
 from haddock.storage.hooks import RegistryPreparer, RegistryPublisher
@@ -97,6 +99,10 @@ class Node:
         self._recovered = asyncio.Event()  # set once unfinished executions are back with the executor
         cap = settings.capacity
         self.capacity = CapacityManager(Resources(), max_running=cap.max_running, max_queued=cap.max_queued)
+        services = settings.services
+        self.ports = PortAllocator(*services.port_range, services.publish_address)
+        self.capacity.on_release(self.ports.release)  # a service's ports go when its resources do
+        self.gateway_address = ""  # set by the server when it runs the gateway
         self.admission = Admission(self.capacity, executor, store, events)
         self.housekeeping = Housekeeping(settings, executor, store, live=self._unfinished_in_memory)
         self.chains = build_chain(
@@ -151,6 +157,8 @@ class Node:
         self.capacity.set_capacity(await self.detect_capacity())
         self.events.start()
         unfinished = await self.store.non_terminal()
+        for r in unfinished:
+            self.ports.restore(r.request)  # a service keeps its ports across a restart of the node
         queued = [r for r in unfinished if r.state is ExecutionState.QUEUED]
         others = [r for r in unfinished if r.state is not ExecutionState.QUEUED]
         for r in others:
@@ -316,6 +324,9 @@ class Node:
             await self.check_addresses(prepared)
         except AddressRefused as exc:
             return BidResult.no(str(exc))
+        refusal = self.ports.refusal(prepared, usage=False)
+        if refusal is not None:
+            return BidResult.no(refusal)
         return await self.chains.semantic.bid(await self._bid_context(prepared, request.resources))
 
     async def should_bid_based_on_usage(self, request: RunCommandRequest, usage: Resources | None) -> BidResult:
@@ -331,6 +342,9 @@ class Node:
         bid = await self.executor.should_bid_based_on_usage(prepared, usage)
         if not bid.should_bid:
             return bid
+        refusal = self.ports.refusal(prepared)
+        if refusal is not None:
+            return BidResult.no(refusal)
         return await self.chains.resource.bid(await self._bid_context(prepared, usage))
 
     async def start(self, request: RunCommandRequest, *, queue: bool = False, priority: int = 0) -> RunCommandRequest:
@@ -352,7 +366,12 @@ class Node:
             raise ExecutionAlreadyStarted(exec_id)
         self.executor.check(prepared)  # what the executor would refuse is refused now, not after queueing
         await self.check_addresses(prepared)
-        await self.admission.admit(prepared, queue=queue, priority=priority)
+        prepared = self.ports.allocate(prepared)  # a service's host ports: the node's choice, recorded in it
+        try:
+            await self.admission.admit(prepared, queue=queue, priority=priority)
+        except BaseException:
+            self.ports.release(exec_id)
+            raise
         return prepared
 
     def queue_position(self, execution_id: str) -> QueuePosition | None:
@@ -447,7 +466,20 @@ class Node:
             free=_free(snap.capacity, snap),
             running=snap.running,
             queued_count=snap.queued_count,
+            services=self.services(),
+            port_range=(self.ports.start, self.ports.end),
+            ports_in_use=self.ports.in_use,
+            gateway_address=self.gateway_address,
         )
+
+    def services(self) -> builtins.list[ServiceInfo]:
+        """Service executions holding ports, and their states (live, else queued)."""
+        out = []
+        for held in self.ports.holders():
+            live = self._live(held.execution_id)
+            state = live.state if live is not None else ExecutionState.QUEUED
+            out.append(ServiceInfo(held.execution_id, held.service_name or "", state, list(held.ports)))
+        return out
 
     # ------------------------------------------------------------------ housekeeping and shutdown
 

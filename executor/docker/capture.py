@@ -45,6 +45,9 @@ class Capture:
         self.error = ""  # why some output is missing
         self.ended_at: float | None = None
         self.released = False  # the node let go of the container (a restart reattaches)
+        # Bytes per stream in the log before this container's output (a service's earlier attempts):
+        # the engine's log of this container holds only its own.
+        self.skip_base: dict[StreamType, int] = dict(writer.bytes_written) if writer is not None else {}
 
     async def read_attached(self, sock: socket.socket) -> None:
         """Read the attach stream into the log store until it ends.
@@ -113,7 +116,7 @@ class Capture:
         stream the bytes the node already has, following it while it runs."""
         writer = self.writer
         assert writer is not None
-        skip: dict[StreamType, int] = writer.bytes_written
+        skip = {k: max(0, v - self.skip_base.get(k, 0)) for k, v in writer.bytes_written.items()}
         response = client._get(
             client._url("/containers/{0}/logs", container_id),
             params={"stdout": 1, "stderr": 1, "follow": int(follow)},

@@ -179,6 +179,11 @@ class DockerHandle:
         except docker.errors.NotFound:
             return False
 
+    async def health(self) -> str | None:
+        health = (await self._state()).get("Health") or {}
+        status = health.get("Status")
+        return str(status) if status else None
+
     async def _state(self) -> dict[str, Any]:
         client = await self._engine.client_async()
         return dict((await self._engine.call(client.inspect_container, self._container_id)).get("State") or {})
