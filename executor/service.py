@@ -38,6 +38,7 @@ from haddock.executor.models import (
 from haddock.executor.prepare import prepare_image
 from haddock.executor.probes import Prober
 from haddock.executor.quantity import format_bytes, format_duration
+from haddock.executor.settle import decide_status
 from haddock.executor.supervise import supervise
 
 if TYPE_CHECKING:
@@ -137,13 +138,30 @@ class _Service:
                     outcome, ended = ended, None
                 verdict = self._verdict(handle, outcome, failure)
                 if verdict is not None:
-                    return verdict
+                    return await self._end(handle, verdict)
                 why = failure or _describe_exit(self.record, outcome)
                 handle = await self._restart(handle, why)
                 if handle is None:
                     return outcome, ResultStatus.CANCELLED
         finally:
             await self.prober.close()
+
+    async def _end(self, handle: ContainerHandle | None, verdict: Outcome) -> Outcome:
+        """The service ends: its status decided now, its last container removed before the result is
+        settled, so that its host ports are free on the host when the node gives them back."""
+        outcome, status = verdict
+        if status is None:
+            stop_reason = handle.stop_reason if handle is not None else None
+            status = decide_status(stop_reason, self.execution.output_cap_message, outcome)
+        if handle is not None and not self.execution.leave_container:
+            self.execution.handle = None
+            try:
+                if await handle.remove():
+                    self.runner._emit(self.record, EventKind.CLEANED_UP, "container removed")
+            except Exception as exc:
+                self.execution.handle = handle  # the runner's clean-up tries again
+                log.warning("could not remove container %s: %s", handle.container_id, exc)
+        return outcome, status
 
     def _verdict(self, handle: ContainerHandle | None, outcome: ExitStatus, failure: str) -> Outcome | None:
         """How the service ends after its container did, or None to restart it."""

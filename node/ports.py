@@ -181,6 +181,8 @@ class PortAllocator:
     def _busy_on_host(self, port: int) -> bool:
         family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
         with contextlib.closing(socket.socket(family, socket.SOCK_STREAM)) as sock:
+            # As a server binds (docker-proxy does): closed connections in TIME_WAIT do not count, a listener does.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((self.address, port))
             except OSError as exc:

@@ -385,6 +385,10 @@ class Node:
             q = self.admission.get(execution_id)
             return q.record if q is not None else None
 
+    def live_record(self, execution_id: str) -> ExecutionRecord | None:
+        """The record of an execution the node runs or queues now (None: finished, or unknown)."""
+        return self._live(execution_id)
+
     def _unfinished_in_memory(self, execution_id: str) -> bool:
         live = self._live(execution_id)
         return live is not None and live.result is None
