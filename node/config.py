@@ -116,7 +116,7 @@ class ServicesSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     publish_address: str = Field(default="127.0.0.1", description="the host address services' ports are published on")
-    port_range: tuple[int, int] = Field(default=(30000, 30999), description="host ports for services, inclusive")
+    port_range: str = Field(default="30000-30999", description="host ports for services, FIRST-LAST inclusive")
     gateway_listen: str | None = Field(default=None, description="HOST:PORT of the HTTP gateway; unset: no gateway")
     gateway_connect_timeout: DurationSeconds = Field(default=5.0, gt=0, description="connecting to a service")
     gateway_read_timeout: DurationSeconds = Field(
@@ -134,21 +134,26 @@ class ServicesSettings(BaseModel):
 
     @field_validator("port_range", mode="before")
     @classmethod
-    def _range_text(cls, v: object) -> object:
-        if isinstance(v, str):
-            low, sep, high = v.partition("-")
-            if not sep or not low.strip().isdigit() or not high.strip().isdigit():
-                raise ValueError(f"services.port_range {v!r} must be FIRST-LAST, e.g. 30000-30999")
-            return (int(low), int(high))
+    def _range_pair(cls, v: object) -> object:
+        if isinstance(v, list | tuple) and len(v) == 2:
+            return f"{v[0]}-{v[1]}"
         return v
 
     @field_validator("port_range")
     @classmethod
-    def _range(cls, v: tuple[int, int]) -> tuple[int, int]:
-        low, high = v
-        if not 1 <= low <= high <= 65535:
-            raise ValueError(f"services.port_range {low}-{high} must be within 1-65535, first <= last")
-        return v
+    def _range(cls, v: str) -> str:
+        low, sep, high = v.partition("-")
+        if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+            raise ValueError(f"services.port_range {v!r} must be FIRST-LAST, e.g. 30000-30999")
+        if not 1 <= int(low) <= int(high) <= 65535:
+            raise ValueError(f"services.port_range {v!r} must be within 1-65535, first <= last")
+        return f"{int(low)}-{int(high)}"
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        """The range as (first, last)."""
+        low, _, high = self.port_range.partition("-")
+        return int(low), int(high)
 
     @field_validator("gateway_listen")
     @classmethod

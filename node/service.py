@@ -100,7 +100,7 @@ class Node:
         cap = settings.capacity
         self.capacity = CapacityManager(Resources(), max_running=cap.max_running, max_queued=cap.max_queued)
         services = settings.services
-        self.ports = PortAllocator(*services.port_range, services.publish_address)
+        self.ports = PortAllocator(*services.ports, services.publish_address)
         self.capacity.on_release(self.ports.release)  # a service's ports go when its resources do
         self.gateway_address = ""  # set by the server when it runs the gateway
         self.admission = Admission(self.capacity, executor, store, events)

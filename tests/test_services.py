@@ -345,3 +345,68 @@ async def test_gateway_streams_large_bodies(service_node: NodeFactory, docker_cl
                 proxied = await resp.read()
         assert proxied == direct and len(direct) == 8 * 1024 * 1024
         await client.cancel(request.execution_id)
+
+
+async def test_kill_9_with_three_ready_services_takes_them_back_on_the_same_ports(
+    tmp_path: Path, docker_client: docker.DockerClient, busybox_image: str
+) -> None:
+    from tests.support.daemon import Daemon, free_port
+
+    node = f"svc-{uuid.uuid4().hex[:8]}"
+    low, high = port_block(4)
+    gateway = f"127.0.0.1:{free_port()}"
+    daemon = Daemon(
+        node,
+        tmp_path / "data",
+        tmp_path / "daemon.log",
+        env={
+            "HADDOCK_ON_SHUTDOWN": "stop",
+            "HADDOCK_DOCKER__STOP_GRACE": "2s",
+            "HADDOCK_SERVICES__PORT_RANGE": f"{low}-{high}",
+            "HADDOCK_SERVICES__GATEWAY_LISTEN": gateway,
+        },
+    )
+    requests = [service(name="trio") for _ in range(3)]
+    vanishing = service(restart={"policy": "on-failure", "backoff_initial": "50ms"})
+    labelled = {"label": f"haddock.node-id={node}"}
+    try:
+        await daemon.start()
+        async with NodeClient(daemon.address) as client:
+            for r in [*requests, vanishing]:
+                await client.start(r)
+            for r in [*requests, vanishing]:
+                assert (await client.wait_ready(r.execution_id)).ready
+            ports = {r.execution_id: await published_port(client, r.execution_id) for r in requests}
+            vanishing_port = await published_port(client, vanishing.execution_id)
+        await daemon.kill()
+        docker_client.containers.get(f"haddock-{node}-{vanishing.execution_id}").remove(force=True)
+        containers = {c.id for c in docker_client.containers.list(filters=labelled)}
+        assert len(containers) == 3
+
+        await daemon.start()
+        async with NodeClient(daemon.address) as client:
+            for r in requests:
+                assert (await client.wait_ready(r.execution_id)).ready
+                assert await published_port(client, r.execution_id) == ports[r.execution_id]
+                kinds = [e["kind"] for e in await events(client, r.execution_id)]
+                assert "recovered" in kinds and kinds.count("started") == 1
+                assert await get(f"http://{gateway}/exec/{r.execution_id}/") == (200, f"page-{r.execution_id}\n")
+            # The one whose container vanished is restarted under its policy, on its port.
+            assert (await client.wait_ready(vanishing.execution_id)).ready
+            assert await published_port(client, vanishing.execution_id) == vanishing_port
+            restarted = [e for e in await events(client, vanishing.execution_id) if e["kind"] == "restarting"]
+            assert len(restarted) == 1 and "removed while the node was down" in restarted[0]["message"]
+            await client.cancel(vanishing.execution_id)
+            assert {c.id for c in docker_client.containers.list(filters=labelled)} == containers
+            info = await client.node_info()
+            assert info.ports_in_use == 3 and {s.execution_id for s in info.services} == set(ports)
+            pages = {(await get(f"http://{gateway}/svc/trio/"))[1] for _ in range(3)}
+            assert pages == {f"page-{r.execution_id}\n" for r in requests}
+            for r in requests:
+                done = await client.cancel(r.execution_id)
+                assert done.result.status is ResultStatus.CANCELLED
+        assert await daemon.terminate() == 0
+    finally:
+        await daemon.kill()
+        for c in docker_client.containers.list(all=True, filters=labelled):
+            c.remove(force=True)
