@@ -1,4 +1,4 @@
-"""``python -m bench [e2e] [output]``: run the benchmarks, write bench/RESULTS.md."""
+"""``python -m bench [e2e] [output] [gateway]``: run the benchmarks, write bench/RESULTS.md."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import time
 
 from bench import common
 
-ORDER = ("e2e", "output")
+ORDER = ("e2e", "output", "gateway")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("benchmarks", nargs="*", metavar="{e2e,output}", help="which to run (default: all)")
+    parser.add_argument("benchmarks", nargs="*", metavar="{e2e,output,gateway}", help="which to run (default: all)")
     parser.add_argument(
         "--profile",
         choices=("auto", "always", "never"),
@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="HADDOCK_X=Y",
         help="output: extra setting for the node process (an experiment, e.g. HADDOCK_DOCKER__LOG_DRIVER=none)",
     )
+    parser.add_argument("--gw-clients", type=int, default=50, help="gateway: concurrent clients (default 50)")
+    parser.add_argument("--gw-seconds", type=float, default=5.0, help="gateway: seconds per phase (default 5)")
+    parser.add_argument("--gw-rounds", type=int, default=3, help="gateway: phases per side (default 3)")
     parser.add_argument("--no-write", action="store_true", help="print the results, leave RESULTS.md alone")
     args = parser.parse_args(argv)
     unknown = [b for b in args.benchmarks if b not in ORDER]
@@ -66,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
                     node_env=node_env,
                 )
                 sections["output"] = output.run(ocfg)
+            if "gateway" in chosen:
+                from bench import gateway
+
+                gcfg = gateway.GatewayConfig(clients=args.gw_clients, seconds=args.gw_seconds, rounds=args.gw_rounds)
+                sections["gateway"] = gateway.run(gcfg)
         finally:
             left = common.remove_bench_containers()
             if left:

@@ -35,7 +35,6 @@ __all__ = ["Gateway", "Target"]
 
 log = logging.getLogger(__name__)
 
-CHUNK = 64 * 1024
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
@@ -265,7 +264,7 @@ class Gateway:
             response.content_length = upstream.content_length
         try:
             await response.prepare(request)
-            async for chunk in upstream.content.iter_chunked(CHUNK):
+            async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
             await response.write_eof()
         except (aiohttp.ClientError, TimeoutError, ConnectionResetError, asyncio.IncompleteReadError) as exc:
