@@ -9,6 +9,7 @@ probe sees what the gateway and clients see.
 from __future__ import annotations
 
 import asyncio
+import errno
 from dataclasses import dataclass
 
 import aiohttp
@@ -76,6 +77,12 @@ class Prober:
             else:
                 reason = exc.os_error.strerror if exc.os_error and exc.os_error.strerror else str(exc)
             return ProbeResult(False, f"GET {url}: {reason}")
+        except aiohttp.ServerDisconnectedError:
+            return ProbeResult(False, f"GET {url}: the connection was closed without an answer")
+        except aiohttp.ClientOSError as exc:
+            if isinstance(exc.__cause__, ConnectionResetError) or exc.errno == errno.ECONNRESET:
+                return ProbeResult(False, f"GET {url}: the connection was reset")
+            return ProbeResult(False, f"GET {url}: {exc.strerror or exc}")
         except (aiohttp.ClientError, OSError) as exc:
             return ProbeResult(False, f"GET {url}: {type(exc).__name__}: {exc}".rstrip(": "))
 

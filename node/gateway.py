@@ -93,6 +93,9 @@ class Gateway:
         self._turns: dict[str, itertools.count[int]] = {}
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.gateway_connect_timeout, sock_read=settings.gateway_read_timeout
+        )
         self.address = ""
 
     # ------------------------------------------------------------------ lifecycle
@@ -215,11 +218,6 @@ class Gateway:
         headers["X-Forwarded-Proto"] = request.scheme
         path = request.match_info.get("path", "")
         body = request.content if request.body_exists else None
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=self.settings.gateway_connect_timeout,
-            sock_read=self.settings.gateway_read_timeout,
-        )
         last_error = ""
         for target in targets:
             try:
@@ -229,7 +227,7 @@ class Gateway:
                     headers=headers,
                     data=body,
                     allow_redirects=False,
-                    timeout=timeout,
+                    timeout=self._timeout,
                 )
             except aiohttp.ClientConnectorError as exc:
                 # Nothing was sent: the next ready execution of the service may answer.
