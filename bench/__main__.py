@@ -1,4 +1,4 @@
-"""``python -m bench [e2e] [output] [gateway]``: run the benchmarks, write bench/RESULTS.md."""
+"""``python -m bench [e2e] [output] [cluster] [gateway]``: run the benchmarks, write bench/RESULTS.md."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import time
 
 from bench import common
 
-ORDER = ("e2e", "output", "gateway")
+ORDER = ("e2e", "output", "cluster", "gateway")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("benchmarks", nargs="*", metavar="{e2e,output,gateway}", help="which to run (default: all)")
+    parser.add_argument(
+        "benchmarks", nargs="*", metavar="{e2e,output,cluster,gateway}", help="which to run (default: all)"
+    )
     parser.add_argument(
         "--profile",
         choices=("auto", "always", "never"),
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         metavar="HADDOCK_X=Y",
         help="output: extra setting for the node process (an experiment, e.g. HADDOCK_DOCKER__LOG_DRIVER=none)",
     )
+    parser.add_argument("--asks", type=int, default=1000, help="cluster: bid round trips (default 1000)")
+    parser.add_argument("--cluster-jobs", type=int, default=30, help="cluster: no-op jobs per round (default 30)")
     parser.add_argument("--gw-clients", type=int, default=50, help="gateway: concurrent clients (default 50)")
     parser.add_argument("--gw-seconds", type=float, default=5.0, help="gateway: seconds per phase (default 5)")
     parser.add_argument("--gw-rounds", type=int, default=3, help="gateway: phases per side (default 3)")
@@ -69,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
                     node_env=node_env,
                 )
                 sections["output"] = output.run(ocfg)
+            if "cluster" in chosen:
+                from bench import cluster
+
+                ccfg = cluster.ClusterConfig(asks=args.asks, jobs=args.cluster_jobs)
+                sections["cluster"] = asyncio.run(cluster.run(ccfg))
             if "gateway" in chosen:
                 from bench import gateway
 

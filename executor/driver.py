@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from haddock.executor.logstore import LogWriter
-from haddock.executor.models import BidResult, ExecutionRecord, InputVolume, Resources, RunCommandRequest
+from haddock.executor.models import BidResult, ExecutionRecord, InputVolume, Resources, RunCommandRequest, StreamType
+from haddock.executor.results import CapturedFile
 
 __all__ = ["ContainerHandle", "Driver", "ExitStatus", "ImageReady", "ProgressSink"]
 
@@ -40,6 +41,9 @@ class ExitStatus:
     error: str = ""  # the container could not be followed to its end (why)
     capture_error: str = ""  # some output is missing (why)
     output_recovered: bool = False  # a cut stream was completed from the engine's own log
+    captured: dict[StreamType, CapturedFile] | None = None  # results files the capture filled (no second copy)
+    stdout_bytes: int | None = None  # bytes of each stream, as far as the capture knows
+    stderr_bytes: int | None = None
 
 
 class ContainerHandle(Protocol):
@@ -92,6 +96,11 @@ class ContainerHandle(Protocol):
         """Remove the container; False when it was already gone."""
         ...
 
+    async def take_log(self) -> LogWriter | None:
+        """After the exit of a service's container (whose log :meth:`finish` leaves open): the execution's
+        log, open for appending here, for the next attempt; None when it cannot be had."""
+        ...
+
     async def health(self) -> str | None:
         """The image's own HEALTHCHECK status ("starting", "healthy", "unhealthy"); None without one."""
         ...
@@ -134,6 +143,11 @@ class Driver(Protocol):
         published as its request says (host ports chosen by the node), labelled with the ``attempt``."""
         ...
 
+    async def held_logs(self) -> set[str]:
+        """Executions whose log another process of this driver still writes (e.g. a capture process that
+        outlived the node): the runner must not open those logs; it passes ``writer=None`` to :meth:`resume`."""
+        ...
+
     async def resume(self, record: ExecutionRecord, writer: LogWriter | None) -> ContainerHandle | ExitStatus:
         """Take back the container of an execution a previous life of the node left unfinished: a handle
         whose output goes on into ``writer`` (None: all output was captured already), or how it ended
@@ -142,6 +156,11 @@ class Driver(Protocol):
 
     def describe_failure(self, exc: BaseException) -> str:
         """A message for people about an error this driver raised."""
+        ...
+
+    def explain_exit(self, exit_code: int, stderr_head: bytes) -> str | None:
+        """Why the job's process ended this way when the engine, not the job, says so (e.g. the command is not
+        in the image), from the exit code and the first bytes of stderr; None when it is the job's own exit."""
         ...
 
     async def containers(self) -> dict[str, dict[str, Any]]:

@@ -30,6 +30,7 @@ from haddock.executor.errors import (
     ExecutorShuttingDown,
     InvalidSpec,
 )
+from haddock.executor.logcap import LogCap
 from haddock.executor.logstore import LogEntry, LogStore, LogWriter
 from haddock.executor.models import (
     BidResult,
@@ -64,6 +65,11 @@ class RunnerConfig:
     log_dir: Path
     default_output_cap: int = 10 * GiB  # what a job may write to its outputs when it sets no disk resource
     max_finished_records: int = 10_000  # finished executions kept in memory (the node persists them)
+    log_max_per_execution: int | None = None  # one execution's log file (None: its output limits plus framing)
+    log_max_live: int | None = None  # the logs being written, together (None: no bound)
+
+    def log_cap(self, request: RunCommandRequest) -> LogCap:
+        return LogCap.for_limits(request.output_limits, self.log_max_per_execution)
 
 
 @dataclass
@@ -96,7 +102,7 @@ class Runner:
     ) -> None:
         self.driver = driver
         self.config = config
-        self.logs = LogStore(config.log_dir)
+        self.logs = LogStore(config.log_dir, max_live_bytes=config.log_max_live)
         self._event_sink = event_sink
         self._input_preparer = input_preparer
         self._result_publisher = result_publisher
@@ -151,7 +157,7 @@ class Runner:
         record = ExecutionRecord(request=request)
         self._records[exec_id] = record
         try:
-            writer = await asyncio.to_thread(self.logs.create, exec_id)
+            writer = await asyncio.to_thread(self.logs.create, exec_id, self.config.log_cap(request))
         except FileExistsError:
             self._records.pop(exec_id, None)
             raise ExecutionAlreadyComplete(exec_id, "an execution with this id already ran on this node") from None
@@ -274,18 +280,22 @@ class Runner:
         status collected; a missing one ends the execution with a clear message. Results are then
         written as usual. Returns once every execution is registered (``wait`` works on them).
         """
+        held = await self.driver.held_logs()
         for record in records:
             exec_id = record.execution_id
             if exec_id in self._records:
                 continue
             record.result = None
             writer: LogWriter | None
-            if not self.logs.exists(exec_id):
-                writer = await asyncio.to_thread(self.logs.create, exec_id)
+            cap = self.config.log_cap(record.request)
+            if exec_id in held:
+                writer = None  # another process of the driver writes it (see Driver.held_logs)
+            elif not self.logs.exists(exec_id):
+                writer = await asyncio.to_thread(self.logs.create, exec_id, cap)
             elif self.logs.is_complete(exec_id):
                 writer = None  # all output was captured before the node went down
             else:
-                writer = await asyncio.to_thread(self.logs.open_append, exec_id)
+                writer = await asyncio.to_thread(self.logs.open_append, exec_id, cap)
             execution = Execution(record=record, done=asyncio.get_running_loop().create_future(), writer=writer)
             # Registered together, with no await between: a record is never seen without its execution.
             self._records[exec_id] = record

@@ -23,6 +23,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from haddock.executor.driver import ContainerHandle, ExitStatus
+from haddock.executor.errors import ExecutorError
 from haddock.executor.models import (
     EventKind,
     ExecutionRecord,
@@ -223,9 +224,21 @@ class _Service:
         if handle is not None:
             execution.handle = None  # between containers: a cancel is not "too late"
             try:
+                execution.writer = await handle.take_log()  # the log goes on with the next attempt
+            except Exception as exc:
+                log.warning("could not take the log of %s back: %s", record.execution_id, exc)
+                execution.writer = None
+            try:
                 await handle.remove()
             except Exception as exc:
                 log.warning("could not remove container %s: %s", handle.container_id, exc)
+        elif execution.writer is None:  # taken back after a restart of the node, its container gone
+            try:
+                execution.writer = await asyncio.to_thread(
+                    runner.logs.open_append, record.execution_id, runner.config.log_cap(record.request)
+                )
+            except Exception as exc:
+                log.warning("could not reopen the log of %s: %s", record.execution_id, exc)
         if await _cancelled_within(execution.cancel_event, delay):
             return None
         if self.stop_signal is None:  # taken back after a restart of the node: image and inputs again
@@ -235,9 +248,11 @@ class _Service:
                 await runner._prepare_inputs(execution, runner._input_preparer)
                 assert execution.prepared_inputs is not None
                 self.volumes = execution.prepared_inputs.volumes
-        writer = execution.writer
-        if writer is None or execution.cancel_event.is_set():
+        if execution.cancel_event.is_set():
             return None
+        writer = execution.writer
+        if writer is None:
+            raise ExecutorError("the service could not be restarted: its log could not be reopened")
         self.attempt = number + 1
         marker = f"--- haddock: restart {number}, attempt {self.attempt}: {why} ---\n".encode()
         writer.write(StreamType.STDOUT, marker)

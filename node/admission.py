@@ -18,6 +18,7 @@ from haddock.executor.models import (
     ExecutionEvent,
     ExecutionRecord,
     ExecutionState,
+    Resources,
     ResultStatus,
     RunCommandRequest,
     RunCommandResult,
@@ -65,12 +66,15 @@ class Admission:
     def position(self, execution_id: str) -> QueuePosition | None:
         return self.capacity.position(execution_id) if execution_id in self._queued else None
 
-    async def admit(self, prepared: RunCommandRequest, *, queue: bool, priority: int) -> None:
+    async def admit(
+        self, prepared: RunCommandRequest, *, queue: bool, priority: int, usage: Resources | None = None
+    ) -> None:
         """Run it now if it fits, else queue it (``queue``) or refuse it (RESOURCE_EXHAUSTED).
+        ``usage``: what it holds (default: its resources; the node counts its inputs in ``disk``).
         Returns once it is durably recorded, running or queued."""
         exec_id = prepared.execution_id
         admission = asyncio.create_task(
-            self.capacity.acquire(exec_id, prepared.resources, queue=queue, priority=priority)
+            self.capacity.acquire(exec_id, usage or prepared.resources, queue=queue, priority=priority)
         )
         await asyncio.sleep(0)  # admission runs to its end, or to its first wait in the queue
         if admission.done():

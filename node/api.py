@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import grpc
 from pydantic import ValidationError
 
-from haddock.executor.errors import ErrorCode, ExecutorError
+from haddock.executor.errors import ErrorCode, ExecutorError, clip, shown
 from haddock.executor.logstore import LogCorrupted, LogNotFound
 from haddock.executor.models import EventKind, ExecutionRecord
 from haddock.executor.quantity import QuantityError
@@ -38,7 +38,13 @@ _CODES = {
 
 
 def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and message for an error raised while serving a call."""
+    """The status code and message for an error raised while serving a call; the message under 1 KiB, whatever
+    the request echoed into it (gRPC carries it in a header)."""
+    code, message = _status(exc)
+    return code, clip(message)
+
+
+def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, ExecutorError):
         return _CODES[exc.code], exc.message
     if isinstance(exc, ValidationError):
@@ -46,7 +52,7 @@ def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, QuantityError | convert.ConversionError):
         return grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {exc}"
     if isinstance(exc, LogNotFound):
-        return grpc.StatusCode.NOT_FOUND, f"no logs for execution {exc.execution_id!r} on this node"
+        return grpc.StatusCode.NOT_FOUND, f"no logs for execution {shown(exc.execution_id)} on this node"
     if isinstance(exc, LogCorrupted):
         return grpc.StatusCode.DATA_LOSS, str(exc)
     if isinstance(exc, ValueError):

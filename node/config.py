@@ -24,7 +24,10 @@ from pydantic_settings import (
 
 from haddock.executor.docker.config import DockerConfig
 from haddock.executor.models import ByteQuantity, CpuQuantity, DurationSeconds
+from haddock.executor.quantity import format_bytes
 from haddock.node.bidding import BiddingSettings
+from haddock.node.client import wire
+from haddock.node.cluster.config import ClusterSettings
 from haddock.storage.config import StorageSettings
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
@@ -166,6 +169,32 @@ class ServicesSettings(BaseModel):
         return v
 
 
+class LimitsSettings(BaseModel):
+    """The most a requester may ask of the node's memory, store and disk for one execution's output."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_return_length: ByteQuantity = Field(
+        default=1024**2, ge=0, description="max_stdout_return_length / max_stderr_return_length at most"
+    )
+    max_file_length: ByteQuantity = Field(
+        default=1024**3, ge=0, description="max_stdout_file_length / max_stderr_file_length at most"
+    )
+    log_max_bytes_per_execution: ByteQuantity | None = Field(
+        default=None, gt=0, description="one execution's log file; default: its two output limits plus framing"
+    )
+
+    @field_validator("max_return_length")
+    @classmethod
+    def _fits_a_message(cls, v: int) -> int:
+        if v > wire.MAX_INLINE_RETURN:
+            raise ValueError(
+                f"max_return_length {format_bytes(v)} is more than a result can carry "
+                f"(at most {format_bytes(wire.MAX_INLINE_RETURN)})"
+            )
+        return v
+
+
 class Settings(BaseSettings):
     """Everything an operator can set."""
 
@@ -185,6 +214,7 @@ class Settings(BaseSettings):
     auth_token: SecretStr | None = Field(default=None, description="bearer token clients must send")
     auth_token_file: Path | None = Field(default=None, description="file holding the bearer token")
     tls: TlsSettings = Field(default_factory=TlsSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     shutdown_grace: DurationSeconds = Field(default=10.0, description="how long in-flight calls get on SIGTERM")
     on_shutdown: OnShutdown = OnShutdown.LEAVE_RUNNING
     log_retention: DurationSeconds = Field(default=24 * 3600.0, description="logs are kept this long after the end")
@@ -201,6 +231,7 @@ class Settings(BaseSettings):
     bidding: BiddingSettings = Field(default_factory=BiddingSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings, description="join a Bacalhau network")
 
     @classmethod
     def settings_customise_sources(

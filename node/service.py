@@ -36,6 +36,7 @@ from haddock.executor.models import (
     ResultStatus,
     RunCommandRequest,
     RunCommandResult,
+    is_valid_id,
 )
 from haddock.executor.protocol import Executor
 from haddock.executor.publishers import S3PublisherSpec
@@ -43,24 +44,34 @@ from haddock.executor.quantity import format_duration
 from haddock.executor.sources import S3Source, UrlSource
 from haddock.node.admission import Admission, queued_priority
 from haddock.node.bidding import (
-    BidContext,
     build_chain,
     platform_from_engine_info,
     platform_from_image_inspect,
 )
-from haddock.node.capacity import CapacityExhausted, CapacityManager, CapacitySnapshot, QueuePosition
+from haddock.node.capacity import CapacityExhausted, CapacityManager, QueuePosition
 from haddock.node.client import NodeInfo
 from haddock.node.client._info import ServiceInfo
 from haddock.node.config import OnShutdown, Settings
 from haddock.node.events import EventHub
 from haddock.node.housekeeping import Housekeeping
+from haddock.node.policy import Policy, check_output_limits, free_of
 from haddock.node.ports import PortAllocator
 from haddock.node.store import ExecutionStore, store_path
 from haddock.storage import StorageRegistry, build_registry
 from haddock.storage.hooks import RegistryPreparer, RegistryPublisher
-from haddock.storage.netpolicy import AddressRefused, check_public
+from haddock.storage.netpolicy import check_public
 
 log = logging.getLogger(__name__)
+
+
+MAX_LIST = 1000
+"""ListExecutions answers at most this many executions."""
+
+
+def known_id(execution_id: str) -> None:
+    """Every call that names an execution checks its id the same way: one that cannot exist is not found."""
+    if not is_valid_id(execution_id):
+        raise ExecutionNotFound(execution_id)
 
 
 def new_execution_id() -> str:
@@ -105,6 +116,7 @@ class Node:
         self.gateway_address = ""  # set by the server when it runs the gateway
         self.admission = Admission(self.capacity, executor, store, events)
         self.housekeeping = Housekeeping(settings, executor, store, live=self._unfinished_in_memory)
+        self.policy = Policy(self)
         self.chains = build_chain(
             settings.bidding,
             image_platform_lookup=self._image_platform,
@@ -136,6 +148,8 @@ class Node:
             settings.docker,
             node_id=settings.node_id,
             log_dir=settings.log_dir,
+            log_max_per_execution=settings.limits.log_max_bytes_per_execution,
+            log_max_live=settings.log_max_bytes,
             event_sink=events,
             input_preparer=preparer,
             result_publisher=publisher,
@@ -242,6 +256,7 @@ class Node:
 
     async def watch(self, execution_id: str) -> AsyncIterator[ExecutionEvent]:
         """Events of an execution: those so far, then live ones until it ends (queued ones too)."""
+        known_id(execution_id)
         record = self._live(execution_id)
         if record is None:
             record = await self.get(execution_id)  # finished long ago: its history only
@@ -274,25 +289,8 @@ class Node:
                 "inputs: requesters may not bind host paths; use input_sources (a local source is limited "
                 "to the directories the operator allows)"
             )
+        check_output_limits(request.output_limits, self.settings.limits)
         return request.model_copy(update={"results_dir": self.settings.results_dir(request.execution_id)})
-
-    async def _bid_context(self, request: RunCommandRequest, usage: Resources) -> BidContext:
-        snap = self.capacity.snapshot()
-        sources = request.input_sources
-        local: bool | None = None
-        if sources and self.storage is not None:
-            try:
-                local = all([await self.storage.has_storage_locally(s) for s in sources])
-            except Exception:
-                local = None
-        return BidContext(
-            request=request,
-            usage=usage,
-            capacity=snap.capacity,
-            free=_free(snap.capacity, snap),
-            input_source_types=frozenset(s.type for s in sources),
-            inputs_local=local,
-        )
 
     async def check_addresses(self, request: RunCommandRequest) -> None:
         """URLs and S3 endpoints the requester names must be public addresses, unless the operator allows more."""
@@ -316,42 +314,18 @@ class Node:
 
     async def should_bid(self, request: RunCommandRequest) -> BidResult:
         """Semantic: the engine can run this kind of job, and the node's policy accepts it."""
-        prepared = self.prepare(request)
-        bid = await self.executor.should_bid(prepared)
-        if not bid.should_bid:
-            return bid
-        try:
-            await self.check_addresses(prepared)
-        except AddressRefused as exc:
-            return BidResult.no(str(exc))
-        refusal = self.ports.refusal(prepared, usage=False)
-        if refusal is not None:
-            return BidResult.no(refusal)
-        return await self.chains.semantic.bid(await self._bid_context(prepared, request.resources))
+        return await self.policy.should_bid(self.prepare(request))
 
     async def should_bid_based_on_usage(self, request: RunCommandRequest, usage: Resources | None) -> BidResult:
         """Resources: within per-job limits and what the node has free (running and queued count)."""
-        prepared = self.prepare(request)
-        usage = usage or request.resources
-        try:
-            input_bytes = await self.input_size(prepared)
-        except Exception as exc:  # an input that cannot be had: no bid, and why
-            return BidResult.no(str(exc))
-        if input_bytes:  # inputs count toward disk
-            usage = usage.model_copy(update={"disk": usage.disk + input_bytes})
-        bid = await self.executor.should_bid_based_on_usage(prepared, usage)
-        if not bid.should_bid:
-            return bid
-        refusal = self.ports.refusal(prepared)
-        if refusal is not None:
-            return BidResult.no(refusal)
-        return await self.chains.resource.bid(await self._bid_context(prepared, usage))
+        return await self.policy.should_bid_based_on_usage(self.prepare(request), usage)
 
     async def start(self, request: RunCommandRequest, *, queue: bool = False, priority: int = 0) -> RunCommandRequest:
         """Accept an execution; returns once it is durably recorded, running or queued.
 
-        Capacity is re-checked atomically: one that does not fit now waits in the queue
-        (``queue``) or is refused with RESOURCE_EXHAUSTED.
+        The operator's policy is enforced first, through the same chains as the bids (:mod:`node.policy`):
+        a refusal is FAILED_PRECONDITION with the bid's reason. Capacity is re-checked atomically: one that
+        does not fit now waits in the queue (``queue``) or is refused with RESOURCE_EXHAUSTED.
         """
         prepared = self.prepare(request)
         exec_id = prepared.execution_id
@@ -365,10 +339,10 @@ class Node:
         if self._live(exec_id) is not None or self.capacity.holds(exec_id) or self.capacity.position(exec_id):
             raise ExecutionAlreadyStarted(exec_id)
         self.executor.check(prepared)  # what the executor would refuse is refused now, not after queueing
-        await self.check_addresses(prepared)
+        usage = await self.policy.enforce(prepared)  # what a bid would refuse, refused with its reason
         prepared = self.ports.allocate(prepared)  # a service's host ports: the node's choice, recorded in it
         try:
-            await self.admission.admit(prepared, queue=queue, priority=priority)
+            await self.admission.admit(prepared, queue=queue, priority=priority, usage=usage)
         except BaseException:
             self.ports.release(exec_id)
             raise
@@ -394,6 +368,7 @@ class Node:
         return live is not None and live.result is None
 
     async def wait(self, execution_id: str) -> RunCommandResult:
+        known_id(execution_id)
         q = self.admission.get(execution_id)
         if q is not None:
             ended = await asyncio.shield(q.settled)
@@ -409,6 +384,7 @@ class Node:
         return record.result
 
     async def cancel(self, execution_id: str) -> RunCommandResult:
+        known_id(execution_id)
         q = self.admission.get(execution_id)
         if q is not None:
             return await self.admission.end_in_queue(
@@ -423,6 +399,7 @@ class Node:
         return await self.executor.wait(execution_id)
 
     async def get(self, execution_id: str) -> ExecutionRecord:
+        known_id(execution_id)
         live = self._live(execution_id)
         if live is not None:
             return live
@@ -432,6 +409,7 @@ class Node:
         return stored
 
     async def list(self, states: set[ExecutionState] | None = None, limit: int = 100) -> list[ExecutionRecord]:
+        limit = max(1, min(limit, MAX_LIST))
         merged = {r.execution_id: r for r in await self.store.list(states or None, limit=limit)}
         for r in [*self.executor.records(), *self.admission.records()]:  # fresher than persisted
             if not states or r.state in states:
@@ -442,6 +420,7 @@ class Node:
         return records[:limit]
 
     async def get_log_stream(self, execution_id: str, query: LogQuery | None = None) -> AsyncIterator[LogEntry]:
+        known_id(execution_id)
         if not self.executor.logs.exists(execution_id):
             if self._live(execution_id) is not None or await self.store.get(execution_id) is not None:
                 raise ExecutionNotFound(
@@ -467,7 +446,7 @@ class Node:
             capacity=snap.capacity,
             allocated=snap.allocated,
             queued=snap.queued,
-            free=_free(snap.capacity, snap),
+            free=free_of(snap),
             running=snap.running,
             queued_count=snap.queued_count,
             services=self.services(),
@@ -518,14 +497,3 @@ class Node:
             await self.storage.aclose()
         if self.publisher is not None:
             await self.publisher.aclose()
-
-
-def _free(capacity: Resources, snap: CapacitySnapshot) -> Resources:
-    """What is neither running nor queued, per dimension (0 where the capacity is unknown)."""
-    allocated, queued = snap.allocated, snap.queued
-    return Resources.model_construct(
-        cpu=max(0.0, capacity.cpu - allocated.cpu - queued.cpu),
-        memory=max(0, capacity.memory - allocated.memory - queued.memory),
-        disk=max(0, capacity.disk - allocated.disk - queued.disk),
-        gpu=max(0, capacity.gpu - allocated.gpu - queued.gpu),
-    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import requests.exceptions
 from haddock.executor.docker.config import DockerConfig
 from haddock.executor.docker.images import ImageError, ImageManager
 from haddock.executor.docker.stream import StreamProtocolError
-from haddock.executor.errors import EngineUnavailable, ExecutorError
+from haddock.executor.errors import EngineUnavailable, ExecutorError, shown
 
 __all__ = ["ENGINE_ERRORS", "Engine", "describe_failure"]
 
@@ -133,7 +134,8 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, ImageError | ExecutorError):
         return str(exc)
     if isinstance(exc, docker.errors.APIError):
-        return f"the Docker engine refused: {exc.explanation or exc}"
+        explanation = str(exc.explanation or exc)
+        return explain_exec_failure(explanation) or f"the Docker engine refused: {explanation}"
     if isinstance(exc, requests.exceptions.RequestException):
         return f"the Docker engine did not answer: {exc}"
     if isinstance(exc, StreamProtocolError):
@@ -143,3 +145,36 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
     return f"internal error: {exc!r}"
+
+
+# runc at start: exec: "foo": executable file not found in $PATH / exec: "/x": stat /x: no such file or directory
+_RUNC_NOT_FOUND = re.compile(r'exec: "([^"]*)": (?:executable file not found|stat [^:]*: no such file or directory)')
+_RUNC_NOT_EXECUTABLE = re.compile(r'exec: "([^"]*)": permission denied')
+# docker-init (tini, the engine's init) when the job's command cannot be executed
+_INIT_EXEC_FAILED = re.compile(
+    rb"^\[FATAL tini \(\d+\)\] exec (.*) failed: (No such file or directory|Permission denied)$"
+)
+
+
+def explain_exec_failure(engine_message: str) -> str | None:
+    """The job's command could not be executed, in words, from the runtime's error at start; else None."""
+    found = _RUNC_NOT_FOUND.search(engine_message)
+    if found:
+        return f"executable {shown(found.group(1))} not found in the image"
+    found = _RUNC_NOT_EXECUTABLE.search(engine_message)
+    if found:
+        return f"{shown(found.group(1))} in the image is not an executable (permission denied)"
+    return None
+
+
+def explain_init_exit(exit_code: int, stderr_head: bytes) -> str | None:
+    """With the engine's init, a command that cannot be executed is exit 127 (126) and one line on stderr."""
+    if exit_code not in (126, 127):
+        return None
+    found = _INIT_EXEC_FAILED.match(stderr_head.split(b"\n", 1)[0])
+    if found is None:
+        return None
+    command = found.group(1).decode("utf-8", "replace")
+    if found.group(2) == b"Permission denied":
+        return f"{shown(command)} in the image is not an executable (permission denied)"
+    return f"executable {shown(command)} not found in the image"

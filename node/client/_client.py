@@ -32,7 +32,7 @@ from haddock.executor.models import (
     RunCommandRequest,
     RunCommandResult,
 )
-from haddock.node.client import convert
+from haddock.node.client import convert, wire
 from haddock.node.client._info import NodeInfo
 from haddock.v1 import executor_pb2, executor_pb2_grpc, node_pb2, node_pb2_grpc
 
@@ -143,7 +143,7 @@ class NodeClient:
         self.address = address
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self._timeout = timeout
-        options = [("grpc.enable_retries", 1)]
+        options: list[tuple[str, int]] = [("grpc.enable_retries", 1), *wire.client_options()]
         if tls is not None:
             self._channel = grpc.aio.secure_channel(address, tls.credentials(), options=options)
         else:

@@ -4,6 +4,8 @@ The top-level app (``haddock.node.cli``) adds ``serve``; nothing here loads the 
 takes the connection options (``--node``, ``--token``, ``--tls-ca``, ``--tls-cert``, ``--tls-key``),
 declared once in :func:`connected`. Errors are one clear line on stderr, never a traceback.
 ``haddock run`` exits with the job's exit code, or 125 when the node could not run it (like ``docker run``).
+Every command exits 125 when the request is invalid or the node refuses it (INVALID_ARGUMENT,
+FAILED_PRECONDITION, RESOURCE_EXHAUSTED, ALREADY_EXISTS), and 1 for other failures (not found, unreachable).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
+import grpc
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -45,6 +48,16 @@ from haddock.node.client._tasks import Task, load_tasks
 from haddock.node.client.convert import validation_message
 
 EXIT_NODE_FAILED = 125
+"""The node could not or would not run it, or the request is invalid."""
+EXIT_FAILED = 1
+_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ALREADY_EXISTS,
+    }
+)
 _SVC = "Service options"
 
 app = typer.Typer(
@@ -152,20 +165,24 @@ def say(message: str) -> None:
     sys.stderr.flush()
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
+def fail(message: str, code: int = EXIT_NODE_FAILED) -> NoReturn:
+    """One line on stderr and exit: by default 125, for an invalid request."""
     say(message)
     raise typer.Exit(code)
 
 
-def _run(coro: Coroutine[Any, Any, T], error_exit: int = 1) -> T:
-    """Run a coroutine; turn every expected error into one line on stderr."""
+def _run(coro: Coroutine[Any, Any, T], error_exit: int = EXIT_FAILED) -> T:
+    """Run a coroutine; turn every expected error into one line on stderr. A refusal or an invalid request
+    exits 125, other failures ``error_exit``."""
     try:
         return asyncio.run(coro)
     except NodeError as exc:
-        fail(f"error: {exc.message} ({exc.code.name})", error_exit)
+        fail(f"error: {exc.message} ({exc.code.name})", EXIT_NODE_FAILED if exc.code in _REFUSALS else error_exit)
     except ValidationError as exc:
-        fail(validation_message(exc), error_exit)
-    except (QuantityError, ValueError, OSError) as exc:
+        fail(validation_message(exc))
+    except (QuantityError, ValueError) as exc:
+        fail(f"error: {exc}")
+    except OSError as exc:
         fail(f"error: {exc}", error_exit)
 
 
@@ -518,7 +535,7 @@ def bid(
     *,
     conn: Connection,
 ) -> None:
-    """Ask the node whether it would take a job, and why. Exit 0 for yes, 1 for no."""
+    """Ask the node whether it would take a job, and why. Exit 0 for yes, 1 for no, 125 for an invalid request."""
     argv = _job_args(args)
     try:
         request = build_request(

@@ -101,10 +101,14 @@ class ConversionError(ValueError):
 def validation_message(exc: ValidationError) -> str:
     """One line per problem: ``field.path: what is wrong``."""
     parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
+    errors = exc.errors()
+    for err in errors[:5]:
+        loc = ".".join(str(p)[:100] for p in err["loc"] if p != "__root__")
         msg = str(err["msg"]).removeprefix("Value error, ")
+        msg = msg if len(msg) <= 300 else msg[:300] + "…"
         parts.append(f"{loc}: {msg}" if loc else msg)
+    if len(errors) > 5:
+        parts.append(f"and {len(errors) - 5} more")
     return "invalid request: " + "; ".join(parts)
 
 
