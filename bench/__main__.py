@@ -1,4 +1,4 @@
-"""``python -m bench [e2e] [output]``: run the benchmarks, write bench/RESULTS.md."""
+"""``python -m bench [e2e] [output] [cluster] [gateway]``: run the benchmarks, write bench/RESULTS.md."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 from bench import common, profiling
 
-ORDER = ("e2e", "output", "cluster", "stats")
+ORDER = ("e2e", "output", "cluster", "stats", "gateway")
 MiB = 1024 * 1024
 
 
@@ -23,7 +23,7 @@ def _positive(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "benchmarks", nargs="*", metavar="{e2e,output,cluster,stats}", help="which to run (default: all)"
+        "benchmarks", nargs="*", metavar="{e2e,output,cluster,stats,gateway}", help="which to run (default: all)"
     )
     parser.add_argument(
         "--profile",
@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cluster-jobs", type=_positive, default=30, help="cluster: no-op jobs per round (30)")
     parser.add_argument("--stats-containers", type=_positive, default=50, help="stats: running containers (50)")
     parser.add_argument("--stats-seconds", type=float, default=30.0, help="stats: seconds per mode (30)")
+    parser.add_argument("--gw-clients", type=_positive, default=50, help="gateway: concurrent clients (default 50)")
+    parser.add_argument("--gw-seconds", type=float, default=5.0, help="gateway: seconds per phase (default 5)")
+    parser.add_argument("--gw-rounds", type=_positive, default=3, help="gateway: phases per side (default 3)")
     args = parser.parse_args(argv)
     unknown = [b for b in args.benchmarks if b not in ORDER]
     if unknown:
@@ -104,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
                 sections["stats"] = stats.run(
                     stats.StatsConfig(containers=args.stats_containers, seconds=args.stats_seconds)
                 )
+            if "gateway" in chosen:
+                from bench import gateway
+
+                gcfg = gateway.GatewayConfig(clients=args.gw_clients, seconds=args.gw_seconds, rounds=args.gw_rounds)
+                sections["gateway"] = gateway.run(gcfg)
         finally:
             left = common.remove_bench_containers()
             if left:
