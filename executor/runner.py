@@ -49,6 +49,7 @@ from haddock.executor.models import (
 from haddock.executor.prepare import prepare_image, prepare_inputs, unless_cancelled
 from haddock.executor.protocol import InputPreparer, JobBuilder, PreparedInputs, ResultPublisher
 from haddock.executor.quantity import GiB
+from haddock.executor.service import resume_service, run_service
 from haddock.executor.settle import finish
 from haddock.executor.stats import Stat, StatsAccumulator
 from haddock.executor.supervise import supervise
@@ -93,6 +94,7 @@ class Execution:
     stats: StatsAccumulator = field(default_factory=StatsAccumulator)  # resource use, summed up as sampled
     stdout_body: bytes | None = None  # a batch job's answer: the results' stdout (its output is the stderr)
     output_offset: int = 0  # where the container's output starts in the log (after a job's build output)
+    run_request: RunCommandRequest | None = None  # what the container is made from, when not the request (a job's)
 
 
 class Runner:
@@ -372,7 +374,9 @@ class Runner:
     def _set_state(self, record: ExecutionRecord, state: ExecutionState, **carried: Any) -> None:
         if record.state is not state:
             record.state = state
-            self._emit(record, EventKind.STATE, f"state: {state.value}", state=state.value, **carried)
+            reason = carried.get("reason")
+            message = f"state: {state.value}" + (f" ({reason})" if reason else "")
+            self._emit(record, EventKind.STATE, message, state=state.value, **carried)
 
     async def _execute(self, execution: Execution, *, recovered: bool = False) -> None:
         """The execution's task. Whatever happens, ``done`` is resolved and the container removed
@@ -423,13 +427,17 @@ class Runner:
         try:
             try:
                 resumed: ExitStatus | None = None
-                if recovered:
+                if recovered and record.request.is_service:
                     with tracer.start_as_current_span("resume"):
-                        resumed = await self._resume(execution)
-                if resumed is not None:
-                    outcome = resumed
-                else:  # a fresh execution, or one the node went down while preparing: prepared (again)
-                    outcome, status = await self._prepare_and_run(execution)
+                        outcome, status = await resume_service(self, execution)
+                else:
+                    if recovered:
+                        with tracer.start_as_current_span("resume"):
+                            resumed = await self._resume(execution)
+                    if resumed is not None:
+                        outcome = resumed
+                    else:  # a fresh execution, or one the node went down while preparing: prepared (again)
+                        outcome, status = await self._prepare_and_run(execution)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -515,6 +523,7 @@ class Runner:
         with tracer.start_as_current_span("run"):
             assert execution.writer is not None
             execution.output_offset = execution.writer.committed
+            execution.run_request = run_request
             volumes = execution.prepared_inputs.volumes if execution.prepared_inputs is not None else []
             handle = await self.driver.create(run_request, volumes, execution.writer, stop_signal=stop_signal)
             execution.handle = handle
@@ -523,10 +532,13 @@ class Runner:
                 return ExitStatus(), ResultStatus.CANCELLED
             await handle.start()
             record.started_at = utcnow()
-            self._set_state(record, ExecutionState.RUNNING)
+            service = record.request.is_service
+            self._set_state(record, ExecutionState.STARTING if service else ExecutionState.RUNNING)
             self._emit(record, EventKind.STARTED, "container started", container_id=handle.container_id)
             if record.request.job is not None and record.request.job.batch:
                 return await run_batch(self, execution, handle)
+            if service:
+                return await run_service(self, execution, handle, volumes=volumes, stop_signal=stop_signal)
             return await supervise(self, execution, handle, record.request.timeout), None
 
     async def _resume(self, execution: Execution) -> ExitStatus | None:
