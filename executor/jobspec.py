@@ -179,9 +179,9 @@ class JobManifest(_Strict):
                 if data.get("jobtype_extra"):
                     raise ValueError(f"{older}: give the job type's settings in 'jobtype_extra' only")
                 data["jobtype_extra"] = data.pop(older)
-        if "not_applied" in data:
-            raise ValueError("not_applied: is the node's report, not a manifest field")
-        data["not_applied"] = [f for f in CLUSTER_ONLY_FIELDS if data.pop(f, None) is not None]
+        reported = set(data.get("not_applied") or [])  # carried over the API, where those fields are not
+        reported |= {f for f in CLUSTER_ONLY_FIELDS if data.pop(f, None) is not None}
+        data["not_applied"] = sorted(reported)
         return data
 
     @field_validator("name")
@@ -310,9 +310,9 @@ def parse_manifest(text: str | bytes | dict[str, Any], *, where: str = "job.yaml
         raise ManifestError(f"{where}: {_field_errors(exc)}") from None
 
 
-def job_engine_image(manifest: JobManifest) -> str:
+def job_engine_image(name: str) -> str:
     """The image a job request names before its build (the build gives it its content-hash tag)."""
-    return f"haddock-job/{manifest.name}:unbuilt"
+    return f"haddock-job/{name if _NAME_RE.match(name) else 'unnamed'}:unbuilt"
 
 
 class JobSpec(_Strict):

@@ -207,6 +207,22 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         return convert.info_to_pb(await self.node.info())
 
     @unary
+    async def ListJobTypes(self, request: Any, context: Any) -> node_pb2.ListJobTypesResponse:
+        return node_pb2.ListJobTypesResponse(
+            job_types=[
+                node_pb2.JobType(
+                    name=p.name,
+                    version=p.version,
+                    url=p.url,
+                    base_image=base_image,
+                    single_template=p.single_template,
+                    directory=str(p.directory),
+                )
+                for p, base_image in self.node.job_types()
+            ]
+        )
+
+    @unary
     async def ListExecutions(self, request: Any, context: Any) -> node_pb2.ListExecutionsResponse:
         states = {convert.state_from_pb(s) for s in request.states}
         records = await self.node.list(states, limit=request.limit or 100)

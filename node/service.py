@@ -53,6 +53,7 @@ from haddock.node.config import OnShutdown, Settings
 from haddock.node.events import EventHub
 from haddock.node.housekeeping import Housekeeping
 from haddock.node.jobtypes.builder import JobTypeBuilder
+from haddock.node.jobtypes.plugins import JobTypePlugin
 from haddock.node.metrics import MetricsListener, NodeGauges, NodeMetrics
 from haddock.node.policy import Policy, check_output_limits, free_of
 from haddock.node.ports import PortAllocator
@@ -491,6 +492,13 @@ class Node:
                 )
         async for entry in self.executor.get_log_stream(execution_id, query):
             yield entry
+
+    def job_types(self) -> builtins.list[tuple[JobTypePlugin, str]]:
+        """The job types this node builds jobs with, and the image each one's base builds FROM."""
+        builder = getattr(self.executor, "job_builder", None)
+        if not isinstance(builder, JobTypeBuilder):
+            return []
+        return [(p, builder.settings.base_image(p.name)) for p in builder.jobtypes.plugins]
 
     async def info(self) -> NodeInfo:
         engine_version = ""

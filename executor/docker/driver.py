@@ -187,7 +187,7 @@ class DockerDriver:
             return container_spec(request, volumes, self.config, self.node_id, attempt=attempt)
 
         kwargs = await asyncio.to_thread(spec)
-        if request.job is not None and request.network.mode is NetworkMode.NONE:
+        if request.job is not None and not request.is_service and request.network.mode is NetworkMode.NONE:
             # The node must reach a job's wrapper (port 7000) and the job must reach nothing: a network
             # of the engine's with no way out (internal), which the node's host can still reach.
             kwargs["host_config"]["network_mode"] = await self._job_network(client)

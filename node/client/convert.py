@@ -15,6 +15,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import ValidationError
 
+from haddock.executor.jobspec import JOB_SOURCE_TARGET
 from haddock.executor.logstore import LogEntry
 from haddock.executor.models import (
     EventKind,
@@ -39,6 +40,7 @@ from haddock.executor.publishers import LocalPublisherSpec, PublisherSpec
 from haddock.executor.sources import InlineSource, InputSource, LocalSource, UrlSource
 from haddock.executor.stats import METRICS, Stat, StatsSummary
 from haddock.node.client._info import NodeInfo, ServiceInfo
+from haddock.node.client.convert_job import job_into_request_data, job_to_pb
 from haddock.v1 import executor_pb2, node_pb2
 from haddock.v1 import types_pb2 as pb
 
@@ -228,6 +230,9 @@ def request_from_pb(p: pb.RunCommandRequest) -> RunCommandRequest:
     }
     if p.HasField("service"):
         data["service"] = service_from_pb(p.service)
+    if p.HasField("job"):
+        source = source_from_pb(p.job.source) if p.job.HasField("source") else None
+        job_into_request_data(p.job, data, source)
     return RunCommandRequest.model_validate(data)
 
 
@@ -257,7 +262,17 @@ def request_to_pb(r: RunCommandRequest) -> pb.RunCommandRequest:
         msg.timeout.CopyFrom(duration(r.timeout))
     if r.service is not None:
         msg.service.CopyFrom(service_to_pb(r.service))
+    if r.job is not None:
+        msg.job.CopyFrom(job_to_pb(r.job, r, source_to_pb))
+        kept = [s for s in msg.input_sources if _target(s) != JOB_SOURCE_TARGET]
+        del msg.input_sources[:]
+        msg.input_sources.extend(kept)
     return msg
+
+
+def _target(src: pb.InputSource) -> str:
+    kind = src.WhichOneof("source")
+    return str(getattr(src, kind).target) if kind else ""
 
 
 # --------------------------------------------------------------------- services

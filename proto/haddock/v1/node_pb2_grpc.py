@@ -40,6 +40,11 @@ class NodeServiceStub:
                 request_serializer=haddock_dot_v1_dot_node__pb2.GetNodeInfoRequest.SerializeToString,
                 response_deserializer=haddock_dot_v1_dot_node__pb2.GetNodeInfoResponse.FromString,
                 _registered_method=True)
+        self.ListJobTypes = channel.unary_unary(
+                '/haddock.v1.NodeService/ListJobTypes',
+                request_serializer=haddock_dot_v1_dot_node__pb2.ListJobTypesRequest.SerializeToString,
+                response_deserializer=haddock_dot_v1_dot_node__pb2.ListJobTypesResponse.FromString,
+                _registered_method=True)
         self.ListExecutions = channel.unary_unary(
                 '/haddock.v1.NodeService/ListExecutions',
                 request_serializer=haddock_dot_v1_dot_node__pb2.ListExecutionsRequest.SerializeToString,
@@ -68,6 +73,13 @@ class NodeServiceServicer:
 
     def GetNodeInfo(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobTypes(self, request, context):
+        """The job types (plugins) the node can build jobs with.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -107,6 +119,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.GetNodeInfo,
                     request_deserializer=haddock_dot_v1_dot_node__pb2.GetNodeInfoRequest.FromString,
                     response_serializer=haddock_dot_v1_dot_node__pb2.GetNodeInfoResponse.SerializeToString,
+            ),
+            'ListJobTypes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobTypes,
+                    request_deserializer=haddock_dot_v1_dot_node__pb2.ListJobTypesRequest.FromString,
+                    response_serializer=haddock_dot_v1_dot_node__pb2.ListJobTypesResponse.SerializeToString,
             ),
             'ListExecutions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListExecutions,
@@ -157,6 +174,33 @@ class NodeService:
             '/haddock.v1.NodeService/GetNodeInfo',
             haddock_dot_v1_dot_node__pb2.GetNodeInfoRequest.SerializeToString,
             haddock_dot_v1_dot_node__pb2.GetNodeInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobTypes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/haddock.v1.NodeService/ListJobTypes',
+            haddock_dot_v1_dot_node__pb2.ListJobTypesRequest.SerializeToString,
+            haddock_dot_v1_dot_node__pb2.ListJobTypesResponse.FromString,
             options,
             channel_credentials,
             insecure,

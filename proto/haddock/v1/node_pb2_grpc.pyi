@@ -34,6 +34,8 @@ class NodeServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> NodeServiceAsyncStub: ...
     GetNodeInfo: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetNodeInfoRequest, _node_pb2.GetNodeInfoResponse]
+    ListJobTypes: _grpc.UnaryUnaryMultiCallable[_node_pb2.ListJobTypesRequest, _node_pb2.ListJobTypesResponse]
+    """The job types (plugins) the node can build jobs with."""
     ListExecutions: _grpc.UnaryUnaryMultiCallable[_node_pb2.ListExecutionsRequest, _node_pb2.ListExecutionsResponse]
     GetExecution: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetExecutionRequest, _node_pb2.GetExecutionResponse]
     WatchExecution: _grpc.UnaryStreamMultiCallable[_node_pb2.WatchExecutionRequest, _node_pb2.WatchExecutionResponse]
@@ -51,6 +53,8 @@ class NodeServiceAsyncStub(NodeServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetNodeInfo: _aio.UnaryUnaryMultiCallable[_node_pb2.GetNodeInfoRequest, _node_pb2.GetNodeInfoResponse]  # type: ignore[assignment]
+    ListJobTypes: _aio.UnaryUnaryMultiCallable[_node_pb2.ListJobTypesRequest, _node_pb2.ListJobTypesResponse]  # type: ignore[assignment]
+    """The job types (plugins) the node can build jobs with."""
     ListExecutions: _aio.UnaryUnaryMultiCallable[_node_pb2.ListExecutionsRequest, _node_pb2.ListExecutionsResponse]  # type: ignore[assignment]
     GetExecution: _aio.UnaryUnaryMultiCallable[_node_pb2.GetExecutionRequest, _node_pb2.GetExecutionResponse]  # type: ignore[assignment]
     WatchExecution: _aio.UnaryStreamMultiCallable[_node_pb2.WatchExecutionRequest, _node_pb2.WatchExecutionResponse]  # type: ignore[assignment]
@@ -71,6 +75,14 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _node_pb2.GetNodeInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.GetNodeInfoResponse, _abc.Awaitable[_node_pb2.GetNodeInfoResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListJobTypes(
+        self,
+        request: _node_pb2.ListJobTypesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.ListJobTypesResponse, _abc.Awaitable[_node_pb2.ListJobTypesResponse]]:
+        """The job types (plugins) the node can build jobs with."""
 
     @_abc_1.abstractmethod
     def ListExecutions(

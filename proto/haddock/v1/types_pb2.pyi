@@ -425,6 +425,7 @@ class RunCommandRequest(_message.Message):
     PUBLISHERS_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     SERVICE_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     execution_id: _builtins.str
     """Chosen by the requester; unique on the node. Letters, digits, '.', '_' and '-'."""
@@ -465,6 +466,12 @@ class RunCommandRequest(_message.Message):
     def service(self) -> Global___ServiceSpec:
         """A service's ports, probes and restart policy (only with kind service)."""
 
+    @_builtins.property
+    def job(self) -> Global___JobSpec:
+        """A job built from source with a job-type plugin (after Racetrack): the engine's image is the one
+        the node builds (engine.image may then be empty). A batch run with a payload, else a service.
+        """
+
     def __init__(
         self,
         *,
@@ -481,14 +488,225 @@ class RunCommandRequest(_message.Message):
         publishers: _abc.Iterable[Global___Publisher] | None = ...,
         kind: Global___ExecutionKind.ValueType = ...,
         service: Global___ServiceSpec | None = ...,
+        job: Global___JobSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "network", b"network", "output_limits", b"output_limits", "resources", b"resources", "service", b"service", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "job", b"job", "network", b"network", "output_limits", b"output_limits", "resources", b"resources", "service", b"service", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "execution_id", b"execution_id", "input_sources", b"input_sources", "inputs", b"inputs", "job_id", b"job_id", "kind", b"kind", "network", b"network", "output_limits", b"output_limits", "outputs", b"outputs", "publishers", b"publishers", "resources", b"resources", "service", b"service", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "execution_id", b"execution_id", "input_sources", b"input_sources", "inputs", b"inputs", "job", b"job", "job_id", b"job_id", "kind", b"kind", "network", b"network", "output_limits", b"output_limits", "outputs", b"outputs", "publishers", b"publishers", "resources", b"resources", "service", b"service", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunCommandRequest: _TypeAlias = RunCommandRequest  # noqa: Y015
+
+@_typing.final
+class JobSpec(_message.Message):
+    """A user's perform function and its manifest, turned into an HTTP job on port 7000 by a job type."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    payload: _builtins.str
+    """Batch: the JSON body posted once to /api/v1/perform (the answer is the results' stdout).
+    Unset: the job runs as a service (kind service).
+    """
+    @_builtins.property
+    def manifest(self) -> Global___JobManifest: ...
+    @_builtins.property
+    def source(self) -> Global___InputSource:
+        """The job's source: a directory (inline gzip tarball, local path) or a tarball (URL, S3). It is one
+        of the execution's inputs, mounted at /haddock/job/source (the node sets the target).
+        """
+
+    def __init__(
+        self,
+        *,
+        manifest: Global___JobManifest | None = ...,
+        source: Global___InputSource | None = ...,
+        payload: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_payload", b"_payload", "manifest", b"manifest", "payload", b"payload", "source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_payload", b"_payload", "manifest", b"manifest", "payload", b"payload", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__payload: _TypeAlias = _typing.Literal["payload"]  # noqa: Y015
+    _WhichOneofArgType__payload: _TypeAlias = _typing.Literal["_payload", b"_payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__payload) -> _WhichOneofReturnType__payload | None: ...
+
+Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class JobManifest(_message.Message):
+    """Racetrack's job.yaml. jobtype is NAME or NAME:VERSION (golang:latest, python3:2.x)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class JobtypeExtraEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class RuntimeEnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class BuildEnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    JOBTYPE_FIELD_NUMBER: _builtins.int
+    OWNER_EMAIL_FIELD_NUMBER: _builtins.int
+    JOBTYPE_EXTRA_FIELD_NUMBER: _builtins.int
+    RUNTIME_ENV_FIELD_NUMBER: _builtins.int
+    BUILD_ENV_FIELD_NUMBER: _builtins.int
+    SYSTEM_DEPENDENCIES_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    NOT_APPLIED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    jobtype: _builtins.str
+    owner_email: _builtins.str
+    @_builtins.property
+    def jobtype_extra(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """python3: entrypoint_path, entrypoint_class, requirements_path; golang: gomod."""
+
+    @_builtins.property
+    def runtime_env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def build_env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def system_dependencies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def resources(self) -> Global___JobResources: ...
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def not_applied(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Fields of Racetrack's cluster (git, replicas, ...) the node accepted and does not apply."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        jobtype: _builtins.str = ...,
+        owner_email: _builtins.str = ...,
+        jobtype_extra: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        runtime_env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        build_env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        system_dependencies: _abc.Iterable[_builtins.str] | None = ...,
+        resources: Global___JobResources | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        not_applied: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_env", b"build_env", "jobtype", b"jobtype", "jobtype_extra", b"jobtype_extra", "labels", b"labels", "name", b"name", "not_applied", b"not_applied", "owner_email", b"owner_email", "resources", b"resources", "runtime_env", b"runtime_env", "system_dependencies", b"system_dependencies", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobManifest: _TypeAlias = JobManifest  # noqa: Y015
+
+@_typing.final
+class JobResources(_message.Message):
+    """Quantities as in the manifest ("256Mi", "500m"); the maxima become the execution's resources."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMORY_MIN_FIELD_NUMBER: _builtins.int
+    MEMORY_MAX_FIELD_NUMBER: _builtins.int
+    CPU_MIN_FIELD_NUMBER: _builtins.int
+    CPU_MAX_FIELD_NUMBER: _builtins.int
+    memory_min: _builtins.str
+    memory_max: _builtins.str
+    cpu_min: _builtins.str
+    cpu_max: _builtins.str
+    def __init__(
+        self,
+        *,
+        memory_min: _builtins.str = ...,
+        memory_max: _builtins.str = ...,
+        cpu_min: _builtins.str = ...,
+        cpu_max: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_max", b"cpu_max", "cpu_min", b"cpu_min", "memory_max", b"memory_max", "memory_min", b"memory_min"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobResources: _TypeAlias = JobResources  # noqa: Y015
 
 @_typing.final
 class ServicePort(_message.Message):
