@@ -310,6 +310,16 @@ def parse_manifest(text: str | bytes | dict[str, Any], *, where: str = "job.yaml
         raise ManifestError(f"{where}: {_field_errors(exc)}") from None
 
 
+def semver_key(version: str) -> tuple[int, int, int, int, tuple[tuple[int, int | str], ...]]:
+    """Orders SemVer versions (a pre-release before its release); what is not SemVer sorts first."""
+    m = _SEMVER_RE.match(version)
+    if not m:
+        return (-1, 0, 0, 0, ())
+    pre = m.group(4)
+    parts = tuple((1, int(p)) if p.isdigit() else (2, p) for p in pre.split(".")) if pre else ()
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3)), 0 if pre else 1, parts)
+
+
 def job_engine_image(name: str) -> str:
     """The image a job request names before its build (the build gives it its content-hash tag)."""
     return f"haddock-job/{name if _NAME_RE.match(name) else 'unnamed'}:unbuilt"

@@ -1,7 +1,9 @@
 """The node's HTTP gateway to its services: a streaming reverse proxy (aiohttp, server and client).
 
 ``/exec/{execution_id}/{path}`` goes to that execution; ``/svc/{service_name}/{path}`` to one of the
-ready executions of that service name, in turn (round-robin). The request goes to the service's routed
+ready executions of that service name, in turn (round-robin); Racetrack's ``/pub/job/{name}/{version}/{path}``
+to the ready executions of that job (a job type's service) and version, ``latest`` the newest ready one.
+The request goes to the service's routed
 port (its readiness probe's port, else its first) on the address the node published it on, with its
 method, query, headers (less hop-by-hop ones and the node's own token) and body; the answer comes back
 as it is. Bodies stream both ways: nothing is held whole in memory.
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from haddock.executor.jobspec import semver_key
 from haddock.executor.models import ExecutionState, ServicePort
 
 if TYPE_CHECKING:
@@ -108,6 +111,8 @@ class Gateway:
         app.router.add_route("*", "/exec/{execution_id}/{path:.*}", self._exec)
         app.router.add_route("*", "/svc/{name}", self._svc)
         app.router.add_route("*", "/svc/{name}/{path:.*}", self._svc)
+        app.router.add_route("*", "/pub/job/{name}/{version}", self._job)
+        app.router.add_route("*", "/pub/job/{name}/{version}/{path:.*}", self._job)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None),
             auto_decompress=False,  # bytes pass through as the service sent them
@@ -172,6 +177,32 @@ class Gateway:
         turn = next(self._turns.setdefault(name, itertools.count())) % len(ready)
         return ready[turn:] + ready[:turn]
 
+    def targets_for_job(self, name: str, version: str) -> list[Target]:
+        """Racetrack's /pub/job/{name}/{version}: the ready executions of that job and version; ``latest``
+        the newest ready version (SemVer order). Raises _Refusal (404, 503)."""
+        jobs = []
+        for held in self.node.ports.by_name(name):
+            record = self.node.live_record(held.execution_id)
+            if record is not None and record.request.job is not None:
+                jobs.append((record.request.job.manifest.version, held))
+        if not jobs:
+            raise _Refusal(404, f"no job named {name!r} runs on this node", job=name)
+        ready = [(v, t) for v, a in jobs if (t := self._ready_target(a.execution_id, a.ports)) is not None]
+        if version == "latest":
+            if not ready:
+                raise _Refusal(503, f"no version of job {name!r} is ready", job=name)
+            newest = max((v for v, _ in ready), key=semver_key)
+            chosen = [t for v, t in ready if v == newest]
+        else:
+            if not any(v == version for v, _ in jobs):
+                raise _Refusal(404, f"job {name!r} has no version {version!r} on this node", job=name)
+            chosen = [t for v, t in ready if v == version]
+            if not chosen:
+                raise _Refusal(503, f"version {version} of job {name!r} is not ready", job=name)
+        chosen.sort(key=lambda t: t.execution_id)
+        turn = next(self._turns.setdefault(f"job:{name}:{version}", itertools.count())) % len(chosen)
+        return chosen[turn:] + chosen[:turn]
+
     def _ready_target(self, execution_id: str, ports: tuple[ServicePort, ...]) -> Target | None:
         record = self.node.live_record(execution_id)
         if record is None or record.state is not ExecutionState.READY or record.request.service is None:
@@ -196,6 +227,10 @@ class Gateway:
 
     async def _svc(self, request: web.Request) -> web.StreamResponse:
         return await self._route(request, lambda: self.targets_for_service(request.match_info["name"]))
+
+    async def _job(self, request: web.Request) -> web.StreamResponse:
+        info = request.match_info
+        return await self._route(request, lambda: self.targets_for_job(info["name"], info["version"]))
 
     async def _route(self, request: web.Request, choose: Any) -> web.StreamResponse:
         if not self._authorized(request):

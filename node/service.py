@@ -529,7 +529,9 @@ class Node:
         for held in self.ports.holders():
             live = self._live(held.execution_id)
             state = live.state if live is not None else ExecutionState.QUEUED
-            out.append(ServiceInfo(held.execution_id, held.service_name or "", state, list(held.ports)))
+            job = live.request.job if live is not None else None
+            version = job.manifest.version if job is not None else ""
+            out.append(ServiceInfo(held.execution_id, held.service_name or "", state, list(held.ports), version))
         return out
 
     # ------------------------------------------------------------------ housekeeping and shutdown

@@ -15,6 +15,7 @@ class ServiceInfo:
     name: str
     state: ExecutionState
     ports: list[ServicePort]
+    job_version: str = ""  # a job of a job type (gateway /pub/job/{name}/{version}/)
 
 
 @dataclass(frozen=True)

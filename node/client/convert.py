@@ -533,6 +533,7 @@ def info_to_pb(info: NodeInfo) -> node_pb2.GetNodeInfoResponse:
                 name=svc.name,
                 state=state_to_pb(svc.state),
                 ports=[port_to_pb(p) for p in svc.ports],
+                job_version=svc.job_version,
             )
             for svc in info.services
         ],
@@ -560,6 +561,7 @@ def info_from_pb(p: node_pb2.GetNodeInfoResponse) -> NodeInfo:
                 name=svc.name,
                 state=state_from_pb(svc.state),
                 ports=[ServicePort.model_validate(port_from_pb(port)) for port in svc.ports],
+                job_version=svc.job_version,
             )
             for svc in p.services
         ],

@@ -118,9 +118,12 @@ class ServiceSummary(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     PORTS_FIELD_NUMBER: _builtins.int
+    JOB_VERSION_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
     name: _builtins.str
     state: _types_pb2.ExecutionState.ValueType
+    job_version: _builtins.str
+    """A job of a job type: its manifest's version (routed at /pub/job/{name}/{version}/); else empty."""
     @_builtins.property
     def ports(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ServicePort]: ...
     def __init__(
@@ -130,10 +133,11 @@ class ServiceSummary(_message.Message):
         name: _builtins.str = ...,
         state: _types_pb2.ExecutionState.ValueType = ...,
         ports: _abc.Iterable[_types_pb2.ServicePort] | None = ...,
+        job_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "name", b"name", "ports", b"ports", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "job_version", b"job_version", "name", b"name", "ports", b"ports", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
