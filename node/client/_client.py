@@ -295,6 +295,21 @@ class NodeClient:
     async def node_info(self) -> NodeInfo:
         return convert.info_from_pb(await self._unary(self._node.GetNodeInfo, node_pb2.GetNodeInfoRequest()))
 
+    async def list_job_types(self) -> list[dict[str, Any]]:
+        """The job types the node builds jobs with (name, version, url, base_image, single_template, directory)."""
+        answer = await self._unary(self._node.ListJobTypes, node_pb2.ListJobTypesRequest())
+        return [
+            {
+                "name": t.name,
+                "version": t.version,
+                "url": t.url,
+                "base_image": t.base_image,
+                "single_template": t.single_template,
+                "directory": t.directory,
+            }
+            for t in answer.job_types
+        ]
+
     async def list_executions(
         self, states: set[ExecutionState] | None = None, limit: int = 100
     ) -> list[ExecutionSummary]:

@@ -95,7 +95,7 @@ async def call_gateway(
     *,
     gateway: str | None,
     token: str | None,
-    path: str,
+    path: str | None,
     method: str,
     body: bytes | None,
     headers: dict[str, str],
@@ -111,13 +111,27 @@ async def call_gateway(
         return 1
     if not base.startswith(("http://", "https://")):
         base = f"http://{base}"
-    try:
-        await client.get_execution(target)
-        route = f"/exec/{target}"
-    except NodeError as exc:
-        if exc.code is not grpc.StatusCode.NOT_FOUND:
-            raise
-        route = f"/svc/{target}"
+    name, at, version = target.partition("@")
+    job = bool(at)
+    if not job:
+        try:
+            await client.get_execution(target)
+            route = f"/exec/{target}"
+        except NodeError as exc:
+            if exc.code is not grpc.StatusCode.NOT_FOUND:
+                raise
+            route = f"/svc/{target}"
+            info = await client.node_info()
+            job = any(s.name == target and s.job_version for s in info.services)
+    if job:
+        # A job of a job type: Racetrack's route; call's default is POST /api/v1/perform.
+        route = f"/pub/job/{name}/{version or 'latest'}"
+        path = "/api/v1/perform" if path is None else path
+        method = method or "POST"
+        if body is None and method == "POST":
+            body = b"{}"
+    path = "/" if path is None else path
+    method = method or "GET"
     url = f"{base.rstrip('/')}{route}/{path.lstrip('/')}"
     sent = dict(headers)
     if token:

@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
+from haddock.executor.jobspec import ManifestError, job_engine_image
 from haddock.executor.models import (
     EventKind,
     ExecutionState,
@@ -48,6 +49,7 @@ from haddock.executor.sources import InputSource, parse_input
 from haddock.executor.stats import Stat, StatsSummary, decimate
 from haddock.node.client._charts import render_stats_chart, stats_json, summary_line
 from haddock.node.client._client import DEFAULT_NODE, ClientTls, Finished, NodeClient, NodeError
+from haddock.node.client._jobs import deploy_job, job_source, load_manifest, service_for_job
 from haddock.node.client._services import build_service, call_gateway, read_body, until_ready
 from haddock.node.client._tasks import Task, load_tasks
 from haddock.node.client.convert import state_from_pb, validation_message
@@ -64,6 +66,7 @@ _REFUSALS = frozenset(
     }
 )
 _SVC = "Service options"
+_JOB = "Job type options"
 
 app = typer.Typer(
     help="Talk to a haddock node.",
@@ -245,6 +248,7 @@ def build_request(
     outputs_extra: list[dict[str, str]] | None = None,
     publishers_extra: list[PublisherSpec] | None = None,
     service: dict[str, Any] | None = None,
+    job: dict[str, Any] | None = None,
 ) -> RunCommandRequest:
     exec_id = execution_id or f"e-{uuid.uuid4().hex[:16]}"
     sources = [parse_input(spec) for spec in inputs or []] + list(sources_extra or [])
@@ -274,6 +278,7 @@ def build_request(
             "outputs": results + list(outputs_extra or []),
             "publishers": [parse_publisher(p) for p in publishers or []] + list(publishers_extra or []),
             **({"kind": "service", "service": service} if service is not None else {}),
+            **({"job": job} if job is not None else {}),
         }
     )
 
@@ -407,9 +412,27 @@ async def _run_job(
 @app.command(context_settings={"allow_interspersed_args": False})
 @connected
 def run(
-    image: Annotated[str, typer.Argument(help="the image to run")],
+    image: Annotated[str | None, typer.Argument(help="the image to run (not with --job)")] = None,
     args: Annotated[list[str] | None, typer.Argument(help="arguments (after --)")] = None,
     execution_id: Annotated[str | None, typer.Option("--id", help="execution id [generated]")] = None,
+    job_dir: Annotated[
+        Path | None, typer.Option("--job", help="a job's directory (job.yaml + source)", rich_help_panel=_JOB)
+    ] = None,
+    job_source_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--job-source", help="the job's source as an input (http(s)://, s3://, file://)", rich_help_panel=_JOB
+        ),
+    ] = None,
+    manifest_path: Annotated[
+        Path | None, typer.Option("--manifest", help="job.yaml [DIR/job.yaml]", rich_help_panel=_JOB)
+    ] = None,
+    payload: Annotated[
+        str | None, typer.Option("--payload", help="JSON posted to /api/v1/perform", rich_help_panel=_JOB)
+    ] = None,
+    payload_file: Annotated[
+        Path | None, typer.Option("--payload-file", help="the payload from a file", rich_help_panel=_JOB)
+    ] = None,
     job_id: Annotated[str | None, typer.Option("--job-id", help="job id [the execution id]")] = None,
     cpu: Annotated[str | None, typer.Option("--cpu", help="CPU cores, e.g. 0.5 or 500m")] = None,
     memory: Annotated[str | None, typer.Option("--memory", help="memory limit, e.g. 64Mi")] = None,
@@ -490,10 +513,25 @@ def run(
 ) -> None:
     """Run IMAGE on the node, stream its output, exit with its exit code.
 
-    With --service, a long-running service: --detach returns once it is ready, --no-wait once accepted."""
+    With --service, a long-running service: --detach returns once it is ready, --no-wait once accepted.
+    With --job DIR --payload JSON: build the job (job types), post the payload once, its answer is the stdout."""
     try:
         argv = _job_args(args)
         spec = None
+        job: dict[str, Any] | None = None
+        sources_extra: list[InputSource] = []
+        if job_dir is not None or job_source_uri is not None or manifest_path is not None:
+            if image is not None:
+                raise ValueError("give an IMAGE or --job, not both")
+            if payload is not None and payload_file is not None:
+                raise ValueError("give --payload or --payload-file, not both")
+            text = payload_file.read_text() if payload_file is not None else payload
+            manifest = load_manifest(job_dir, manifest_path)
+            job = {"manifest": manifest, "payload": text if text is not None else "{}"}
+            sources_extra.append(job_source(job_dir, job_source_uri))
+            image = job_engine_image(manifest.name)
+        elif image is None:
+            raise ValueError("give the IMAGE to run, or --job DIR")
         if service or ports or name or ready_path or live_path or healthcheck:
             spec = build_service(
                 name=name,
@@ -538,10 +576,14 @@ def run(
             outputs=outputs,
             publishers=publishers,
             service=spec,
+            sources_extra=sources_extra,
+            job=job,
         )
+    except ManifestError as exc:
+        fail(f"invalid manifest: {exc}", EXIT_NODE_FAILED)
     except ValidationError as exc:
         fail(validation_message(exc), EXIT_NODE_FAILED)
-    except ValueError as exc:  # QuantityError and malformed -i/-o/--port
+    except (ValueError, OSError) as exc:  # QuantityError and malformed -i/-o/--port
         fail(f"invalid request: {exc}", EXIT_NODE_FAILED)
     code = _run(
         _run_job(conn.client, request, detach, as_json, queue, priority, no_wait),
@@ -784,9 +826,12 @@ def wait(
 @app.command()
 @connected
 def call(
-    target: Annotated[str, typer.Argument(metavar="ID_OR_SERVICE", help="an execution id, else a service name")],
+    target: Annotated[
+        str,
+        typer.Argument(metavar="ID_OR_SERVICE", help="an execution id, else a service name, else a job NAME[@VERSION]"),
+    ],
     body: Annotated[str | None, typer.Argument(metavar="[BODY|@FILE]", help="request body (@- reads stdin)")] = None,
-    path: Annotated[str, typer.Option("--path", help="path on the service")] = "/",
+    path: Annotated[str | None, typer.Option("--path", help="path on the service [/; a job: /api/v1/perform]")] = None,
     method: Annotated[str | None, typer.Option("--method", "-X", help="[GET; POST with a body]")] = None,
     headers: Annotated[list[str] | None, typer.Option("-H", "--header", help="NAME: VALUE (repeatable)")] = None,
     gateway: Annotated[
@@ -810,7 +855,7 @@ def call(
         seconds = parse_duration(timeout) if timeout else None
     except (ValueError, OSError) as exc:
         fail(f"error: {exc}")
-    verb = (method or ("POST" if data is not None else "GET")).upper()
+    verb = (method or ("POST" if data is not None else "")).upper()
     code = _run(
         conn.call(
             lambda c: call_gateway(
@@ -827,6 +872,75 @@ def call(
         )
     )
     raise typer.Exit(code)
+
+
+@app.command()
+@connected
+def deploy(
+    job_dir: Annotated[Path, typer.Argument(metavar="[DIR]", help="the job's directory (job.yaml + source)")] = Path(),
+    job_source_uri: Annotated[
+        str | None, typer.Option("--job-source", help="the job's source as an input (http(s)://, s3://, file://)")
+    ] = None,
+    manifest_path: Annotated[Path | None, typer.Option("--manifest", help="job.yaml [DIR/job.yaml]")] = None,
+    network: Annotated[str, typer.Option("--network", help="none or bridge (the gateway reaches it)")] = "bridge",
+    env: Annotated[list[str] | None, typer.Option("-e", "--env", help="KEY=VALUE (repeatable)")] = None,
+    execution_id: Annotated[str | None, typer.Option("--id", help="execution id [generated]")] = None,
+    *,
+    conn: Connection,
+) -> None:
+    """Build a job (job types) and run it as a service; print its execution id once it is ready.
+
+    The gateway routes /pub/job/NAME/VERSION/ and /pub/job/NAME/latest/ to it; a running execution of the same
+    job and version is stopped once the new one is ready (and kept when the new one fails)."""
+    try:
+        manifest = load_manifest(job_dir, manifest_path)
+        request = build_request(
+            job_engine_image(manifest.name),
+            [],
+            execution_id=execution_id,
+            job_id=f"{manifest.name}-{manifest.version}".replace("+", "_")[:128],
+            cpu=None,
+            memory=None,
+            disk=None,
+            gpu=0,
+            network=network,
+            env=list(env or []),
+            workdir=None,
+            entrypoint=None,
+            timeout=None,
+            pull="never",
+            limits={},
+            service=service_for_job(manifest),
+            sources_extra=[job_source(job_dir, job_source_uri)],
+            job={"manifest": manifest},
+        )
+    except ManifestError as exc:
+        fail(f"invalid manifest: {exc}", EXIT_NODE_FAILED)
+    except ValidationError as exc:
+        fail(validation_message(exc), EXIT_NODE_FAILED)
+    except (ValueError, OSError) as exc:
+        fail(f"invalid request: {exc}", EXIT_NODE_FAILED)
+    raise typer.Exit(_run(conn.call(lambda c: deploy_job(c, request)), EXIT_NODE_FAILED))
+
+
+@app.command()
+@connected
+def jobtypes(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    *,
+    conn: Connection,
+) -> None:
+    """The job types (plugins) the node builds jobs with."""
+    found = _run(conn.call(lambda c: c.list_job_types()))
+    if as_json:
+        _print_json(found)
+        return
+    table = Table("JOBTYPE", "VERSION", "BASE IMAGE", "FORM", "URL")
+    for t in found:
+        table.add_row(
+            t["name"], t["version"], t["base_image"], "single" if t["single_template"] else "base+job", t["url"]
+        )
+    out_console().print(table)
 
 
 @app.command()

@@ -1,0 +1,114 @@
+"""The requester's side of job types: a job's manifest read and checked before anything is sent, its source
+packed (a local directory → a gzip tarball → an inline source), the request for a batch run or a deploy,
+and a deploy that replaces the running executions of the same job and version once the new one is ready.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from haddock.executor.jobspec import JOB_PORT, JOB_SOURCE_TARGET, JobManifest, ManifestError, parse_manifest
+from haddock.executor.models import ExecutionState, RunCommandRequest
+from haddock.executor.quantity import MiB, format_bytes
+from haddock.executor.sources import InlineSource, InputSource, source_from_uri
+from haddock.node.client._client import NodeClient, NodeError
+from haddock.node.client._services import until_ready
+
+__all__ = ["DEFAULT_INLINE_MAX", "deploy_job", "job_source", "load_manifest", "pack_source", "service_for_job"]
+
+DEFAULT_INLINE_MAX = 1 * MiB  # the node's default [storage.inline] max_bytes
+_SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules"}
+
+
+def load_manifest(directory: Path | None, manifest: Path | None) -> JobManifest:
+    """``job.yaml`` at the source's root unless given; refused here (naming the field) before any build."""
+    path = manifest or (directory / "job.yaml" if directory is not None else None)
+    if path is None:
+        raise ManifestError("give the job's directory, or --manifest with a source given by --job-source")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    return parse_manifest(text, where=str(path))
+
+
+def pack_source(directory: Path, *, max_bytes: int = DEFAULT_INLINE_MAX) -> InlineSource:
+    """A local directory as an inline gzip tarball (``.git``, ``__pycache__``, ``.venv`` left out)."""
+    if not directory.is_dir():
+        raise ValueError(f"{directory} is not a directory")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for root, dirs, files in os.walk(directory):
+            dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
+            for name in sorted([*dirs, *files]):
+                path = Path(root) / name
+                info = tar.gettarinfo(str(path), arcname=path.relative_to(directory).as_posix())
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                if info.isfile():
+                    with path.open("rb") as f:
+                        tar.addfile(info, f)
+                elif info.isdir() or info.issym():
+                    tar.addfile(info)
+    data = buf.getvalue()
+    if len(data) > max_bytes:
+        raise ValueError(
+            f"the job's source packs to {format_bytes(len(data))}, more than an inline source may carry "
+            f"({format_bytes(max_bytes)}); give it as a tarball with --job-source (http(s)://, s3://, or a path "
+            "under the node's local roots)"
+        )
+    return InlineSource(
+        data_url="data:application/gzip;base64," + base64.b64encode(data).decode(), target=JOB_SOURCE_TARGET
+    )
+
+
+def job_source(directory: Path | None, uri: str | None) -> InputSource:
+    """The job's source: ``--job-source`` (any input source: file://, http(s)://, s3://, data:), else the
+    local directory packed inline."""
+    if uri:
+        return source_from_uri(uri, JOB_SOURCE_TARGET)
+    if directory is None:
+        raise ValueError("give the job's directory or --job-source")
+    return pack_source(directory)
+
+
+def service_for_job(manifest: JobManifest) -> dict[str, Any]:
+    """A job's service spec: port 7000, liveness /live, readiness /ready, the job's name."""
+    probe = {"port": "http", "interval": 1.0, "timeout": 2.0, "failure_threshold": 3, "start_period": 120.0}
+    return {
+        "name": manifest.name,
+        "ports": [{"name": "http", "container_port": JOB_PORT}],
+        "readiness": {**probe, "path": "/ready"},
+        "liveness": {**probe, "path": "/live"},
+        "restart": {"policy": "on-failure", "max_restarts": 3},
+    }
+
+
+async def deploy_job(client: NodeClient, request: RunCommandRequest) -> int:
+    """Start the job as a service; once it is ready, stop the executions of the same job and version it
+    replaces (a new version keeps the others; a failed deploy keeps them all)."""
+    assert request.job is not None
+    manifest = request.job.manifest
+    started = await client.start(request)
+    exec_id = started.execution_id
+    code = await until_ready(client, exec_id, print_id=True)
+    if code != 0:
+        return code
+    info = await client.node_info()
+    for svc in info.services:
+        if svc.execution_id == exec_id or svc.name != manifest.name or svc.job_version != manifest.version:
+            continue
+        if svc.state.terminal or svc.state is ExecutionState.STOPPING:
+            continue
+        sys.stderr.write(f"replacing {svc.execution_id} ({manifest.name} {manifest.version})\n")
+        try:
+            await client.cancel(svc.execution_id)
+        except NodeError as exc:
+            sys.stderr.write(f"could not stop {svc.execution_id}: {exc}\n")
+    return 0
