@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 _STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 TAIL_LINES = 20
+_NOISE = ("Removing intermediate container", " ---> ")  # the builder's own bookkeeping, not the step's output
 
 
 BuildListener = Callable[[BuildOutput], None]
@@ -216,13 +217,15 @@ class ImageBuilder:
                     line = line.rstrip("\r")
                     m = _STEP_RE.match(line)
                     if m:
-                        step = f"step {m.group(1)}/{m.group(2)} ({m.group(3)})"
+                        instruction = m.group(3) if len(m.group(3)) <= 100 else m.group(3)[:100] + "…"
+                        step = f"step {m.group(1)}/{m.group(2)} ({instruction})"
                         tail.clear()
                         emit(
                             BuildOutput(line=line, step=int(m.group(1)), steps=int(m.group(2)), instruction=m.group(3))
                         )
                     else:
-                        tail.append(line)
+                        if not line.startswith(_NOISE):
+                            tail.append(line)
                         emit(BuildOutput(line=line))
             if partial:
                 emit(BuildOutput(line=partial))

@@ -406,6 +406,12 @@ async def _run_job(
         if as_json:
             _print_json(done.as_json())
             return done.result.exit_code if done.result.exit_code is not None else EXIT_NODE_FAILED
+        if request.job is not None and request.job.batch:
+            # The job's answer is its result's stdout (the log holds what it printed, on stderr).
+            sys.stdout.write(done.result.stdout)
+            sys.stdout.flush()
+            if done.result.stdout_truncated:
+                say(f"(the answer is cut at the return limit; all of it: {done.results_dir}/stdout)")
         return _report(done)
 
 
