@@ -106,6 +106,27 @@ def _full_request() -> types_pb2.RunCommandRequest:
     )
     request.timeout.FromSeconds(90)
     request.timeout.nanos = 500_000_000
+    request.job.CopyFrom(
+        types_pb2.JobSpec(
+            manifest=types_pb2.JobManifest(
+                name="adder",
+                version="1.2.3-rc.1",
+                jobtype="python3:2.x",
+                owner_email="me@example.com",
+                jobtype_extra={"entrypoint_path": "entry.py", "entrypoint_class": "Adder"},
+                runtime_env={"GREETING": "hi"},
+                build_env={"PIP_X": "1"},
+                system_dependencies=["curl"],
+                resources=types_pb2.JobResources(memory_min="64Mi", memory_max="256Mi", cpu_min="100m", cpu_max="1"),
+                labels={"git_version": "abc"},
+                not_applied=["git"],
+            ),
+            source=types_pb2.InputSource(
+                inline=types_pb2.InlineSource(data_url="data:,job", target="/haddock/job/source")
+            ),
+            payload='{"numbers": [1]}',
+        )
+    )
     return request
 
 
