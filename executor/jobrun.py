@@ -20,8 +20,6 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import httpx
-
 from haddock.executor.driver import ContainerHandle, ExitStatus
 from haddock.executor.errors import ExecutorError, InvalidSpec
 from haddock.executor.jobspec import JOB_PORT, JOB_SOURCE_TARGET
@@ -35,7 +33,9 @@ from haddock.executor.models import (
 )
 from haddock.executor.protocol import BuildOutput, JobBuilder
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # aiohttp is loaded by the first batch job, not by every node
+    import aiohttp
+
     from haddock.executor.runner import Execution, Runner
 
 __all__ = ["BatchAnswer", "build_job", "run_batch"]
@@ -43,7 +43,6 @@ __all__ = ["BatchAnswer", "build_job", "run_batch"]
 log = logging.getLogger(__name__)
 
 READY_POLL_SECONDS = 0.2
-PERFORM_TIMEOUT_SECONDS = None  # the job's own timeout bounds it
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 BATCH_STOP_REASON = "batch-done"
 
@@ -112,39 +111,42 @@ async def build_job(runner: Runner, execution: Execution, builder: JobBuilder | 
     return request.model_copy(update={"engine": engine}), built.stop_signal
 
 
-async def _wait_ready(client: httpx.AsyncClient, base: str) -> None:
+async def _wait_ready(session: aiohttp.ClientSession, base: str) -> None:
+    import aiohttp
+
     while True:
         try:
-            answer = await client.get(f"{base}/ready", timeout=2.0)
-            if answer.status_code == 200:
-                return
-        except httpx.HTTPError:
+            async with session.get(f"{base}/ready", timeout=aiohttp.ClientTimeout(total=2.0)) as answer:
+                if answer.status == 200:
+                    return
+        except (aiohttp.ClientError, TimeoutError):
             pass
         await asyncio.sleep(READY_POLL_SECONDS)
 
 
 async def _interact(handle: ContainerHandle, payload: str, stop_grace: float) -> BatchAnswer:
     """Wait for the wrapper to be ready, post the payload once, stop the container; the answer."""
+    import aiohttp
+
     address = await handle.address()
     if address is None:
         raise ExecutorError("the job's container has no address the node can reach")
     host = f"[{address}]" if ":" in address else address
     base = f"http://{host}:{JOB_PORT}"
-    async with httpx.AsyncClient(trust_env=False) as client:
-        await _wait_ready(client, base)
-        async with client.stream(
-            "POST",
+    async with aiohttp.ClientSession(trust_env=False) as session:
+        await _wait_ready(session, base)
+        async with session.post(
             f"{base}/api/v1/perform",
-            content=payload.encode(),
+            data=payload.encode(),
             headers={"content-type": "application/json"},
-            timeout=httpx.Timeout(PERFORM_TIMEOUT_SECONDS, connect=10.0),
+            timeout=aiohttp.ClientTimeout(total=None, connect=10.0),
         ) as answer:
             body = b""
-            async for chunk in answer.aiter_bytes():
+            async for chunk in answer.content.iter_chunked(64 * 1024):
                 body += chunk
                 if len(body) > MAX_ANSWER_BYTES:
                     raise ExecutorError(f"the job's answer is larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB")
-            status = answer.status_code
+            status = answer.status
     await handle.stop(BATCH_STOP_REASON, grace=stop_grace)
     return BatchAnswer(status, body)
 
