@@ -38,9 +38,7 @@ from haddock.executor.models import (
     RunCommandResult,
 )
 from haddock.executor.protocol import Executor
-from haddock.executor.publishers import S3PublisherSpec
 from haddock.executor.quantity import format_duration
-from haddock.executor.sources import S3Source, UrlSource
 from haddock.node.admission import Admission, queued_priority
 from haddock.node.bidding import (
     BidContext,
@@ -56,7 +54,7 @@ from haddock.node.housekeeping import Housekeeping
 from haddock.node.store import ExecutionStore, store_path
 from haddock.storage import StorageRegistry, build_registry
 from haddock.storage.hooks import RegistryPreparer, RegistryPublisher
-from haddock.storage.netpolicy import AddressRefused, check_public
+from haddock.storage.netpolicy import AddressPolicy, StorageRefused, check_request
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +82,10 @@ class Node:
         storage: StorageRegistry | None = None,
         storage_types: frozenset[str] = frozenset(),
         publisher: RegistryPublisher | None = None,
+        address_policy: AddressPolicy | None = None,
     ) -> None:
         self.settings = settings
+        self.address_policy = address_policy or AddressPolicy.of(settings.storage)
         self.executor = executor
         self.store = store
         self.events = events
@@ -118,14 +118,16 @@ class Node:
         events.on_terminal(self._on_end)
 
     @classmethod
-    async def open(cls, settings: Settings, *, version: str) -> Node:
-        """The node with its executor and store (not yet recovering: see :meth:`begin`)."""
+    async def open(cls, settings: Settings, *, version: str, address_policy: AddressPolicy | None = None) -> Node:
+        """The node with its executor and store (not yet recovering: see :meth:`begin`).
+        ``address_policy``: where requesters may make the node connect (default: from ``settings.storage``)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = await ExecutionStore.open(store_path(settings.data_dir))
         events = EventHub(store)
-        registry = build_registry(settings.storage, cache_dir=settings.data_dir / "cache")
+        policy = address_policy or AddressPolicy.of(settings.storage)
+        registry = build_registry(settings.storage, cache_dir=settings.data_dir / "cache", policy=policy)
         preparer = RegistryPreparer(registry, lambda exec_id: settings.executions_dir / exec_id / "inputs")
-        publisher = RegistryPublisher(settings.node_id, settings.storage.s3)
+        publisher = RegistryPublisher(settings.node_id, settings.storage.s3, policy=policy)
         executor = DockerExecutor(
             settings.docker,
             node_id=settings.node_id,
@@ -143,6 +145,7 @@ class Node:
             storage=registry,
             storage_types=frozenset(await registry.installed_types()),
             publisher=publisher,
+            address_policy=policy,
         )
 
     async def begin(self) -> None:
@@ -287,17 +290,9 @@ class Node:
         )
 
     async def check_addresses(self, request: RunCommandRequest) -> None:
-        """URLs and S3 endpoints the requester names must be public addresses, unless the operator allows more."""
-        if self.settings.storage.allow_private_networks:
-            return
-        for src in request.input_sources:
-            if isinstance(src, UrlSource):
-                await check_public(src.url, "input URL")
-            elif isinstance(src, S3Source) and src.endpoint_url:
-                await check_public(src.endpoint_url, "S3 endpoint")
-        for pub in request.publishers:
-            if isinstance(pub, S3PublisherSpec) and pub.endpoint_url:
-                await check_public(pub.endpoint_url, "S3 publisher endpoint")
+        """What the requester names must be allowed: S3 buckets and endpoints the operator lists, URLs and
+        S3 endpoints on public addresses unless the operator allows more (StorageRefused; nothing is sent)."""
+        await check_request(request, self.settings.storage, self.address_policy)
 
     async def input_size(self, request: RunCommandRequest) -> int:
         """Bytes the inputs will take on disk, where the sources say (0 for unknown)."""
@@ -314,7 +309,7 @@ class Node:
             return bid
         try:
             await self.check_addresses(prepared)
-        except AddressRefused as exc:
+        except StorageRefused as exc:
             return BidResult.no(str(exc))
         return await self.chains.semantic.bid(await self._bid_context(prepared, request.resources))
 

@@ -29,6 +29,7 @@ from haddock.executor.publishers import (
     parse_publisher,
 )
 from haddock.storage.config import S3PublishSettings, S3Settings
+from haddock.storage.netpolicy import AddressPolicy
 from haddock.storage.publish import (
     ARCHIVE_NAME,
     LocalPublisher,
@@ -43,6 +44,8 @@ from haddock.storage.publish_s3 import S3Publisher
 
 MiB = 1024**2
 BIG = bytes(range(256)) * (5 * MiB // 256) + b"tail" * 31  # 5 MiB + 124 bytes: two parts of a multipart upload
+
+LOOPBACK = AddressPolicy(allow_private=True)  # moto is on 127.0.0.1
 
 FAST = S3Settings(
     attempts=3,
@@ -131,7 +134,7 @@ def leftovers_beside(results: Path) -> list[str]:
 
 @pytest.fixture
 async def publisher(s3_endpoint: str) -> AsyncIterator[S3Publisher]:
-    p = S3Publisher(FAST)
+    p = S3Publisher(FAST, policy=LOOPBACK)
     yield p
     await p.aclose()
 
@@ -470,7 +473,9 @@ async def test_a_retry_does_not_upload_again_what_was_done(
 ) -> None:
     results = make_results(tmp_path, big=False)
     proxy = proxy_factory({3})  # PUT 1, HEAD 1, then the second file's PUT fails
-    p = S3Publisher(FAST.model_copy(update={"publish": FAST.publish.model_copy(update={"parallel_uploads": 1})}))
+    p = S3Publisher(
+        FAST.model_copy(update={"publish": FAST.publish.model_copy(update={"parallel_uploads": 1})}), policy=LOOPBACK
+    )
     try:
         published = await p.publish(s3_spec(proxy.url, bucket), ctx_for(results))
     finally:
@@ -512,7 +517,7 @@ async def test_publish_all_reports_each_outcome(s3_endpoint: str, s3_client: Any
         s3_spec(s3_endpoint, bucket, key="{execution_id}"),
         s3_spec(s3_endpoint, "missing-bucket-x"),
     ]
-    published, errors = await publish_all(specs, ctx_for(results), s3=FAST)
+    published, errors = await publish_all(specs, ctx_for(results), s3=FAST, policy=LOOPBACK)
     assert [p.spec for p in published] == specs[:2]
     assert published[1].location == f"s3://{bucket}/exec-1/" and published[1].objects == 4
     assert errors == [
