@@ -549,3 +549,30 @@ def test_dots_inside_a_name_are_fine() -> None:
         job_id="a..b", execution_id="e..1", node_id="n", results_dir=Path("/tmp"), when=datetime(2026, 1, 2, tzinfo=UTC)
     )
     assert render_key("{job_id}/{execution_id}/", ctx) == "a..b/e..1/"
+
+
+async def test_buckets_can_be_restricted(s3_endpoint: str, bucket: str, tmp_path: Path) -> None:
+    settings = FAST.model_copy(update={"publish": S3PublishSettings(allowed_buckets=("results", "team-*"))})
+    p = S3Publisher(settings, policy=LOOPBACK)
+    try:
+        with pytest.raises(PublishError) as refused:
+            await p.publish(s3_spec(s3_endpoint, bucket), ctx_for(make_results(tmp_path, big=False)))
+    finally:
+        await p.aclose()
+    assert str(refused.value).endswith(
+        f"failed: the bucket {bucket!r} is not one this node publishes to (allowed: results, team-*)"
+    )
+
+
+async def test_private_endpoints_are_refused_before_any_request(bucket: str, tmp_path: Path) -> None:
+    from tests.storage.conftest import HttpServer
+
+    server = HttpServer()
+    p = S3Publisher(FAST)  # the real policy
+    try:
+        with pytest.raises(PublishError, match=r"failed: the S3 endpoint .* which is not a public address"):
+            await p.publish(s3_spec(f"http://127.0.0.1:{server.port}", bucket), ctx_for(make_results(tmp_path)))
+    finally:
+        await p.aclose()
+        server.close()
+    assert sum(server.counts.values()) == 0

@@ -222,3 +222,32 @@ async def test_concurrent_prepares_share_one_download(
     assert len({v.host_path for v in vols}) == 1
     assert [v.lease.hit for v in vols if v.lease].count(False) == 1
     assert len(cache.keys()) == 1 and cache.total_bytes == 2000
+
+
+async def test_buckets_can_be_restricted(s3_endpoint: str, s3_client: Any, bucket: str, tmp_path: Path) -> None:
+    s3_client.put_object(Bucket=bucket, Key="k", Body=b"data")
+    s = S3Storage(None, S3Settings(inputs=S3InputSettings(allowed_buckets=("datasets-*",))), policy=LOOPBACK)
+    try:
+        with pytest.raises(StorageError) as refused:
+            await s.get_volume_size(source(s3_endpoint, bucket, key="k"))
+        assert str(refused.value) == (
+            f"s3 input s3://{bucket}/k is refused: the bucket {bucket!r} is not one this node reads inputs from "
+            "(allowed: datasets-*)"
+        )
+        assert refused.value.code is ErrorCode.FAILED_PRECONDITION
+    finally:
+        await s.aclose()
+
+
+async def test_private_endpoints_are_refused_before_any_request(bucket: str, tmp_path: Path) -> None:
+    from tests.storage.conftest import HttpServer
+
+    server = HttpServer()  # stands in for an S3 server on the node's network
+    s = S3Storage(None, S3Settings(attempts=1))  # the real policy
+    try:
+        with pytest.raises(StorageError, match=r"cannot be fetched: the S3 endpoint .* which is not a public address"):
+            await s.prepare_storage(source(f"http://127.0.0.1:{server.port}", bucket, key="k"), tmp_path / "work")
+    finally:
+        await s.aclose()
+        server.close()
+    assert sum(server.counts.values()) == 0
