@@ -14,6 +14,7 @@ import logging
 import shutil
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from opentelemetry import metrics
 
@@ -50,6 +51,7 @@ from haddock.node.capacity import CapacityExhausted, CapacityManager, CapacitySn
 from haddock.node.client import NodeInfo
 from haddock.node.config import OnShutdown, Settings
 from haddock.node.events import EventHub
+from haddock.node.gpus import choose_gpus, detect_gpus
 from haddock.node.housekeeping import Housekeeping
 from haddock.node.store import ExecutionStore, store_path
 from haddock.storage import StorageRegistry, build_registry
@@ -95,6 +97,7 @@ class Node:
         self._closing = False
         self._recovery: asyncio.Task[None] | None = None
         self._recovered = asyncio.Event()  # set once unfinished executions are back with the executor
+        self.gpu_devices: builtins.list[str] = []  # the GPUs jobs are given, detected in begin()
         cap = settings.capacity
         self.capacity = CapacityManager(Resources(), max_running=cap.max_running, max_queued=cap.max_queued)
         self.admission = Admission(self.capacity, executor, store, events)
@@ -151,7 +154,7 @@ class Node:
     async def begin(self) -> None:
         """Learn the capacity, start persisting, take back what a previous life left unfinished
         (queued executions queue again), start housekeeping."""
-        self.capacity.set_capacity(await self.detect_capacity())
+        self.capacity.set_capacity(await self.detect_capacity(), self.gpu_devices)
         self.events.start()
         unfinished = await self.store.non_terminal()
         queued = [r for r in unfinished if r.state is ExecutionState.QUEUED]
@@ -160,7 +163,9 @@ class Node:
             # What it held is held again before it can end (and release it). Its container may run
             # already: it runs whatever the capacity now says.
             try:
-                await self.capacity.acquire(r.execution_id, r.request.resources, queue=False)
+                await self.capacity.acquire(
+                    r.execution_id, r.request.resources, queue=False, prefer_devices=r.request.gpu_devices
+                )
             except (CapacityExhausted, ValueError) as exc:
                 log.warning("recovered execution %s runs beyond capacity: %s", r.execution_id, exc)
         if others:
@@ -186,15 +191,18 @@ class Node:
                 delay = min(delay * 2, 60.0)
 
     async def detect_capacity(self) -> Resources:
-        """The machine and engine, overridden by config, less the node's reserve."""
+        """The machine and engine, overridden by config, less the node's reserve. The GPUs' ids go to
+        :attr:`gpu_devices` (see :mod:`haddock.node.gpus`)."""
         c = self.settings.capacity
         ncpu, mem = 0.0, 0
+        info: dict[str, Any] = {}
         try:
             info = await self.executor.engine_info()
             ncpu = float(info.get("NCPU") or 0)
             mem = int(info.get("MemTotal") or 0)
         except Exception as exc:
             log.warning("cannot ask the engine for its CPUs and memory (%s); set [capacity] in the config", exc)
+        self.gpu_devices = choose_gpus(c.gpu, c.gpu_devices, await detect_gpus(info))
         disk = shutil.disk_usage(self.settings.data_dir).free
         cpu = c.cpu if c.cpu is not None else ncpu
         memory = c.memory if c.memory is not None else mem
@@ -203,7 +211,7 @@ class Node:
             cpu=max(0.0, cpu - c.reserve_cpu) if cpu else 0.0,
             memory=max(0, memory - c.reserve_memory) if memory else 0,
             disk=max(0, disk_total - c.reserve_disk) if disk_total else 0,
-            gpu=c.gpu or 0,
+            gpu=len(self.gpu_devices),
         )
 
     async def _image_platform(self, image: str) -> tuple[str, str] | None:
@@ -269,7 +277,10 @@ class Node:
                 "inputs: requesters may not bind host paths; use input_sources (a local source is limited "
                 "to the directories the operator allows)"
             )
-        return request.model_copy(update={"results_dir": self.settings.results_dir(request.execution_id)})
+        # results dir and GPUs are the node's to choose (GPUs at admission), never a requester's
+        return request.model_copy(
+            update={"results_dir": self.settings.results_dir(request.execution_id), "gpu_devices": []}
+        )
 
     async def _bid_context(self, request: RunCommandRequest, usage: Resources) -> BidContext:
         snap = self.capacity.snapshot()
