@@ -9,12 +9,14 @@ import time
 
 from bench import common
 
-ORDER = ("e2e", "output")
+ORDER = ("e2e", "output", "cluster", "stats")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("benchmarks", nargs="*", metavar="{e2e,output}", help="which to run (default: all)")
+    parser.add_argument(
+        "benchmarks", nargs="*", metavar="{e2e,output,cluster,stats}", help="which to run (default: all)"
+    )
     parser.add_argument(
         "--profile",
         choices=("auto", "always", "never"),
@@ -34,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         metavar="HADDOCK_X=Y",
         help="output: extra setting for the node process (an experiment, e.g. HADDOCK_DOCKER__LOG_DRIVER=none)",
     )
+    parser.add_argument("--asks", type=int, default=1000, help="cluster: bid round trips (default 1000)")
+    parser.add_argument("--cluster-jobs", type=int, default=30, help="cluster: no-op jobs per round (default 30)")
+    parser.add_argument("--stats-containers", type=int, default=50, help="stats: running containers (50)")
+    parser.add_argument("--stats-seconds", type=float, default=30.0, help="stats: seconds per mode (30)")
     parser.add_argument("--no-write", action="store_true", help="print the results, leave RESULTS.md alone")
     args = parser.parse_args(argv)
     unknown = [b for b in args.benchmarks if b not in ORDER]
@@ -66,6 +72,17 @@ def main(argv: list[str] | None = None) -> int:
                     node_env=node_env,
                 )
                 sections["output"] = output.run(ocfg)
+            if "cluster" in chosen:
+                from bench import cluster
+
+                ccfg = cluster.ClusterConfig(asks=args.asks, jobs=args.cluster_jobs)
+                sections["cluster"] = asyncio.run(cluster.run(ccfg))
+            if "stats" in chosen:
+                from bench import stats
+
+                sections["stats"] = stats.run(
+                    stats.StatsConfig(containers=args.stats_containers, seconds=args.stats_seconds)
+                )
         finally:
             left = common.remove_bench_containers()
             if left:

@@ -10,15 +10,18 @@ implements this protocol and the node does not change.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from haddock.executor.logstore import LogWriter
-from haddock.executor.models import BidResult, ExecutionRecord, InputVolume, Resources, RunCommandRequest
+from haddock.executor.models import BidResult, ExecutionRecord, InputVolume, Resources, RunCommandRequest, StreamType
+from haddock.executor.results import CapturedFile
+from haddock.executor.stats import Stat
 
 __all__ = ["ContainerHandle", "Driver", "ExitStatus", "ImageReady", "ProgressSink"]
 
+# Pull progress records as the engine gives them; ``{"note": ...}`` says why making the image available waits.
 ProgressSink = Callable[[dict[str, Any]], None]
 
 
@@ -40,6 +43,9 @@ class ExitStatus:
     error: str = ""  # the container could not be followed to its end (why)
     capture_error: str = ""  # some output is missing (why)
     output_recovered: bool = False  # a cut stream was completed from the engine's own log
+    captured: dict[StreamType, CapturedFile] | None = None  # results files the capture filled (no second copy)
+    stdout_bytes: int | None = None  # bytes of each stream, as far as the capture knows
+    stderr_bytes: int | None = None
 
 
 class ContainerHandle(Protocol):
@@ -74,6 +80,11 @@ class ContainerHandle(Protocol):
 
     async def stop(self, reason: str, *, grace: float | None = None) -> None:
         """Its stop signal, up to ``grace`` (the driver's default when None) to exit, then a kill."""
+        ...
+
+    def stats(self, interval: float) -> AsyncIterator[Stat]:
+        """Resource samples of the running container every ``interval`` seconds, the first at once, until
+        it is no longer running. Never raises for an engine that does not answer: it skips samples."""
         ...
 
     async def finish(self) -> ExitStatus:
@@ -123,14 +134,26 @@ class Driver(Protocol):
         """Create the execution's container (not started), its output bound for ``writer``."""
         ...
 
-    async def resume(self, record: ExecutionRecord, writer: LogWriter | None) -> ContainerHandle | ExitStatus:
+    async def held_logs(self) -> set[str]:
+        """Executions whose log another process of this driver still writes (e.g. a capture process that
+        outlived the node): the runner must not open those logs; it passes ``writer=None`` to :meth:`resume`."""
+        ...
+
+    async def resume(self, record: ExecutionRecord, writer: LogWriter | None) -> ContainerHandle | ExitStatus | None:
         """Take back the container of an execution a previous life of the node left unfinished: a handle
-        whose output goes on into ``writer`` (None: all output was captured already), or how it ended
-        when it cannot be followed (never created, never started, removed)."""
+        whose output goes on into ``writer`` (None: all output was captured already), how it ended when it
+        cannot be followed (created and never started, removed), or None when the node went down while
+        preparing it (pulling the image, fetching inputs): no container was ever created, it can be prepared
+        again."""
         ...
 
     def describe_failure(self, exc: BaseException) -> str:
         """A message for people about an error this driver raised."""
+        ...
+
+    def explain_exit(self, exit_code: int, stderr_head: bytes) -> str | None:
+        """Why the job's process ended this way when the engine, not the job, says so (e.g. the command is not
+        in the image), from the exit code and the first bytes of stderr; None when it is the job's own exit."""
         ...
 
     async def containers(self) -> dict[str, dict[str, Any]]:

@@ -32,7 +32,7 @@ class ExecutionNotFound(ExecutorError):
     code = ErrorCode.NOT_FOUND
 
     def __init__(self, execution_id: str, message: str | None = None) -> None:
-        super().__init__(message or f"execution {execution_id!r} not found on this node")
+        super().__init__(message or f"execution {shown(execution_id)} not found on this node")
         self.execution_id = execution_id
 
 
@@ -40,7 +40,7 @@ class ExecutionAlreadyStarted(ExecutorError):
     code = ErrorCode.ALREADY_EXISTS
 
     def __init__(self, execution_id: str) -> None:
-        super().__init__(f"execution {execution_id!r} is already started")
+        super().__init__(f"execution {shown(execution_id)} is already started")
         self.execution_id = execution_id
 
 
@@ -48,7 +48,7 @@ class ExecutionAlreadyComplete(ExecutorError):
     code = ErrorCode.FAILED_PRECONDITION
 
     def __init__(self, execution_id: str, state: str) -> None:
-        super().__init__(f"execution {execution_id!r} is already complete ({state})")
+        super().__init__(f"execution {shown(execution_id)} is already complete ({state})")
         self.execution_id = execution_id
 
 
@@ -73,3 +73,24 @@ class ExecutorShuttingDown(ExecutorError):
 
     def __init__(self) -> None:
         super().__init__("the node is shutting down and accepts no new executions")
+
+
+SHOWN_MOST = 200
+"""Values a requester sent are echoed in messages up to this many characters."""
+
+
+def shown(value: object, most: int = SHOWN_MOST) -> str:
+    """``repr(value)`` for a message, a long string cut to ``most`` characters with an ellipsis, so that an
+    error about a huge field stays small."""
+    if isinstance(value, str) and len(value) > most:
+        return repr(value[:most]) + f"… ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= most + 2 else text[:most] + "…"
+
+
+def clip(message: str, most_bytes: int = 1000) -> str:
+    """A message cut to at most ``most_bytes`` of UTF-8 (with an ellipsis): what crosses the wire as an error."""
+    data = message.encode("utf-8", "replace")
+    if len(data) <= most_bytes:
+        return message
+    return data[: most_bytes - 3].decode("utf-8", "ignore") + "…"

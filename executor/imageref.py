@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from haddock.executor.errors import shown
+
 __all__ = [
     "DEFAULT_REGISTRY",
     "DEFAULT_TAG",
@@ -95,14 +97,20 @@ def _split_registry(name: str) -> tuple[str, str]:
 
 
 def is_valid(reference: str) -> bool:
-    """Whether ``reference`` follows the grammar (and is at most :data:`MAX_LENGTH` characters)."""
-    return len(reference) <= MAX_LENGTH and _GRAMMAR.match(reference) is not None
+    """Whether ``reference`` follows the grammar (and is at most :data:`MAX_LENGTH` characters).
+
+    A first component in upper case is a registry only when it looks like a host (a ``.`` or ``:``, or
+    ``localhost``): the engine reads ``UPPER/x`` as a repository, which must be lower case."""
+    if len(reference) > MAX_LENGTH or _GRAMMAR.match(reference) is None:
+        return False
+    first, sep, _ = reference.partition("/")
+    return not sep or first == first.lower() or any(c in first for c in ".:") or first == "localhost"
 
 
 def parse(reference: str) -> ImageRef:
     """Read a reference; ValueError when it does not follow the grammar."""
     if not is_valid(reference):
-        raise ValueError(f"{reference!r} is not a valid image reference")
+        raise ValueError(f"{shown(reference)} is not a valid image reference")
     name, tag, digest = _split(reference)
     registry, repository = _split_registry(name)
     return ImageRef(registry=registry, repository=repository, tag=tag, digest=digest)
@@ -121,11 +129,11 @@ def normalize_name(reference: str) -> str:
     read it); refuses what is no reference at all: empty, spaces, empty path components.
     """
     if not reference or reference != reference.strip() or any(c.isspace() for c in reference):
-        raise ValueError(f"{reference!r} is not an image reference")
+        raise ValueError(f"{shown(reference)} is not an image reference")
     name, _, _ = _split(reference)
     registry, repository = _split_registry(name)
     if not repository or any(not part for part in repository.split("/")) or not registry:
-        raise ValueError(f"{reference!r} is not an image reference")
+        raise ValueError(f"{shown(reference)} is not an image reference")
     return f"{registry}/{repository}"
 
 

@@ -72,6 +72,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from haddock.executor import logcap
+from haddock.executor.errors import shown
+from haddock.executor.logcap import LogBudget, LogCap, data_that_fits, frame_bytes
 from haddock.executor.models import StreamType
 
 __all__ = [
@@ -84,14 +87,16 @@ __all__ = [
     "LogNotFound",
     "LogStore",
     "LogWriter",
+    "RemoteLog",
 ]
 
 MAGIC = 0xAD
 END_STREAM = 0xFF
-MAX_FRAME_DATA = 64 * 1024
+MAX_FRAME_DATA = logcap.MAX_FRAME_DATA
 HEADER = struct.Struct(">BBHIQ")
 TRAILER = struct.Struct(">I")
 FRAME_OVERHEAD = HEADER.size + TRAILER.size  # 20
+assert FRAME_OVERHEAD == logcap.FRAME_OVERHEAD
 MAX_FRAME = FRAME_OVERHEAD + MAX_FRAME_DATA
 READ_BLOCK = 1024 * 1024
 """Readers read the file in blocks of this size."""
@@ -131,7 +136,7 @@ class LogNotFound(Exception):
     """There is no log for this execution."""
 
     def __init__(self, execution_id: str) -> None:
-        super().__init__(f"no log for execution {execution_id!r}")
+        super().__init__(f"no log for execution {shown(execution_id)}")
         self.execution_id = execution_id
 
 
@@ -341,7 +346,15 @@ class LogWriter:
         fd: int,
         committed: int,
         bytes_written: dict[StreamType, int],
+        *,
+        cap: LogCap | None = None,
+        budget: LogBudget | None = None,
     ) -> None:
+        self._cap = cap
+        self._budget = budget
+        self._taken = 0  # bytes of the budget this writer holds
+        self._dropped = {StreamType.STDOUT: 0, StreamType.STDERR: 0}
+        self._lost = 0  # data bytes dropped because the budget had no room
         self._store = store
         self._execution_id = execution_id
         self._fd = fd
@@ -378,6 +391,39 @@ class LogWriter:
         return dict(self._bytes)
 
     @property
+    def cap(self) -> LogCap | None:
+        """The most this log may hold (None: no cap)."""
+        return self._cap
+
+    @property
+    def dropped(self) -> dict[StreamType, int]:
+        """Data bytes per stream not kept because of the cap or the budget (since this writer was opened)."""
+        return dict(self._dropped)
+
+    @property
+    def lost_bytes(self) -> int:
+        """Data bytes not kept because the logs being written had used the node's whole budget."""
+        return self._lost
+
+    def _room(self, stream: StreamType, n: int) -> int:
+        """How many of ``n`` bytes of ``stream`` are kept (called with the lock held); takes the budget for them."""
+        cap = self._cap
+        if cap is not None:
+            n = min(n, max(0, cap.stream(stream) - self._bytes[stream]))
+            n = min(n, data_that_fits(cap.total - self._committed - _END_FRAME_LEN))
+        if self._budget is not None and n:
+            want = frame_bytes(n)
+            granted = self._budget.take(want)
+            if granted < want:
+                kept = data_that_fits(granted)
+                self._budget.give_back(granted - frame_bytes(kept))
+                granted = frame_bytes(kept)
+                self._lost += n - kept
+                n = kept
+            self._taken += granted
+        return n
+
+    @property
     def stdout_bytes(self) -> int:
         return self._bytes[StreamType.STDOUT]
 
@@ -398,9 +444,14 @@ class LogWriter:
         ts = time.time_ns()
         with self._lock:
             if self._closed:
-                raise ValueError(f"the log of execution {self._execution_id!r} is closed")
+                raise ValueError(f"the log of execution {shown(self._execution_id)} is closed")
             pos = 0
             n = len(view)
+            if self._cap is not None or self._budget is not None:
+                kept = self._room(stream, n)
+                self._dropped[stream] += n - kept
+                n = kept
+                view = view[:n]
             while pos < n:
                 parts: list[bytes | memoryview] = []
                 batch_start = pos
@@ -458,6 +509,9 @@ class LogWriter:
                 os.fsync(self._fd)
             finally:
                 self._closed = True
+                if self._budget is not None:
+                    self._budget.give_back(self._taken)
+                    self._taken = 0
                 try:
                     os.close(self._fd)
                 finally:
@@ -474,7 +528,7 @@ class LogWriter:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<LogWriter {self._execution_id!r} {state} committed={self._committed}>"
+        return f"<LogWriter {shown(self._execution_id)} {state} committed={self._committed}>"
 
     # -- waking followers ---------------------------------------------------
 
@@ -516,6 +570,75 @@ class LogWriter:
                 self._waiters.remove(fut)
 
 
+class RemoteLog:
+    """A log written by another process (the capture process), as this process's followers see it.
+
+    The writing process reports how far the log has grown (:meth:`advance`, always a frame
+    boundary) and when it stopped writing (:meth:`end`); followers in this process read up to
+    ``committed`` and are woken by each report, as by a local :class:`LogWriter`. No polling.
+    Used only on the store's event loop.
+    """
+
+    def __init__(self, store: LogStore, execution_id: str, committed: int) -> None:
+        self._store = store
+        self._execution_id = execution_id
+        self._committed = committed
+        self._closed = False
+        self._complete = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def execution_id(self) -> str:
+        return self._execution_id
+
+    @property
+    def committed(self) -> int:
+        return self._committed
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def complete(self) -> bool:
+        return self._complete
+
+    def advance(self, committed: int) -> None:
+        """The writer has whole frames up to ``committed``."""
+        if committed > self._committed and not self._closed:
+            self._committed = committed
+            self._wake()
+
+    def end(self, *, complete: bool) -> None:
+        """The writer closed the log (with an END frame if ``complete``); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._complete = complete
+        self._store._release(self)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _wait_beyond(self, pos: int) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            if self._committed > pos or self._closed:
+                return
+            await fut
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
+
+    def __repr__(self) -> str:
+        return f"<RemoteLog {self._execution_id!r} {'closed' if self._closed else 'open'} committed={self._committed}>"
+
+
 # ---------------------------------------------------------------------------
 # Store
 # ---------------------------------------------------------------------------
@@ -524,12 +647,14 @@ class LogWriter:
 class LogStore:
     """Log files of executions under one directory. See the module docstring for the format."""
 
-    def __init__(self, root: Path) -> None:
-        """Create ``root`` (mode 0o700) if missing."""
+    def __init__(self, root: Path, *, max_live_bytes: int | None = None) -> None:
+        """Create ``root`` (mode 0o700) if missing. ``max_live_bytes``: what the logs being written may hold
+        together (:class:`~haddock.executor.logcap.LogBudget`); None: no bound."""
+        self.budget = LogBudget(max_live_bytes) if max_live_bytes is not None else None
         self.root = Path(root)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = threading.Lock()  # guards _live together with creating/opening files
-        self._live: dict[str, LogWriter] = {}
+        self._live: dict[str, LogWriter | RemoteLog] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         with contextlib.suppress(RuntimeError):
             self._loop = asyncio.get_running_loop()
@@ -551,24 +676,32 @@ class LogStore:
     def path(self, execution_id: str) -> Path:
         if not _ID_RE.match(execution_id):
             raise ValueError(
-                f"execution id {execution_id!r} must be 1-128 letters, digits, '.', '_' or '-', "
+                f"execution id {shown(execution_id)} must be 1-128 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )
         return self.root / f"{execution_id}.log"
 
     # -- writers ------------------------------------------------------------
 
-    def create(self, execution_id: str) -> LogWriter:
-        """Start a new log. FileExistsError if one exists."""
+    def create(self, execution_id: str, cap: LogCap | None = None) -> LogWriter:
+        """Start a new log, holding at most ``cap``. FileExistsError if one exists."""
         path = self.path(execution_id)
         self._bind_loop(strict=False)
         with self._lock:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            writer = LogWriter(self, execution_id, fd, 0, {StreamType.STDOUT: 0, StreamType.STDERR: 0})
+            empty = {StreamType.STDOUT: 0, StreamType.STDERR: 0}
+            writer = LogWriter(self, execution_id, fd, 0, empty, cap=cap, budget=self.budget)
             self._live[execution_id] = writer
         return writer
 
-    def open_append(self, execution_id: str) -> LogWriter:
+    def create_empty(self, execution_id: str) -> None:
+        """Start a new, empty log that another process will write (see :meth:`track`). FileExistsError if one
+        exists. Not synced: an empty log lost in a machine crash holds nothing."""
+        path = self.path(execution_id)
+        with self._lock:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+
+    def open_append(self, execution_id: str, cap: LogCap | None = None) -> LogWriter:
         """Reopen an incomplete log after a restart, cutting a frame left half written by a crash.
 
         LogNotFound if there is no log; ValueError if the log is complete (has END) or already has
@@ -578,7 +711,7 @@ class LogStore:
         self._bind_loop(strict=False)
         with self._lock:
             if execution_id in self._live:
-                raise ValueError(f"the log of execution {execution_id!r} already has a writer")
+                raise ValueError(f"the log of execution {shown(execution_id)} already has a writer")
             try:
                 fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
             except FileNotFoundError:
@@ -587,25 +720,56 @@ class LogStore:
                 size = os.fstat(fd).st_size
                 scan = _scan_forward(fd, path, size)
                 if scan.complete:
-                    raise ValueError(f"the log of execution {execution_id!r} is complete; it cannot be appended")
+                    raise ValueError(f"the log of execution {shown(execution_id)} is complete; it cannot be appended")
                 if scan.end < size:
                     os.ftruncate(fd, scan.end)
                     os.fsync(fd)
             except BaseException:
                 os.close(fd)
                 raise
-            writer = LogWriter(self, execution_id, fd, scan.end, scan.bytes_written)
+            writer = LogWriter(self, execution_id, fd, scan.end, scan.bytes_written, cap=cap, budget=self.budget)
             self._live[execution_id] = writer
         return writer
 
-    def _release(self, writer: LogWriter) -> None:
+    def track(self, execution_id: str, committed: int) -> RemoteLog:
+        """Register a log that another process writes (see :class:`RemoteLog`); must run on the store's loop.
+
+        ValueError if the log already has a writer or tracker in this process."""
+        self.path(execution_id)
+        self._bind_loop(strict=True)
+        with self._lock:
+            if execution_id in self._live:
+                raise ValueError(f"the log of execution {execution_id!r} already has a writer")
+            remote = RemoteLog(self, execution_id, committed)
+            self._live[execution_id] = remote
+        return remote
+
+    def hand_over(self, writer: LogWriter) -> RemoteLog:
+        """Hand a log this process writes over to another process (the capture process), which reopens it
+        with :meth:`open_append`: the writer is closed without an END frame (and without an fsync: the new
+        writer's fsyncs cover the file), and the log is tracked instead (:meth:`track`). Followers go on
+        following it. Must run on the store's loop."""
+        execution_id = writer.execution_id
+        with writer._lock:
+            if writer._closed:
+                raise ValueError(f"the log of execution {execution_id!r} is closed")
+            writer._closed = True
+            os.close(writer._fd)
+        with self._lock:
+            remote = RemoteLog(self, execution_id, writer.committed)
+            self._live[execution_id] = remote
+        writer._wake()
+        return remote
+
+    def _release(self, writer: LogWriter | RemoteLog) -> None:
         with self._lock:
             if self._live.get(writer.execution_id) is writer:
                 del self._live[writer.execution_id]
 
     def writer(self, execution_id: str) -> LogWriter | None:
         """The live writer of this log in this process, if any."""
-        return self._live.get(execution_id)
+        live = self._live.get(execution_id)
+        return live if isinstance(live, LogWriter) else None
 
     # -- queries ------------------------------------------------------------
 
@@ -652,7 +816,7 @@ class LogStore:
         with self._lock:
             writer = self._live.get(execution_id)
             if writer is not None and not writer.closed:
-                raise ValueError(f"the log of execution {execution_id!r} is still being written")
+                raise ValueError(f"the log of execution {shown(execution_id)} is still being written")
             path.unlink(missing_ok=True)
 
     @staticmethod
@@ -670,7 +834,7 @@ class LogStore:
         offset: int,
         streams: frozenset[StreamType],
         tail_lines: int | None,
-    ) -> tuple[int, LogWriter | None, int, int, LogEntry | None]:
+    ) -> tuple[int, LogWriter | RemoteLog | None, int, int, LogEntry | None]:
         """Runs in a worker thread: open, validate the offset, find the tail.
 
         Returns (fd, live writer, end, start, first partial entry).
@@ -717,7 +881,7 @@ class LogStore:
           the part of the frame before the tail.
         - Without ``follow``: everything up to the current end. With ``follow``: then wait for
           new data and go on until the END frame; if no writer in this process is writing the
-          log (and it has no END), stop at its end, as no one will write more.
+          log or tracking it (:meth:`track`), stop at its end, as no one will write more.
 
         LogNotFound if there is no log (raised on the first iteration).
         """
@@ -766,6 +930,11 @@ class LogStore:
                 if writer is not None and follow:
                     limit = writer.committed
                 if limit is not None and read_at >= limit:
+                    if follow and writer is not None and writer.closed and not writer.complete:
+                        successor = self._live.get(execution_id)
+                        if successor is not None and successor is not writer:
+                            writer = successor  # handed over (see hand_over): follow the new writer
+                            continue
                     if not follow or writer is None or writer.closed:
                         return
                     await writer._wait_beyond(read_at)

@@ -6,6 +6,7 @@ turns a ``pydantic.ValidationError`` into INVALID_ARGUMENT with these messages.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,16 +24,20 @@ from pydantic import (
 )
 
 from haddock.executor import imageref
+from haddock.executor.errors import shown
 from haddock.executor.paths import check_container_path as _check_container_path
 from haddock.executor.publishers import PublisherSpec
 from haddock.executor.quantity import GiB, KiB, MiB, TiB, format_bytes, parse_bytes, parse_cpu, parse_duration
 from haddock.executor.sources import InputSource
+from haddock.executor.stats import StatsSummary
 
 RESERVED_ENV_PREFIX = "HADDOCK_"
 """Environment names with this prefix are set by the node; a request may not set them."""
 
 
 MAX_CPU_CORES = 1024.0
+MAX_ENV_NAME = 256
+MIN_CPU_CORES = 0.01  # the engine refuses a smaller CPU limit
 MAX_MEMORY = 64 * TiB
 MIN_MEMORY = 6 * MiB  # Docker refuses smaller limits
 MAX_DISK = 1024 * TiB
@@ -161,8 +166,14 @@ class Resources(_Model):
     @field_validator("cpu")
     @classmethod
     def _cpu_bounds(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"cpu must be a number of cores, got {v}")
         if v < 0:
             raise ValueError(f"cpu must not be negative, got {v}")
+        if 0 < v < MIN_CPU_CORES:
+            raise ValueError(
+                f"cpu of {v:g} cores is below the engine's minimum of {MIN_CPU_CORES:g} (10m); use 0 for no limit"
+            )
         if v > MAX_CPU_CORES:
             raise ValueError(f"cpu of {v:g} cores is more than any node has (at most {MAX_CPU_CORES:g})")
         return v
@@ -214,7 +225,7 @@ class InputVolume(_Model):
     @classmethod
     def _source_absolute(cls, v: Path) -> Path:
         if not v.is_absolute():
-            raise ValueError(f"input source {str(v)!r} must be an absolute path on the node")
+            raise ValueError(f"input source {shown(str(v))} must be an absolute path on the node")
         return v
 
     @field_validator("target")
@@ -234,11 +245,11 @@ class ResultPath(_Model):
     def _name(cls, v: str) -> str:
         if v in (".", "..") or not _OUTPUT_NAME_RE.match(v):
             raise ValueError(
-                f"output name {v!r} must be a single path segment of letters, digits, '.', '_' or '-' "
+                f"output name {shown(v)} must be a single path segment of letters, digits, '.', '_' or '-' "
                 "(not starting with '.' or '-', at most 128 characters)"
             )
         if v in ("stdout", "stderr", "exitCode"):
-            raise ValueError(f"output name {v!r} is reserved for the job's own result files")
+            raise ValueError(f"output name {shown(v)} is reserved for the job's own result files")
         return v
 
     @field_validator("path")
@@ -263,10 +274,10 @@ class EngineSpec(_Model):
         if not v or not v.strip():
             raise ValueError("image must not be empty")
         if v != v.strip():
-            raise ValueError(f"image {v!r} must not have leading or trailing spaces")
+            raise ValueError(f"image {shown(v)} must not have leading or trailing spaces")
         if not imageref.is_valid(v):
             raise ValueError(
-                f"image {v!r} is not a valid image reference (expected [registry/]name[:tag][@digest], "
+                f"image {shown(v)} is not a valid image reference (expected [registry/]name[:tag][@digest], "
                 "name in lower case)"
             )
         return v
@@ -283,18 +294,20 @@ class EngineSpec(_Model):
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         for name, value in v.items():
+            if len(name) > MAX_ENV_NAME:
+                raise ValueError(f"environment variable name {shown(name)} is longer than {MAX_ENV_NAME} characters")
             if not _ENV_NAME_RE.match(name):
                 raise ValueError(
-                    f"environment variable name {name!r} is not valid: use letters, digits and '_', "
+                    f"environment variable name {shown(name)} is not valid: use letters, digits and '_', "
                     "not starting with a digit"
                 )
             if name.upper().startswith(RESERVED_ENV_PREFIX):
                 raise ValueError(
-                    f"environment variable {name!r} uses the prefix {RESERVED_ENV_PREFIX!r}, "
+                    f"environment variable {shown(name)} uses the prefix {shown(RESERVED_ENV_PREFIX)}, "
                     "which is reserved for variables the node sets"
                 )
             if "\x00" in value:
-                raise ValueError(f"environment variable {name!r} must not contain NUL bytes")
+                raise ValueError(f"environment variable {shown(name)} must not contain NUL bytes")
         return v
 
     @field_validator("working_dir")
@@ -305,8 +318,8 @@ class EngineSpec(_Model):
         if "\x00" in v:
             raise ValueError("working_dir must not contain NUL bytes")
         if not v.startswith("/"):
-            raise ValueError(f"working_dir {v!r} must be an absolute path inside the container")
-        return v
+            raise ValueError(f"working_dir {shown(v)} must be an absolute path inside the container")
+        return v if v == "/" else _check_container_path(v, "working_dir")
 
 
 class OutputLimits(_Model):
@@ -336,10 +349,15 @@ class OutputLimits(_Model):
 _DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/=-]{0,127}$")
 
 
+def is_valid_id(v: str) -> bool:
+    """Whether ``v`` can be a job or execution id: 1-128 letters, digits, '.', '_' or '-'."""
+    return len(v) <= 128 and _ID_RE.match(v) is not None
+
+
 def _check_id(v: str, what: str) -> str:
     if not _ID_RE.match(v):
         raise ValueError(
-            f"{what} {v!r} must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"{what} {shown(v)} must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return v
 
@@ -387,7 +405,7 @@ class RunCommandRequest(_Model):
     @classmethod
     def _results_dir(cls, v: Path | None) -> Path | None:
         if v is not None and not v.is_absolute():
-            raise ValueError(f"results_dir {str(v)!r} must be an absolute path on the node")
+            raise ValueError(f"results_dir {shown(str(v))} must be an absolute path on the node")
         return v
 
     @field_validator("timeout")
@@ -449,6 +467,7 @@ class RunCommandResult(_Model):
     error_message: str = ""
     published: list[str] = Field(default_factory=list, description="where the results were published")
     publish_errors: list[str] = Field(default_factory=list, description="publishers that failed, and why")
+    stats: StatsSummary | None = Field(default=None, description="resource use sampled while the container ran")
 
 
 class BidResult(_Model):

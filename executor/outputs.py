@@ -56,12 +56,13 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from haddock.executor._walk import Ident, directory_usage, inode_of, tree_usage, walk
 from haddock.executor.quantity import format_bytes, parse_bytes
 
 __all__ = [
@@ -73,183 +74,9 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TRUNCATE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
-# Directory descriptors a walk holds at most besides the output directory's own (the innermost
-# directories of the current path); deeper trees re-open their ancestors through "..".
-_MAX_HELD_FDS = 64
 # Symbolic links followed while deciding where one link points, as the kernel's own limit (ELOOP).
 _MAX_LINK_HOPS = 40
-
-_Ident = tuple[int, int]  # (st_dev, st_ino)
-
-
-def _ident(st: os.stat_result) -> _Ident:
-    return (st.st_dev, st.st_ino)
-
-
-# --- the walk ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Frame:
-    """A directory on the walk's current path."""
-
-    parts: tuple[str, ...]
-    """Names from the output directory down to this one."""
-    ident: _Ident
-    fd: int
-    """Open descriptor, or -1 while closed (only ever for directories in the middle of a deep path)."""
-    todo: list[str] | None = None
-    """Subdirectories still to enter, once listed."""
-
-
-def _open_dir(dir_fd: int, name: str) -> int | None:
-    """Open a subdirectory without following a link; None if it is gone or not a directory."""
-    try:
-        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # a symbolic link now: not followed
-            return None
-        raise
-
-
-def _close(frame: _Frame) -> None:
-    if frame.fd >= 0:
-        os.close(frame.fd)
-        frame.fd = -1
-
-
-def _reopen_by_name(stack: list[_Frame], index: int) -> None:
-    """Open ``stack[index]`` by walking down from the output directory, checking every step.
-
-    If a directory on the way is gone or is no longer the one the walk entered, the frames from there
-    down are given up (marked done and left closed): the tree was moved under the walk.
-    """
-    cur = stack[0].fd
-    for k in range(1, index + 1):
-        frame = stack[k]
-        fd = _open_dir(cur, frame.parts[-1])
-        if fd is not None and _ident(os.fstat(fd)) != frame.ident:
-            os.close(fd)
-            fd = None
-        if cur != stack[0].fd:
-            os.close(cur)
-        if fd is None:
-            for lost in stack[k : index + 1]:
-                lost.todo = []
-            return
-        cur = fd
-    stack[index].fd = cur
-
-
-def _walk(root: Path) -> Generator[tuple[int, tuple[str, ...], os.DirEntry[str]], None, None]:
-    """Every entry under ``root`` that is not a directory, as (directory fd, directory parts, entry).
-
-    The directory descriptor is valid until the consumer asks for the next entry; ``entry.stat()``
-    and ``os.*(entry.name, dir_fd=fd)`` work on the entry through it. A ``root`` that is missing, not
-    a directory or a symbolic link yields nothing. Use under ``contextlib.closing`` so that an early
-    exit closes the descriptors at once.
-    """
-    try:
-        root_fd = os.open(root, _DIR_FLAGS)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return
-        raise
-    stack = [_Frame((), _ident(os.fstat(root_fd)), root_fd)]
-    low = 1  # frames stack[low:] are open (and stack[0], always); those in between are closed
-    try:
-        while stack:
-            top = stack[-1]
-            if top.todo is None:
-                top.todo = []
-                with os.scandir(top.fd) as listing:
-                    for entry in listing:
-                        try:
-                            is_dir = entry.is_dir(follow_symlinks=False)
-                        except FileNotFoundError:
-                            continue
-                        if is_dir:
-                            top.todo.append(entry.name)
-                        else:
-                            yield top.fd, top.parts, entry
-                top.todo.reverse()  # entered in listing order
-            if top.todo and top.fd >= 0:
-                name = top.todo.pop()
-                child = _open_dir(top.fd, name)
-                if child is not None:
-                    stack.append(_Frame((*top.parts, name), _ident(os.fstat(child)), child))
-                    if len(stack) - low > _MAX_HELD_FDS:
-                        _close(stack[low])
-                        low += 1
-                continue
-            # Done with this directory: go back up to its parent.
-            stack.pop()
-            if not stack:
-                _close(top)
-                break
-            parent_index = len(stack) - 1
-            parent = stack[parent_index]
-            if parent.fd < 0:
-                fd = _open_dir(top.fd, "..") if top.fd >= 0 else None
-                if fd is not None and _ident(os.fstat(fd)) == parent.ident:
-                    parent.fd = fd
-                else:
-                    if fd is not None:
-                        os.close(fd)
-                    _reopen_by_name(stack, parent_index)
-                low = parent_index
-            _close(top)
-    finally:
-        for frame in stack:
-            _close(frame)
-
-
-# --- usage ------------------------------------------------------------------------------------------
-
-
-def _usage(paths: Sequence[Path], stop_above: int | None = None) -> int:
-    """Bytes of the regular files under ``paths``; stops early once the total is over ``stop_above``."""
-    seen: set[_Ident] = set()
-    total = 0
-    for root in paths:
-        with contextlib.closing(_walk(root)) as entries:
-            for _dir_fd, _parts, entry in entries:
-                try:
-                    if not entry.is_file(follow_symlinks=False):
-                        continue
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                if st.st_nlink > 1:
-                    ident = _ident(st)
-                    if ident in seen:
-                        continue
-                    seen.add(ident)
-                total += st.st_size
-                if stop_above is not None and total > stop_above:
-                    return total
-    return total
-
-
-def directory_usage(paths: Sequence[Path]) -> int:
-    """Bytes used by the regular files under ``paths``: their apparent sizes (``st_size``).
-
-    Symbolic links are not followed (and count nothing, as do directories and special files); a file
-    with several hard links under the paths counts once, by (``st_dev``, ``st_ino``); files and
-    directories vanishing during the scan are skipped, and a path that is missing, not a directory or
-    a symbolic link counts 0. A directory that cannot be read raises ``PermissionError``.
-    """
-    return _usage(paths)
-
 
 # --- trimming ---------------------------------------------------------------------------------------
 
@@ -274,11 +101,11 @@ class _Planned:
     """The smallest of its names (hard links share one inode and one mtime)."""
 
 
-def _plan(paths: Sequence[Path], cap: int) -> dict[_Ident, int | None]:
+def _plan(paths: Sequence[Path], cap: int) -> dict[Ident, int | None]:
     """For every regular file (inode) under the paths: the size it may keep, or None to delete it."""
-    files: dict[_Ident, _Planned] = {}
+    files: dict[Ident, _Planned] = {}
     for root in paths:
-        with contextlib.closing(_walk(root)) as entries:
+        with contextlib.closing(walk(root)) as entries:
             for _dir_fd, parts, entry in entries:
                 try:
                     st = entry.stat(follow_symlinks=False)
@@ -287,13 +114,13 @@ def _plan(paths: Sequence[Path], cap: int) -> dict[_Ident, int | None]:
                 if not stat.S_ISREG(st.st_mode):
                     continue
                 path = os.path.join(root, *parts, entry.name)
-                ident = _ident(st)
+                ident = inode_of(st)
                 known = files.get(ident)
                 if known is None:
                     files[ident] = _Planned(st.st_size, st.st_mtime_ns, path)
                 elif path < known.path:
                     known.path = path
-    plan: dict[_Ident, int | None] = {}
+    plan: dict[Ident, int | None] = {}
     kept = 0
     for ident, planned in sorted(files.items(), key=lambda item: (item[1].mtime_ns, item[1].path)):
         if kept + planned.size <= cap:
@@ -359,7 +186,7 @@ def _link_stays_inside(root: Path, parts: tuple[str, ...], target: str) -> bool:
     return True
 
 
-def _truncate(dir_fd: int, name: str, ident: _Ident, size: int) -> bool:
+def _truncate(dir_fd: int, name: str, ident: Ident, size: int) -> bool:
     """Cut the file ``name`` to ``size`` if it is still the planned inode; False if it is not."""
     try:
         fd = os.open(name, _TRUNCATE_FLAGS, dir_fd=dir_fd)
@@ -371,7 +198,7 @@ def _truncate(dir_fd: int, name: str, ident: _Ident, size: int) -> bool:
         raise
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or _ident(st) != ident:
+        if not stat.S_ISREG(st.st_mode) or inode_of(st) != ident:
             return False
         os.ftruncate(fd, size)
         return True
@@ -412,10 +239,10 @@ def trim_to_cap(paths: Sequence[Path], cap: int) -> TrimReport:
     plan = _plan(paths, cap)
     truncated: list[Path] = []
     removed: list[Path] = []
-    counted: set[_Ident] = set()
+    counted: set[Ident] = set()
     kept = 0
     for root in paths:
-        with contextlib.closing(_walk(root)) as entries:
+        with contextlib.closing(walk(root)) as entries:
             for dir_fd, parts, entry in entries:
                 path = Path(root, *parts, entry.name)
                 try:
@@ -432,7 +259,7 @@ def trim_to_cap(paths: Sequence[Path], cap: int) -> TrimReport:
                     continue
                 if not stat.S_ISREG(st.st_mode):
                     continue
-                ident = _ident(st)
+                ident = inode_of(st)
                 allowed = plan.get(ident)  # a file that appeared after planning is deleted
                 if allowed is not None and st.st_size > allowed:
                     try:
@@ -567,7 +394,7 @@ class OutputWatcher:
     async def _scan(self) -> int:
         started = time.monotonic()
         try:
-            usage = await asyncio.to_thread(_usage, self._paths, self._cap)
+            usage = await asyncio.to_thread(tree_usage, self._paths, self._cap)
         finally:
             self._last_scan_seconds = time.monotonic() - started
         self._peak = max(self._peak, usage)

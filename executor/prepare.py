@@ -28,6 +28,9 @@ async def prepare_image(driver: Driver, record: ExecutionRecord, cancelled: asyn
         emit(record, EventKind.PULLING, f"making image {engine.image} available ({engine.pull_policy})")
 
         def progress(rec: dict[str, Any]) -> None:
+            if rec.get("note"):  # the driver says why making the image available waits (kept with the events)
+                emit(record, EventKind.PULLING, str(rec["note"]))
+                return
             detail = rec.get("progressDetail") or {}
             emit(
                 record,

@@ -20,6 +20,8 @@ import math
 import re
 from decimal import Decimal, InvalidOperation
 
+from haddock.executor.errors import shown
+
 __all__ = [
     "GiB",
     "KiB",
@@ -95,9 +97,9 @@ def _decimal(num: str, original: str, what: str) -> Decimal:
     try:
         value = Decimal(num)
     except InvalidOperation as exc:  # pragma: no cover - the regex only lets numbers through
-        raise QuantityError(f"{original!r} is not {what}") from exc
+        raise QuantityError(f"{shown(original)} is not {what}") from exc
     if not value.is_finite():
-        raise QuantityError(f"{original!r} is not {what}")
+        raise QuantityError(f"{shown(original)} is not {what}")
     return value
 
 
@@ -108,7 +110,7 @@ def parse_bytes(value: str | int | float) -> int:
     rounding up (``1.5Gi`` is fine; ``0.3`` bytes rounds up to 1).
     """
     if isinstance(value, bool):
-        raise QuantityError(f"{value!r} is not {BYTES_HELP}")
+        raise QuantityError(f"{shown(value)} is not {BYTES_HELP}")
     if isinstance(value, int):
         if value < 0:
             raise QuantityError(f"byte size must not be negative, got {value}")
@@ -121,14 +123,14 @@ def parse_bytes(value: str | int | float) -> int:
         return math.ceil(value)
     text = str(value)
     if text.strip().startswith("-"):
-        raise QuantityError(f"byte size must not be negative, got {text!r}")
+        raise QuantityError(f"byte size must not be negative, got {shown(text)}")
     match = _NUMBER_UNIT.match(text)
     if not match:
-        raise QuantityError(f"{text!r} is not {BYTES_HELP}")
+        raise QuantityError(f"{shown(text)} is not {BYTES_HELP}")
     unit = match.group("unit")
     if unit not in _BYTE_UNITS:
         raise QuantityError(
-            f"{text!r} has an unknown unit {unit!r}; use one of Ki, Mi, Gi, Ti (1024-based), "
+            f"{shown(text)} has an unknown unit {shown(unit)}; use one of Ki, Mi, Gi, Ti (1024-based), "
             f"k, m, g, t (Docker style, 1024-based) or K, M, G, T (1000-based)"
         )
     number = _decimal(match.group("num"), text, BYTES_HELP)
@@ -139,7 +141,7 @@ def parse_bytes(value: str | int | float) -> int:
 def parse_cpu(value: str | int | float) -> float:
     """Parse a CPU quantity into (fractional) cores."""
     if isinstance(value, bool):
-        raise QuantityError(f"{value!r} is not {CPU_HELP}")
+        raise QuantityError(f"{shown(value)} is not {CPU_HELP}")
     if isinstance(value, int | float):
         if value < 0:
             raise QuantityError(f"CPU must not be negative, got {value}")
@@ -148,17 +150,17 @@ def parse_cpu(value: str | int | float) -> float:
         return float(value)
     text = str(value)
     if text.strip().startswith("-"):
-        raise QuantityError(f"CPU must not be negative, got {text!r}")
+        raise QuantityError(f"CPU must not be negative, got {shown(text)}")
     match = _NUMBER_UNIT.match(text)
     if not match:
-        raise QuantityError(f"{text!r} is not {CPU_HELP}")
+        raise QuantityError(f"{shown(text)} is not {CPU_HELP}")
     unit = match.group("unit")
     number = _decimal(match.group("num"), text, CPU_HELP)
     if unit == "":
         return float(number)
     if unit == "m":
         return float(number / 1000)
-    raise QuantityError(f"{text!r} has an unknown CPU unit {unit!r}; use cores (0.5) or millicores (500m)")
+    raise QuantityError(f"{shown(text)} has an unknown CPU unit {shown(unit)}; use cores (0.5) or millicores (500m)")
 
 
 _DURATION_PART = re.compile(r"(?P<num>[0-9]*\.?[0-9]+)(?P<unit>ms|us|µs|ns|d|h|m|s)")
@@ -168,7 +170,7 @@ _DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "
 def parse_duration(value: str | int | float) -> float:
     """Parse a duration into seconds (float)."""
     if isinstance(value, bool):
-        raise QuantityError(f"{value!r} is not {DURATION_HELP}")
+        raise QuantityError(f"{shown(value)} is not {DURATION_HELP}")
     if isinstance(value, int | float):
         if value < 0:
             raise QuantityError(f"duration must not be negative, got {value}")
@@ -179,7 +181,7 @@ def parse_duration(value: str | int | float) -> float:
     if not text:
         raise QuantityError(f"an empty string is not {DURATION_HELP}")
     if text.startswith("-"):
-        raise QuantityError(f"duration must not be negative, got {text!r}")
+        raise QuantityError(f"duration must not be negative, got {shown(text)}")
     try:
         return parse_duration(float(text))
     except ValueError:
@@ -192,7 +194,7 @@ def parse_duration(value: str | int | float) -> float:
         total += float(match.group("num")) * _DURATION_UNITS[match.group("unit")]
         pos = match.end()
     if pos != len(text) or pos == 0:
-        raise QuantityError(f"{text!r} is not {DURATION_HELP}")
+        raise QuantityError(f"{shown(text)} is not {DURATION_HELP}")
     return total
 
 

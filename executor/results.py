@@ -32,10 +32,10 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from haddock.executor.models import OutputLimits, StreamType
 
@@ -43,9 +43,13 @@ __all__ = [
     "EXIT_CODE_FILE",
     "STDERR_FILE",
     "STDOUT_FILE",
+    "CapturedFile",
     "JobResults",
+    "ResultFileFiller",
     "StreamSummary",
+    "capture_temp_path",
     "decode_inline",
+    "remove_capture_files",
     "write_job_results",
 ]
 
@@ -165,6 +169,82 @@ class _TempFile:
                 self.path.unlink(missing_ok=True)
 
 
+def capture_temp_path(results_dir: Path, name: str) -> Path:
+    """Where a stream's results file is filled during capture, before ``write_job_results`` renames it.
+
+    The name is fixed (not random) so that a restarted daemon finds what the capture process wrote.
+    """
+    return Path(results_dir) / f".{name}.capture.tmp"
+
+
+def remove_capture_files(results_dir: Path) -> None:
+    """Remove results files a capture filled that are not used (the results are written from the log)."""
+    for name in (STDOUT_FILE, STDERR_FILE):
+        with contextlib.suppress(OSError):
+            os.unlink(capture_temp_path(results_dir, name))
+
+
+@dataclass(frozen=True)
+class CapturedFile:
+    """A stream's results file filled during capture: the first ``min(total_bytes, file limit)`` bytes of
+    the stream, byte-exact, in ``path`` (see :class:`ResultFileFiller`)."""
+
+    path: Path
+    total_bytes: int
+    """Bytes in the whole stream (also those beyond the file limit)."""
+
+
+class ResultFileFiller:
+    """Fills one stream's results file while the output is captured, so that the results need no second copy.
+
+    Synchronous (plain ``os.write`` on an ``O_APPEND``-free descriptor): the capture process calls it
+    from its event loop, as it does the log writer. Bytes beyond ``limit`` are only counted.
+    """
+
+    def __init__(self, results_dir: Path, name: str, limit: int) -> None:
+        self.path = capture_temp_path(results_dir, name)
+        self.limit = limit
+        self.total_bytes = 0
+        self.file_bytes = 0
+        self.failed: str = ""
+        Path(results_dir).mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+        self._fd: int | None = os.open(self.path, flags, 0o644)
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.total_bytes += len(data)
+        if self._fd is None or self.file_bytes >= self.limit:
+            return
+        part = memoryview(data)[: self.limit - self.file_bytes]
+        try:
+            done = 0
+            while done < len(part):
+                done += os.write(self._fd, part[done:])
+        except OSError as exc:  # the results are then written from the log store instead
+            self.failed = f"{exc.strerror or exc}"
+            self._close()
+            return
+        self.file_bytes += len(part)
+
+    def finish(self) -> CapturedFile | None:
+        """fsync and close; the captured file, or None if it could not be written completely."""
+        if self._fd is not None:
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                self.failed = f"{exc.strerror or exc}"
+            self._close()
+        if self.failed:
+            return None
+        return CapturedFile(self.path, self.total_bytes)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
 async def _in_thread(fn: Callable[..., _T], *args: object) -> _T:
     return await asyncio.to_thread(fn, *args)
 
@@ -240,6 +320,53 @@ async def _consume(
     )
 
 
+def _adopt_check(captured: CapturedFile, file_limit: int, return_limit: int) -> bytes:
+    """Check a captured file (size as promised; its writer fsync'ed it) and read the inline head it holds."""
+    expected = min(captured.total_bytes, file_limit)
+    fd = os.open(captured.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        size = os.fstat(fd).st_size
+        if size != expected:
+            raise OSError(f"the captured file {captured.path} holds {size} bytes, not {expected}")
+        return os.pread(fd, min(return_limit, size), 0)
+    finally:
+        os.close(fd)
+
+
+async def _adopt(
+    captured: CapturedFile,
+    source: AsyncIterable[bytes],
+    tmp: _TempFile,
+    file_limit: int,
+    return_limit: int,
+) -> StreamSummary:
+    """A stream whose file was filled during capture: only the inline head is read (from the file, or
+    from ``source`` when the return limit is beyond the file limit)."""
+    tmp.path = captured.path  # renamed into place by commit, removed by discard
+    total = captured.total_bytes
+    head = await _in_thread(_adopt_check, captured, file_limit, return_limit)
+    want = min(return_limit, total)
+    if len(head) < want:  # the file stops before the inline head does
+        buf = bytearray()
+        it = aiter(source)
+        try:
+            async for chunk in it:
+                buf += chunk[: want - len(buf)]
+                if len(buf) >= want:
+                    break
+        finally:
+            await _aclose(it)
+        head = bytes(buf)
+    truncated = total > return_limit
+    return StreamSummary(
+        text=decode_inline(head, truncated),
+        truncated=truncated,
+        file_truncated=total > file_limit,
+        file_bytes=min(total, file_limit),
+        total_bytes=total,
+    )
+
+
 def _fsync_dir(directory: Path) -> None:
     flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
     fd = os.open(directory, flags)
@@ -261,6 +388,7 @@ async def write_job_results(
     limits: OutputLimits,
     *,
     drain: bool = False,
+    captured: Mapping[StreamType, CapturedFile] | None = None,
 ) -> JobResults:
     """Write ``stdout``, ``stderr`` and (if a process ran) ``exitCode`` into ``results_dir``.
 
@@ -268,6 +396,10 @@ async def write_job_results(
     reached and one more byte has been seen; then its iterator is closed (``aclose()``) — unless
     ``drain``, in which case the rest is read and discarded (for producers that must not block, such
     as pipes) and ``total_bytes`` is known.
+
+    ``captured``: streams whose file was already filled during capture (:class:`ResultFileFiller`);
+    such a file is renamed into place as it is, and only its inline head is read — no second copy.
+    Its source is then read only if the return limit goes beyond the file limit.
 
     The files appear only once everything was read and synced: if a source raises or the call is
     cancelled, no file is replaced, no temp file is left, and the exception propagates (a single
@@ -278,27 +410,20 @@ async def write_job_results(
     out_tmp = _TempFile(results_dir, STDOUT_FILE)
     err_tmp = _TempFile(results_dir, STDERR_FILE)
     temps = [out_tmp, err_tmp]
+    captured = captured or {}
+
+    def summarize(kind: StreamType, source: AsyncIterable[bytes], tmp: _TempFile) -> Coroutine[Any, Any, StreamSummary]:
+        file_limit, return_limit = limits.file_limit(kind), limits.return_limit(kind)
+        done = captured.get(kind)
+        if done is not None:
+            return _adopt(done, source, tmp, file_limit, return_limit)
+        return _consume(source, tmp, file_limit, return_limit, drain)
+
     try:
         try:
             async with asyncio.TaskGroup() as tg:
-                out_task = tg.create_task(
-                    _consume(
-                        stdout,
-                        out_tmp,
-                        limits.file_limit(StreamType.STDOUT),
-                        limits.return_limit(StreamType.STDOUT),
-                        drain,
-                    )
-                )
-                err_task = tg.create_task(
-                    _consume(
-                        stderr,
-                        err_tmp,
-                        limits.file_limit(StreamType.STDERR),
-                        limits.return_limit(StreamType.STDERR),
-                        drain,
-                    )
-                )
+                out_task = tg.create_task(summarize(StreamType.STDOUT, stdout, out_tmp))
+                err_task = tg.create_task(summarize(StreamType.STDERR, stderr, err_tmp))
         except BaseExceptionGroup as group:
             if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None

@@ -30,6 +30,7 @@ from haddock.executor.errors import (
     ExecutorShuttingDown,
     InvalidSpec,
 )
+from haddock.executor.logcap import LogCap
 from haddock.executor.logstore import LogEntry, LogStore, LogWriter
 from haddock.executor.models import (
     BidResult,
@@ -48,14 +49,17 @@ from haddock.executor.prepare import prepare_image, prepare_inputs
 from haddock.executor.protocol import InputPreparer, PreparedInputs, ResultPublisher
 from haddock.executor.quantity import GiB
 from haddock.executor.settle import finish
+from haddock.executor.stats import Stat, StatsAccumulator
 from haddock.executor.supervise import supervise
 
-__all__ = ["EventSink", "Runner", "RunnerConfig"]
+__all__ = ["EventSink", "Runner", "RunnerConfig", "StatsSink"]
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("haddock.executor")
 
 EventSink = Callable[[ExecutionEvent], None]
+StatsSink = Callable[[str, Stat], None]
+"""Where resource samples go (execution id, sample), one way: the node keeps them with the execution."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,13 @@ class RunnerConfig:
     log_dir: Path
     default_output_cap: int = 10 * GiB  # what a job may write to its outputs when it sets no disk resource
     max_finished_records: int = 10_000  # finished executions kept in memory (the node persists them)
+    log_max_per_execution: int | None = None  # one execution's log file (None: its output limits plus framing)
+    log_max_live: int | None = None  # the logs being written, together (None: no bound)
+
+    def log_cap(self, request: RunCommandRequest) -> LogCap:
+        return LogCap.for_limits(request.output_limits, self.log_max_per_execution)
+
+    stats_interval: float = 1.0  # seconds between resource samples of a running container; 0: none
 
 
 @dataclass
@@ -78,6 +89,7 @@ class Execution:
     leave_container: bool = False  # a shutdown lets go of the container (a restart reattaches)
     prepared_inputs: PreparedInputs | None = None
     output_cap_message: str = ""  # the job wrote past its output cap
+    stats: StatsAccumulator = field(default_factory=StatsAccumulator)  # resource use, summed up as sampled
 
 
 class Runner:
@@ -92,15 +104,18 @@ class Runner:
         event_sink: EventSink | None = None,
         input_preparer: InputPreparer | None = None,
         result_publisher: ResultPublisher | None = None,
+        stats_sink: StatsSink | None = None,
     ) -> None:
         self.driver = driver
         self.config = config
-        self.logs = LogStore(config.log_dir)
+        self.logs = LogStore(config.log_dir, max_live_bytes=config.log_max_live)
         self._event_sink = event_sink
         self._input_preparer = input_preparer
         self._result_publisher = result_publisher
+        self._stats_sink = stats_sink
         self._records: dict[str, ExecutionRecord] = {}
         self._running: dict[str, Execution] = {}
+        self._starting: dict[str, asyncio.Future[None]] = {}  # starts under way (creating the log)
         self._closing = False
         self._grace_cap: float | None = None
 
@@ -147,10 +162,13 @@ class Runner:
         self.check(request)
         # Register synchronously (no await between the check and here) so that a concurrent start
         # of the same id sees it; the log exists before start returns, so it can be streamed at once.
+        # A wait or cancel arriving meanwhile waits for this start to be through (see _started).
         record = ExecutionRecord(request=request)
         self._records[exec_id] = record
+        starting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._starting[exec_id] = starting
         try:
-            writer = await asyncio.to_thread(self.logs.create, exec_id)
+            writer = await asyncio.to_thread(self.logs.create, exec_id, self.config.log_cap(request))
         except FileExistsError:
             self._records.pop(exec_id, None)
             raise ExecutionAlreadyComplete(exec_id, "an execution with this id already ran on this node") from None
@@ -160,6 +178,9 @@ class Runner:
         except BaseException:
             self._records.pop(exec_id, None)
             raise
+        finally:
+            self._starting.pop(exec_id, None)
+            starting.set_result(None)
         execution = Execution(record=record, done=asyncio.get_running_loop().create_future(), writer=writer)
         self._running[exec_id] = execution
         self._emit(
@@ -175,7 +196,15 @@ class Runner:
         await self.start(request)
         return await self.wait(request.execution_id)
 
+    async def _started(self, execution_id: str) -> None:
+        """Wait until a start of this id under way is through (accepted, or refused and forgotten): a wait
+        or cancel arriving while ``start`` creates the log sees the execution, or nothing at all."""
+        starting = self._starting.get(execution_id)
+        if starting is not None:
+            await asyncio.shield(starting)
+
     async def wait(self, execution_id: str) -> RunCommandResult:
+        await self._started(execution_id)
         record = self.record(execution_id)
         if record.result is not None:
             return record.result
@@ -185,6 +214,7 @@ class Runner:
         return await asyncio.shield(execution.done)
 
     async def cancel(self, execution_id: str) -> None:
+        await self._started(execution_id)
         record = self.record(execution_id)
         execution = self._running.get(execution_id)
         handle = execution.handle if execution is not None else None
@@ -214,6 +244,7 @@ class Runner:
         return list(self._records.values())
 
     async def get_log_stream(self, execution_id: str, query: LogQuery | None = None) -> AsyncIterator[LogEntry]:
+        await self._started(execution_id)
         if execution_id not in self._records and not self.logs.exists(execution_id):
             raise ExecutionNotFound(execution_id)
         query = query or LogQuery()
@@ -273,18 +304,22 @@ class Runner:
         status collected; a missing one ends the execution with a clear message. Results are then
         written as usual. Returns once every execution is registered (``wait`` works on them).
         """
+        held = await self.driver.held_logs()
         for record in records:
             exec_id = record.execution_id
             if exec_id in self._records:
                 continue
             record.result = None
             writer: LogWriter | None
-            if not self.logs.exists(exec_id):
-                writer = await asyncio.to_thread(self.logs.create, exec_id)
+            cap = self.config.log_cap(record.request)
+            if exec_id in held:
+                writer = None  # another process of the driver writes it (see Driver.held_logs)
+            elif not self.logs.exists(exec_id):
+                writer = await asyncio.to_thread(self.logs.create, exec_id, cap)
             elif self.logs.is_complete(exec_id):
                 writer = None  # all output was captured before the node went down
             else:
-                writer = await asyncio.to_thread(self.logs.open_append, exec_id)
+                writer = await asyncio.to_thread(self.logs.open_append, exec_id, cap)
             execution = Execution(record=record, done=asyncio.get_running_loop().create_future(), writer=writer)
             # Registered together, with no await between: a record is never seen without its execution.
             self._records[exec_id] = record
@@ -316,6 +351,14 @@ class Runner:
             except Exception:
                 log.exception("event sink failed")
         return event
+
+    def _emit_stat(self, execution: Execution, stat: Stat) -> None:
+        execution.stats.add(stat)
+        if self._stats_sink is not None:
+            try:
+                self._stats_sink(execution.record.execution_id, stat)
+            except Exception:
+                log.exception("stats sink failed")
 
     def _set_state(self, record: ExecutionRecord, state: ExecutionState, **carried: Any) -> None:
         if record.state is not state:
@@ -370,10 +413,13 @@ class Runner:
         status: ResultStatus | None = None
         try:
             try:
+                resumed: ExitStatus | None = None
                 if recovered:
                     with tracer.start_as_current_span("resume"):
-                        outcome = await self._resume(execution)
-                else:
+                        resumed = await self._resume(execution)
+                if resumed is not None:
+                    outcome = resumed
+                else:  # a fresh execution, or one the node went down while preparing: prepared (again)
                     outcome, status = await self._prepare_and_run(execution)
             except asyncio.CancelledError:
                 raise
@@ -451,10 +497,18 @@ class Runner:
             self._emit(record, EventKind.STARTED, "container started", container_id=handle.container_id)
             return await supervise(self, execution, handle, record.request.timeout), None
 
-    async def _resume(self, execution: Execution) -> ExitStatus:
-        """The recovered execution's container: follow it (or read what it left), then its exit status."""
+    async def _resume(self, execution: Execution) -> ExitStatus | None:
+        """The recovered execution's container: follow it (or read what it left), then its exit status.
+        None when the node went down while preparing it: it is to be prepared again (nothing of it ran)."""
         record = execution.record
         resumed = await self.driver.resume(record, execution.writer)
+        if resumed is None:
+            if execution.writer is None:  # pragma: no cover - a complete log means a container ran
+                return ExitStatus(error="the job's container was not found when the node restarted")
+            self._set_state(record, ExecutionState.PREPARING)
+            if record.request.input_sources and self._input_preparer is not None:
+                await self._input_preparer.discard(record.execution_id)  # what the previous life fetched
+            return None
         if isinstance(resumed, ExitStatus):
             return resumed
         execution.handle = resumed

@@ -4,6 +4,7 @@ node's log store (never from the engine), then published; the record settled. Pa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -22,7 +23,8 @@ from haddock.executor.models import (
     utcnow,
 )
 from haddock.executor.quantity import format_bytes, format_duration
-from haddock.executor.results import write_job_results
+from haddock.executor.results import remove_capture_files, write_job_results
+from haddock.executor.stats import StatsSummary
 
 if TYPE_CHECKING:
     from haddock.executor.runner import Execution, Runner
@@ -48,13 +50,18 @@ def decide_status(stop_reason: str | None, output_cap_message: str, outcome: Exi
     return ResultStatus.SUCCESS
 
 
-def describe_outcome(request: RunCommandRequest, status: ResultStatus, outcome: ExitStatus) -> str:
+def describe_outcome(
+    request: RunCommandRequest, status: ResultStatus, outcome: ExitStatus, stats: StatsSummary | None = None
+) -> str:
     """The result's message for people."""
     if outcome.error:
         return outcome.error
     if status is ResultStatus.KILLED:
         limit = format_bytes(request.resources.memory) if request.resources.memory else "the node's memory"
-        return f"the job ran out of memory: it was killed for exceeding its memory limit of {limit}"
+        message = f"the job ran out of memory: it was killed for exceeding its memory limit of {limit}"
+        if stats is not None and stats.peak_memory_bytes:
+            message += f"; peak observed {format_bytes(stats.peak_memory_bytes)}"
+        return message
     if status is ResultStatus.TIMEOUT:
         assert request.timeout is not None
         return f"the job exceeded its timeout of {format_duration(request.timeout)} and was stopped"
@@ -63,6 +70,16 @@ def describe_outcome(request: RunCommandRequest, status: ResultStatus, outcome: 
     if status is ResultStatus.ERROR and outcome.exit_code not in (0, None):
         return f"the job exited with code {outcome.exit_code}"
     return ""
+
+
+async def _stderr_head(runner: Runner, exec_id: str, most: int = 1024) -> bytes:
+    """The first bytes the job wrote to stderr (from the node's log)."""
+    head = b""
+    async for entry in runner.logs.read(exec_id, streams=frozenset({StreamType.STDERR})):
+        head += entry.data
+        if len(head) >= most:
+            break
+    return head[:most]
 
 
 async def finish(
@@ -76,9 +93,25 @@ async def finish(
         status = decide_status(handle.stop_reason if handle else None, execution.output_cap_message, outcome)
     runner._set_state(record, ExecutionState.FINISHING)
     exec_id = request.execution_id
+    if status is ResultStatus.ERROR and outcome.exit_code in (126, 127) and not outcome.error:
+        explained = runner.driver.explain_exit(outcome.exit_code, await _stderr_head(runner, exec_id))
+        if explained:
+            outcome = dataclasses.replace(outcome, error=f"{explained} (the job exited with code {outcome.exit_code})")
+    stats = execution.stats.summary()
+    writer = execution.writer
+    log_full = (
+        f"the node's log space was full (log_max_bytes): {format_bytes(writer.lost_bytes)} of the job's output "
+        "is missing"
+        if writer is not None and writer.lost_bytes
+        else ""
+    )
     message = "; ".join(
         m
-        for m in (execution.output_cap_message or describe_outcome(request, status, outcome), outcome.capture_error)
+        for m in (
+            execution.output_cap_message or describe_outcome(request, status, outcome, stats),
+            outcome.capture_error,
+            log_full,
+        )
         if m
     )
 
@@ -86,26 +119,45 @@ async def finish(
         async for entry in runner.logs.read(exec_id, streams=frozenset({kind})):
             yield entry.data
 
-    writer = execution.writer
     assert request.results_dir is not None
     try:
         if writer is not None:
             await asyncio.to_thread(writer.close)
-        written = await write_job_results(
-            request.results_dir,
-            stream(StreamType.STDOUT),
-            stream(StreamType.STDERR),
-            outcome.exit_code,
-            request.output_limits,
-        )
+        written = None
+        if outcome.captured is not None:
+            try:
+                # The capture filled the results files as output arrived: rename them, read the inline heads.
+                written = await write_job_results(
+                    request.results_dir,
+                    stream(StreamType.STDOUT),
+                    stream(StreamType.STDERR),
+                    outcome.exit_code,
+                    request.output_limits,
+                    captured=outcome.captured,
+                )
+            except OSError as exc:
+                log.warning("the captured results of %s are not usable (%s); copying from the log", exec_id, exc)
+        if written is None:
+            await asyncio.to_thread(remove_capture_files, request.results_dir)
+            written = await write_job_results(
+                request.results_dir,
+                stream(StreamType.STDOUT),
+                stream(StreamType.STDERR),
+                outcome.exit_code,
+                request.output_limits,
+            )
+        out_bytes, err_bytes = outcome.stdout_bytes, outcome.stderr_bytes
+        if out_bytes is None or err_bytes is None:
+            out_bytes = writer.stdout_bytes if writer else (written.stdout.total_bytes or 0)
+            err_bytes = writer.stderr_bytes if writer else (written.stderr.total_bytes or 0)
         runner._emit(
             record,
             EventKind.RESULTS_WRITTEN,
             f"results written to {request.results_dir}",
-            stdout_bytes=writer.stdout_bytes if writer else (written.stdout.total_bytes or 0),
-            stderr_bytes=writer.stderr_bytes if writer else (written.stderr.total_bytes or 0),
+            stdout_bytes=out_bytes,
+            stderr_bytes=err_bytes,
         )
-        lost = bool(outcome.capture_error)
+        lost = bool(outcome.capture_error or log_full)
         published, publish_errors = await _publish(runner, record)
         result = RunCommandResult(
             status=status,
@@ -119,6 +171,7 @@ async def finish(
             error_message=message,
             published=published,
             publish_errors=publish_errors,
+            stats=stats,
         )
     except Exception as exc:
         log.exception("writing results of %s failed", exec_id)
@@ -127,6 +180,7 @@ async def finish(
             exit_code=outcome.exit_code,
             error_message=f"{message + '; ' if message else ''}writing results to "
             f"{request.results_dir} failed: {runner.driver.describe_failure(exc)}",
+            stats=stats,
         )
     record.result = result
     record.finished_at = utcnow()

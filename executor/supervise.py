@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import TYPE_CHECKING
 
 from haddock.executor.driver import ContainerHandle, ExitStatus
@@ -16,6 +17,20 @@ if TYPE_CHECKING:
     from haddock.executor.runner import Execution, Runner
 
 __all__ = ["supervise"]
+
+log = logging.getLogger(__name__)
+
+
+async def _sample(runner: Runner, execution: Execution, handle: ContainerHandle, interval: float) -> None:
+    """The container's resource samples into the execution's summary and the stats sink, until cancelled
+    or the container is no longer running. Never fails the execution."""
+    try:
+        async for stat in handle.stats(interval):
+            runner._emit_stat(execution, stat)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("sampling the resource use of %s stopped: %s", execution.record.execution_id, exc)
 
 
 async def supervise(
@@ -41,6 +56,8 @@ async def supervise(
     cap = request.resources.disk or runner.config.default_output_cap
     watcher = OutputWatcher(output_dirs, cap, on_cap_exceeded) if output_dirs else None
     cap_wait = asyncio.create_task(cap_hit.wait())
+    interval = runner.config.stats_interval
+    sampler = asyncio.create_task(_sample(runner, execution, handle, interval)) if interval > 0 else None
     try:
         async with watcher if watcher is not None else contextlib.nullcontext():
             done, _ = await asyncio.wait(
@@ -69,6 +86,8 @@ async def supervise(
     finally:
         cancel_wait.cancel()
         cap_wait.cancel()
+        if sampler is not None:  # never waited for: an engine slow to answer stats holds nothing up
+            sampler.cancel()
         if not exited.done():
             exited.cancel()
             await handle.abandon()

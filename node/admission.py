@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
-from haddock.executor.errors import ExecutionAlreadyStarted, ExecutorShuttingDown
+from haddock.executor.errors import ExecutionAlreadyStarted, ExecutionNotFound, ExecutorShuttingDown
 from haddock.executor.models import (
     EventKind,
     ExecutionEvent,
     ExecutionRecord,
     ExecutionState,
+    Resources,
     ResultStatus,
     RunCommandRequest,
     RunCommandResult,
     utcnow,
 )
 from haddock.executor.protocol import Executor
+from haddock.executor.results import write_job_results
 from haddock.node.capacity import CapacityExhausted, CapacityManager, QueuePosition
 from haddock.node.events import EventHub
 from haddock.node.store import ExecutionStore
@@ -43,6 +47,7 @@ class Queued:
     # None once admitted (the executor has it from then on), or the result if it ended in the queue
     settled: asyncio.Future[RunCommandResult | None]
     task: asyncio.Task[None] | None = None
+    ending: asyncio.Task[RunCommandResult] | None = None  # it ends in the queue (cancelled, refused)
 
 
 class Admission:
@@ -65,12 +70,15 @@ class Admission:
     def position(self, execution_id: str) -> QueuePosition | None:
         return self.capacity.position(execution_id) if execution_id in self._queued else None
 
-    async def admit(self, prepared: RunCommandRequest, *, queue: bool, priority: int) -> None:
+    async def admit(
+        self, prepared: RunCommandRequest, *, queue: bool, priority: int, usage: Resources | None = None
+    ) -> None:
         """Run it now if it fits, else queue it (``queue``) or refuse it (RESOURCE_EXHAUSTED).
+        ``usage``: what it holds (default: its resources; the node counts its inputs in ``disk``).
         Returns once it is durably recorded, running or queued."""
         exec_id = prepared.execution_id
         admission = asyncio.create_task(
-            self.capacity.acquire(exec_id, prepared.resources, queue=queue, priority=priority)
+            self.capacity.acquire(exec_id, usage or prepared.resources, queue=queue, priority=priority)
         )
         await asyncio.sleep(0)  # admission runs to its end, or to its first wait in the queue
         if admission.done():
@@ -118,10 +126,10 @@ class Admission:
         except asyncio.CancelledError:
             return  # withdrawn by cancel(), or the node is shutting down: it stays queued in the store
         except CapacityExhausted as exc:
-            if self._queued.get(exec_id) is q and not self._closing:  # refused while waiting
+            if self._queued.get(exec_id) is q and q.ending is None and not self._closing:  # refused meanwhile
                 await self.end_in_queue(exec_id, ResultStatus.ERROR, f"the execution could not be admitted: {exc}")
             return
-        if self._queued.get(exec_id) is not q or self._closing:
+        if self._queued.get(exec_id) is not q or q.ending is not None or self._closing:
             # Cancelled (or the node closing) after admission was granted but before it ran: give it back.
             self.capacity.release(exec_id)
             return
@@ -129,11 +137,23 @@ class Admission:
         try:
             await self.launch(q.request, from_queue=True)
         except Exception as exc:
-            q.settled.set_result(None)
-            result = RunCommandResult(status=ResultStatus.ERROR, error_message=f"the execution could not start: {exc}")
-            await self.store.set_result(exec_id, result, ExecutionState.FAILED)
+            if self._known_to_executor(exec_id):  # it runs, but its acceptance could not be persisted
+                log.error("execution %s runs but could not be recorded as admitted: %s", exec_id, exc)
+                q.settled.set_result(None)
+                return
+            # The executor refused it and let go of it at once: it ends as one that never ran, findable all
+            # along (no await since the executor forgot it).
+            self._queued[exec_id] = q
+            await self.end_in_queue(exec_id, ResultStatus.ERROR, f"the execution could not start: {exc}")
             return
         q.settled.set_result(None)
+
+    def _known_to_executor(self, exec_id: str) -> bool:
+        try:
+            self.executor.record(exec_id)
+        except ExecutionNotFound:
+            return False
+        return True
 
     async def launch(self, prepared: RunCommandRequest, *, from_queue: bool = False) -> None:
         """Hand an admitted execution to the executor; returns once it is persisted."""
@@ -155,33 +175,63 @@ class Admission:
         )
 
     async def end_in_queue(self, exec_id: str, status: ResultStatus, message: str) -> RunCommandResult:
-        """It ends without having run (cancelled, refused while waiting)."""
-        q = self._queued.pop(exec_id)
-        q.admission.cancel()
-        self.capacity.release(exec_id)
+        """It ends without having run (cancelled, refused while waiting). It stays findable as queued until
+        its end is recorded; a second end (a second cancel) gets the first one's result."""
+        q = self._queued[exec_id]
+        if q.ending is None:
+            q.admission.cancel()
+            self.capacity.release(exec_id)
+            q.ending = asyncio.create_task(self._end(q, status, message), name=f"haddock-end-queued-{exec_id}")
+        return await asyncio.shield(q.ending)
+
+    async def _end(self, q: Queued, status: ResultStatus, message: str) -> RunCommandResult:
+        exec_id = q.request.execution_id
+        try:
+            await write_no_output(q.request)
+        except Exception as exc:
+            log.warning("writing the results of %s failed: %s", exec_id, exc)
+            message = f"{message}; writing its results to {q.request.results_dir} failed: {exc}"
         result = RunCommandResult(status=status, error_message=message)
         q.record.result = result
         q.record.state = status.state
         q.record.finished_at = utcnow()
-        await self.store.set_result(exec_id, result, status.state)
-        if not q.settled.done():
-            q.settled.set_result(result)
-        self.events.end_watchers(exec_id)
+        try:
+            await self.store.set_result(exec_id, result, status.state)
+        finally:
+            if self._queued.get(exec_id) is q:
+                del self._queued[exec_id]
+            if not q.settled.done():
+                q.settled.set_result(result)
+            self.events.end_watchers(exec_id)
         return result
 
     async def close(self) -> None:
         """Stop admitting: queued executions stay queued in the store and queue again after a restart."""
         self._closing = True
-        tasks = []
+        tasks: list[asyncio.Task[Any]] = []
         for q in self._queued.values():
             q.admission.cancel()
             if q.task is not None:
                 q.task.cancel()
                 tasks.append(q.task)
-            if not q.settled.done():
+            if q.ending is not None:  # its end is being recorded: let it be
+                tasks.append(q.ending)
+            elif not q.settled.done():
                 q.settled.set_exception(ExecutorShuttingDown())
                 q.settled.exception()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def write_no_output(request: RunCommandRequest) -> None:
+    """The results dir of an execution in which no process ran: empty ``stdout`` and ``stderr``, no ``exitCode``."""
+    if request.results_dir is None:
+        return
+
+    async def nothing() -> AsyncIterator[bytes]:
+        return
+        yield
+
+    await write_job_results(request.results_dir, nothing(), nothing(), None, request.output_limits)
 
 
 def queued_priority(record: ExecutionRecord) -> int:

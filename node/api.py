@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import grpc
 from pydantic import ValidationError
 
-from haddock.executor.errors import ErrorCode, ExecutorError
+from haddock.executor.errors import ErrorCode, ExecutorError, clip, shown
 from haddock.executor.logstore import LogCorrupted, LogNotFound
 from haddock.executor.models import ExecutionRecord
 from haddock.executor.quantity import QuantityError
@@ -38,7 +38,13 @@ _CODES = {
 
 
 def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and message for an error raised while serving a call."""
+    """The status code and message for an error raised while serving a call; the message under 1 KiB, whatever
+    the request echoed into it (gRPC carries it in a header)."""
+    code, message = _status(exc)
+    return code, clip(message)
+
+
+def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, ExecutorError):
         return _CODES[exc.code], exc.message
     if isinstance(exc, ValidationError):
@@ -46,7 +52,7 @@ def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, QuantityError | convert.ConversionError):
         return grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {exc}"
     if isinstance(exc, LogNotFound):
-        return grpc.StatusCode.NOT_FOUND, f"no logs for execution {exc.execution_id!r} on this node"
+        return grpc.StatusCode.NOT_FOUND, f"no logs for execution {shown(exc.execution_id)} on this node"
     if isinstance(exc, LogCorrupted):
         return grpc.StatusCode.DATA_LOSS, str(exc)
     if isinstance(exc, ValueError):
@@ -214,3 +220,18 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def WatchExecution(self, request: Any, context: Any) -> AsyncIterator[node_pb2.WatchExecutionResponse]:
         async for event in self.node.watch(request.execution_id):
             yield node_pb2.WatchExecutionResponse(event=convert.event_to_pb(event))
+
+    @streaming
+    async def GetExecutionStats(self, request: Any, context: Any) -> AsyncIterator[node_pb2.GetExecutionStatsResponse]:
+        interval = self.node.settings.stats.interval
+        async for update in self.node.stats_of(
+            request.execution_id, max_points=request.max_points, follow=request.follow
+        ):
+            msg = node_pb2.GetExecutionStatsResponse(
+                samples=[convert.stat_to_pb(s) for s in update.samples],
+                running=update.running,
+                interval_seconds=interval,
+            )
+            if update.summary is not None:
+                msg.summary.CopyFrom(convert.summary_to_pb(update.summary))
+            yield msg

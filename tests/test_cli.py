@@ -93,7 +93,10 @@ async def test_run_json(node_server: RunningServer) -> None:
         "results_dir",
         "published",
         "publish_errors",
+        "stats",  # the resource summary (issue 11)
     }
+    # null when the job ended before its first sample; else the limit it ran under
+    assert data["stats"] is None or data["stats"]["memory_limit_bytes"] == 64 * 1024 * 1024
     assert data["execution_id"] == "cli-json-1"
     assert data["status"] == "error" and data["exit_code"] == 3
     assert data["stdout"] == "hello\n" and data["stderr"] == "e\n"
@@ -133,7 +136,7 @@ async def test_detach_logs_wait_describe_ls_cancel_info(node_server: RunningServ
     cancelled = await haddock("cancel", long_id, node=node)
     assert cancelled.code == 0 and cancelled.stdout.strip() == f"{long_id} cancelled"
     again = await haddock("cancel", long_id, node=node)
-    assert again.code == 1
+    assert again.code == 125  # the node refuses (FAILED_PRECONDITION): issue 10 made every refusal 125
     no_traceback(again)
     assert "already complete" in again.stderr
 

@@ -14,7 +14,6 @@ import docker
 import pytest
 
 from haddock.executor.docker import DockerConfig, DockerExecutor
-from haddock.executor.docker.handle import DockerHandle
 from haddock.executor.errors import ExecutionAlreadyComplete, ExecutionNotFound, ExecutorError
 from haddock.executor.models import EventKind, LogQuery, ResultStatus, RunCommandRequest
 from tests.conftest import ExecutorFactory, RequestFactory, node_containers
@@ -114,22 +113,28 @@ async def _cut_stream_after_first_line(ex: DockerExecutor, req: RunCommandReques
     async for entry in ex.get_log_stream(req.execution_id, LogQuery(follow=True)):
         assert entry.data == b"before\n"
         break
-    handle = ex._running[req.execution_id].handle
-    assert isinstance(handle, DockerHandle) and handle.capture.sock is not None
-    handle.capture.sock.shutdown(socket.SHUT_RDWR)  # as if the engine dropped the stream
+    # The capture process drops its attach connection, as if the engine had dropped the stream.
+    await ex.driver.captures.drop(req.execution_id)
 
 
 async def test_cut_output_stream_is_recovered_from_engine_log(
-    executor: DockerExecutor, make_request: RequestFactory
+    executor_config: DockerConfig, new_executor: ExecutorFactory, make_request: RequestFactory
 ) -> None:
-    req = make_request("echo before; sleep 2; echo after; echo err >&2")
-    await _cut_stream_after_first_line(executor, req)
-    result = await executor.wait(req.execution_id)
+    # With an engine log driver configured, a cut stream is completed from the engine's log.
+    executor = new_executor(executor_config.model_copy(update={"log_driver": "local"}))
+    try:
+        req = make_request("echo before; sleep 2; echo after; echo err >&2")
+        await _cut_stream_after_first_line(executor, req)
+        result = await executor.wait(req.execution_id)
+    except BaseException:
+        await executor.shutdown()
+        raise
     assert result.status is ResultStatus.SUCCESS, result.error_message
     assert (req.results_dir / "stdout").read_bytes() == b"before\nafter\n"
     assert (req.results_dir / "stderr").read_bytes() == b"err\n"
     assert EventKind.OUTPUT_RECOVERED in [e.kind for e in executor.events(req.execution_id)]
     logged = b"".join([e.data async for e in executor.get_log_stream(req.execution_id)])
+    await executor.shutdown()
     assert sorted(logged.splitlines()) == [b"after", b"before", b"err"]
 
 

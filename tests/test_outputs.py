@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import haddock.executor._walk as walk
 import haddock.executor.outputs as outputs
 from haddock.executor.outputs import OutputWatcher, TrimReport, directory_usage, trim_to_cap
 
@@ -193,7 +194,7 @@ def test_usage_sees_trees_deeper_than_path_max_without_leaking_descriptors(tmp_p
 def test_usage_of_a_deep_branching_tree_with_few_descriptors_held(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: int
 ) -> None:
-    monkeypatch.setattr(outputs, "_MAX_HELD_FDS", held)
+    monkeypatch.setattr(walk, "_MAX_HELD_FDS", held)
     total = make_deep(tmp_path, 150, file_size=1000, branch=True)
     assert directory_usage([tmp_path]) == total == 150 * 3 + 1000
     assert open_fds(tmp_path) == []
@@ -204,7 +205,7 @@ def test_usage_when_a_directory_is_moved_out_from_under_the_walk(
 ) -> None:
     # root/a/{b/c, x}: while c is listed, b moves up to root/b; going back up from b, ".." is now the
     # root, not a, so the walk finds a again by name and carries on: every file is counted once.
-    monkeypatch.setattr(outputs, "_MAX_HELD_FDS", 1)
+    monkeypatch.setattr(walk, "_MAX_HELD_FDS", 1)
     root = tmp_path / "root"
     write(root / "a" / "f", 1)
     write(root / "a" / "b" / "f", 10)
@@ -222,7 +223,7 @@ def test_usage_when_a_directory_is_moved_out_from_under_the_walk(
 
 def test_usage_when_the_walk_loses_its_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # As above, and a itself is renamed too: the rest of a is lost to this scan, nothing breaks or leaks.
-    monkeypatch.setattr(outputs, "_MAX_HELD_FDS", 1)
+    monkeypatch.setattr(walk, "_MAX_HELD_FDS", 1)
     root = tmp_path / "root"
     write(root / "a" / "b" / "c" / "f", 100)
     write(root / "a" / "x" / "f", 1000)

@@ -153,7 +153,9 @@ async def test_engine_outage_no_execution_hangs(
     proxy = DockerProxy(tmp_path / "docker.sock")
     await proxy.start()
     settings = node_settings(tmp_path, node_id).model_copy(
-        update={"docker": DockerConfig(host=proxy.docker_host, stop_grace=2, engine_retry=8)}
+        # Output printed while the engine is cut off is recovered from the engine's own log: only with a log
+        # driver (the default, 'none', leaves the output to the node's capture process alone).
+        update={"docker": DockerConfig(host=proxy.docker_host, stop_grace=2, engine_retry=8, log_driver="local")}
     )
     running = await start_server(settings)
     try:

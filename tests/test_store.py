@@ -412,8 +412,8 @@ async def test_later_migrations_apply_in_order_and_atomically(tmp_path: Path) ->
 
     with pytest.raises(RuntimeError, match="migration 3 failed"):
         await ExecutionStore.open(path, migrations=[*MIGRATIONS, add_note, broken])
-    with sqlite3.connect(path) as conn:  # step 2 committed; step 3 rolled back entirely
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    with sqlite3.connect(path) as conn:  # add_note committed; broken rolled back entirely
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) + 1
         assert conn.execute("SELECT note FROM executions").fetchall() == [("migrated",)]
         assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half_done'").fetchone()[0] == 0
     async with await ExecutionStore.open(path, migrations=[*MIGRATIONS, add_note]) as store:

@@ -1,14 +1,19 @@
-"""The Docker backend: a driver behind :class:`haddock.executor.driver.Driver`, one concern a file."""
+"""The Docker backend: a driver behind :class:`haddock.executor.driver.Driver`, one concern a file.
+
+Names are imported lazily: the node's capture process (``python -m haddock.executor.docker.capture_proc``)
+lives in this package and must not load docker-py or the runner.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from haddock.executor.docker.config import DockerConfig
-from haddock.executor.docker.driver import DockerDriver
-from haddock.executor.docker.spec import LABEL_EXECUTION, LABEL_JOB, LABEL_NODE, container_name
-from haddock.executor.runner import Runner, RunnerConfig
+if TYPE_CHECKING:
+    from haddock.executor.docker.config import DockerConfig
+    from haddock.executor.docker.driver import DockerDriver
+    from haddock.executor.docker.executor import DockerExecutor
+    from haddock.executor.docker.spec import LABEL_EXECUTION, LABEL_JOB, LABEL_NODE, container_name
 
 __all__ = [
     "LABEL_EXECUTION",
@@ -20,19 +25,21 @@ __all__ = [
     "container_name",
 ]
 
+_WHERE = {
+    "LABEL_EXECUTION": "spec",
+    "LABEL_JOB": "spec",
+    "LABEL_NODE": "spec",
+    "container_name": "spec",
+    "DockerConfig": "config",
+    "DockerDriver": "driver",
+    "DockerExecutor": "executor",
+}
 
-class DockerExecutor(Runner):
-    """The Executor contract on a Docker engine: the runner over a :class:`DockerDriver`."""
 
-    driver: DockerDriver
-
-    def __init__(
-        self, config: DockerConfig, *, node_id: str, log_dir: Path, max_finished_records: int = 10_000, **kwargs: Any
-    ) -> None:
-        super().__init__(
-            DockerDriver(config, node_id=node_id),
-            RunnerConfig(
-                log_dir=log_dir, default_output_cap=config.output_cap, max_finished_records=max_finished_records
-            ),
-            **kwargs,
-        )
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

@@ -1,8 +1,9 @@
-"""A container's output into the node's log store: the attach stream read on the event loop, and the
-engine's own log copied in after a restart or a cut stream.
+"""A container's output into the node's log store, on the daemon's side.
 
-The node attaches *before* it starts the container, so no byte can be missed. The attach stream is read
-with non-blocking socket reads on the event loop: no thread per running container.
+The node's capture process (``capture_proc.py``, reached through ``capture_client.py``) attaches to the
+container *before* the node starts it and writes the log and the results files; this module hands an
+execution's log over to it, waits for the end of the stream, and closes the log. After a restart, or
+when a stream was cut, the engine's own log (if ``docker.log_driver`` keeps one) is copied in from here.
 """
 
 from __future__ import annotations
@@ -10,91 +11,85 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 import requests.exceptions
 
+from haddock.executor.docker.capture_client import CaptureClient
+from haddock.executor.docker.capture_proc import STREAM_CUT
 from haddock.executor.docker.stream import Demuxer, StreamProtocolError
+from haddock.executor.logcap import LogCap
 from haddock.executor.logstore import LogWriter
-from haddock.executor.models import StreamType
+from haddock.executor.models import OutputLimits, StreamType
+from haddock.executor.results import CapturedFile
 
-__all__ = ["STREAM_CUT", "Capture", "attach", "parse_engine_time"]
+__all__ = ["GAP", "STREAM_CUT", "Capture", "parse_engine_time"]
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 256 * 1024
-SYNC_BYTES = 8 * 1024 * 1024
-SYNC_SECONDS = 2.0
 CAPTURE_SLACK_SECONDS = 1.0
-STREAM_CUT = "the output stream from the engine was cut"
+GAP = (
+    "the node and its capture process were both down while the job ran: output written while neither was "
+    "running is missing"
+)
 
 
 class Capture:
-    """One container's output on its way into ``writer`` (None: all of it was captured before)."""
+    """One container's output: held by the capture process (``remote``), or written here into ``writer``
+    (an engine log copied after a restart; None: all of it was captured before)."""
 
-    def __init__(self, execution_id: str, writer: LogWriter | None) -> None:
+    def __init__(self, execution_id: str, writer: LogWriter | None, client: CaptureClient) -> None:
         self.execution_id = execution_id
         self.writer = writer
-        self.sock: socket.socket | None = None
-        self.response: Any = None  # the HTTP response behind the stream: collecting it closes the socket
+        self.client = client
+        self.remote = client.tracking(execution_id)  # the capture process holds the stream
+        self.response: Any = None  # the HTTP response behind an engine log being copied
         self.error = ""  # why some output is missing
         self.ended_at: float | None = None
-        self.released = False  # the node let go of the container (a restart reattaches)
+        self.released = False  # the node let go of the container (a restart takes it back)
+        self.captured: dict[StreamType, CapturedFile] | None = None  # results files filled during capture
+        self.stdout_bytes: int | None = None
+        self.stderr_bytes: int | None = None
+        self.cap: LogCap | None = writer.cap if writer is not None else None  # carried to the capture process
 
-    async def read_attached(self, sock: socket.socket) -> None:
-        """Read the attach stream into the log store until it ends.
+    async def attach(self, container_id: str, results_dir: Path | None, limits: OutputLimits | None) -> None:
+        """Have the capture process attach to the container (before it starts), taking the log over."""
+        if self.writer is not None:
+            self.cap = self.writer.cap
+            self.client.track(self.execution_id, remote=self.client.logs.hand_over(self.writer))
+            self.writer = None
+        self.remote = True  # from here on the log is closed through the client (also if the attach fails)
+        await self.client.attach(self.execution_id, container_id, results_dir=results_dir, limits=limits, cap=self.cap)
 
-        If the log store refuses (disk full), keep draining the stream so the job is not blocked on
-        a full pipe, and record that output was lost.
-        """
-        loop = asyncio.get_running_loop()
-        sock.setblocking(False)
-        demux = Demuxer()
-        writer = self.writer
-        assert writer is not None
-        synced_at, synced_bytes = time.monotonic(), 0
-        try:
-            while True:
-                data = await loop.sock_recv(sock, READ_SIZE)
-                if not data:
-                    break
-                written = writer.stdout_bytes + writer.stderr_bytes
-                if written - synced_bytes >= SYNC_BYTES or (
-                    written > synced_bytes and time.monotonic() - synced_at >= SYNC_SECONDS
-                ):
-                    # Batched fsync: a crash of the machine loses at most the last batch of output.
-                    await asyncio.to_thread(writer.sync)
-                    synced_at, synced_bytes = time.monotonic(), written
-                for kind, payload in _coalesce(demux.feed(data)):
-                    if self.error:
-                        continue
-                    try:
-                        writer.write(kind, payload)
-                    except ValueError:
-                        if writer.closed:  # the node let go of this container
-                            return
-                        raise
-                    except OSError as exc:
-                        self.error = (
-                            f"the node could not store the job's output ({exc.strerror or exc}); "
-                            f"output after {writer.stdout_bytes + writer.stderr_bytes} bytes is missing"
-                        )
-                        log.error("execution %s: %s", self.execution_id, self.error)
-        except StreamProtocolError as exc:
-            self.error = f"the engine's output stream was not readable ({exc}); output may be missing"
-        except OSError as exc:
-            if not self.released:
-                self.error = f"{STREAM_CUT}: the connection dropped ({exc}); output may be missing"
-        finally:
-            self.ended_at = time.time()
-            close_socket(sock)
-        if demux.pending and not self.error:
-            self.error = "the output stream ended inside a frame; the last bytes are missing"
+    async def wait_ended(self) -> None:
+        """Until the capture process reports the end of the stream; note what it says."""
+        info = await self.client.wait_ended(self.execution_id)
+        self.ended_at = info.ended_at
+        self.captured = info.captured
+        self.stdout_bytes, self.stderr_bytes = info.stdout_bytes, info.stderr_bytes
+        if info.error and not self.error:
+            self.error = info.error
+
+    async def take_back(self) -> LogWriter:
+        """Close the capture process's hold on the log (no END) and write it here from now on."""
+        await self.client.close(self.execution_id, complete=False)
+        self.remote = False
+        self.captured = None
+        self.writer = await asyncio.to_thread(self.client.logs.open_append, self.execution_id, self.cap)
+        return self.writer
+
+    async def end_log(self) -> None:
+        """The END frame, written by whoever holds the log (idempotent)."""
+        if self.remote:
+            self.remote = False
+            await self.client.close(self.execution_id, complete=True)
+        elif self.writer is not None:
+            await asyncio.to_thread(self.writer.close)
 
     def check_complete(self, state: dict[str, Any]) -> None:
         """If the stream ended well before the container did, the engine cut it: say output is missing."""
@@ -146,47 +141,15 @@ class Capture:
             response.close()
 
     def release(self) -> None:
-        """Stop reading; the container goes on."""
+        """Let go: the capture process goes on capturing; a restarted node takes the capture back."""
         self.released = True
-        if self.sock is not None:
-            close_socket(self.sock)
+        if self.remote:
+            self.client.forget(self.execution_id)
 
     def close(self) -> None:
         if self.response is not None:
             with contextlib.suppress(Exception):
                 self.response.close()
-
-
-def attach(client: docker.APIClient, container_id: str, timeout: float) -> tuple[Any, socket.socket]:
-    """Attach to a container's stdout/stderr stream; return the HTTP response and its raw socket.
-
-    This is docker-py's ``attach_socket`` but keeping the response: on a unix socket docker-py
-    cannot tie the response to the socket it returns, and once the response is collected the
-    socket wrapper is closed under the reader.
-    """
-    response = client.post(
-        client._url("/containers/{0}/attach", container_id),
-        None,
-        params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 0},
-        stream=True,
-        headers={"Connection": "Upgrade", "Upgrade": "tcp"},
-        timeout=timeout,
-    )
-    try:
-        wrapper = client._get_raw_response_socket(response)
-        raw = getattr(wrapper, "_sock", wrapper)
-        if not isinstance(raw, socket.socket):
-            raise StreamProtocolError(f"unexpected attach transport {type(raw).__name__}")
-    except BaseException:
-        response.close()
-        raise
-    return response, raw
-
-
-def close_socket(sock: socket.socket) -> None:
-    """Unblock a reader: shut the socket down (closing alone does not wake it)."""
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
 
 
 def parse_engine_time(text: str) -> float | None:
@@ -200,14 +163,3 @@ def parse_engine_time(text: str) -> float | None:
     except ValueError:
         return None
     return dt.timestamp() + (int(frac.ljust(6, "0")) / 1e6 if frac else 0.0)
-
-
-def _coalesce(pieces: list[tuple[StreamType, bytes]]) -> list[tuple[StreamType, bytes]]:
-    """Join consecutive pieces of one stream: one log write per read per stream, not per engine frame."""
-    runs: list[tuple[StreamType, list[bytes]]] = []
-    for kind, data in pieces:
-        if runs and runs[-1][0] is kind:
-            runs[-1][1].append(data)
-        else:
-            runs.append((kind, [data]))
-    return [(kind, parts[0] if len(parts) == 1 else b"".join(parts)) for kind, parts in runs]

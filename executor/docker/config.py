@@ -25,10 +25,16 @@ class DockerConfig(BaseModel):
     no_new_privileges: bool = True
     cap_drop: tuple[str, ...] = ("NET_RAW",)
     allowed_networks: frozenset[NetworkMode] = frozenset({NetworkMode.NONE, NetworkMode.BRIDGE})
-    log_driver: str = Field(default="local", description="the engine's own log driver for containers")
+    log_driver: str = Field(
+        default="none",
+        description="the engine's own log driver for containers; the node's capture process keeps the output, "
+        "so the engine need not (set e.g. 'local' to also recover output cut by an engine outage)",
+    )
     log_driver_options: dict[str, str] = Field(
-        default_factory=lambda: {"max-size": "100m", "max-file": "5"},
-        description="the engine keeps this much of each job's output: what a restarted node can recover",
+        default_factory=dict, description="options of the log driver (e.g. max-size), ignored for 'none'"
+    )
+    capture_idle: DurationSeconds = Field(
+        default=10.0, gt=0, description="the capture process exits after this long with no daemon and no stream"
     )
     orphan_grace: DurationSeconds = Field(
         default=60.0,

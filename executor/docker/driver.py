@@ -17,16 +17,18 @@ import docker.errors
 
 from haddock.executor.docker import reconcile
 from haddock.executor.docker.capture import Capture
+from haddock.executor.docker.capture_client import CaptureClient, CaptureInfo
 from haddock.executor.docker.config import DockerConfig
-from haddock.executor.docker.engine import ENGINE_ERRORS, Engine, describe_failure
+from haddock.executor.docker.engine import ENGINE_ERRORS, Engine, describe_failure, explain_init_exit
 from haddock.executor.docker.handle import DockerHandle
 from haddock.executor.docker.images import ImageManager
 from haddock.executor.docker.spec import LABEL_EXECUTION, LABEL_NODE, container_name, container_spec, output_dirs
 from haddock.executor.driver import ExitStatus, ImageReady, ProgressSink
 from haddock.executor.errors import ExecutionRefused, ExecutorError, InvalidSpec
-from haddock.executor.logstore import LogWriter
+from haddock.executor.logstore import LogStore, LogWriter
 from haddock.executor.models import (
     BidResult,
+    EventKind,
     ExecutionRecord,
     ExecutionState,
     InputVolume,
@@ -47,6 +49,25 @@ class DockerDriver:
         self.config = config
         self.node_id = node_id
         self.engine = Engine(config)
+        self._captures: CaptureClient | None = None
+        self._held: dict[str, CaptureInfo] = {}  # what the capture process held when the node (re)started
+
+    def bind_logs(self, logs: LogStore) -> None:
+        """The node's log store: the capture process (one per log dir) writes into it."""
+        self._captures = CaptureClient(
+            logs.root,
+            logs,
+            docker_host=self.config.host,
+            idle_seconds=self.config.capture_idle,
+            engine_retry_seconds=self.config.engine_retry,
+        )
+
+    @property
+    def captures(self) -> CaptureClient:
+        """The client of the node's capture process."""
+        if self._captures is None:
+            raise RuntimeError("the Docker driver has no log store: call bind_logs() first")
+        return self._captures
 
     @property
     def stop_grace(self) -> float:
@@ -122,12 +143,17 @@ class DockerDriver:
     def describe_failure(self, exc: BaseException) -> str:
         return describe_failure(exc)
 
+    def explain_exit(self, exit_code: int, stderr_head: bytes) -> str | None:
+        return explain_init_exit(exit_code, stderr_head) if self.config.init else None
+
     # ------------------------------------------------------------------ one execution's container
 
     async def prepare_image(self, request: RunCommandRequest, progress: ProgressSink) -> ImageReady:
         engine = request.engine
-        images = await self.engine.images_async()
-        info, pulled = await images.ensure(engine.image, engine.pull_policy, progress)
+        # The engine may be away (restarting): the calls wait for it up to engine_retry, and say so.
+        with self.engine.on_wait(lambda why: progress({"note": why})):
+            images = await self.engine.images_async()
+            info, pulled = await images.ensure(engine.image, engine.pull_policy, progress)
         stop_signal = str((info.get("Config") or {}).get("StopSignal") or "SIGTERM")
         return ImageReady(image_id=info.get("Id"), pulled=pulled, stop_signal=stop_signal)
 
@@ -161,8 +187,8 @@ class DockerDriver:
             log.warning("removing stale exited container %s", kwargs["name"])
             await self.engine.api(client.remove_container, kwargs["name"], force=True)
             created = await self.engine.api(client.create_container, **kwargs)
-        capture = Capture(request.execution_id, writer)
-        return DockerHandle(self.engine, str(created["Id"]), capture, stop_signal=stop_signal)
+        capture = Capture(request.execution_id, writer, self.captures)
+        return DockerHandle(self.engine, str(created["Id"]), capture, stop_signal=stop_signal, request=request)
 
     # ------------------------------------------------------------------ after a restart
 
@@ -172,17 +198,27 @@ class DockerDriver:
         found = await self.engine.call(client.containers, all=True, filters={"label": f"{LABEL_NODE}={self.node_id}"})
         return {str(c["Labels"].get(LABEL_EXECUTION, "")): c for c in found}
 
-    async def resume(self, record: ExecutionRecord, writer: LogWriter | None) -> DockerHandle | ExitStatus:
+    async def held_logs(self) -> set[str]:
+        """Executions whose log the capture process still holds (it went on while the node was down)."""
+        self._held = await self.captures.connect()
+        return set(self._held)
+
+    async def resume(self, record: ExecutionRecord, writer: LogWriter | None) -> DockerHandle | ExitStatus | None:
+        held = self._held.pop(record.execution_id, None)
+        if held is not None:
+            self.captures.track(record.execution_id, held)
+        resumed = await self._resume(record, writer)
+        if isinstance(resumed, ExitStatus) and held is not None:
+            await self.captures.close(record.execution_id)  # no container to follow: the log is complete
+        return resumed
+
+    async def _resume(self, record: ExecutionRecord, writer: LogWriter | None) -> DockerHandle | ExitStatus | None:
         container_id = record.container_id
         if container_id is None:
             container_id = str((await self.containers()).get(record.execution_id, {}).get("Id") or "") or None
         if container_id is None:
-            if record.state in (ExecutionState.QUEUED, ExecutionState.PREPARING):
-                # Not known to have started: either it never did, or the node went down before noting it.
-                return ExitStatus(
-                    error="the job's container was not found when the node restarted: the node went down before "
-                    "starting it, or it was removed while the node was down; its exit status is unknown"
-                )
+            if _never_ran(record, writer):
+                return None  # the node went down while preparing it: it is prepared again
             return ExitStatus(error=_REMOVED)
         client = await self.engine.client_async()
         try:
@@ -191,12 +227,13 @@ class DockerDriver:
             return ExitStatus(error=_REMOVED)
         state = info.get("State") or {}
         if not state.get("Running") and str(state.get("StartedAt") or "0001").startswith("0001"):
-            handle = DockerHandle(self.engine, container_id, Capture(record.execution_id, None))
+            handle = DockerHandle(self.engine, container_id, Capture(record.execution_id, None, self.captures))
             await handle.remove()
             return ExitStatus(error="the node went down after creating the job's container but before starting it")
         stop_signal = str((info.get("Config") or {}).get("StopSignal") or "SIGTERM")
-        handle = DockerHandle(self.engine, container_id, Capture(record.execution_id, writer), stop_signal=stop_signal)
-        handle.follow(running=bool(state.get("Running")))
+        capture = Capture(record.execution_id, writer, self.captures)
+        handle = DockerHandle(self.engine, container_id, capture, stop_signal=stop_signal)
+        await handle.follow(running=bool(state.get("Running")))
         return handle
 
     async def reap_orphans(self, *, keep: set[str], grace: float | None = None) -> list[str]:
@@ -214,7 +251,22 @@ class DockerDriver:
         )
 
     async def close(self) -> None:
+        if self._captures is not None:
+            await self._captures.aclose()
         self.engine.close()
 
 
 _REMOVED = "the job's container was removed while the node was down; its exit status is unknown"
+
+
+def _never_ran(record: ExecutionRecord, writer: LogWriter | None) -> bool:
+    """No container of it is found, and nothing says one ever ran: the node went down while preparing it.
+    Its state, its events and its log agree (a container that started before the node could note it has
+    written to the log, or it is found by name)."""
+    return (
+        record.state in (ExecutionState.QUEUED, ExecutionState.PREPARING)
+        and record.started_at is None
+        and not any(e.kind in (EventKind.STARTED, EventKind.EXITED) for e in record.events)
+        and writer is not None
+        and writer.committed == 0
+    )

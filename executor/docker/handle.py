@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import docker.errors
 import requests.exceptions
 
-from haddock.executor.docker.capture import Capture, attach, close_socket
+from haddock.executor.docker.capture import GAP, Capture
 from haddock.executor.docker.engine import Engine
+from haddock.executor.docker.stats import sample as sample_stats
 from haddock.executor.driver import ExitStatus
+from haddock.executor.models import RunCommandRequest
+from haddock.executor.stats import Stat
 
 __all__ = ["DockerHandle"]
 
@@ -24,8 +28,17 @@ WAIT_POLL_SECONDS = 60
 class DockerHandle:
     """One container of this node, fresh (:meth:`start`) or taken back after a restart (:meth:`follow`)."""
 
-    def __init__(self, engine: Engine, container_id: str, capture: Capture, *, stop_signal: str = "SIGTERM") -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        container_id: str,
+        capture: Capture,
+        *,
+        stop_signal: str = "SIGTERM",
+        request: RunCommandRequest | None = None,
+    ) -> None:
         self._engine = engine
+        self._request = request
         self._container_id = container_id
         self.capture = capture
         self.stop_signal = stop_signal
@@ -53,16 +66,16 @@ class DockerHandle:
         return self._stop_reason
 
     async def start(self) -> None:
-        """Attach (before start: no byte of output can be missed), then start once."""
+        """The capture process attaches (before start: no byte of output can be missed), then start once."""
         client = await self._engine.client_async()
-        response, sock = await self._engine.call(attach, client, self._container_id, self._engine.config.api_timeout)
-        self.capture.response = response
-        self.capture.sock = sock
-        self._capture_task = asyncio.ensure_future(self.capture.read_attached(sock))
+        request = self._request
+        assert request is not None, "a fresh container's handle knows its request"
+        await self.capture.attach(self._container_id, request.results_dir, request.output_limits)
+        self._capture_task = asyncio.ensure_future(self.capture.wait_ended())
         try:
             await self._start_once(client)
         except BaseException:
-            close_socket(sock)
+            self._capture_task.cancel()  # the container is removed: its stream ends, and remove() ends the log
             await asyncio.gather(self._capture_task, return_exceptions=True)
             raise
         self._running = True
@@ -79,10 +92,24 @@ class DockerHandle:
                 if state.get("Running") or not str(state.get("StartedAt") or "0001").startswith("0001"):
                     return
 
-    def follow(self, *, running: bool) -> None:
-        """A resumed container: copy the engine's log of it (following it while it runs) into the log."""
+    async def follow(self, *, running: bool) -> None:
+        """A resumed container: the capture process's capture goes on; or the engine's log of it is copied
+        (following it while it runs) into the log; or, with no engine log, the capture process attaches anew
+        and the output written while neither the node nor it ran is reported missing."""
         self._running = running
-        if self.capture.writer is None:  # all output was captured before the node went down
+        capture = self.capture
+        if capture.remote:  # the capture process held the stream while the node was down: nothing missed
+            self._capture_task = asyncio.ensure_future(capture.wait_ended())
+            return
+        if self._engine.config.log_driver == "none" and (running or capture.writer is not None):
+            capture.error = GAP
+            if running:
+                await capture.attach(self._container_id, None, None)
+                self._capture_task = asyncio.ensure_future(capture.wait_ended())
+                return
+            self._capture_task = asyncio.ensure_future(asyncio.sleep(0))
+            return
+        if capture.writer is None:  # all output was captured before the node went down
             self._capture_task = asyncio.ensure_future(asyncio.sleep(0))
             return
         loop = asyncio.get_running_loop()
@@ -139,29 +166,41 @@ class DockerHandle:
                 with contextlib.suppress(docker.errors.APIError):
                     await self._engine.api(client.kill, cid, signal="SIGKILL")
 
+    def stats(self, interval: float) -> AsyncIterator[Stat]:
+        """Resource samples while it runs (``stats.py``)."""
+        return sample_stats(self._engine, self._container_id, interval)
+
     async def finish(self) -> ExitStatus:
         """After the exit: out-of-memory kill from the engine's state, and a cut stream completed from the
         engine's own log where it has one."""
         exit_code = await self.wait()
         state = await self._state()
-        self.capture.check_complete(state)
+        capture = self.capture
+        capture.check_complete(state)
         recovered = False
-        if self.capture.stream_cut and self.capture.writer is not None:
-            self.capture.error = ""
-            await self._engine.api(self.capture.copy_engine_logs, self._engine.client, self._container_id, False)
-            recovered = not self.capture.error
+        if capture.stream_cut and self._engine.config.log_driver != "none":
+            # The stream was cut (engine restart, dropped connection): the engine's own log has the rest.
+            if capture.remote:
+                await capture.take_back()
+            capture.error = ""
+            await self._engine.api(capture.copy_engine_logs, self._engine.client, self._container_id, False)
+            recovered = not capture.error
+        await capture.end_log()
         return ExitStatus(
             exit_code=exit_code,
+            error="" if self._stop_reason else self._engine.stopped_by_outage(state, exit_code),
             oom_killed=bool(state.get("OOMKilled")),
-            capture_error=self.capture.error,
+            capture_error=capture.error,
             output_recovered=recovered,
+            captured=capture.captured,
+            stdout_bytes=capture.stdout_bytes,
+            stderr_bytes=capture.stderr_bytes,
         )
 
     async def abandon(self) -> None:
         """The run was interrupted before an exit: stop reading and wait for the reader to end."""
         if self._capture_task is not None and not self._capture_task.done():
-            if self.capture.sock is not None:
-                close_socket(self.capture.sock)
+            self._capture_task.cancel()  # the capture process goes on until the container is removed
             await asyncio.gather(self._capture_task, return_exceptions=True)
         if self._exit is not None and not self._exit.done():
             self._exit.cancel()
@@ -172,6 +211,9 @@ class DockerHandle:
 
     async def remove(self) -> bool:
         self.capture.close()
+        if not self.capture.released:
+            with contextlib.suppress(Exception):
+                await self.capture.end_log()  # after an interrupted run: the log still gets its END frame
         client = await self._engine.client_async()
         try:
             await self._engine.call(client.remove_container, self._container_id, force=True, v=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +110,7 @@ class ImageManager:
         attempts: int = 4,
         backoff_initial: float = 0.5,
         backoff_max: float = 8.0,
+        call: Callable[..., Awaitable[Any]] | None = None,
     ) -> None:
         self._client = client
         self._pool = pool
@@ -120,10 +121,13 @@ class ImageManager:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._inflight: dict[str, _Pull] = {}
+        self._engine_call = call  # short calls through it (the engine's: riding out outages)
         self.pulls_started = 0
         """Pulls actually sent to the engine (attempts not counted): for metrics and tests."""
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self._engine_call is not None:
+            return await self._engine_call(fn, *args, **kwargs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 

@@ -65,7 +65,9 @@ def container_spec(
     host_config: dict[str, Any] = {
         "network_mode": request.network.mode.value,
         "mounts": mounts,
-        "log_config": docker.types.LogConfig(type=config.log_driver, config=dict(config.log_driver_options)),
+        "log_config": docker.types.LogConfig(
+            type=config.log_driver, config=dict(config.log_driver_options) if config.log_driver != "none" else {}
+        ),
         "init": config.init,
     }
     if res.cpu:

@@ -61,3 +61,14 @@ class Demuxer:
     def pending(self) -> bool:
         """True when the input ended in the middle of a frame."""
         return bool(self._buf) or self._remaining > 0
+
+
+def coalesce(pieces: list[tuple[StreamType, bytes]]) -> list[tuple[StreamType, bytes]]:
+    """Join consecutive pieces of one stream: one log write per read per stream, not per engine frame."""
+    runs: list[tuple[StreamType, list[bytes]]] = []
+    for kind, data in pieces:
+        if runs and runs[-1][0] is kind:
+            runs[-1][1].append(data)
+        else:
+            runs.append((kind, [data]))
+    return [(kind, parts[0] if len(parts) == 1 else b"".join(parts)) for kind, parts in runs]

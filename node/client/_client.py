@@ -31,7 +31,8 @@ from haddock.executor.models import (
     RunCommandRequest,
     RunCommandResult,
 )
-from haddock.node.client import convert
+from haddock.executor.stats import Stat, StatsSummary
+from haddock.node.client import convert, wire
 from haddock.node.client._info import NodeInfo
 from haddock.v1 import executor_pb2, executor_pb2_grpc, node_pb2, node_pb2_grpc
 
@@ -100,7 +101,18 @@ class Finished:
             "results_dir": self.results_dir,
             "published": r.published,
             "publish_errors": r.publish_errors,
+            "stats": r.stats.model_dump() if r.stats is not None else None,
         }
+
+
+@dataclass(frozen=True)
+class ExecutionStats:
+    """One update of GetExecutionStats: samples (the series so far, then new ones) and the summary."""
+
+    samples: list[Stat]
+    summary: StatsSummary | None
+    running: bool
+    interval: float  # seconds between samples on the node (0: sampling is off)
 
 
 @dataclass(frozen=True)
@@ -126,7 +138,7 @@ class NodeClient:
         self.address = address
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self._timeout = timeout
-        options = [("grpc.enable_retries", 1)]
+        options: list[tuple[str, int]] = [("grpc.enable_retries", 1), *wire.client_options()]
         if tls is not None:
             self._channel = grpc.aio.secure_channel(address, tls.credentials(), options=options)
         else:
@@ -218,6 +230,28 @@ class NodeClient:
         try:
             async for resp in call:
                 yield convert.event_from_pb(resp.event, execution_id)
+        except grpc.aio.AioRpcError as exc:
+            raise NodeError.from_rpc(exc, self.address) from None
+        finally:
+            call.cancel()
+
+    async def stats(
+        self, execution_id: str, *, max_points: int = 0, follow: bool = False
+    ) -> AsyncIterator[ExecutionStats]:
+        """The execution's resource samples (at most ``max_points`` in the first update; 0: all the node
+        keeps) and their summary; with ``follow``, then the samples taken since, until it ends."""
+        call = self._node.GetExecutionStats(
+            node_pb2.GetExecutionStatsRequest(execution_id=execution_id, max_points=max_points, follow=follow),
+            metadata=self._metadata,
+        )
+        try:
+            async for resp in call:
+                yield ExecutionStats(
+                    samples=[convert.stat_from_pb(s) for s in resp.samples],
+                    summary=convert.summary_from_pb(resp.summary) if resp.HasField("summary") else None,
+                    running=resp.running,
+                    interval=resp.interval_seconds,
+                )
         except grpc.aio.AioRpcError as exc:
             raise NodeError.from_rpc(exc, self.address) from None
         finally:

@@ -1,9 +1,12 @@
-"""The ``haddock`` commands that talk to a node: run, bid, submit, logs, wait, cancel, ls, describe, node info.
+"""The ``haddock`` commands that talk to a node: run, bid, submit, logs, wait, cancel, ls, describe, stats,
+node info.
 
 The top-level app (``haddock.node.cli``) adds ``serve``; nothing here loads the daemon. Every command
 takes the connection options (``--node``, ``--token``, ``--tls-ca``, ``--tls-cert``, ``--tls-key``),
 declared once in :func:`connected`. Errors are one clear line on stderr, never a traceback.
 ``haddock run`` exits with the job's exit code, or 125 when the node could not run it (like ``docker run``).
+Every command exits 125 when the request is invalid or the node refuses it (INVALID_ARGUMENT,
+FAILED_PRECONDITION, RESOURCE_EXHAUSTED, ALREADY_EXISTS), and 1 for other failures (not found, unreachable).
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ import functools
 import inspect
 import json
 import os
+import shutil
 import signal
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
+import grpc
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -39,11 +45,23 @@ from haddock.executor.models import (
 from haddock.executor.publishers import PublisherSpec, S3PublisherSpec, parse_publisher
 from haddock.executor.quantity import QuantityError, format_bytes, format_cpu, parse_bytes, parse_duration
 from haddock.executor.sources import InputSource, parse_input
+from haddock.executor.stats import Stat, StatsSummary, decimate
+from haddock.node.client._charts import render_stats_chart, stats_json, summary_line
 from haddock.node.client._client import DEFAULT_NODE, ClientTls, Finished, NodeClient, NodeError
 from haddock.node.client._tasks import Task, load_tasks
-from haddock.node.client.convert import validation_message
+from haddock.node.client.convert import state_from_pb, validation_message
 
 EXIT_NODE_FAILED = 125
+"""The node could not or would not run it, or the request is invalid."""
+EXIT_FAILED = 1
+_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ALREADY_EXISTS,
+    }
+)
 
 app = typer.Typer(
     help="Talk to a haddock node.",
@@ -150,20 +168,24 @@ def say(message: str) -> None:
     sys.stderr.flush()
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
+def fail(message: str, code: int = EXIT_NODE_FAILED) -> NoReturn:
+    """One line on stderr and exit: by default 125, for an invalid request."""
     say(message)
     raise typer.Exit(code)
 
 
-def _run(coro: Coroutine[Any, Any, T], error_exit: int = 1) -> T:
-    """Run a coroutine; turn every expected error into one line on stderr."""
+def _run(coro: Coroutine[Any, Any, T], error_exit: int = EXIT_FAILED) -> T:
+    """Run a coroutine; turn every expected error into one line on stderr. A refusal or an invalid request
+    exits 125, other failures ``error_exit``."""
     try:
         return asyncio.run(coro)
     except NodeError as exc:
-        fail(f"error: {exc.message} ({exc.code.name})", error_exit)
+        fail(f"error: {exc.message} ({exc.code.name})", EXIT_NODE_FAILED if exc.code in _REFUSALS else error_exit)
     except ValidationError as exc:
-        fail(validation_message(exc), error_exit)
-    except (QuantityError, ValueError, OSError) as exc:
+        fail(validation_message(exc))
+    except (QuantityError, ValueError) as exc:
+        fail(f"error: {exc}")
+    except OSError as exc:
         fail(f"error: {exc}", error_exit)
 
 
@@ -282,6 +304,27 @@ class PullProgress:
                     return
 
 
+QUEUE_POLL_SECONDS = 2.0
+
+
+async def _say_while_queued(client: NodeClient, execution_id: str) -> None:
+    """While the execution waits in the node's queue: its position and why it waits, on stderr, when they
+    change. Returns once it is admitted (or ended)."""
+    said: tuple[int, str] | None = None
+    while True:
+        try:
+            msg = await client.get_execution(execution_id)
+        except NodeError:
+            return
+        if state_from_pb(msg.state) is not ExecutionState.QUEUED or not msg.queue_position:
+            return
+        now = (msg.queue_position, msg.queue_reason)
+        if now != said:
+            say(f"{execution_id} is queued: position {msg.queue_position} ({msg.queue_reason})")
+            said = now
+        await asyncio.sleep(QUEUE_POLL_SECONDS)
+
+
 async def _stream_logs(client: NodeClient, execution_id: str, query: LogQuery) -> int | None:
     """Copy the execution's output to our stdout/stderr; return the last next_offset."""
     last: int | None = None
@@ -322,6 +365,7 @@ async def _run_job(
         progress: asyncio.Task[None] | None = None
         if sys.stderr.isatty() and not as_json:
             progress = asyncio.create_task(PullProgress().follow(client, exec_id))
+        queued = asyncio.create_task(_say_while_queued(client, exec_id))
         loop = asyncio.get_running_loop()
         cancel_task: list[asyncio.Task[Any]] = []
 
@@ -340,6 +384,9 @@ async def _run_job(
                 await _stream_logs(client, exec_id, LogQuery(follow=True))
             done = await client.wait(exec_id)
         finally:
+            queued.cancel()
+            with contextlib.suppress(asyncio.CancelledError, NodeError):
+                await queued
             if progress is not None:
                 progress.cancel()
                 with contextlib.suppress(asyncio.CancelledError, NodeError):
@@ -445,7 +492,7 @@ def bid(
     *,
     conn: Connection,
 ) -> None:
-    """Ask the node whether it would take a job, and why. Exit 0 for yes, 1 for no."""
+    """Ask the node whether it would take a job, and why. Exit 0 for yes, 1 for no, 125 for an invalid request."""
     argv = _job_args(args)
     try:
         request = build_request(
@@ -741,3 +788,53 @@ def node_info(
         table.add_row(name, format_cpu(r.cpu), format_bytes(r.memory), format_bytes(r.disk), str(r.gpu))
     console.print(table)
     console.print(f"running {info.running}, queued {info.queued_count}")
+
+
+# ---------------------------------------------------------------------------- stats
+
+
+async def _show_stats(client: NodeClient, execution_id: str, *, max_points: int, follow: bool, as_json: bool) -> None:
+    samples: list[Stat] = []
+    summary: StatsSummary | None = None
+    tty = sys.stdout.isatty()
+    width, height = shutil.get_terminal_size((100, 30)) if tty else (100, 30)
+    width, height = max(40, width), max(16, min(height - 2, 40))
+
+    def draw(live: bool) -> None:
+        points = decimate(samples, max_points) if max_points else samples
+        if as_json:
+            _print_json(stats_json(points, summary, execution_id))
+            return
+        chart = render_stats_chart(points, summary, width=width, height=height - 1, color=tty)
+        if live and tty:
+            sys.stdout.write("\x1b[H\x1b[2J")
+        sys.stdout.write(chart + "\n" + summary_line(summary) + ("  (running)" if live else "") + "\n")
+        sys.stdout.flush()
+
+    last_draw = 0.0
+    async for update in client.stats(execution_id, max_points=0 if follow else max_points, follow=follow):
+        samples.extend(update.samples)
+        summary = update.summary
+        if follow and not as_json and time.monotonic() - last_draw >= 1.0 and update.running:
+            draw(True)
+            last_draw = time.monotonic()
+    draw(False)
+
+
+@app.command()
+@connected
+def stats(
+    execution_id: Annotated[str, typer.Argument(metavar="EXEC_ID")],
+    max_points: Annotated[
+        int, typer.Option("--max-points", min=1, help="down-sample to at most N points (time windows)")
+    ] = 120,
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="redraw as new samples come, until it ends")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the (down-sampled) samples and summary")] = False,
+    *,
+    conn: Connection,
+) -> None:
+    """An execution's CPU and memory over time, as a chart in the terminal (or JSON)."""
+    _run(
+        conn.call(lambda c: _show_stats(c, execution_id, max_points=max_points, follow=follow, as_json=as_json)),
+        EXIT_NODE_FAILED,
+    )

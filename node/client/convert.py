@@ -32,6 +32,7 @@ from haddock.executor.models import (
 )
 from haddock.executor.publishers import LocalPublisherSpec, PublisherSpec
 from haddock.executor.sources import InlineSource, InputSource, LocalSource, UrlSource
+from haddock.executor.stats import METRICS, Stat, StatsSummary
 from haddock.node.client._info import NodeInfo
 from haddock.v1 import executor_pb2, node_pb2
 from haddock.v1 import types_pb2 as pb
@@ -81,10 +82,14 @@ class ConversionError(ValueError):
 def validation_message(exc: ValidationError) -> str:
     """One line per problem: ``field.path: what is wrong``."""
     parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
+    errors = exc.errors()
+    for err in errors[:5]:
+        loc = ".".join(str(p)[:100] for p in err["loc"] if p != "__root__")
         msg = str(err["msg"]).removeprefix("Value error, ")
+        msg = msg if len(msg) <= 300 else msg[:300] + "…"
         parts.append(f"{loc}: {msg}" if loc else msg)
+    if len(errors) > 5:
+        parts.append(f"and {len(errors) - 5} more")
     return "invalid request: " + "; ".join(parts)
 
 
@@ -254,6 +259,8 @@ def result_to_pb(r: RunCommandResult, results_dir: str = "") -> pb.RunCommandRes
     )
     if r.exit_code is not None:
         msg.exit_code = r.exit_code
+    if r.stats is not None:
+        msg.stats.CopyFrom(summary_to_pb(r.stats))
     return msg
 
 
@@ -270,7 +277,33 @@ def result_from_pb(p: pb.RunCommandResult) -> RunCommandResult:
         error_message=p.error_message,
         published=list(p.published),
         publish_errors=list(p.publish_errors),
+        stats=summary_from_pb(p.stats) if p.HasField("stats") else None,
     )
+
+
+# --------------------------------------------------------------------- resource statistics
+
+
+def summary_to_pb(s: StatsSummary) -> pb.StatsSummary:
+    return pb.StatsSummary(**s.model_dump())
+
+
+def summary_from_pb(p: pb.StatsSummary) -> StatsSummary:
+    return StatsSummary(**{name: getattr(p, name) for name in StatsSummary.model_fields})
+
+
+def stat_to_pb(s: Stat) -> pb.StatSample:
+    msg = pb.StatSample(samples=s.samples)
+    for name in METRICS:
+        setattr(msg, name, float(getattr(s, name)))
+    ts = timestamp(s.time)
+    assert ts is not None
+    msg.time.CopyFrom(ts)
+    return msg
+
+
+def stat_from_pb(p: pb.StatSample) -> Stat:
+    return Stat(time=from_timestamp(p.time), samples=max(1, p.samples), **{name: getattr(p, name) for name in METRICS})
 
 
 def event_from_pb(e: pb.ExecutionEvent, execution_id: str) -> ExecutionEvent:

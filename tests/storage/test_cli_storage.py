@@ -88,6 +88,6 @@ async def test_submit_tasks_file(tmp_path: Path, node_id: str, busybox_image: st
         broken = tmp_path / "broken.tsv"
         broken.write_text("--input DATA\nftp://nope\n")
         bad = await haddock("submit", "--tasks", str(broken), BUSYBOX, node=running.address)
-        assert bad.code == 1 and "broken.tsv line 2" in bad.stderr
+        assert bad.code == 125 and "broken.tsv line 2" in bad.stderr  # an invalid request (issue 10)
     finally:
         await running.stop(1)

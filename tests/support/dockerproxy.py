@@ -46,16 +46,29 @@ class DockerProxy:
             await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers.difference_update((writer, up_writer))
 
-    def cut(self) -> None:
-        """Drop every connection and refuse new ones."""
+    def cut(self, *, gone: bool = False) -> None:
+        """Drop every connection and refuse new ones; ``gone``: the socket disappears too, as while the
+        engine restarts (connecting fails with FileNotFoundError)."""
         self.cut_off = True
         for w in list(self._writers):
             with contextlib.suppress(Exception):
                 w.transport.abort()
         self._writers.clear()
+        if gone:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            self.path.unlink(missing_ok=True)
 
     def restore(self) -> None:
+        """Accept connections again (after :meth:`cut` without ``gone``)."""
         self.cut_off = False
+
+    async def come_back(self) -> None:
+        """The socket is there again and connections are accepted (after any :meth:`cut`)."""
+        self.cut_off = False
+        if self._server is None:
+            await self.start()
 
     async def close(self) -> None:
         self.cut()

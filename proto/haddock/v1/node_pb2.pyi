@@ -291,3 +291,66 @@ class WatchExecutionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchExecutionResponse: _TypeAlias = WatchExecutionResponse  # noqa: Y015
+
+@_typing.final
+class GetExecutionStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    MAX_POINTS_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    execution_id: _builtins.str
+    max_points: _builtins.int
+    """At most this many points in the first response, by Fn's time-window decimation (0: all kept)."""
+    follow: _builtins.bool
+    """Keep streaming new samples while the execution runs."""
+    def __init__(
+        self,
+        *,
+        execution_id: _builtins.str = ...,
+        max_points: _builtins.int = ...,
+        follow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "follow", b"follow", "max_points", b"max_points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExecutionStatsRequest: _TypeAlias = GetExecutionStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetExecutionStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    running: _builtins.bool
+    """Whether the execution is still running (more samples may come)."""
+    interval_seconds: _builtins.float
+    """Seconds between samples on this node (0: sampling is off)."""
+    @_builtins.property
+    def samples(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.StatSample]:
+        """The first response: the series so far; with follow, each later one: the samples taken since."""
+
+    @_builtins.property
+    def summary(self) -> _types_pb2.StatsSummary:
+        """Of every sample so far (the result's own summary once the execution has ended)."""
+
+    def __init__(
+        self,
+        *,
+        samples: _abc.Iterable[_types_pb2.StatSample] | None = ...,
+        summary: _types_pb2.StatsSummary | None = ...,
+        running: _builtins.bool = ...,
+        interval_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval_seconds", b"interval_seconds", "running", b"running", "samples", b"samples", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExecutionStatsResponse: _TypeAlias = GetExecutionStatsResponse  # noqa: Y015

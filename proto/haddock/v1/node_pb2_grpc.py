@@ -55,6 +55,11 @@ class NodeServiceStub:
                 request_serializer=haddock_dot_v1_dot_node__pb2.WatchExecutionRequest.SerializeToString,
                 response_deserializer=haddock_dot_v1_dot_node__pb2.WatchExecutionResponse.FromString,
                 _registered_method=True)
+        self.GetExecutionStats = channel.unary_stream(
+                '/haddock.v1.NodeService/GetExecutionStats',
+                request_serializer=haddock_dot_v1_dot_node__pb2.GetExecutionStatsRequest.SerializeToString,
+                response_deserializer=haddock_dot_v1_dot_node__pb2.GetExecutionStatsResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -87,6 +92,14 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetExecutionStats(self, request, context):
+        """The execution's resource samples (down-sampled to max_points) and their summary; with follow,
+        then new samples as they are taken, until it ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +122,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.WatchExecution,
                     request_deserializer=haddock_dot_v1_dot_node__pb2.WatchExecutionRequest.FromString,
                     response_serializer=haddock_dot_v1_dot_node__pb2.WatchExecutionResponse.SerializeToString,
+            ),
+            'GetExecutionStats': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetExecutionStats,
+                    request_deserializer=haddock_dot_v1_dot_node__pb2.GetExecutionStatsRequest.FromString,
+                    response_serializer=haddock_dot_v1_dot_node__pb2.GetExecutionStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +238,33 @@ class NodeService:
             '/haddock.v1.NodeService/WatchExecution',
             haddock_dot_v1_dot_node__pb2.WatchExecutionRequest.SerializeToString,
             haddock_dot_v1_dot_node__pb2.WatchExecutionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExecutionStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/haddock.v1.NodeService/GetExecutionStats',
+            haddock_dot_v1_dot_node__pb2.GetExecutionStatsRequest.SerializeToString,
+            haddock_dot_v1_dot_node__pb2.GetExecutionStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,10 @@ class NodeServiceStub:
     """The execution's lifecycle events so far, then live ones (including image pull progress)
     until it ends.
     """
+    GetExecutionStats: _grpc.UnaryStreamMultiCallable[_node_pb2.GetExecutionStatsRequest, _node_pb2.GetExecutionStatsResponse]
+    """The execution's resource samples (down-sampled to max_points) and their summary; with follow,
+    then new samples as they are taken, until it ends.
+    """
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -52,6 +56,10 @@ class NodeServiceAsyncStub(NodeServiceStub):
     WatchExecution: _aio.UnaryStreamMultiCallable[_node_pb2.WatchExecutionRequest, _node_pb2.WatchExecutionResponse]  # type: ignore[assignment]
     """The execution's lifecycle events so far, then live ones (including image pull progress)
     until it ends.
+    """
+    GetExecutionStats: _aio.UnaryStreamMultiCallable[_node_pb2.GetExecutionStatsRequest, _node_pb2.GetExecutionStatsResponse]  # type: ignore[assignment]
+    """The execution's resource samples (down-sampled to max_points) and their summary; with follow,
+    then new samples as they are taken, until it ends.
     """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -86,6 +94,16 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_node_pb2.WatchExecutionResponse], _abc.AsyncIterator[_node_pb2.WatchExecutionResponse]]:
         """The execution's lifecycle events so far, then live ones (including image pull progress)
         until it ends.
+        """
+
+    @_abc_1.abstractmethod
+    def GetExecutionStats(
+        self,
+        request: _node_pb2.GetExecutionStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_node_pb2.GetExecutionStatsResponse], _abc.AsyncIterator[_node_pb2.GetExecutionStatsResponse]]:
+        """The execution's resource samples (down-sampled to max_points) and their summary; with follow,
+        then new samples as they are taken, until it ends.
         """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -688,6 +688,7 @@ class RunCommandResult(_message.Message):
     RESULTS_DIR_FIELD_NUMBER: _builtins.int
     PUBLISHED_FIELD_NUMBER: _builtins.int
     PUBLISH_ERRORS_FIELD_NUMBER: _builtins.int
+    STATS_FIELD_NUMBER: _builtins.int
     status: Global___ResultStatus.ValueType
     exit_code: _builtins.int
     """Absent when no process ran (for example the image could not be pulled)."""
@@ -708,6 +709,10 @@ class RunCommandResult(_message.Message):
     def publish_errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """A message per publisher that failed."""
 
+    @_builtins.property
+    def stats(self) -> Global___StatsSummary:
+        """Resource use sampled while the container ran; absent when no sample was taken."""
+
     def __init__(
         self,
         *,
@@ -723,16 +728,131 @@ class RunCommandResult(_message.Message):
         results_dir: _builtins.str = ...,
         published: _abc.Iterable[_builtins.str] | None = ...,
         publish_errors: _abc.Iterable[_builtins.str] | None = ...,
+        stats: Global___StatsSummary | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "error_message", b"error_message", "exit_code", b"exit_code", "publish_errors", b"publish_errors", "published", b"published", "results_dir", b"results_dir", "status", b"status", "stderr", b"stderr", "stderr_file_truncated", b"stderr_file_truncated", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_file_truncated", b"stdout_file_truncated", "stdout_truncated", b"stdout_truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "error_message", b"error_message", "exit_code", b"exit_code", "publish_errors", b"publish_errors", "published", b"published", "results_dir", b"results_dir", "stats", b"stats", "status", b"status", "stderr", b"stderr", "stderr_file_truncated", b"stderr_file_truncated", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_file_truncated", b"stdout_file_truncated", "stdout_truncated", b"stdout_truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__exit_code) -> _WhichOneofReturnType__exit_code | None: ...
 
 Global___RunCommandResult: _TypeAlias = RunCommandResult  # noqa: Y015
+
+@_typing.final
+class StatsSummary(_message.Message):
+    """An execution's resource use, summed up from the node's samples of its container."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    PEAK_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    CPU_SECONDS_FIELD_NUMBER: _builtins.int
+    AVG_CPU_CORES_FIELD_NUMBER: _builtins.int
+    MAX_CPU_CORES_FIELD_NUMBER: _builtins.int
+    BLOCK_READ_BYTES_FIELD_NUMBER: _builtins.int
+    BLOCK_WRITE_BYTES_FIELD_NUMBER: _builtins.int
+    NET_RX_BYTES_FIELD_NUMBER: _builtins.int
+    NET_TX_BYTES_FIELD_NUMBER: _builtins.int
+    samples: _builtins.int
+    """Raw samples taken."""
+    peak_memory_bytes: _builtins.int
+    """The highest memory use seen (the kernel's high-water mark where the engine reports one)."""
+    memory_limit_bytes: _builtins.int
+    cpu_seconds: _builtins.float
+    """CPU time the container used."""
+    avg_cpu_cores: _builtins.float
+    """CPU seconds per second of the sampled time."""
+    max_cpu_cores: _builtins.float
+    block_read_bytes: _builtins.int
+    block_write_bytes: _builtins.int
+    net_rx_bytes: _builtins.int
+    net_tx_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        samples: _builtins.int = ...,
+        peak_memory_bytes: _builtins.int = ...,
+        memory_limit_bytes: _builtins.int = ...,
+        cpu_seconds: _builtins.float = ...,
+        avg_cpu_cores: _builtins.float = ...,
+        max_cpu_cores: _builtins.float = ...,
+        block_read_bytes: _builtins.int = ...,
+        block_write_bytes: _builtins.int = ...,
+        net_rx_bytes: _builtins.int = ...,
+        net_tx_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_cpu_cores", b"avg_cpu_cores", "block_read_bytes", b"block_read_bytes", "block_write_bytes", b"block_write_bytes", "cpu_seconds", b"cpu_seconds", "max_cpu_cores", b"max_cpu_cores", "memory_limit_bytes", b"memory_limit_bytes", "net_rx_bytes", b"net_rx_bytes", "net_tx_bytes", b"net_tx_bytes", "peak_memory_bytes", b"peak_memory_bytes", "samples", b"samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatsSummary: _TypeAlias = StatsSummary  # noqa: Y015
+
+@_typing.final
+class StatSample(_message.Message):
+    """One point of a container's resource use (Fn's Stat). Counters (cpu_seconds, block and network
+    bytes) are cumulative since the container started; the others are what was in use at `time`.
+    A point that merges several samples has their averages and samples > 1.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    CPU_CORES_FIELD_NUMBER: _builtins.int
+    CPU_SECONDS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_PEAK_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    PIDS_FIELD_NUMBER: _builtins.int
+    BLOCK_READ_BYTES_FIELD_NUMBER: _builtins.int
+    BLOCK_WRITE_BYTES_FIELD_NUMBER: _builtins.int
+    NET_RX_BYTES_FIELD_NUMBER: _builtins.int
+    NET_TX_BYTES_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    cpu_cores: _builtins.float
+    """Cores used over the interval before this sample."""
+    cpu_seconds: _builtins.float
+    memory_bytes: _builtins.float
+    """Memory in use, less reclaimable file cache."""
+    memory_peak_bytes: _builtins.float
+    """The container's peak so far."""
+    memory_limit_bytes: _builtins.float
+    pids: _builtins.float
+    block_read_bytes: _builtins.float
+    block_write_bytes: _builtins.float
+    net_rx_bytes: _builtins.float
+    net_tx_bytes: _builtins.float
+    samples: _builtins.int
+    """Raw samples this point stands for."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        cpu_cores: _builtins.float = ...,
+        cpu_seconds: _builtins.float = ...,
+        memory_bytes: _builtins.float = ...,
+        memory_peak_bytes: _builtins.float = ...,
+        memory_limit_bytes: _builtins.float = ...,
+        pids: _builtins.float = ...,
+        block_read_bytes: _builtins.float = ...,
+        block_write_bytes: _builtins.float = ...,
+        net_rx_bytes: _builtins.float = ...,
+        net_tx_bytes: _builtins.float = ...,
+        samples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_read_bytes", b"block_read_bytes", "block_write_bytes", b"block_write_bytes", "cpu_cores", b"cpu_cores", "cpu_seconds", b"cpu_seconds", "memory_bytes", b"memory_bytes", "memory_limit_bytes", b"memory_limit_bytes", "memory_peak_bytes", b"memory_peak_bytes", "net_rx_bytes", b"net_rx_bytes", "net_tx_bytes", b"net_tx_bytes", "pids", b"pids", "samples", b"samples", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatSample: _TypeAlias = StatSample  # noqa: Y015
 
 @_typing.final
 class ExecutionEvent(_message.Message):

@@ -1,0 +1,397 @@
+"""NCL over NATS, the compute side: connection, control plane, data plane.
+
+One :class:`ClusterTransport` per node, started by ``haddock serve`` when ``[cluster] orchestrators`` is set.
+
+- **Connection**: ``nats-py`` to the orchestrator's NATS server (token, credentials file, TLS). The first
+  connection is retried with exponential backoff (``reconnect_min`` .. ``reconnect_max``); after that
+  nats-py reconnects by itself, and every reconnect starts a new session (below).
+- **Session** = handshake, then the planes until something says the orchestrator lost us (a NATS
+  reconnect, a heartbeat answered ``HandshakeRequired``, ``heartbeat_miss_factor`` heartbeats without
+  an answer); then a new handshake. The handshake sends the node info, the start time and the last
+  inbound sequence number handled; its answer says the last outbound sequence number the orchestrator
+  processed, so messages it has are not sent again.
+- **Control plane**: requests on ``bacalhau.global.compute.<id>.out.ctrl`` — heartbeats every
+  ``heartbeat_interval`` with the available and queued capacity, node-info updates when what the node
+  offers changes, a shutdown notice on a graceful stop.
+- **Data plane, inbound** (``...<id>.in.msgs``): messages are handled one at a time in arrival order;
+  each is acknowledged (``{}``) once handled and its sequence number checkpointed in the ledger; a
+  message whose number is not above the checkpoint was handled already and is only acknowledged; bytes
+  that are not a message (bad CRC, unknown version or type, bad JSON, a payload that does not fit its
+  type) are logged and refused with an error, as Bacalhau's subscriber does; the node keeps serving.
+- **Data plane, outbound** (``...<id>.out.msgs``): the ledger's outbox, in sequence order, each message
+  sent as a request and resent until the orchestrator acknowledges it; the acknowledged checkpoint is
+  durable, so a restart resends exactly what was not acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from haddock.executor.models import Resources as HaddockResources
+from haddock.node.bidding import ResourceLimits
+from haddock.node.cluster import envelope
+from haddock.node.cluster import messages as m
+from haddock.node.cluster.compute import ComputeHandler
+from haddock.node.cluster.config import ClusterSettings
+from haddock.node.cluster.ledger import INBOUND, OUTBOUND_ACKED, Ledger
+from haddock.node.cluster.logstream import LogStreamServer
+from haddock.node.cluster.translate import PUBLISHERS, STORAGE_SOURCES
+from haddock.node.service import Node
+
+log = logging.getLogger(__name__)
+
+
+class RequestFailed(Exception):
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _resources(r: HaddockResources) -> m.Resources:
+    return m.Resources(cpu=r.cpu, memory=r.memory, disk=r.disk, gpu=r.gpu)
+
+
+class ClusterTransport:
+    def __init__(self, settings: ClusterSettings, node: Node, *, version: str) -> None:
+        self.settings = settings
+        self.node = node
+        self.node_id = node.settings.node_id
+        self.version = version
+        self.started_at = datetime.now(UTC)
+        self.nc: NATS | None = None
+        self.ledger: Ledger | None = None
+        self.handler: ComputeHandler | None = None
+        self.connected = asyncio.Event()  # a session is established (handshake accepted)
+        self._resync = asyncio.Event()  # the session must start again with a handshake
+        self._wake = asyncio.Event()  # the outbox has something new
+        self._inbound: asyncio.Queue[Msg] = asyncio.Queue()
+        self._main: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._inbound_seq = 0
+        self._acked = 0
+        self._last_static: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.ledger = await Ledger.open(self.node.settings.data_dir)
+        self.handler = ComputeHandler(self.node, self.ledger, self._wake.set)
+        self._inbound_seq = await self.ledger.checkpoint(INBOUND)
+        self._acked = await self.ledger.checkpoint(OUTBOUND_ACKED)
+        await self.handler.resume()
+        self._main = asyncio.create_task(self._run(), name="haddock-cluster")
+
+    async def stop(self) -> None:
+        """A shutdown notice to the orchestrator (when connected), then close everything."""
+        self._stopping = True
+        if self.nc is not None and self.connected.is_set():
+            try:
+                notice = m.ShutdownNoticeRequest(
+                    node_id=self.node_id, reason="node shutting down", last_orchestrator_seq_num=self._inbound_seq
+                )
+                await self._control(m.SHUTDOWN_NOTICE_REQUEST, notice)
+            except Exception as exc:
+                log.warning("shutdown notice not delivered: %s", exc)
+        if self._main is not None:
+            self._main.cancel()
+            await asyncio.gather(self._main, return_exceptions=True)
+        if self.handler is not None:
+            await self.handler.close()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        if self.ledger is not None:
+            await self.ledger.close()
+
+    async def _run(self) -> None:
+        delay = self.settings.reconnect_min
+        while not self._stopping:
+            try:
+                if self.nc is None or self.nc.is_closed:
+                    self.nc = await self._connect()
+                    delay = self.settings.reconnect_min
+                await self._session(self.nc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("cluster: %s; retrying in %.1fs", exc, delay, extra={"node_id": self.node_id})
+                self.connected.clear()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.reconnect_max)
+
+    async def _connect(self) -> NATS:
+        s = self.settings
+        options: dict[str, Any] = {
+            "servers": s.orchestrators,
+            "name": f"haddock-{self.node_id}",
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": min(s.reconnect_min, 2.0),
+            "connect_timeout": max(1, int(s.request_timeout)),
+            "reconnected_cb": self._on_reconnected,
+            "disconnected_cb": self._on_disconnected,
+            "error_cb": self._on_error,
+        }
+        if s.auth_token is not None:
+            options["token"] = s.auth_token.get_secret_value()
+        if s.creds_file is not None:
+            options["user_credentials"] = str(s.creds_file)
+        if s.tls.enabled:
+            ctx = ssl.create_default_context(cafile=str(s.tls.ca_cert) if s.tls.ca_cert else None)
+            if s.tls.cert is not None and s.tls.key is not None:
+                ctx.load_cert_chain(str(s.tls.cert), str(s.tls.key))
+            options["tls"] = ctx
+        try:
+            nc = await nats.connect(**options)
+        except Exception as exc:
+            raise ConnectionError(
+                f"cannot connect to {', '.join(s.orchestrators)}: {exc or type(exc).__name__}"
+            ) from exc
+        log.info("cluster: connected to NATS", extra={"node_id": self.node_id, "server": str(nc.connected_url)})
+        return nc
+
+    async def _on_reconnected(self) -> None:
+        log.info("cluster: NATS reconnected; handshaking again", extra={"node_id": self.node_id})
+        self._resync.set()
+
+    async def _on_disconnected(self) -> None:
+        if not self._stopping:
+            log.warning("cluster: NATS disconnected", extra={"node_id": self.node_id})
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("cluster: NATS error: %s", exc)
+
+    # ------------------------------------------------------------ session
+
+    async def _session(self, nc: NATS) -> None:
+        self._resync.clear()
+        assert self.ledger is not None
+        response = await self._handshake()
+        # As Bacalhau's compute node: the orchestrator says where its messages to us start.
+        self._inbound_seq = response.starting_orchestrator_seq_num or self._inbound_seq
+        # What the orchestrator processed is not sent again, acknowledged or not.
+        self._acked = max(self._acked, min(response.last_compute_seq_num, await self.ledger.last_seq()))
+        await self.ledger.set_checkpoint(OUTBOUND_ACKED, self._acked)
+        subs = [
+            await nc.subscribe(m.subject_in(self.node_id), cb=self._inbound.put),
+        ]
+        logs = LogStreamServer(nc, self.node)
+        subs.append(await nc.subscribe(m.subject_logs(self.node_id), cb=logs.handle))
+        self.connected.set()
+        log.info(
+            "cluster: handshake accepted",
+            extra={"node_id": self.node_id, "acked": self._acked, "inbound_seq": self._inbound_seq},
+        )
+        tasks = [
+            asyncio.create_task(self._heartbeats(), name="haddock-cluster-heartbeat"),
+            asyncio.create_task(self._node_info_updates(), name="haddock-cluster-nodeinfo"),
+            asyncio.create_task(self._dispatch(nc), name="haddock-cluster-dispatch"),
+            asyncio.create_task(self._process_inbound(), name="haddock-cluster-inbound"),
+        ]
+        resync = asyncio.create_task(self._resync.wait())
+        try:
+            done, _ = await asyncio.wait([*tasks, resync], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not resync and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+        finally:
+            self.connected.clear()
+            for t in [*tasks, resync]:
+                t.cancel()
+            await asyncio.gather(*tasks, resync, return_exceptions=True)
+            await logs.close()
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _handshake(self) -> m.HandshakeResponse:
+        request = m.HandshakeRequest(
+            node_info=self.node_info(),
+            start_time=m.go_time(self.started_at),
+            last_orchestrator_seq_num=self._inbound_seq,
+        )
+        payload = await self._control(m.HANDSHAKE_REQUEST, request)
+        response = m.HandshakeResponse.model_validate(payload)
+        if not response.accepted:
+            raise RequestFailed(f"handshake rejected by the orchestrator: {response.reason or 'no reason given'}")
+        self._last_static = request.node_info.static_view()
+        return response
+
+    async def _control(self, message_type: str, request: m._Wire) -> Any:
+        """One control-plane request; its answer's payload, or :class:`RequestFailed`."""
+        assert self.nc is not None
+        data, meta = envelope.encode(message_type, m.dump(request), source=self.node_id, event_time_ns=time.time_ns())
+        try:
+            reply = await self.nc.request(
+                m.subject_control(self.node_id), data, timeout=self.settings.request_timeout, headers=meta
+            )
+        except Exception as exc:
+            raise RequestFailed(f"{message_type}: no answer ({exc or type(exc).__name__})") from exc
+        answer = envelope.decode(reply.data)
+        if answer.type == m.BAC_ERROR:
+            err = m.BacError.model_validate(answer.payload or {})
+            raise RequestFailed(f"{message_type} refused: {err.cause}", code=err.code)
+        return answer.payload
+
+    async def _heartbeats(self) -> None:
+        misses = 0
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            snap = self.node.capacity.snapshot()
+            beat = m.HeartbeatRequest(
+                node_id=self.node_id,
+                available_capacity=_resources(_free(snap.capacity, snap.allocated, snap.queued)),
+                queue_used_capacity=_resources(snap.queued),
+                last_orchestrator_seq_num=self._inbound_seq,
+            )
+            try:
+                await self._control(m.HEARTBEAT_REQUEST, beat)
+                misses = 0
+            except RequestFailed as exc:
+                if exc.code == m.HANDSHAKE_REQUIRED:
+                    log.info("cluster: the orchestrator asks for a handshake", extra={"node_id": self.node_id})
+                    return
+                misses += 1
+                log.warning("cluster: heartbeat failed (%d in a row): %s", misses, exc)
+                if misses >= self.settings.heartbeat_miss_factor:
+                    return
+
+    async def _node_info_updates(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.node_info_update_interval)
+            info = self.node_info()
+            if info.static_view() == self._last_static:
+                continue
+            try:
+                await self._control(m.NODE_INFO_UPDATE_REQUEST, m.UpdateNodeInfoRequest(node_info=info))
+                self._last_static = info.static_view()
+            except RequestFailed as exc:
+                if exc.code == m.HANDSHAKE_REQUIRED:
+                    return
+                log.warning("cluster: node info update failed: %s", exc)
+
+    def node_info(self) -> m.NodeInfo:
+        snap = self.node.capacity.snapshot()
+        rs = self.node.settings.bidding.resources
+        limits = rs.max_per_job if rs is not None else ResourceLimits()
+        cap = snap.capacity
+        max_job = m.Resources(
+            cpu=limits.cpu if limits.cpu is not None else cap.cpu,
+            memory=limits.memory if limits.memory is not None else cap.memory,
+            disk=limits.disk if limits.disk is not None else cap.disk,
+            gpu=limits.gpu if limits.gpu is not None else cap.gpu,
+        )
+        return m.NodeInfo(
+            node_id=self.node_id,
+            labels=self.settings.labels,
+            compute_node_info=m.ComputeNodeInfo(
+                execution_engines=[m.ENGINE_DOCKER],
+                publishers=list(PUBLISHERS),
+                storage_sources=list(STORAGE_SOURCES),
+                max_capacity=_resources(cap),
+                queue_used_capacity=_resources(snap.queued),
+                available_capacity=_resources(_free(cap, snap.allocated, snap.queued)),
+                max_job_requirements=max_job,
+                running_executions=snap.running,
+                enqueued_executions=snap.queued_count,
+            ),
+            bacalhau_version=m.BuildVersionInfo(git_version=f"haddock-{self.version}", git_commit=""),
+        )
+
+    # ------------------------------------------------------------ data plane
+
+    async def _process_inbound(self) -> None:
+        assert self.ledger is not None and self.handler is not None
+        while True:
+            msg = await self._inbound.get()
+            try:
+                message = envelope.decode(msg.data)
+            except envelope.EnvelopeError as exc:
+                log.error("cluster: refused a malformed message: %s", exc, extra={"subject": msg.subject})
+                await self._reply(msg, m.AckResult(error=f"failed to deserialize message: {exc}", delay=10**9))
+                continue
+            seq = message.seq_num
+            if seq is not None and seq <= self._inbound_seq:
+                await self._reply(msg, m.AckResult())  # handled before (a replay): acknowledged, not repeated
+                continue
+            if message.type not in m.INBOUND_MODELS:
+                log.error("cluster: refused a message of unsupported type %r", message.type)
+                await self._reply(msg, m.AckResult(error=f"unsupported message type: {message.type}"))
+                continue
+            try:
+                await self.handler.handle(message.type, message.payload)
+            except ValidationError as exc:
+                log.error("cluster: refused a %s whose payload does not fit: %s", message.type, exc)
+                await self._reply(msg, m.AckResult(error=f"failed to deserialize {message.type} payload: {exc}"))
+                continue
+            except Exception as exc:
+                log.exception("cluster: handling %s failed", message.type)
+                await self._reply(msg, m.AckResult(error=f"failed to handle message: {exc}", delay=10**9))
+                continue
+            if seq is not None:
+                self._inbound_seq = seq
+                await self.ledger.set_checkpoint(INBOUND, seq)
+            await self._reply(msg, m.AckResult())
+
+    async def _reply(self, msg: Msg, result: m.AckResult) -> None:
+        if not msg.reply or self.nc is None:
+            return
+        body = {k: v for k, v in result.model_dump().items() if v}  # Go's omitempty: an ack is {}
+        with contextlib.suppress(Exception):
+            await self.nc.publish(msg.reply, json.dumps(body).encode())
+
+    async def _dispatch(self, nc: NATS) -> None:
+        """Send the outbox in order; each message until it is acknowledged."""
+        assert self.ledger is not None
+        while True:
+            batch = await self.ledger.pending(self._acked)
+            if not batch:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                continue
+            for out in batch:
+                await self._deliver(nc, out.seq, out.type, out.payload, out.event_time_ns)
+                self._acked = out.seq
+                await self.ledger.set_checkpoint(OUTBOUND_ACKED, out.seq)
+
+    async def _deliver(self, nc: NATS, seq: int, type_: str, payload: dict[str, Any], event_time_ns: int) -> None:
+        meta = {envelope.KEY_MESSAGE_ID: f"seq-{seq}", envelope.KEY_SEQ_NUM: str(seq)}
+        data, headers = envelope.encode(type_, payload, meta, source=self.node_id, event_time_ns=event_time_ns)
+        delay = 0.2
+        while True:
+            try:
+                reply = await nc.request(
+                    m.subject_out(self.node_id), data, timeout=self.settings.request_timeout, headers=headers
+                )
+                result = m.AckResult.model_validate(json.loads(reply.data or b"{}"))
+                if not result.error:
+                    return
+                log.warning("cluster: %s seq %d refused: %s", type_, seq, result.error)
+                wait = result.delay / 1e9 if result.delay else delay
+            except Exception as exc:
+                log.warning("cluster: %s seq %d not acknowledged (%s); sending again", type_, seq, exc or type(exc))
+                wait = delay
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, self.settings.reconnect_max)
+
+
+def _free(capacity: HaddockResources, allocated: HaddockResources, queued: HaddockResources) -> HaddockResources:
+    return HaddockResources.model_construct(
+        cpu=max(0.0, capacity.cpu - allocated.cpu - queued.cpu),
+        memory=max(0, capacity.memory - allocated.memory - queued.memory),
+        disk=max(0, capacity.disk - allocated.disk - queued.disk),
+        gpu=max(0, capacity.gpu - allocated.gpu - queued.gpu),
+    )

@@ -1,0 +1,138 @@
+"""The node keeps its word: what it answers to ShouldBid / ShouldBidBasedOnUsage is what it enforces at Start.
+
+One code path for both: :meth:`Policy.semantic` runs the operator's semantic chain (networking, timeout,
+image policy, storage, image platform, the external probe) and :meth:`Policy.resources` the per-job
+limits of the resource chain, over the job's usage (its resources, with its inputs' size counted in
+``disk``). A bid adds the engine's own answer and what is free now; Start (:meth:`Policy.enforce`) runs
+the same chains before anything is created and refuses with the bid's reason (FAILED_PRECONDITION),
+leaving what is free to the admission (run now, queue, or RESOURCE_EXHAUSTED).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from haddock.executor.errors import ExecutionRefused, ExecutorError, InvalidSpec
+from haddock.executor.models import BidResult, OutputLimits, Resources, RunCommandRequest
+from haddock.executor.quantity import format_bytes
+from haddock.node.bidding import BidContext
+from haddock.node.capacity import CapacitySnapshot
+
+if TYPE_CHECKING:
+    from haddock.node.config import LimitsSettings
+    from haddock.node.service import Node
+
+__all__ = ["Policy", "check_output_limits", "free_of"]
+
+
+def check_output_limits(limits: OutputLimits, operator: LimitsSettings) -> None:
+    """Each of the four output limits within the operator's maximum ([limits]); InvalidSpec naming it."""
+    for name, most, key in (
+        ("max_stdout_return_length", operator.max_return_length, "max_return_length"),
+        ("max_stderr_return_length", operator.max_return_length, "max_return_length"),
+        ("max_stdout_file_length", operator.max_file_length, "max_file_length"),
+        ("max_stderr_file_length", operator.max_file_length, "max_file_length"),
+    ):
+        asked = getattr(limits, name)
+        if asked > most:
+            raise InvalidSpec(
+                f"invalid request: output_limits.{name}: {format_bytes(asked)} is more than this node allows "
+                f"(at most {format_bytes(most)}, its limits.{key})"
+            )
+
+
+def free_of(snap: CapacitySnapshot) -> Resources:
+    """What is neither running nor queued, per dimension (0 where the capacity is unknown)."""
+    capacity, allocated, queued = snap.capacity, snap.allocated, snap.queued
+    return Resources.model_construct(
+        cpu=max(0.0, capacity.cpu - allocated.cpu - queued.cpu),
+        memory=max(0, capacity.memory - allocated.memory - queued.memory),
+        disk=max(0, capacity.disk - allocated.disk - queued.disk),
+        gpu=max(0, capacity.gpu - allocated.gpu - queued.gpu),
+    )
+
+
+class Policy:
+    """The node's bid answers and their enforcement at Start. ``prepared`` requests carry the node's results dir."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def context(self, prepared: RunCommandRequest, usage: Resources, *, at_start: bool = False) -> BidContext:
+        snap = self.node.capacity.snapshot()
+        sources = prepared.input_sources
+        storage = self.node.storage
+        local: bool | None = None
+        if sources and storage is not None:
+            try:
+                local = all([await storage.has_storage_locally(s) for s in sources])
+            except Exception:
+                local = None
+        return BidContext(
+            request=prepared,
+            usage=usage,
+            capacity=snap.capacity,
+            free=free_of(snap),
+            input_source_types=frozenset(s.type for s in sources),
+            inputs_local=local,
+            at_start=at_start,
+        )
+
+    async def semantic(self, prepared: RunCommandRequest, *, at_start: bool = False) -> BidResult:
+        """Addresses the job names, then the operator's semantic chain (the external probe is asked once)."""
+        try:
+            await self.node.check_addresses(prepared)
+        except ExecutorError as exc:
+            return BidResult.no(exc.message)
+        ctx = await self.context(prepared, prepared.resources, at_start=at_start)
+        return await self.node.chains.semantic.bid(ctx)
+
+    async def usage(self, prepared: RunCommandRequest, usage: Resources | None = None) -> Resources | BidResult:
+        """What the job will use: its resources with its inputs' size on disk counted in ``disk``; or a "no"
+        when an input certainly cannot be had."""
+        usage = usage or prepared.resources
+        try:
+            input_bytes = await self.node.input_size(prepared)
+        except Exception as exc:  # an input that cannot be had: no bid, and why
+            return BidResult.no(str(exc) or type(exc).__name__)
+        if input_bytes:
+            usage = usage.model_copy(update={"disk": usage.disk + input_bytes})
+        return usage
+
+    async def resources(self, prepared: RunCommandRequest, usage: Resources, *, at_start: bool = False) -> BidResult:
+        """The resource chain: per-job limits, and (for a bid) what is free."""
+        return await self.node.chains.resource.bid(await self.context(prepared, usage, at_start=at_start))
+
+    # ------------------------------------------------------------------ the three questions
+
+    async def should_bid(self, prepared: RunCommandRequest) -> BidResult:
+        bid = await self.node.executor.should_bid(prepared)
+        if not bid.should_bid:
+            return bid
+        return await self.semantic(prepared)
+
+    async def should_bid_based_on_usage(self, prepared: RunCommandRequest, usage: Resources | None) -> BidResult:
+        total = await self.usage(prepared, usage)
+        if isinstance(total, BidResult):
+            return total
+        bid = await self.node.executor.should_bid_based_on_usage(prepared, total)
+        if not bid.should_bid:
+            return bid
+        return await self.resources(prepared, total)
+
+    async def enforce(self, prepared: RunCommandRequest) -> Resources:
+        """At Start, before anything is created: the semantic chain and the per-job limits, as a bid would
+        answer them. Returns what the admission is to hold (inputs of known size counted in ``disk``); raises
+        :class:`ExecutionRefused` with the bid's reason."""
+        bid = await self.semantic(prepared, at_start=True)
+        if not bid.should_bid:
+            raise ExecutionRefused(bid.reason)
+        total = await self.usage(prepared)
+        if isinstance(total, BidResult):
+            # An input that cannot be had: the execution is accepted and fails before any container, with a
+            # message naming the input (as README promises), rather than being refused here.
+            total = prepared.resources
+        bid = await self.resources(prepared, total, at_start=True)
+        if not bid.should_bid:
+            raise ExecutionRefused(bid.reason)
+        return total
