@@ -48,7 +48,9 @@ proto:
 proto-release:
 	$(BIN)/buf build proto -o proto/released/haddock.binpb
 
+# The figures of issue 9's "Done means" (bench/RESULTS.md); py-spy profiles where a goal is missed.
 bench: bootstrap
+	@[[ -x $(BIN)/py-spy ]] || $(BIN)/pip install --disable-pip-version-check -q -e '.[bench]'
 	$(BIN)/python -m bench
 
 clean-containers:

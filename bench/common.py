@@ -7,7 +7,6 @@ import contextlib
 import datetime as dt
 import os
 import platform
-import re
 import secrets
 import shutil
 import signal
@@ -15,11 +14,10 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,6 @@ PROFILES_DIR = BENCH_DIR / "profiles"
 VENV_BIN = Path(sys.executable).parent if (Path(sys.executable).parent / "haddock").exists() else ROOT / ".venv" / "bin"
 
 IMAGE = "haddock-test/busybox:latest"
-NODE_ID = "bench"
 LABEL_NODE = "haddock.node-id"
 LABEL_JOB = "haddock.job-id"
 LABEL_EXECUTION = "haddock.execution-id"
@@ -41,11 +38,9 @@ LABEL_EXECUTION = "haddock.execution-id"
 # Every execution id (node side) and raw container of one `python -m bench` run starts with this
 # token, so that clean-up removes exactly our containers and nothing of a concurrent run or test.
 RUN_TOKEN = f"bench{secrets.token_hex(3)}"
-
-# Our code, for attributing profile samples ("file:function" hot spots).
-OUR_PACKAGES = ("executor", "node", "storage", "haddock")
-# Frames of ours that only hold the event loop (not hot spots): samples under them are asyncio/grpc.
-ENTRY_FRAMES = frozenset({"haddock:<module>", "node/cli.py:serve", "node/client/cli.py:_run", "node/server.py:serve"})
+# The benchmark's nodes take the run's token as their id: a node reaps the containers labelled with its
+# id that it does not know, so two runs (or a run and a test) sharing an id would remove each other's.
+NODE_ID = RUN_TOKEN
 
 
 def log(msg: str) -> None:
@@ -144,12 +139,15 @@ def machine_info() -> dict[str, str]:
 
 
 def code_version() -> str:
-    """The commit measured, and which files of the node's code differ from it (others edit concurrently)."""
+    """The commit measured, and the tracked files that differ from it (the benchmark's own outputs aside).
+
+    A dirty tree is reported with the words "uncommitted changes"; a clean one never uses them."""
     head = _run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]) or "unknown"
-    status = _run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "executor", "node", "storage", "proto"])
-    changed = sorted({line.split(maxsplit=1)[1] for line in status.splitlines() if len(line.split()) > 1})
+    diff = _run(["git", "-C", str(ROOT), "diff", "HEAD", "--name-only"])
+    outputs = ("bench/RESULTS.md", "bench/profiles/")
+    changed = sorted(p for p in diff.splitlines() if p and not p.startswith(outputs))
     if not changed:
-        return f"commit {head}, no uncommitted changes in executor/ node/ storage/ proto/"
+        return f"commit {head}, working tree clean"
     return f"commit {head} + uncommitted changes in {', '.join(f'`{c}`' for c in changed)}"
 
 
@@ -233,18 +231,41 @@ def task_cpu(pid: int) -> dict[int, tuple[float, float]]:
     return out
 
 
-def proc_status_kib(pid: int, key: str) -> int:
-    try:
+def proc_status(pid: int) -> dict[str, int]:
+    """The numeric fields of /proc/<pid>/status (kB values in KiB); empty when the process is gone."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
+            key, _, rest = line.partition(":")
+            first = rest.split()[:1]
+            if first and first[0].isdigit():
+                out[key] = int(first[0])
+    return out
+
+
+def proc_status_kib(pid: int, key: str) -> int:
+    return proc_status(pid).get(key, 0)
+
+
+def proc_pss(pid: int) -> int:
+    """Proportional set size (KiB) from /proc/<pid>/smaps_rollup; 0 when unreadable or gone."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
                 return int(line.split()[1])
-    except OSError:
-        pass
     return 0
 
 
 def proc_threads(pid: int) -> int:
     return proc_status_kib(pid, "Threads")
+
+
+def proc_text(pid: int, name: str) -> str:
+    """/proc/<pid>/cmdline or environ with NULs as spaces ('' when unreadable or gone)."""
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def engine_pids() -> dict[str, list[int]]:
@@ -305,303 +326,6 @@ class CpuUse:
     machine_steal: float = 0.0  # share stolen by the hypervisor
 
 
-class RssSampler(threading.Thread):
-    """Samples a process's VmRSS every ``interval`` seconds; VmHWM (the kernel's peak) at the end."""
-
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
-        super().__init__(daemon=True, name="bench-rss")
-        self.pid = pid
-        self.interval = interval
-        self.samples: list[tuple[float, int]] = []  # (perf_counter, VmRSS KiB)
-        self.threads_max = 0
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            rss = proc_status_kib(self.pid, "VmRSS")
-            self.samples.append((time.perf_counter(), rss))
-            self.threads_max = max(self.threads_max, proc_threads(self.pid))
-            self._halt.wait(self.interval)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(5)
-
-    @property
-    def max_rss_kib(self) -> int:
-        return max((r for _, r in self.samples), default=0)
-
-
-# --------------------------------------------------------------------------- py-spy
-
-
-def pyspy_path() -> str | None:
-    candidate = VENV_BIN / "py-spy"
-    if candidate.exists():
-        return str(candidate)
-    return shutil.which("py-spy")
-
-
-class PySpy:
-    """``py-spy record --format raw`` (collapsed stacks) of a process, stopped with SIGINT.
-
-    ``mode``: ``gil`` samples only the thread holding the GIL (Python CPU; blocking calls that
-    release the GIL are not seen), ``idle`` samples every thread whatever it does (wall clock per
-    thread: where each thread waits).
-    """
-
-    def __init__(self, pid: int, out: Path, *, rate: int = 100, mode: str = "gil") -> None:
-        exe = pyspy_path()
-        if exe is None:
-            raise RuntimeError("py-spy is not installed (.venv/bin/pip install py-spy)")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.out = out
-        self.mode = mode
-        cmd = [exe, "record", "--pid", str(pid), "--format", "raw", "-o", str(out), "--rate", str(rate)]
-        cmd += ["--nonblocking", "--threads", "--gil" if mode == "gil" else "--idle"]
-        self._stderr = out.with_suffix(".pyspy.log")
-        with self._stderr.open("wb") as err:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        time.sleep(0.5)  # let it attach before the measured work starts
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"py-spy exited at once: {self._stderr.read_text()[-500:]}")
-
-    def stop(self) -> Profile:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if not self.out.exists():
-            raise RuntimeError(f"py-spy wrote no profile: {self._stderr.read_text()[-500:]}")
-        with contextlib.suppress(OSError):
-            self._stderr.unlink()
-        return Profile.parse(self.out, self.mode)
-
-
-_FRAME_RE = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
-
-
-@dataclass(frozen=True)
-class Frame:
-    func: str
-    file: str
-    line: str = ""
-
-    @property
-    def ours(self) -> bool:
-        rel = self.rel
-        if f"{rel}:{self.func}" in ENTRY_FRAMES:
-            return False
-        return rel.split("/", 1)[0] in OUR_PACKAGES and not rel.startswith("haddock/v1/")
-
-    @property
-    def rel(self) -> str:
-        path = self.file
-        root = str(ROOT) + "/"
-        if path.startswith(root):
-            return path[len(root) :]
-        if "/site-packages/" in path:
-            return path.split("/site-packages/", 1)[1]
-        if "/lib/python3" in path:
-            return "stdlib/" + path.split("/lib/python3", 1)[1].split("/", 1)[-1]
-        return path
-
-    def label(self, with_line: bool = False) -> str:
-        line = f" (line {self.line})" if with_line and self.line else ""
-        return f"{self.rel}:{self.func}{line}"
-
-
-def _frame(text: str) -> Frame:
-    m = _FRAME_RE.match(text.strip())
-    if not m:
-        return Frame(text.strip(), "")
-    return Frame(m.group("func"), m.group("file"), m.group("line") or "")
-
-
-# Frames every sample of a thread passes through (thread start, pools, the event loop's dispatch):
-# left out of the inclusive table, which would otherwise start with them.
-_DISPATCH_FUNCS = frozenset(
-    {
-        "<module>",
-        "Thread._bootstrap",
-        "Thread._bootstrap_inner",
-        "Thread.run",
-        "_worker",
-        "_WorkItem.run",
-        "run",
-        "Runner.run",
-        "BaseEventLoop.run_until_complete",
-        "BaseEventLoop.run_forever",
-        "BaseEventLoop._run_once",
-        "Handle._run",
-        "main",
-        "Typer.__call__",
-        "TyperGroup.main",
-        "Command.invoke",
-        "MultiCommand.invoke",
-        "Context.invoke",
-        "_main",
-        "serve",
-        "wrapper",
-    }
-)
-
-
-def _dispatch(f: Frame) -> bool:
-    rel = f.rel
-    return (
-        f.func in _DISPATCH_FUNCS
-        or f.label() in ENTRY_FRAMES
-        or rel.startswith(("<frozen runpy>", "typer/", "click/", "bench/"))
-    )
-
-
-@dataclass
-class Profile:
-    """Collapsed stacks (root first) with sample counts, grouped by thread."""
-
-    path: Path
-    mode: str = "gil"
-    stacks: list[tuple[str, list[Frame], int]] = field(default_factory=list)  # (thread, frames, count)
-
-    @classmethod
-    def parse(cls, path: Path, mode: str = "gil") -> Profile:
-        prof = cls(path, mode)
-        for line in path.read_text(errors="replace").splitlines():
-            stack, _, count = line.rpartition(" ")
-            if not stack or not count.isdigit():
-                continue
-            parts = stack.split(";")
-            thread = ""
-            while parts and parts[0].startswith(("thread ", "process ")):
-                if parts[0].startswith("thread "):
-                    thread = parts[0]
-                parts = parts[1:]
-            prof.stacks.append((thread, [_frame(p) for p in parts], int(count)))
-        return prof
-
-    @property
-    def total(self) -> int:
-        return sum(c for _, _, c in self.stacks)
-
-    @staticmethod
-    def thread_kind(thread: str) -> str:
-        """Which of the node's threads (by py-spy's ``thread (tid): name``) a stack belongs to."""
-        name = thread.partition(": ")[2]
-        if name == "MainThread":
-            return "event loop (MainThread)"
-        if name.startswith("haddock-docker-stream"):
-            return "stream pool (haddock-docker-stream: output capture)"
-        if name.startswith("haddock-docker-api"):
-            return "engine API pool (haddock-docker-api)"
-        if name.startswith("asyncio_"):
-            return "asyncio default executor (`asyncio.to_thread`: log store reads, results writes)"
-        return f"other ({name or 'unnamed'})"
-
-    def by_thread_kind(self) -> Counter[str]:
-        c: Counter[str] = Counter()
-        for thread, _, n in self.stacks:
-            c[self.thread_kind(thread)] += n
-        return c
-
-    def our_hot_spots(self) -> Counter[str]:
-        """Samples attributed to the deepest frame of our code on the stack (its callees included)."""
-        c: Counter[str] = Counter()
-        for _, frames, n in self.stacks:
-            ours = [f for f in frames if f.ours]
-            c[ours[-1].label() if ours else "(no frame of ours: grpc, asyncio, docker-py internals)"] += n
-        return c
-
-    def inclusive(self, only_ours: bool = True) -> Counter[str]:
-        c: Counter[str] = Counter()
-        for _, frames, n in self.stacks:
-            for label in {f.label() for f in frames if f.ours or not only_ours}:
-                c[label] += n
-        return c
-
-    def thread_kinds_by_tid(self) -> dict[int, str]:
-        """py-spy's ``thread (<tid>): <name>`` labels, as OS thread id -> kind."""
-        out: dict[int, str] = {}
-        for thread, _, _ in self.stacks:
-            m = re.match(r"thread \((\d+)\)", thread)
-            if m:
-                out[int(m.group(1))] = self.thread_kind(thread)
-        return out
-
-    def threads_per_kind(self) -> Counter[str]:
-        seen = {t for t, _, _ in self.stacks}
-        return Counter(self.thread_kind(t) for t in seen)
-
-    def leaves_by_thread_kind(self) -> dict[str, Counter[str]]:
-        out: dict[str, Counter[str]] = {}
-        for thread, frames, n in self.stacks:
-            if frames:
-                out.setdefault(self.thread_kind(thread), Counter())[frames[-1].label(with_line=True)] += n
-        return out
-
-    def inclusive_any(self) -> Counter[str]:
-        """Samples under each function (any code), entry and dispatch frames left out."""
-        c: Counter[str] = Counter()
-        for _, frames, n in self.stacks:
-            for label in {f.label() for f in frames if not _dispatch(f)}:
-                c[label] += n
-        return c
-
-    def leaves(self) -> Counter[str]:
-        c: Counter[str] = Counter()
-        for _, frames, n in self.stacks:
-            if frames:
-                c[frames[-1].label(with_line=True)] += n
-        return c
-
-
-def profile_markdown(prof: Profile, n: int = 12) -> list[str]:
-    total = prof.total or 1
-    rel = prof.path.relative_to(ROOT)
-    if prof.mode == "gil":
-        threads = prof.by_thread_kind()
-        return [
-            f"**Python CPU profile** (`py-spy record --gil`: only the thread holding the GIL is sampled, so "
-            f"blocking calls that release it — recv, write, fsync, waits — are not counted; `{rel}`, "
-            f"{total} samples):",
-            "",
-            table(
-                [[k, str(v), f"{100 * v / total:.1f}%"] for k, v in threads.most_common()],
-                ("thread", "samples", "share"),
-            ),
-            "",
-            "Deepest frame of our code on each sampled stack (its library callees included):",
-            "",
-            top_table(prof.our_hot_spots(), total, n, "our frame"),
-            "",
-            "Functions with the most samples under them (any code, inclusive; entry and dispatch frames, and the "
-            "benchmark's own thin wrappers, left out):",
-            "",
-            top_table(prof.inclusive_any(), total, n, "function"),
-            "",
-            "Leaf frames:",
-            "",
-            top_table(prof.leaves(), total, n, "leaf"),
-        ]
-    rows = []
-    nthreads = prof.threads_per_kind()
-    for kind, leaves in sorted(prof.leaves_by_thread_kind().items(), key=lambda kv: -kv[1].total()):
-        kind_total = leaves.total()
-        for j, (leaf, c) in enumerate(leaves.most_common(5)):
-            head = f"{kind} x{nthreads[kind]}" if j == 0 else ""
-            rows.append([head, f"`{leaf}`", f"{100 * c / kind_total:.1f}%"])
-    return [
-        f"**Wall-clock profile** (`py-spy record --idle`: every thread sampled whatever it does, waiting "
-        f"included; `{rel}`, {total} samples): where each kind of thread spends its time (top leaves, share of "
-        "that kind's samples):",
-        "",
-        table(rows, ("thread (xcount)", "leaf", "share")),
-    ]
-
-
 def table(rows: Iterable[Sequence[str]], header: Sequence[str]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -622,16 +346,30 @@ HEADER = """\
 # haddock benchmarks
 
 Run with `make bench` (all), or `.venv/bin/python -m bench e2e` / `.venv/bin/python -m bench output`
-(one). Options: `python -m bench --help`. Each run replaces the results of the benchmarks it ran
-(between the markers below); profiles are kept in `bench/profiles/` (py-spy raw/collapsed stacks,
-render with `flamegraph.pl` or https://www.speedscope.app).
+(one). Options: `python -m bench --help` (`--no-write` prints the results and leaves this file and
+`bench/profiles/` alone). Each run replaces the results of the benchmarks it ran (between the markers
+below) and this preamble; profiles are kept in `bench/profiles/` (py-spy raw/collapsed stacks, render
+with `flamegraph.pl` or https://www.speedscope.app).
 
-These are benchmarks, not tests: nothing fails when a goal is missed; the result says so, and
-where the time or memory goes. Profiles need py-spy (`.venv/bin/pip install py-spy`; without it the
-benchmarks run and say that no profile was taken); `--profile always|never` overrides "when a goal is
-missed". The whole run takes 4-6 minutes on a 2-core machine; every container it creates carries the
-node's labels and an execution id starting with the run's token, and is removed at the end (also on
-failure or SIGTERM). An "Analysis" section below the results, if any, is written by hand and is kept.
+What is measured are the figures of issue 9's "Done means", each with its goal and verdict (summary
+below, details in each section):
+
+- **output**: 512 MiB of short lines (`yes 0123456789abcdef | head -c 536870912`) through the node
+  (`haddock serve`, default settings) against the floor measured in the same run: the same container
+  run by the docker CLI, attached, with `--log-driver none`, output to /dev/null (goal ≤ 1.5x the
+  floor); the node's peak RSS (VmHWM of the daemon and of each other process of the node, summed;
+  goal ≤ 64 MiB); the same bytes as a few large lines through the node, no slower than the short lines.
+- **e2e**: a no-op Run through the node against raw docker-py making the same engine calls (goals
+  ≤ 1.03x sequentially, ≤ 1.05x at 20-way concurrency).
+
+These are benchmarks, not tests: nothing fails when a goal is missed; the result says so, and where
+the time or memory goes, from py-spy profiles of the node's processes (taken when a goal is missed;
+`--profile always|never` overrides; `make bench` installs py-spy, the `bench` extra; without it the
+benchmarks run and say that no profile was taken). The whole run takes about 10 minutes on a
+2-core machine; its nodes take the run's token as their node id, every container it creates carries
+that id and an execution id starting with it, and is removed at the end (also on failure or
+SIGTERM). The `code` row says "uncommitted changes" when the measured tree differs from its commit.
+An "Analysis" section below the results, if any, is written by hand and is kept.
 
 """
 
@@ -640,21 +378,46 @@ def _block(name: str, body: str) -> str:
     return f"{BEGIN.format(name)}\n{body.rstrip()}\n{END.format(name)}"
 
 
-def update_results(sections: dict[str, str], machine: str, order: Sequence[str]) -> Path:
-    """Write ``sections`` (name -> markdown) into RESULTS.md, replacing those blocks; keep the others."""
-    text = RESULTS_FILE.read_text() if RESULTS_FILE.exists() else ""
+GOALS_HEADER = ("benchmark", "figure", "goal", "measured", "verdict")
+
+
+def goals_block(name: str, rows: Sequence[Sequence[str]]) -> str:
+    """A benchmark's goals table, marked so that the summary at the top can collect its rows."""
+    return _block(f"goals-{name}", table([[name, *r] for r in rows], GOALS_HEADER))
+
+
+def goals_summary(text: str, order: Sequence[str]) -> str:
+    """The goals tables of the sections in ``text``, as one table."""
+    rows: list[str] = []
+    for name in order:
+        if BEGIN.format(f"goals-{name}") in text:
+            rows += [line for line in _inner(text, f"goals-{name}").splitlines()[2:] if line.startswith("|")]
+    head = table([], GOALS_HEADER)
+    return "### Goals\n\n" + ("\n".join([head, *rows]) if rows else "_no benchmark run yet_")
+
+
+def update_results(sections: dict[str, str], machine: str, order: Sequence[str], path: Path = RESULTS_FILE) -> Path:
+    """Write ``sections`` (name -> markdown) into RESULTS.md, replacing those blocks and the preamble, keeping
+    the other blocks and what follows the results (a hand-written analysis); the goals summary is rebuilt
+    from the goals tables of every section in the file."""
+    text = path.read_text() if path.exists() else ""
     if BEGIN.format("results") not in text:
         blocks = "\n\n".join(_block(n, f"_{n}: not run yet_") for n in order)
         results = "## Results\n\n" + _block("machine", "_not run yet_") + "\n\n" + blocks
-        text = HEADER + _block("results", results) + "\n" + text
+        text = _block("results", results) + "\n" + text
+    text = HEADER + text[text.index(BEGIN.format("results")) :]
     text = _replace(text, "machine", machine)
+    if BEGIN.format("summary") not in text:
+        i = text.index(END.format("machine")) + len(END.format("machine"))
+        text = text[:i] + "\n\n" + _block("summary", "") + text[i:]
     for name, body in sections.items():
         if BEGIN.format(name) not in text:
             text = _replace(text, "results", _inner(text, "results") + "\n\n" + _block(name, body))
         else:
             text = _replace(text, name, body)
-    RESULTS_FILE.write_text(text)
-    return RESULTS_FILE
+    text = _replace(text, "summary", goals_summary(text, order))
+    path.write_text(text)
+    return path
 
 
 def _inner(text: str, name: str) -> str:

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import socket
 import struct
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ def node_defaults() -> dict[str, Any]:
         cfg = Settings(node_id=NODE_ID, data_dir=Path(tmp)).docker
     return {
         "log_driver": cfg.log_driver,
+        "log_opts": dict(cfg.log_driver_options) if cfg.log_driver != "none" else {},
         "pids_limit": cfg.pids_limit,
         "no_new_privileges": cfg.no_new_privileges,
         "cap_drop": list(cfg.cap_drop),
@@ -49,7 +51,7 @@ def host_config_kwargs(log_config: docker.types.LogConfig | None = None) -> dict
     kw: dict[str, Any] = {
         "network_mode": "none",
         "mounts": [],
-        "log_config": log_config or docker.types.LogConfig(type=d["log_driver"]),
+        "log_config": log_config or docker.types.LogConfig(type=d["log_driver"], config=d["log_opts"]),
     }
     if d["init"]:
         kw["init"] = True
@@ -62,10 +64,11 @@ def host_config_kwargs(log_config: docker.types.LogConfig | None = None) -> dict
     return kw
 
 
-def describe_config() -> str:
+def describe_config(*, log_driver: bool = True) -> str:
     kw = host_config_kwargs()
     lc = kw.pop("log_config")
-    kw["log_driver"] = lc.type
+    if log_driver:
+        kw["log_driver"] = lc.type
     kw.pop("mounts")
     return ", ".join(f"{k}={v}" for k, v in kw.items())
 
@@ -173,65 +176,44 @@ def run_noop(client: docker.APIClient, execution_id: str, command: list[str]) ->
     return RawTiming(t6 - t0, phases, code, sum(counts.values()))
 
 
-@dataclass
-class AttachSample:
-    """What the engine's attach stream looks like for a job printing fast: its reads and frames."""
-
-    recv_sizes: list[int]  # bytes each recv(256 KiB) returned
-    frame_sizes: list[int]  # payload bytes of each frame
+# --------------------------------------------------------------------------- the docker CLI (the floor)
 
 
-def attach_sample(client: docker.APIClient, execution_id: str, size: int) -> AttachSample:
-    """Run ``head -c size /dev/zero`` attached as the node is, recording every recv and frame."""
-    spec = container_spec(client, execution_id, ["head", "-c", str(size), "/dev/zero"])
-    cid = client.create_container(**spec)["Id"]
-    recvs: list[int] = []
-    frames: list[int] = []
-    try:
-        response, sock = attach(client, cid)
-        try:
-            client.start(cid)
-            buf = b""
-            remaining = 0
-            while True:
-                data = sock.recv(256 * 1024)
-                if not data:
-                    break
-                recvs.append(len(data))
-                buf = buf + data if buf else data
-                pos = 0
-                while pos < len(buf):
-                    if remaining:
-                        take = min(remaining, len(buf) - pos)
-                        remaining -= take
-                        pos += take
-                        continue
-                    if len(buf) - pos < _HEADER.size:
-                        break
-                    _kind, remaining = _HEADER.unpack_from(buf, pos)
-                    frames.append(remaining)
-                    pos += _HEADER.size
-                buf = buf[pos:]
-        finally:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(Exception):
-                response.close()
-        client.wait(cid)
-    finally:
-        client.remove_container(cid, force=True, v=True)
-    return AttachSample(recvs, frames)
+def cli_run_args(
+    execution_id: str, command: list[str], *, log_driver: str = "none", log_opts: dict[str, str] | None = None
+) -> list[str]:
+    """``docker run --rm`` of the container the node would make for ``command`` (same name pattern,
+    labels, env and host config), attached to stdout/stderr, with the given engine log driver."""
+    d = node_defaults()
+    args = ["docker", "run", "--rm", "--name", f"haddock-{NODE_ID}-{execution_id}"]
+    for k, v in {LABEL_NODE: NODE_ID, LABEL_JOB: "bench-job", LABEL_EXECUTION: execution_id}.items():
+        args += ["--label", f"{k}={v}"]
+    args += ["--env", "HADDOCK_JOB_ID=bench-job", "--env", f"HADDOCK_EXECUTION_ID={execution_id}"]
+    args += ["--network", "none", "--log-driver", log_driver]
+    for k, v in (log_opts or {}).items():
+        args += ["--log-opt", f"{k}={v}"]
+    if d["init"]:
+        args.append("--init")
+    if d["pids_limit"]:
+        args += ["--pids-limit", str(d["pids_limit"])]
+    if d["no_new_privileges"]:
+        args += ["--security-opt", "no-new-privileges"]
+    for cap in d["cap_drop"]:
+        args += ["--cap-drop", cap]
+    return [*args, IMAGE, *command]
 
 
-def multiplexed(sample: AttachSample) -> list[bytes]:
-    """The sample's stream rebuilt (stdout frames of zeros) and cut where the engine's reads were cut."""
-    stream = b"".join(_HEADER.pack(1, n) + bytes(n) for n in sample.frame_sizes)
-    chunks = []
-    pos = 0
-    for n in sample.recv_sizes:
-        chunks.append(stream[pos : pos + n])
-        pos += n
-    return chunks
+def cli_run(
+    execution_id: str, command: list[str], *, log_driver: str = "none", log_opts: dict[str, str] | None = None
+) -> float:
+    """Run :func:`cli_run_args` with its output to /dev/null; the wall time of the CLI, start to exit."""
+    args = cli_run_args(execution_id, command, log_driver=log_driver, log_opts=log_opts)
+    t0 = time.perf_counter()
+    res = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:4])} ... exited {res.returncode}: {res.stderr.decode()[-500:]}")
+    return wall
 
 
 # --------------------------------------------------------------------------- engine call tracing

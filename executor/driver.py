@@ -103,6 +103,15 @@ class ContainerHandle(Protocol):
         """Remove the container; False when it was already gone."""
         ...
 
+    async def take_log(self) -> LogWriter | None:
+        """After the exit of a service's container (whose log :meth:`finish` leaves open): the execution's
+        log, open for appending here, for the next attempt; None when it cannot be had."""
+        ...
+
+    async def health(self) -> str | None:
+        """The image's own HEALTHCHECK status ("starting", "healthy", "unhealthy"); None without one."""
+        ...
+
 
 class Driver(Protocol):
     """What the runner needs from an engine."""
@@ -129,9 +138,16 @@ class Driver(Protocol):
     async def prepare_image(self, request: RunCommandRequest, progress: ProgressSink) -> ImageReady: ...
 
     async def create(
-        self, request: RunCommandRequest, volumes: list[InputVolume], writer: LogWriter, *, stop_signal: str
+        self,
+        request: RunCommandRequest,
+        volumes: list[InputVolume],
+        writer: LogWriter,
+        *,
+        stop_signal: str,
+        attempt: int = 1,
     ) -> ContainerHandle:
-        """Create the execution's container (not started), its output bound for ``writer``."""
+        """Create the execution's container (not started), its output bound for ``writer``; a service's ports
+        published as its request says (host ports chosen by the node), labelled with the ``attempt``."""
         ...
 
     async def held_logs(self) -> set[str]:

@@ -114,6 +114,12 @@ class ExecutionState(StrEnum):
     COMPLETED = "completed"  # ran and exited 0
     FAILED = "failed"  # error, timeout or killed: see the result
     CANCELLED = "cancelled"
+    # A service's life between start and end (executor/service.py):
+    STARTING = "starting"  # its container runs; not yet ready
+    READY = "ready"  # the readiness probe passes: the gateway routes to it
+    UNHEALTHY = "unhealthy"  # the readiness probe fails (past its threshold): not routed to
+    RESTARTING = "restarting"  # its container ended; a new one starts after a backoff
+    STOPPING = "stopping"  # cancelled: no longer routed to, being stopped
 
     @property
     def terminal(self) -> bool:
@@ -142,6 +148,21 @@ class NetworkMode(StrEnum):
     NONE = "none"
     BRIDGE = "bridge"
     HOST = "host"
+
+
+class ExecutionKind(StrEnum):
+    """A batch run ends with an exit code; a service is meant to keep running (ports, probes, restarts)."""
+
+    BATCH = "batch"
+    SERVICE = "service"
+
+
+class RestartPolicy(StrEnum):
+    """What the node does when a service's container ends (the node restarts it, never the engine)."""
+
+    NEVER = "never"
+    ON_FAILURE = "on-failure"  # a non-zero exit, an out-of-memory kill or a failing liveness probe
+    ALWAYS = "always"
 
 
 class PullPolicy(StrEnum):
@@ -347,6 +368,167 @@ class OutputLimits(_Model):
 
 
 _DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/=-]{0,127}$")
+_PORT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
+_SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+MAX_PROBE_SECONDS = 3600.0
+MAX_RESTARTS = 1000
+
+
+class ServicePort(_Model):
+    """A port the service listens on in its container, published by the node on a host port it chooses.
+
+    ``host_port`` and ``host_ip`` are the node's: a requester may ask for a host port (the node refuses
+    one outside its range or in use); the node fills both in before the execution starts."""
+
+    name: str = "http"
+    container_port: int
+    protocol: str = "tcp"
+    host_port: int | None = Field(default=None, description="the published port on the node (the node's choice)")
+    host_ip: str | None = Field(default=None, description="the address the port is published on (the node's)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _PORT_NAME_RE.match(v):
+            raise ValueError(f"port name {v!r} must be 1-15 lower-case letters, digits or '-' (like 'http')")
+        return v
+
+    @field_validator("container_port", "host_port")
+    @classmethod
+    def _port(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= 65535:
+            raise ValueError(f"port {v} must be between 1 and 65535")
+        return v
+
+    @field_validator("protocol")
+    @classmethod
+    def _protocol(cls, v: str) -> str:
+        if v != "tcp":
+            raise ValueError(f"protocol {v!r} is not supported: only tcp")
+        return v
+
+
+class HttpProbe(_Model):
+    """An HTTP GET on a named port of the service: 2xx and 3xx pass, anything else (or no answer) fails."""
+
+    port: str | None = Field(default=None, description="a port name of the service; default: its first port")
+    path: str = "/"
+    interval: DurationSeconds = 10.0
+    timeout: DurationSeconds = 1.0
+    failure_threshold: int = Field(default=3, description="consecutive failures before it counts as failed")
+    start_period: DurationSeconds = Field(
+        default=60.0, description="readiness: it must pass within this; liveness: failures do not count before it"
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or any(c in v for c in "\r\n\x00 "):
+            raise ValueError(f"probe path {v!r} must start with '/' and hold no spaces or control characters")
+        return v
+
+    @field_validator("interval", "timeout")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if not 0 < v <= MAX_PROBE_SECONDS:
+            raise ValueError(f"probe interval and timeout must be positive and at most 1h, got {v:g}s")
+        return v
+
+    @field_validator("start_period")
+    @classmethod
+    def _start_period(cls, v: float) -> float:
+        if not 0 <= v <= 24 * 3600:
+            raise ValueError(f"probe start_period must be between 0 and 24h, got {v:g}s")
+        return v
+
+    @field_validator("failure_threshold")
+    @classmethod
+    def _threshold(cls, v: int) -> int:
+        if not 1 <= v <= 1000:
+            raise ValueError(f"probe failure_threshold must be between 1 and 1000, got {v}")
+        return v
+
+
+class RestartSpec(_Model):
+    """The node's restarts of a service: a new container per attempt, after an exponential backoff."""
+
+    policy: RestartPolicy = RestartPolicy.ON_FAILURE
+    max_restarts: int = Field(default=3, description="restarts at most; then the service ends in error")
+    backoff_initial: DurationSeconds = 1.0
+    backoff_max: DurationSeconds = 30.0
+
+    @field_validator("max_restarts")
+    @classmethod
+    def _max(cls, v: int) -> int:
+        if not 0 <= v <= MAX_RESTARTS:
+            raise ValueError(f"max_restarts must be between 0 and {MAX_RESTARTS}, got {v}")
+        return v
+
+    @field_validator("backoff_initial", "backoff_max")
+    @classmethod
+    def _backoff(cls, v: float) -> float:
+        if not 0 <= v <= MAX_PROBE_SECONDS:
+            raise ValueError(f"restart backoff must be between 0 and 1h, got {v:g}s")
+        return v
+
+    def backoff(self, restarts: int) -> float:
+        """The wait before restart number ``restarts + 1``: doubling from the initial, capped."""
+        return float(min(self.backoff_max, self.backoff_initial * 2.0 ** min(restarts, 32)))
+
+
+class ServiceSpec(_Model):
+    """What makes an execution a service: its ports, probes, restart policy and an optional name."""
+
+    name: str | None = Field(default=None, description="groups executions (versions, replicas) for the gateway")
+    ports: list[ServicePort] = Field(default_factory=list)
+    readiness: HttpProbe | None = None
+    liveness: HttpProbe | None = None
+    image_healthcheck: bool = Field(
+        default=False, description="use the image's own HEALTHCHECK for readiness and liveness"
+    )
+    restart: RestartSpec = Field(default_factory=RestartSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not _SERVICE_NAME_RE.match(v):
+            raise ValueError(
+                f"service name {v!r} must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServiceSpec:
+        names = [p.name for p in self.ports]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"port names must be unique; repeated: {', '.join(dupes)}")
+        ports = [p.container_port for p in self.ports]
+        dupe_ports = sorted({p for p in ports if ports.count(p) > 1})
+        if dupe_ports:
+            raise ValueError(f"each container port may be published once; repeated: {dupe_ports}")
+        for kind, probe in (("readiness", self.readiness), ("liveness", self.liveness)):
+            if probe is None:
+                continue
+            if self.image_healthcheck:
+                raise ValueError(f"{kind}: use HTTP probes or the image's HEALTHCHECK, not both")
+            if not self.ports:
+                raise ValueError(f"{kind}: an HTTP probe needs a port: declare the service's ports")
+            if probe.port is not None and probe.port not in names:
+                raise ValueError(f"{kind}: probe port {probe.port!r} is not one of the service's ports ({names})")
+        return self
+
+    def port(self, name: str | None) -> ServicePort | None:
+        """The port of that name (the first port when None)."""
+        if name is None:
+            return self.ports[0] if self.ports else None
+        return next((p for p in self.ports if p.name == name), None)
+
+    @property
+    def published(self) -> bool:
+        return all(p.host_port is not None for p in self.ports)
 
 
 def is_valid_id(v: str) -> bool:
@@ -390,6 +572,8 @@ class RunCommandRequest(_Model):
         description="the GPUs (device ids) the node allocated to this execution, one per requested GPU; chosen by "
         "the node at admission, never by requesters (empty: the engine picks `resources.gpu` devices)",
     )
+    kind: ExecutionKind = ExecutionKind.BATCH
+    service: ServiceSpec | None = Field(default=None, description="ports, probes, restarts: a service's only")
 
     @field_validator("job_id")
     @classmethod
@@ -445,7 +629,15 @@ class RunCommandRequest(_Model):
         dupes = sorted({t for t in targets if targets.count(t) > 1})
         if dupes:
             raise ValueError(f"each container path may be mounted once; repeated: {', '.join(dupes)}")
+        if self.kind is ExecutionKind.BATCH and self.service is not None:
+            raise ValueError("service: only a service execution (kind 'service') has a service spec")
+        if self.kind is ExecutionKind.SERVICE and self.service is None:
+            object.__setattr__(self, "service", ServiceSpec())
         return self
+
+    @property
+    def is_service(self) -> bool:
+        return self.kind is ExecutionKind.SERVICE
 
 
 # ---------------------------------------------------------------------------
@@ -502,6 +694,8 @@ class EventKind(StrEnum):
     TIMED_OUT = "timed-out"
     FAILED = "failed"
     STATE = "state"
+    PROBE_FAILED = "probe-failed"  # a service's probe failed (details: probe, reason, failures)
+    RESTARTING = "restarting"  # a service's container ended and will be replaced (details: attempt, reason)
 
 
 def utcnow() -> datetime:

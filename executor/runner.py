@@ -48,6 +48,7 @@ from haddock.executor.models import (
 from haddock.executor.prepare import prepare_image, prepare_inputs
 from haddock.executor.protocol import InputPreparer, PreparedInputs, ResultPublisher
 from haddock.executor.quantity import GiB
+from haddock.executor.service import resume_service, run_service
 from haddock.executor.settle import finish
 from haddock.executor.stats import Stat, StatsAccumulator
 from haddock.executor.supervise import supervise
@@ -363,7 +364,9 @@ class Runner:
     def _set_state(self, record: ExecutionRecord, state: ExecutionState, **carried: Any) -> None:
         if record.state is not state:
             record.state = state
-            self._emit(record, EventKind.STATE, f"state: {state.value}", state=state.value, **carried)
+            reason = carried.get("reason")
+            message = f"state: {state.value}" + (f" ({reason})" if reason else "")
+            self._emit(record, EventKind.STATE, message, state=state.value, **carried)
 
     async def _execute(self, execution: Execution, *, recovered: bool = False) -> None:
         """The execution's task. Whatever happens, ``done`` is resolved and the container removed
@@ -414,13 +417,17 @@ class Runner:
         try:
             try:
                 resumed: ExitStatus | None = None
-                if recovered:
+                if recovered and record.request.is_service:
                     with tracer.start_as_current_span("resume"):
-                        resumed = await self._resume(execution)
-                if resumed is not None:
-                    outcome = resumed
-                else:  # a fresh execution, or one the node went down while preparing: prepared (again)
-                    outcome, status = await self._prepare_and_run(execution)
+                        outcome, status = await resume_service(self, execution)
+                else:
+                    if recovered:
+                        with tracer.start_as_current_span("resume"):
+                            resumed = await self._resume(execution)
+                    if resumed is not None:
+                        outcome = resumed
+                    else:  # a fresh execution, or one the node went down while preparing: prepared (again)
+                        outcome, status = await self._prepare_and_run(execution)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -493,8 +500,11 @@ class Runner:
                 return ExitStatus(), ResultStatus.CANCELLED
             await handle.start()
             record.started_at = utcnow()
-            self._set_state(record, ExecutionState.RUNNING)
+            service = record.request.is_service
+            self._set_state(record, ExecutionState.STARTING if service else ExecutionState.RUNNING)
             self._emit(record, EventKind.STARTED, "container started", container_id=handle.container_id)
+            if service:
+                return await run_service(self, execution, handle, volumes=volumes, stop_signal=stop_signal)
             return await supervise(self, execution, handle, record.request.timeout), None
 
     async def _resume(self, execution: Execution) -> ExitStatus | None:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from haddock.executor.errors import ErrorCode, ExecutorError, clip, shown
 from haddock.executor.logstore import LogCorrupted, LogNotFound
-from haddock.executor.models import ExecutionRecord
+from haddock.executor.models import EventKind, ExecutionRecord
 from haddock.executor.quantity import QuantityError
 from haddock.node.client import convert
 from haddock.node.client.convert import validation_message
@@ -173,6 +173,10 @@ def _summary(r: ExecutionRecord) -> node_pb2.ExecutionSummary:
     )
     if r.result is not None:
         msg.status = convert.status_to_pb(r.result.status)
+    msg.kind = convert.kind_to_pb(r.request.kind)
+    if r.request.service is not None:
+        msg.service_name = r.request.service.name or ""
+        msg.ports.extend(convert.port_to_pb(p) for p in r.request.service.ports)
     return msg
 
 
@@ -187,6 +191,7 @@ def execution_to_pb(r: ExecutionRecord) -> node_pb2.GetExecutionResponse:
         finished_at=convert.timestamp(r.finished_at),
         events=[convert.event_to_pb(e) for e in r.events],
         results_dir=results_dir,
+        attempts=sum(1 for e in r.events if e.kind is EventKind.STARTED),
     )
     if r.result is not None:
         msg.result.CopyFrom(convert.result_to_pb(r.result, results_dir))

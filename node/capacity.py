@@ -43,7 +43,7 @@ import asyncio
 import bisect
 import itertools
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -214,6 +214,12 @@ class CapacityManager:
         self._queue: list[_Entry] = []  # sorted by _Entry.order
         self._seq = itertools.count()
         self._gpus = GpuPool(_gpu_ids(capacity, gpu_devices))
+        self._release_hooks: list[Callable[[str], None]] = []
+
+    def on_release(self, hook: Callable[[str], None]) -> None:
+        """Call ``hook(execution_id)`` on every :meth:`release` (however the execution ended or left the
+        queue): what the node holds for an execution besides resources (a service's ports) goes with it."""
+        self._release_hooks.append(hook)
 
     # -- configuration -------------------------------------------------------
 
@@ -359,6 +365,11 @@ class CapacityManager:
 
         Idempotent: releasing twice, or an id that never acquired, does nothing.
         """
+        for hook in self._release_hooks:
+            try:
+                hook(execution_id)
+            except Exception:
+                log.exception("a release hook failed for %s", execution_id)
         entry = self._holders.pop(execution_id, None)
         if entry is not None:
             self._allocated = self._allocated.minus(entry.amount)

@@ -6,6 +6,7 @@ Nested settings use ``__`` in the environment: ``HADDOCK_TELEMETRY__EXPORTER=con
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -149,6 +150,62 @@ class CapacitySettings(BaseModel):
         return self
 
 
+class ServicesSettings(BaseModel):
+    """Service executions: where their ports are published, and the node's HTTP gateway to them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    publish_address: str = Field(default="127.0.0.1", description="the host address services' ports are published on")
+    port_range: str = Field(default="30000-30999", description="host ports for services, FIRST-LAST inclusive")
+    gateway_listen: str | None = Field(default=None, description="HOST:PORT of the HTTP gateway; unset: no gateway")
+    gateway_connect_timeout: DurationSeconds = Field(default=5.0, gt=0, description="connecting to a service")
+    gateway_read_timeout: DurationSeconds = Field(
+        default=300.0, gt=0, description="a service's silence before the gateway answers 504"
+    )
+
+    @field_validator("publish_address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError(f"services.publish_address {v!r} must be an IP address, e.g. 127.0.0.1") from None
+        return v
+
+    @field_validator("port_range", mode="before")
+    @classmethod
+    def _range_pair(cls, v: object) -> object:
+        if isinstance(v, list | tuple) and len(v) == 2:
+            return f"{v[0]}-{v[1]}"
+        return v
+
+    @field_validator("port_range")
+    @classmethod
+    def _range(cls, v: str) -> str:
+        low, sep, high = v.partition("-")
+        if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+            raise ValueError(f"services.port_range {v!r} must be FIRST-LAST, e.g. 30000-30999")
+        if not 1 <= int(low) <= int(high) <= 65535:
+            raise ValueError(f"services.port_range {v!r} must be within 1-65535, first <= last")
+        return f"{int(low)}-{int(high)}"
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        """The range as (first, last)."""
+        low, _, high = self.port_range.partition("-")
+        return int(low), int(high)
+
+    @field_validator("gateway_listen")
+    @classmethod
+    def _gateway(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"services.gateway_listen {v!r} must be HOST:PORT, e.g. 127.0.0.1:7480")
+        return v
+
+
 class LimitsSettings(BaseModel):
     """The most a requester may ask of the node's memory, store and disk for one execution's output."""
 
@@ -209,6 +266,7 @@ class Settings(BaseSettings):
     capacity: CapacitySettings = Field(default_factory=CapacitySettings)
     storage: StorageSettings = Field(default_factory=StorageSettings, description="inputs and publishers")
     bidding: BiddingSettings = Field(default_factory=BiddingSettings)
+    services: ServicesSettings = Field(default_factory=ServicesSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
     metrics_listen: str | None = Field(

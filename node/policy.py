@@ -79,7 +79,11 @@ class Policy:
         )
 
     async def semantic(self, prepared: RunCommandRequest, *, at_start: bool = False) -> BidResult:
-        """Addresses the job names, then the operator's semantic chain (the external probe is asked once)."""
+        """A service's ports in range, the addresses the job names, then the operator's semantic chain (the
+        external probe is asked once)."""
+        refused = self.ports(prepared, free=False)
+        if refused is not None:
+            return refused
         try:
             await self.node.check_addresses(prepared)
         except ExecutorError as exc:
@@ -111,6 +115,11 @@ class Policy:
             return bid
         return await self.semantic(prepared)
 
+    def ports(self, prepared: RunCommandRequest, *, free: bool) -> BidResult | None:
+        """A service's ports: within the node's range (and, ``free``, enough of them free now)."""
+        refusal = self.node.ports.refusal(prepared, usage=free)
+        return None if refusal is None else BidResult.no(refusal)
+
     async def should_bid_based_on_usage(self, prepared: RunCommandRequest, usage: Resources | None) -> BidResult:
         total = await self.usage(prepared, usage)
         if isinstance(total, BidResult):
@@ -118,6 +127,9 @@ class Policy:
         bid = await self.node.executor.should_bid_based_on_usage(prepared, total)
         if not bid.should_bid:
             return bid
+        refused = self.ports(prepared, free=True)
+        if refused is not None:
+            return refused
         return await self.resources(prepared, total)
 
     async def enforce(self, prepared: RunCommandRequest) -> Resources:

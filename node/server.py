@@ -24,6 +24,7 @@ from haddock.v1 import executor_pb2, executor_pb2_grpc, node_pb2, node_pb2_grpc
 
 if TYPE_CHECKING:
     from haddock.node.cluster.transport import ClusterTransport
+    from haddock.node.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +61,18 @@ class RunningServer:
     health: health.aio.HealthServicer
     port: int
     address: str
+    gateway: Gateway | None = None
     cluster: ClusterTransport | None = None
 
     async def stop(self, grace: float) -> None:
-        """Health goes NOT_SERVING first, the orchestrator (if any) gets a shutdown notice; then new calls
-        are refused and in-flight ones get ``grace`` while the node stops its executions (or lets go of
-        them), each within the same ``grace``."""
+        """Health goes NOT_SERVING first, the orchestrator (if any) gets a shutdown notice, the gateway
+        closes (its services are going away); then new calls are refused and in-flight ones get ``grace``
+        while the node stops its executions (or lets go of them), each within the same ``grace``."""
         await self.health.enter_graceful_shutdown()
         if self.cluster is not None:
             await self.cluster.stop()
+        if self.gateway is not None:
+            await self.gateway.stop()
         await asyncio.gather(self.server.stop(grace), self.node.shutdown(grace))
 
 
@@ -112,6 +116,16 @@ async def start_server(settings: Settings, node: Node | None = None) -> RunningS
     except RuntimeError as exc:
         raise RuntimeError(f"cannot listen on {settings.listen}: {exc}") from exc
     await server.start()
+    gateway: Gateway | None = None
+    if settings.services.gateway_listen:
+        from haddock.node.gateway import Gateway  # aiohttp's server only when the node runs a gateway
+
+        gateway = Gateway(node, settings.services, token=settings.token)
+        try:
+            node.gateway_address = await gateway.start(settings.services.gateway_listen)
+        except BaseException:
+            await server.stop(0)
+            raise
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     host = settings.listen.rpartition(":")[0]
@@ -133,7 +147,15 @@ async def start_server(settings: Settings, node: Node | None = None) -> RunningS
         cluster = ClusterTransport(settings.cluster, node, version=haddock_version())
         await cluster.start()
         log.info("joining a Bacalhau network", extra={"orchestrators": settings.cluster.orchestrators})
-    return RunningServer(server=server, node=node, health=health_servicer, port=port, address=address, cluster=cluster)
+    return RunningServer(
+        server=server,
+        node=node,
+        health=health_servicer,
+        port=port,
+        address=address,
+        gateway=gateway,
+        cluster=cluster,
+    )
 
 
 async def serve(settings: Settings) -> None:

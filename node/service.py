@@ -47,12 +47,14 @@ from haddock.node.bidding import (
 )
 from haddock.node.capacity import CapacityExhausted, CapacityManager, QueuePosition
 from haddock.node.client import NodeInfo
+from haddock.node.client._info import ServiceInfo
 from haddock.node.config import OnShutdown, Settings
 from haddock.node.events import EventHub
 from haddock.node.gpus import choose_gpus, detect_gpus
 from haddock.node.housekeeping import Housekeeping
 from haddock.node.metrics import MetricsListener, NodeGauges, NodeMetrics
 from haddock.node.policy import Policy, check_output_limits, free_of
+from haddock.node.ports import PortAllocator
 from haddock.node.stats import StatsHub, StatsUpdate, execution_stats
 from haddock.node.store import ExecutionStore, store_path
 from haddock.storage import StorageRegistry, build_registry
@@ -113,6 +115,10 @@ class Node:
         self.gpu_devices: builtins.list[str] = []  # the GPUs jobs are given, detected in begin()
         cap = settings.capacity
         self.capacity = CapacityManager(Resources(), max_running=cap.max_running, max_queued=cap.max_queued)
+        services = settings.services
+        self.ports = PortAllocator(*services.ports, services.publish_address)
+        self.capacity.on_release(self.ports.release)  # a service's ports go when its resources do
+        self.gateway_address = ""  # set by the server when it runs the gateway
         self.admission = Admission(self.capacity, executor, store, events)
         self.housekeeping = Housekeeping(settings, executor, store, live=self._unfinished_in_memory)
         self.policy = Policy(self)
@@ -177,6 +183,8 @@ class Node:
         unfinished = await self.store.non_terminal()
         # Queued ones queue again; an execution is never queued twice once the executor had it (its log
         # exists: the node went down between handing it over and recording that): it is taken back.
+        for r in unfinished:
+            self.ports.restore(r.request)  # a service keeps its ports across a restart of the node
         logs = self.executor.logs
         queued = [r for r in unfinished if r.state is ExecutionState.QUEUED and not logs.exists(r.execution_id)]
         others = [r for r in unfinished if r not in queued]
@@ -365,7 +373,12 @@ class Node:
                 raise ExecutionAlreadyStarted(exec_id)
             self.executor.check(prepared)  # what the executor would refuse is refused now, not after queueing
             usage = await self.policy.enforce(prepared)  # what a bid would refuse, refused with its reason
-            await self.admission.admit(prepared, queue=queue, priority=priority, usage=usage)
+            prepared = self.ports.allocate(prepared)  # a service's host ports: the node's choice, recorded in it
+            try:
+                await self.admission.admit(prepared, queue=queue, priority=priority, usage=usage)
+            except BaseException:
+                self.ports.release(exec_id)
+                raise
         finally:
             del self._starting[exec_id]
             starting.set_result(None)
@@ -387,6 +400,10 @@ class Node:
         except ExecutionNotFound:
             q = self.admission.get(execution_id)
             return q.record if q is not None else None
+
+    def live_record(self, execution_id: str) -> ExecutionRecord | None:
+        """The record of an execution the node runs or queues now (None: finished, or unknown)."""
+        return self._live(execution_id)
 
     def _unfinished_in_memory(self, execution_id: str) -> bool:
         live = self._live(execution_id)
@@ -494,7 +511,20 @@ class Node:
             free=free_of(snap),
             running=snap.running,
             queued_count=snap.queued_count,
+            services=self.services(),
+            port_range=(self.ports.start, self.ports.end),
+            ports_in_use=self.ports.in_use,
+            gateway_address=self.gateway_address,
         )
+
+    def services(self) -> builtins.list[ServiceInfo]:
+        """Service executions holding ports, and their states (live, else queued)."""
+        out = []
+        for held in self.ports.holders():
+            live = self._live(held.execution_id)
+            state = live.state if live is not None else ExecutionState.QUEUED
+            out.append(ServiceInfo(held.execution_id, held.service_name or "", state, list(held.ports)))
+        return out
 
     # ------------------------------------------------------------------ housekeeping and shutdown
 

@@ -704,5 +704,12 @@ def _transition(
         " started_at = CASE WHEN ? AND started_at IS NULL THEN ? ELSE started_at END,"
         " finished_at = CASE WHEN ? AND finished_at IS NULL THEN ? ELSE finished_at END"
         " WHERE id = ?",
-        (state.value, state is ExecutionState.RUNNING, when, state.terminal, when, execution_id),
+        (
+            state.value,
+            state in (ExecutionState.RUNNING, ExecutionState.STARTING),
+            when,
+            state.terminal,
+            when,
+            execution_id,
+        ),
     )

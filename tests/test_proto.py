@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
 from haddock.v1 import executor_pb2, executor_pb2_grpc, node_pb2, node_pb2_grpc, types_pb2
@@ -69,6 +70,38 @@ def _full_request() -> types_pb2.RunCommandRequest:
             max_stdout_return_length=2048,
             max_stderr_file_length=0,  # explicit 0 ("keep nothing") must survive, unlike an unset field
             max_stderr_return_length=1,
+        ),
+        kind=types_pb2.EXECUTION_KIND_SERVICE,
+        service=types_pb2.ServiceSpec(
+            name="web",
+            ports=[
+                types_pb2.ServicePort(
+                    name="http", container_port=8080, protocol="tcp", host_port=30001, host_ip="127.0.0.1"
+                )
+            ],
+            readiness=types_pb2.HttpProbe(
+                port="http",
+                path="/ready",
+                interval=Duration(seconds=1),
+                timeout=Duration(seconds=1),
+                failure_threshold=2,
+                start_period=Duration(seconds=5),
+            ),
+            liveness=types_pb2.HttpProbe(
+                port="http",
+                path="/live",
+                interval=Duration(seconds=2),
+                timeout=Duration(seconds=1),
+                failure_threshold=3,
+                start_period=Duration(seconds=10),
+            ),
+            image_healthcheck=True,
+            restart=types_pb2.RestartSpec(
+                policy=types_pb2.RESTART_POLICY_ALWAYS,
+                max_restarts=5,
+                backoff_initial=Duration(nanos=500_000_000),
+                backoff_max=Duration(seconds=30),
+            ),
         ),
     )
     request.timeout.FromSeconds(90)

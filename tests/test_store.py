@@ -280,7 +280,8 @@ async def test_non_terminal_is_what_recovery_needs(store: ExecutionStore) -> Non
         await store.add_event(event(f"e-{state.value}", EventKind.STATE, state.value))
     await store.set_container("e-running", "c1")
     active = await store.non_terminal()
-    assert [r.execution_id for r in active] == ["e-queued", "e-preparing", "e-running", "e-finishing"]
+    services = ["e-starting", "e-ready", "e-unhealthy", "e-restarting", "e-stopping"]  # a service's states
+    assert [r.execution_id for r in active] == ["e-queued", "e-preparing", "e-running", "e-finishing", *services]
     assert all(len(r.events) == 1 for r in active)  # with events, oldest first
     assert active[2].container_id == "c1"
 

@@ -56,6 +56,9 @@ class Capture:
         self.stdout_bytes: int | None = None
         self.stderr_bytes: int | None = None
         self.cap: LogCap | None = writer.cap if writer is not None else None  # carried to the capture process
+        # Bytes per stream in the log before this container's output (a service's earlier attempts):
+        # the engine's log of this container holds only its own.
+        self.skip_base: dict[StreamType, int] = dict(writer.bytes_written) if writer is not None else {}
 
     async def attach(self, container_id: str, results_dir: Path | None, limits: OutputLimits | None) -> None:
         """Have the capture process attach to the container (before it starts), taking the log over."""
@@ -108,7 +111,7 @@ class Capture:
         stream the bytes the node already has, following it while it runs."""
         writer = self.writer
         assert writer is not None
-        skip: dict[StreamType, int] = writer.bytes_written
+        skip = {k: max(0, v - self.skip_base.get(k, 0)) for k, v in writer.bytes_written.items()}
         response = client._get(
             client._url("/containers/{0}/logs", container_id),
             params={"stdout": 1, "stderr": 1, "follow": int(follow)},

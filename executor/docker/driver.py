@@ -32,10 +32,12 @@ from haddock.executor.models import (
     ExecutionRecord,
     ExecutionState,
     InputVolume,
+    NetworkMode,
     Resources,
     RunCommandRequest,
 )
 from haddock.executor.quantity import format_bytes, format_cpu
+from haddock.executor.service import attempt_output_base
 
 __all__ = ["DockerDriver"]
 
@@ -94,6 +96,11 @@ class DockerDriver:
 
     def _network_refusal(self, request: RunCommandRequest) -> str | None:
         mode = request.network.mode
+        if request.service is not None and request.service.ports and mode is not NetworkMode.BRIDGE:
+            return (
+                f"a service with ports needs network mode 'bridge' (its ports are published from the container's "
+                f"network); it asks for '{mode}'"
+            )
         if mode in self.config.allowed_networks:
             return None
         allowed = ", ".join(sorted(m.value for m in self.config.allowed_networks)) or "no networking"
@@ -158,7 +165,13 @@ class DockerDriver:
         return ImageReady(image_id=info.get("Id"), pulled=pulled, stop_signal=stop_signal)
 
     async def create(
-        self, request: RunCommandRequest, volumes: list[InputVolume], writer: LogWriter, *, stop_signal: str
+        self,
+        request: RunCommandRequest,
+        volumes: list[InputVolume],
+        writer: LogWriter,
+        *,
+        stop_signal: str,
+        attempt: int = 1,
     ) -> DockerHandle:
         if request.results_dir is None:
             raise InvalidSpec("results_dir is required: the executor needs to know where to write results")
@@ -167,7 +180,7 @@ class DockerDriver:
         def spec() -> dict[str, Any]:
             for host in output_dirs(request):
                 host.mkdir(parents=True, exist_ok=True)
-            return container_spec(request, volumes, self.config, self.node_id)
+            return container_spec(request, volumes, self.config, self.node_id, attempt=attempt)
 
         kwargs = await asyncio.to_thread(spec)
         kwargs["host_config"] = client.create_host_config(**kwargs["host_config"])
@@ -209,7 +222,8 @@ class DockerDriver:
             self.captures.track(record.execution_id, held)
         resumed = await self._resume(record, writer)
         if isinstance(resumed, ExitStatus) and held is not None:
-            await self.captures.close(record.execution_id)  # no container to follow: the log is complete
+            # No container to follow: the log is complete (a service's stays open: it may restart into it).
+            await self.captures.close(record.execution_id, complete=not record.request.is_service)
         return resumed
 
     async def _resume(self, record: ExecutionRecord, writer: LogWriter | None) -> DockerHandle | ExitStatus | None:
@@ -232,7 +246,8 @@ class DockerDriver:
             return ExitStatus(error="the node went down after creating the job's container but before starting it")
         stop_signal = str((info.get("Config") or {}).get("StopSignal") or "SIGTERM")
         capture = Capture(record.execution_id, writer, self.captures)
-        handle = DockerHandle(self.engine, container_id, capture, stop_signal=stop_signal)
+        capture.skip_base = attempt_output_base(record)  # a service's later attempt: its own output only
+        handle = DockerHandle(self.engine, container_id, capture, stop_signal=stop_signal, request=record.request)
         await handle.follow(running=bool(state.get("Running")))
         return handle
 

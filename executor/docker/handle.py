@@ -15,6 +15,7 @@ from haddock.executor.docker.capture import GAP, Capture
 from haddock.executor.docker.engine import Engine
 from haddock.executor.docker.stats import sample as sample_stats
 from haddock.executor.driver import ExitStatus
+from haddock.executor.logstore import LogWriter
 from haddock.executor.models import RunCommandRequest
 from haddock.executor.stats import Stat
 
@@ -70,7 +71,10 @@ class DockerHandle:
         client = await self._engine.client_async()
         request = self._request
         assert request is not None, "a fresh container's handle knows its request"
-        await self.capture.attach(self._container_id, request.results_dir, request.output_limits)
+        if request.is_service:  # its results cover every attempt: written from the log at the end
+            await self.capture.attach(self._container_id, None, None)
+        else:
+            await self.capture.attach(self._container_id, request.results_dir, request.output_limits)
         self._capture_task = asyncio.ensure_future(self.capture.wait_ended())
         try:
             await self._start_once(client)
@@ -185,7 +189,8 @@ class DockerHandle:
             capture.error = ""
             await self._engine.api(capture.copy_engine_logs, self._engine.client, self._container_id, False)
             recovered = not capture.error
-        await capture.end_log()
+        if self._request is None or not self._request.is_service:
+            await capture.end_log()  # a service's log stays open: it may restart into it (take_log)
         return ExitStatus(
             exit_code=exit_code,
             error="" if self._stop_reason else self._engine.stopped_by_outage(state, exit_code),
@@ -220,6 +225,20 @@ class DockerHandle:
             return True
         except docker.errors.NotFound:
             return False
+
+    async def take_log(self) -> LogWriter | None:
+        capture = self.capture
+        if capture.remote:
+            writer: LogWriter | None = await capture.take_back()
+        else:
+            writer = capture.writer
+        capture.writer = None  # the next attempt's now: removing this container must not close it
+        return writer
+
+    async def health(self) -> str | None:
+        health = (await self._state()).get("Health") or {}
+        status = health.get("Status")
+        return str(status) if status else None
 
     async def _state(self) -> dict[str, Any]:
         client = await self._engine.client_async()

@@ -11,6 +11,7 @@ from haddock.executor.docker.config import DockerConfig
 from haddock.executor.models import RESERVED_ENV_PREFIX, InputVolume, RunCommandRequest
 
 __all__ = [
+    "LABEL_ATTEMPT",
     "LABEL_EXECUTION",
     "LABEL_JOB",
     "LABEL_NODE",
@@ -18,11 +19,13 @@ __all__ = [
     "container_spec",
     "gpu_request",
     "output_dirs",
+    "port_bindings",
 ]
 
 LABEL_NODE = "haddock.node-id"
 LABEL_JOB = "haddock.job-id"
 LABEL_EXECUTION = "haddock.execution-id"
+LABEL_ATTEMPT = "haddock.attempt"  # a service's container: which attempt (1 = the first, then one per restart)
 
 
 def container_name(node_id: str, execution_id: str) -> str:
@@ -46,8 +49,20 @@ def gpu_request(count: int, devices: list[str]) -> docker.types.DeviceRequest:
     return docker.types.DeviceRequest(device_ids=list(devices), capabilities=[["gpu"]])
 
 
+def port_bindings(request: RunCommandRequest) -> dict[str, tuple[str, int]]:
+    """A service's published ports: ``"<container port>/tcp" -> (host ip, host port)``, as the node chose
+    them (a request whose ports the node has not published yet has none)."""
+    if request.service is None:
+        return {}
+    return {
+        f"{p.container_port}/{p.protocol}": (p.host_ip or "127.0.0.1", p.host_port)
+        for p in request.service.ports
+        if p.host_port is not None
+    }
+
+
 def container_spec(
-    request: RunCommandRequest, volumes: list[InputVolume], config: DockerConfig, node_id: str
+    request: RunCommandRequest, volumes: list[InputVolume], config: DockerConfig, node_id: str, *, attempt: int = 1
 ) -> dict[str, Any]:
     """Keyword arguments of docker-py's ``create_container`` (``host_config`` still as a dict).
 
@@ -83,16 +98,23 @@ def container_spec(
         host_config["cap_drop"] = list(config.cap_drop)
     if res.gpu:
         host_config["device_requests"] = [gpu_request(res.gpu, request.gpu_devices)]
+    bindings = port_bindings(request)
+    if bindings:
+        host_config["port_bindings"] = bindings
     env = dict(engine.env)
     env[f"{RESERVED_ENV_PREFIX}JOB_ID"] = request.job_id
     env[f"{RESERVED_ENV_PREFIX}EXECUTION_ID"] = request.execution_id
+    labels = {LABEL_NODE: node_id, LABEL_JOB: request.job_id, LABEL_EXECUTION: request.execution_id}
+    if request.is_service:
+        labels[LABEL_ATTEMPT] = str(attempt)
     return {
         "image": engine.image,
         "command": list(engine.parameters) or None,
         "entrypoint": engine.entrypoint,
         "environment": env,
         "working_dir": engine.working_dir,
-        "labels": {LABEL_NODE: node_id, LABEL_JOB: request.job_id, LABEL_EXECUTION: request.execution_id},
+        "labels": labels,
+        "ports": [tuple(key.split("/")) for key in bindings] or None,
         "name": container_name(node_id, request.execution_id),
         "stdin_open": False,
         "tty": False,

@@ -24,6 +24,7 @@ from google.protobuf import json_format
 from haddock.executor.logstore import LogEntry
 from haddock.executor.models import (
     BidResult,
+    EventKind,
     ExecutionEvent,
     ExecutionState,
     LogQuery,
@@ -124,6 +125,22 @@ class ExecutionSummary:
     status: str
     created_at: str
     finished_at: str
+    kind: str = "batch"
+    service_name: str = ""
+    ports: tuple[str, ...] = ()  # "127.0.0.1:30000->8080/tcp"
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Where a service stands once it is ready or has ended; ``message`` says why."""
+
+    execution_id: str
+    state: ExecutionState
+    message: str
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ExecutionState.READY
 
 
 class NodeClient:
@@ -257,6 +274,24 @@ class NodeClient:
         finally:
             call.cancel()
 
+    async def wait_ready(self, execution_id: str) -> Readiness:
+        """Until the service execution is ready (its readiness probe passes), or has ended."""
+        current = await self.get_execution(execution_id)
+        state = convert.state_from_pb(current.state)
+        if state is ExecutionState.READY or state.terminal:
+            return Readiness(execution_id, state, _ended(current) if state.terminal else "ready")
+        seen = len(current.events)  # the watch replays these first: an older 'ready' is not this one
+        async for i, event in _enumerate(self.watch(execution_id)):
+            if i < seen or event.kind is not EventKind.STATE:
+                continue
+            state = ExecutionState(str(event.details.get("state")))
+            if state is ExecutionState.READY:
+                return Readiness(execution_id, state, event.message)
+            if state.terminal:
+                break
+        final = await self.get_execution(execution_id)
+        return Readiness(execution_id, convert.state_from_pb(final.state), _ended(final))
+
     async def node_info(self) -> NodeInfo:
         return convert.info_from_pb(await self._unary(self._node.GetNodeInfo, node_pb2.GetNodeInfoRequest()))
 
@@ -276,6 +311,13 @@ class NodeClient:
                     status=convert.status_from_pb(e.status).value if e.status else "",
                     created_at=convert.from_timestamp(e.created_at).isoformat() if e.HasField("created_at") else "",
                     finished_at=convert.from_timestamp(e.finished_at).isoformat() if e.HasField("finished_at") else "",
+                    kind=convert.kind_from_pb(e.kind).value,
+                    service_name=e.service_name,
+                    ports=tuple(
+                        f"{p.host_ip}:{p.host_port}->{p.container_port}/{p.protocol or 'tcp'}"
+                        for p in e.ports
+                        if p.host_port
+                    ),
                 )
             )
         return out
@@ -293,3 +335,14 @@ class NodeClient:
             msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
         return data
+
+
+def _ended(msg: node_pb2.GetExecutionResponse) -> str:
+    return msg.result.error_message or convert.state_from_pb(msg.state).value
+
+
+async def _enumerate(items: AsyncIterator[ExecutionEvent]) -> AsyncIterator[tuple[int, ExecutionEvent]]:
+    i = 0
+    async for item in items:
+        yield i, item
+        i += 1

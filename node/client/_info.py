@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from haddock.executor.models import Resources
+from haddock.executor.models import ExecutionState, Resources, ServicePort
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """A service execution that holds ports on the node."""
+
+    execution_id: str
+    name: str
+    state: ExecutionState
+    ports: list[ServicePort]
 
 
 @dataclass(frozen=True)
@@ -18,3 +28,7 @@ class NodeInfo:
     free: Resources
     running: int
     queued_count: int
+    services: list[ServiceInfo] = field(default_factory=list)
+    port_range: tuple[int, int] = (0, 0)
+    ports_in_use: int = 0
+    gateway_address: str = ""

@@ -48,6 +48,7 @@ from haddock.executor.sources import InputSource, parse_input
 from haddock.executor.stats import Stat, StatsSummary, decimate
 from haddock.node.client._charts import render_stats_chart, stats_json, summary_line
 from haddock.node.client._client import DEFAULT_NODE, ClientTls, Finished, NodeClient, NodeError
+from haddock.node.client._services import build_service, call_gateway, read_body, until_ready
 from haddock.node.client._tasks import Task, load_tasks
 from haddock.node.client.convert import state_from_pb, validation_message
 
@@ -62,6 +63,7 @@ _REFUSALS = frozenset(
         grpc.StatusCode.ALREADY_EXISTS,
     }
 )
+_SVC = "Service options"
 
 app = typer.Typer(
     help="Talk to a haddock node.",
@@ -242,6 +244,7 @@ def build_request(
     sources_extra: list[InputSource] | None = None,
     outputs_extra: list[dict[str, str]] | None = None,
     publishers_extra: list[PublisherSpec] | None = None,
+    service: dict[str, Any] | None = None,
 ) -> RunCommandRequest:
     exec_id = execution_id or f"e-{uuid.uuid4().hex[:16]}"
     sources = [parse_input(spec) for spec in inputs or []] + list(sources_extra or [])
@@ -270,6 +273,7 @@ def build_request(
             "input_sources": sources,
             "outputs": results + list(outputs_extra or []),
             "publishers": [parse_publisher(p) for p in publishers or []] + list(publishers_extra or []),
+            **({"kind": "service", "service": service} if service is not None else {}),
         }
     )
 
@@ -355,11 +359,14 @@ async def _run_job(
     as_json: bool,
     queue: bool = True,
     priority: int = 0,
+    no_wait: bool = False,
 ) -> int:
     async with make_client() as client:
         started = await client.start(request, queue=queue, priority=priority)
         exec_id = started.execution_id
-        if detach:
+        if detach and request.is_service and not no_wait:
+            return await until_ready(client, exec_id, print_id=True)
+        if detach or no_wait:
             sys.stdout.write(exec_id + "\n")
             return 0
         progress: asyncio.Task[None] | None = None
@@ -408,7 +415,9 @@ def run(
     memory: Annotated[str | None, typer.Option("--memory", help="memory limit, e.g. 64Mi")] = None,
     disk: Annotated[str | None, typer.Option("--disk", help="disk, e.g. 1Gi")] = None,
     gpu: Annotated[int, typer.Option("--gpu", help="GPUs")] = 0,
-    network: Annotated[str, typer.Option("--network", help="none, bridge or host")] = "none",
+    network: Annotated[
+        str | None, typer.Option("--network", help="none, bridge or host [none; bridge for a service with ports]")
+    ] = None,
     env: Annotated[list[str] | None, typer.Option("-e", "--env", help="KEY=VALUE (repeatable)")] = None,
     workdir: Annotated[str | None, typer.Option("-w", "--workdir", help="working directory in the container")] = None,
     entrypoint: Annotated[str | None, typer.Option("--entrypoint", help="override the image's entrypoint")] = None,
@@ -435,12 +444,75 @@ def run(
         bool, typer.Option("--queue/--no-queue", help="wait for capacity, or be refused when the node is full")
     ] = True,
     priority: Annotated[int, typer.Option("--priority", help="higher runs first among queued executions")] = 0,
+    service: Annotated[
+        bool, typer.Option("--service", help="a long-running service (ports, probes, restarts)", rich_help_panel=_SVC)
+    ] = False,
+    ports: Annotated[
+        list[str] | None,
+        typer.Option("--port", help="[NAME=]CONTAINER_PORT[:HOST_PORT] (repeatable)", rich_help_panel=_SVC),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="service name (gateway /svc/NAME/)", rich_help_panel=_SVC)
+    ] = None,
+    ready_path: Annotated[
+        str | None, typer.Option("--ready-path", help="readiness probe: HTTP GET path", rich_help_panel=_SVC)
+    ] = None,
+    live_path: Annotated[
+        str | None, typer.Option("--live-path", help="liveness probe: HTTP GET path", rich_help_panel=_SVC)
+    ] = None,
+    probe_port: Annotated[
+        str | None, typer.Option("--probe-port", help="port name the probes use [the first]", rich_help_panel=_SVC)
+    ] = None,
+    probe_interval: Annotated[str | None, typer.Option("--probe-interval", help="[10s]", rich_help_panel=_SVC)] = None,
+    probe_timeout: Annotated[str | None, typer.Option("--probe-timeout", help="[1s]", rich_help_panel=_SVC)] = None,
+    probe_threshold: Annotated[
+        int | None, typer.Option("--probe-threshold", help="failures in a row [3]", rich_help_panel=_SVC)
+    ] = None,
+    start_period: Annotated[
+        str | None, typer.Option("--start-period", help="ready within this [60s]", rich_help_panel=_SVC)
+    ] = None,
+    healthcheck: Annotated[
+        bool, typer.Option("--healthcheck", help="use the image's own HEALTHCHECK", rich_help_panel=_SVC)
+    ] = False,
+    restart: Annotated[
+        str | None, typer.Option("--restart", help="never, on-failure or always [on-failure]", rich_help_panel=_SVC)
+    ] = None,
+    max_restarts: Annotated[int | None, typer.Option("--max-restarts", help="[3]", rich_help_panel=_SVC)] = None,
+    backoff: Annotated[
+        str | None, typer.Option("--backoff", help="first restart delay [1s]", rich_help_panel=_SVC)
+    ] = None,
+    backoff_max: Annotated[str | None, typer.Option("--backoff-max", help="[30s]", rich_help_panel=_SVC)] = None,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="print the execution id once accepted (a service: not ready yet)")
+    ] = False,
     *,
     conn: Connection,
 ) -> None:
-    """Run IMAGE on the node, stream its output, exit with its exit code."""
+    """Run IMAGE on the node, stream its output, exit with its exit code.
+
+    With --service, a long-running service: --detach returns once it is ready, --no-wait once accepted."""
     try:
         argv = _job_args(args)
+        spec = None
+        if service or ports or name or ready_path or live_path or healthcheck:
+            spec = build_service(
+                name=name,
+                ports=list(ports or []),
+                ready_path=ready_path,
+                live_path=live_path,
+                probe_port=probe_port,
+                probe_interval=probe_interval,
+                probe_timeout=probe_timeout,
+                probe_threshold=probe_threshold,
+                start_period=start_period,
+                healthcheck=healthcheck,
+                restart=restart,
+                max_restarts=max_restarts,
+                backoff=backoff,
+                backoff_max=backoff_max,
+            )
+        if network is None:
+            network = "bridge" if spec is not None and spec["ports"] else "none"
         request = build_request(
             image,
             argv,
@@ -465,13 +537,14 @@ def run(
             inputs=inputs,
             outputs=outputs,
             publishers=publishers,
+            service=spec,
         )
     except ValidationError as exc:
         fail(validation_message(exc), EXIT_NODE_FAILED)
-    except ValueError as exc:  # QuantityError and malformed -i/-o
+    except ValueError as exc:  # QuantityError and malformed -i/-o/--port
         fail(f"invalid request: {exc}", EXIT_NODE_FAILED)
     code = _run(
-        _run_job(conn.client, request, detach, as_json, queue, priority),
+        _run_job(conn.client, request, detach, as_json, queue, priority, no_wait),
         EXIT_NODE_FAILED,
     )
     raise typer.Exit(code)
@@ -692,15 +765,68 @@ def logs(
 def wait(
     execution_id: Annotated[str, typer.Argument(metavar="EXEC_ID")],
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    ready: Annotated[
+        bool, typer.Option("--ready", help="a service: wait until it is ready (exit 0), or has ended (exit 1)")
+    ] = False,
     *,
     conn: Connection,
 ) -> None:
-    """Wait for an execution to end; exit with its exit code."""
+    """Wait for an execution to end; exit with its exit code. With --ready, for a service to be ready."""
+    if ready:
+        raise typer.Exit(_run(conn.call(lambda c: until_ready(c, execution_id, print_id=False))))
     done = _run(conn.call(lambda c: c.wait(execution_id)))
     if as_json:
         _print_json(done.as_json())
         raise typer.Exit(done.result.exit_code if done.result.exit_code is not None else EXIT_NODE_FAILED)
     raise typer.Exit(_report(done))
+
+
+@app.command()
+@connected
+def call(
+    target: Annotated[str, typer.Argument(metavar="ID_OR_SERVICE", help="an execution id, else a service name")],
+    body: Annotated[str | None, typer.Argument(metavar="[BODY|@FILE]", help="request body (@- reads stdin)")] = None,
+    path: Annotated[str, typer.Option("--path", help="path on the service")] = "/",
+    method: Annotated[str | None, typer.Option("--method", "-X", help="[GET; POST with a body]")] = None,
+    headers: Annotated[list[str] | None, typer.Option("-H", "--header", help="NAME: VALUE (repeatable)")] = None,
+    gateway: Annotated[
+        str | None, typer.Option("--gateway", envvar="HADDOCK_GATEWAY", help="HOST:PORT [the node's gateway]")
+    ] = None,
+    timeout: Annotated[str | None, typer.Option("--timeout", help="e.g. 30s [none]")] = None,
+    *,
+    conn: Connection,
+) -> None:
+    """Send an HTTP request to a service through the node's gateway; print the response body.
+
+    Exit 0 for a 2xx answer, else 1 with the status and body on stderr."""
+    try:
+        data = read_body(body)
+        sent: dict[str, str] = {}
+        for header in headers or []:
+            key, sep, value = header.partition(":")
+            if not sep or not key.strip():
+                raise ValueError(f"header {header!r} must be NAME: VALUE")
+            sent[key.strip()] = value.strip()
+        seconds = parse_duration(timeout) if timeout else None
+    except (ValueError, OSError) as exc:
+        fail(f"error: {exc}")
+    verb = (method or ("POST" if data is not None else "GET")).upper()
+    code = _run(
+        conn.call(
+            lambda c: call_gateway(
+                c,
+                target,
+                gateway=gateway,
+                token=conn.token,
+                path=path,
+                method=verb,
+                body=data,
+                headers=sent,
+                timeout=seconds,
+            )
+        )
+    )
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -731,13 +857,13 @@ def list_executions(
         fail(f"--state must be one of: {', '.join(s.value for s in ExecutionState)}")
     rows = _run(conn.call(lambda c: c.list_executions(states, limit)))
     if as_json:
-        _print_json([{**r.__dict__, "state": r.state.value} for r in rows])
+        _print_json([{**r.__dict__, "state": r.state.value, "ports": list(r.ports)} for r in rows])
         return
-    table = Table("EXECUTION", "JOB", "IMAGE", "STATE", "STATUS", "CREATED", box=None)
+    table = Table("EXECUTION", "JOB", "IMAGE", "STATE", "STATUS", "CREATED", "PORTS", box=None)
     for column in table.columns:
         column.overflow = "fold"
     for r in rows:
-        table.add_row(r.execution_id, r.job_id, r.image, r.state.value, r.status, r.created_at)
+        table.add_row(r.execution_id, r.job_id, r.image, r.state.value, r.status, r.created_at, ", ".join(r.ports))
     out_console().print(table)
 
 
@@ -773,6 +899,18 @@ def node_info(
                 "free": info.free.model_dump(),
                 "running_executions": info.running,
                 "queued_executions": info.queued_count,
+                "port_range": list(info.port_range),
+                "ports_in_use": info.ports_in_use,
+                "gateway_address": info.gateway_address,
+                "services": [
+                    {
+                        "execution_id": svc.execution_id,
+                        "name": svc.name,
+                        "state": svc.state.value,
+                        "ports": [p.model_dump() for p in svc.ports],
+                    }
+                    for svc in info.services
+                ],
             }
         )
         return
@@ -788,6 +926,15 @@ def node_info(
         table.add_row(name, format_cpu(r.cpu), format_bytes(r.memory), format_bytes(r.disk), str(r.gpu))
     console.print(table)
     console.print(f"running {info.running}, queued {info.queued_count}")
+    low, high = info.port_range
+    gateway = f", gateway {info.gateway_address}" if info.gateway_address else ", no gateway"
+    console.print(f"service ports {low}-{high}: {info.ports_in_use} in use{gateway}")
+    if info.services:
+        services = Table("SERVICE", "NAME", "STATE", "PORTS", box=None)
+        for svc in info.services:
+            ports = ", ".join(f"{p.name} {p.host_ip}:{p.host_port}->{p.container_port}/{p.protocol}" for p in svc.ports)
+            services.add_row(svc.execution_id, svc.name, svc.state.value, ports)
+        console.print(services)
 
 
 # ---------------------------------------------------------------------------- stats

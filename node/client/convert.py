@@ -19,21 +19,26 @@ from haddock.executor.logstore import LogEntry
 from haddock.executor.models import (
     EventKind,
     ExecutionEvent,
+    ExecutionKind,
     ExecutionState,
+    HttpProbe,
     LogQuery,
     NetworkMode,
     OutputLimits,
     PullPolicy,
     Resources,
+    RestartPolicy,
     ResultStatus,
     RunCommandRequest,
     RunCommandResult,
+    ServicePort,
+    ServiceSpec,
     StreamType,
 )
 from haddock.executor.publishers import LocalPublisherSpec, PublisherSpec
 from haddock.executor.sources import InlineSource, InputSource, LocalSource, UrlSource
 from haddock.executor.stats import METRICS, Stat, StatsSummary
-from haddock.node.client._info import NodeInfo
+from haddock.node.client._info import NodeInfo, ServiceInfo
 from haddock.v1 import executor_pb2, node_pb2
 from haddock.v1 import types_pb2 as pb
 
@@ -68,8 +73,23 @@ _STATE_TO_PB = {
     ExecutionState.COMPLETED: pb.EXECUTION_STATE_COMPLETED,
     ExecutionState.FAILED: pb.EXECUTION_STATE_FAILED,
     ExecutionState.CANCELLED: pb.EXECUTION_STATE_CANCELLED,
+    ExecutionState.STARTING: pb.EXECUTION_STATE_STARTING,
+    ExecutionState.READY: pb.EXECUTION_STATE_READY,
+    ExecutionState.UNHEALTHY: pb.EXECUTION_STATE_UNHEALTHY,
+    ExecutionState.RESTARTING: pb.EXECUTION_STATE_RESTARTING,
+    ExecutionState.STOPPING: pb.EXECUTION_STATE_STOPPING,
 }
 _STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+
+_KIND_TO_PB = {ExecutionKind.BATCH: pb.EXECUTION_KIND_BATCH, ExecutionKind.SERVICE: pb.EXECUTION_KIND_SERVICE}
+_KIND_FROM_PB = {v: k for k, v in _KIND_TO_PB.items()} | {pb.EXECUTION_KIND_UNSPECIFIED: ExecutionKind.BATCH}
+
+_RESTART_TO_PB = {
+    RestartPolicy.NEVER: pb.RESTART_POLICY_NEVER,
+    RestartPolicy.ON_FAILURE: pb.RESTART_POLICY_ON_FAILURE,
+    RestartPolicy.ALWAYS: pb.RESTART_POLICY_ALWAYS,
+}
+_RESTART_FROM_PB = {v: k for k, v in _RESTART_TO_PB.items()} | {pb.RESTART_POLICY_UNSPECIFIED: RestartPolicy.ON_FAILURE}
 
 _STREAM_TO_PB = {StreamType.STDOUT: pb.STREAM_TYPE_STDOUT, StreamType.STDERR: pb.STREAM_TYPE_STDERR}
 _STREAM_FROM_PB = {v: k for k, v in _STREAM_TO_PB.items()}
@@ -109,6 +129,15 @@ def state_to_pb(state: ExecutionState) -> pb.ExecutionState.ValueType:
 
 def state_from_pb(value: int) -> ExecutionState:
     result: ExecutionState = _enum(_STATE_FROM_PB, value, "execution state")
+    return result
+
+
+def kind_to_pb(kind: ExecutionKind) -> pb.ExecutionKind.ValueType:
+    return _KIND_TO_PB[kind]
+
+
+def kind_from_pb(value: int) -> ExecutionKind:
+    result: ExecutionKind = _enum(_KIND_FROM_PB, value, "execution kind")
     return result
 
 
@@ -195,7 +224,10 @@ def request_from_pb(p: pb.RunCommandRequest) -> RunCommandRequest:
         "outputs": [{"name": o.name, "path": o.path} for o in p.outputs],
         "output_limits": limits,
         "timeout": p.timeout.ToTimedelta().total_seconds() if p.HasField("timeout") else None,
+        "kind": _enum(_KIND_FROM_PB, p.kind, "execution kind"),
     }
+    if p.HasField("service"):
+        data["service"] = service_from_pb(p.service)
     return RunCommandRequest.model_validate(data)
 
 
@@ -219,9 +251,98 @@ def request_to_pb(r: RunCommandRequest) -> pb.RunCommandRequest:
         output_limits=limits_to_pb(r.output_limits),
         input_sources=[source_to_pb(src) for src in r.input_sources],
         publishers=[publisher_to_pb(pub) for pub in r.publishers],
+        kind=_KIND_TO_PB[r.kind],
     )
     if r.timeout is not None:
         msg.timeout.CopyFrom(duration(r.timeout))
+    if r.service is not None:
+        msg.service.CopyFrom(service_to_pb(r.service))
+    return msg
+
+
+# --------------------------------------------------------------------- services
+
+
+def _seconds(d: Duration) -> float:
+    return d.ToTimedelta().total_seconds()
+
+
+def port_from_pb(p: pb.ServicePort) -> dict[str, Any]:
+    return {
+        "name": p.name or "http",
+        "container_port": p.container_port,
+        "protocol": p.protocol or "tcp",
+        "host_port": p.host_port or None,
+        "host_ip": p.host_ip or None,
+    }
+
+
+def port_to_pb(port: ServicePort) -> pb.ServicePort:
+    return pb.ServicePort(
+        name=port.name,
+        container_port=port.container_port,
+        protocol=port.protocol,
+        host_port=port.host_port or 0,
+        host_ip=port.host_ip or "",
+    )
+
+
+def _probe_from_pb(p: pb.HttpProbe) -> dict[str, Any]:
+    data: dict[str, Any] = {"port": p.port or None, "path": p.path or "/"}
+    for name in ("interval", "timeout", "start_period"):
+        if p.HasField(name):
+            data[name] = _seconds(getattr(p, name))
+    if p.HasField("failure_threshold"):
+        data["failure_threshold"] = p.failure_threshold
+    return data
+
+
+def _probe_to_pb(probe: HttpProbe) -> pb.HttpProbe:
+    return pb.HttpProbe(
+        port=probe.port or "",
+        path=probe.path,
+        interval=duration(probe.interval),
+        timeout=duration(probe.timeout),
+        failure_threshold=probe.failure_threshold,
+        start_period=duration(probe.start_period),
+    )
+
+
+def service_from_pb(p: pb.ServiceSpec) -> dict[str, Any]:
+    """A service spec as data for the domain model (validated there)."""
+    restart: dict[str, Any] = {"policy": _enum(_RESTART_FROM_PB, p.restart.policy, "restart policy")}
+    if p.restart.HasField("max_restarts"):
+        restart["max_restarts"] = p.restart.max_restarts
+    for name in ("backoff_initial", "backoff_max"):
+        if p.restart.HasField(name):
+            restart[name] = _seconds(getattr(p.restart, name))
+    return {
+        "name": p.name or None,
+        "ports": [port_from_pb(port) for port in p.ports],
+        "readiness": _probe_from_pb(p.readiness) if p.HasField("readiness") else None,
+        "liveness": _probe_from_pb(p.liveness) if p.HasField("liveness") else None,
+        "image_healthcheck": p.image_healthcheck,
+        "restart": restart,
+    }
+
+
+def service_to_pb(spec: ServiceSpec) -> pb.ServiceSpec:
+    r = spec.restart
+    msg = pb.ServiceSpec(
+        name=spec.name or "",
+        ports=[port_to_pb(p) for p in spec.ports],
+        image_healthcheck=spec.image_healthcheck,
+        restart=pb.RestartSpec(
+            policy=_RESTART_TO_PB[r.policy],
+            max_restarts=r.max_restarts,
+            backoff_initial=duration(r.backoff_initial),
+            backoff_max=duration(r.backoff_max),
+        ),
+    )
+    if spec.readiness is not None:
+        msg.readiness.CopyFrom(_probe_to_pb(spec.readiness))
+    if spec.liveness is not None:
+        msg.liveness.CopyFrom(_probe_to_pb(spec.liveness))
     return msg
 
 
@@ -391,6 +512,19 @@ def info_to_pb(info: NodeInfo) -> node_pb2.GetNodeInfoResponse:
         free=resources_to_pb(info.free),
         running_executions=info.running,
         queued_executions=info.queued_count,
+        services=[
+            node_pb2.ServiceSummary(
+                execution_id=svc.execution_id,
+                name=svc.name,
+                state=state_to_pb(svc.state),
+                ports=[port_to_pb(p) for p in svc.ports],
+            )
+            for svc in info.services
+        ],
+        port_range_start=info.port_range[0],
+        port_range_end=info.port_range[1],
+        ports_in_use=info.ports_in_use,
+        gateway_address=info.gateway_address,
     )
 
 
@@ -405,6 +539,18 @@ def info_from_pb(p: node_pb2.GetNodeInfoResponse) -> NodeInfo:
         free=resources_from_pb(p.free),
         running=p.running_executions,
         queued_count=p.queued_executions,
+        services=[
+            ServiceInfo(
+                execution_id=svc.execution_id,
+                name=svc.name,
+                state=state_from_pb(svc.state),
+                ports=[ServicePort.model_validate(port_from_pb(port)) for port in svc.ports],
+            )
+            for svc in p.services
+        ],
+        port_range=(p.port_range_start, p.port_range_end),
+        ports_in_use=p.ports_in_use,
+        gateway_address=p.gateway_address,
     )
 
 

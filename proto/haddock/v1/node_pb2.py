@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from haddock.v1 import types_pb2 as haddock_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15haddock/v1/node.proto\x12\nhaddock.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16haddock/v1/types.proto\"\x14\n\x12GetNodeInfoRequest\"\xa5\x02\n\x13GetNodeInfoResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0e\x65ngine_version\x18\x03 \x01(\t\x12\'\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x15.haddock.v1.Resources\x12(\n\tallocated\x18\x05 \x01(\x0b\x32\x15.haddock.v1.Resources\x12%\n\x06queued\x18\x06 \x01(\x0b\x32\x15.haddock.v1.Resources\x12#\n\x04\x66ree\x18\x07 \x01(\x0b\x32\x15.haddock.v1.Resources\x12\x1a\n\x12running_executions\x18\x08 \x01(\r\x12\x19\n\x11queued_executions\x18\t \x01(\r\"R\n\x15ListExecutionsRequest\x12*\n\x06states\x18\x01 \x03(\x0e\x32\x1a.haddock.v1.ExecutionState\x12\r\n\x05limit\x18\x02 \x01(\r\"J\n\x16ListExecutionsResponse\x12\x30\n\nexecutions\x18\x01 \x03(\x0b\x32\x1c.haddock.v1.ExecutionSummary\"\xfd\x01\n\x10\x45xecutionSummary\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.haddock.v1.ExecutionState\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x06status\x18\x07 \x01(\x0e\x32\x18.haddock.v1.ResultStatus\"+\n\x13GetExecutionRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\"\xb5\x03\n\x14GetExecutionResponse\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12.\n\x07request\x18\x02 \x01(\x0b\x32\x1d.haddock.v1.RunCommandRequest\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.haddock.v1.ExecutionState\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06\x65vents\x18\x07 \x03(\x0b\x32\x1a.haddock.v1.ExecutionEvent\x12,\n\x06result\x18\x08 \x01(\x0b\x32\x1c.haddock.v1.RunCommandResult\x12\x13\n\x0bresults_dir\x18\t \x01(\t\x12\x16\n\x0equeue_position\x18\n \x01(\r\x12\x14\n\x0cqueue_reason\x18\x0b \x01(\t\"-\n\x15WatchExecutionRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\"C\n\x16WatchExecutionResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.haddock.v1.ExecutionEvent\"T\n\x18GetExecutionStatsRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x12\n\nmax_points\x18\x02 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"\x9a\x01\n\x19GetExecutionStatsResponse\x12\'\n\x07samples\x18\x01 \x03(\x0b\x32\x16.haddock.v1.StatSample\x12)\n\x07summary\x18\x02 \x01(\x0b\x32\x18.haddock.v1.StatsSummary\x12\x0f\n\x07running\x18\x03 \x01(\x08\x12\x18\n\x10interval_seconds\x18\x04 \x01(\x01\x32\xc8\x03\n\x0bNodeService\x12N\n\x0bGetNodeInfo\x12\x1e.haddock.v1.GetNodeInfoRequest\x1a\x1f.haddock.v1.GetNodeInfoResponse\x12W\n\x0eListExecutions\x12!.haddock.v1.ListExecutionsRequest\x1a\".haddock.v1.ListExecutionsResponse\x12Q\n\x0cGetExecution\x12\x1f.haddock.v1.GetExecutionRequest\x1a .haddock.v1.GetExecutionResponse\x12Y\n\x0eWatchExecution\x12!.haddock.v1.WatchExecutionRequest\x1a\".haddock.v1.WatchExecutionResponse0\x01\x12\x62\n\x11GetExecutionStats\x12$.haddock.v1.GetExecutionStatsRequest\x1a%.haddock.v1.GetExecutionStatsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15haddock/v1/node.proto\x12\nhaddock.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16haddock/v1/types.proto\"\x14\n\x12GetNodeInfoRequest\"\xb4\x03\n\x13GetNodeInfoResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0e\x65ngine_version\x18\x03 \x01(\t\x12\'\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x15.haddock.v1.Resources\x12(\n\tallocated\x18\x05 \x01(\x0b\x32\x15.haddock.v1.Resources\x12%\n\x06queued\x18\x06 \x01(\x0b\x32\x15.haddock.v1.Resources\x12#\n\x04\x66ree\x18\x07 \x01(\x0b\x32\x15.haddock.v1.Resources\x12\x1a\n\x12running_executions\x18\x08 \x01(\r\x12\x19\n\x11queued_executions\x18\t \x01(\r\x12,\n\x08services\x18\n \x03(\x0b\x32\x1a.haddock.v1.ServiceSummary\x12\x18\n\x10port_range_start\x18\x0b \x01(\r\x12\x16\n\x0eport_range_end\x18\x0c \x01(\r\x12\x14\n\x0cports_in_use\x18\r \x01(\r\x12\x17\n\x0fgateway_address\x18\x0e \x01(\t\"\x87\x01\n\x0eServiceSummary\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.haddock.v1.ExecutionState\x12&\n\x05ports\x18\x04 \x03(\x0b\x32\x17.haddock.v1.ServicePort\"R\n\x15ListExecutionsRequest\x12*\n\x06states\x18\x01 \x03(\x0e\x32\x1a.haddock.v1.ExecutionState\x12\r\n\x05limit\x18\x02 \x01(\r\"J\n\x16ListExecutionsResponse\x12\x30\n\nexecutions\x18\x01 \x03(\x0b\x32\x1c.haddock.v1.ExecutionSummary\"\xe4\x02\n\x10\x45xecutionSummary\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.haddock.v1.ExecutionState\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x06status\x18\x07 \x01(\x0e\x32\x18.haddock.v1.ResultStatus\x12\'\n\x04kind\x18\x08 \x01(\x0e\x32\x19.haddock.v1.ExecutionKind\x12\x14\n\x0cservice_name\x18\t \x01(\t\x12&\n\x05ports\x18\n \x03(\x0b\x32\x17.haddock.v1.ServicePort\"+\n\x13GetExecutionRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\"\xc7\x03\n\x14GetExecutionResponse\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12.\n\x07request\x18\x02 \x01(\x0b\x32\x1d.haddock.v1.RunCommandRequest\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.haddock.v1.ExecutionState\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06\x65vents\x18\x07 \x03(\x0b\x32\x1a.haddock.v1.ExecutionEvent\x12,\n\x06result\x18\x08 \x01(\x0b\x32\x1c.haddock.v1.RunCommandResult\x12\x13\n\x0bresults_dir\x18\t \x01(\t\x12\x16\n\x0equeue_position\x18\n \x01(\r\x12\x14\n\x0cqueue_reason\x18\x0b \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0c \x01(\r\"-\n\x15WatchExecutionRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\"C\n\x16WatchExecutionResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.haddock.v1.ExecutionEvent\"T\n\x18GetExecutionStatsRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x12\n\nmax_points\x18\x02 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"\x9a\x01\n\x19GetExecutionStatsResponse\x12\'\n\x07samples\x18\x01 \x03(\x0b\x32\x16.haddock.v1.StatSample\x12)\n\x07summary\x18\x02 \x01(\x0b\x32\x18.haddock.v1.StatsSummary\x12\x0f\n\x07running\x18\x03 \x01(\x08\x12\x18\n\x10interval_seconds\x18\x04 \x01(\x01\x32\xc8\x03\n\x0bNodeService\x12N\n\x0bGetNodeInfo\x12\x1e.haddock.v1.GetNodeInfoRequest\x1a\x1f.haddock.v1.GetNodeInfoResponse\x12W\n\x0eListExecutions\x12!.haddock.v1.ListExecutionsRequest\x1a\".haddock.v1.ListExecutionsResponse\x12Q\n\x0cGetExecution\x12\x1f.haddock.v1.GetExecutionRequest\x1a .haddock.v1.GetExecutionResponse\x12Y\n\x0eWatchExecution\x12!.haddock.v1.WatchExecutionRequest\x1a\".haddock.v1.WatchExecutionResponse0\x01\x12\x62\n\x11GetExecutionStats\x12$.haddock.v1.GetExecutionStatsRequest\x1a%.haddock.v1.GetExecutionStatsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,25 +36,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETNODEINFOREQUEST']._serialized_start=94
   _globals['_GETNODEINFOREQUEST']._serialized_end=114
   _globals['_GETNODEINFORESPONSE']._serialized_start=117
-  _globals['_GETNODEINFORESPONSE']._serialized_end=410
-  _globals['_LISTEXECUTIONSREQUEST']._serialized_start=412
-  _globals['_LISTEXECUTIONSREQUEST']._serialized_end=494
-  _globals['_LISTEXECUTIONSRESPONSE']._serialized_start=496
-  _globals['_LISTEXECUTIONSRESPONSE']._serialized_end=570
-  _globals['_EXECUTIONSUMMARY']._serialized_start=573
-  _globals['_EXECUTIONSUMMARY']._serialized_end=826
-  _globals['_GETEXECUTIONREQUEST']._serialized_start=828
-  _globals['_GETEXECUTIONREQUEST']._serialized_end=871
-  _globals['_GETEXECUTIONRESPONSE']._serialized_start=874
-  _globals['_GETEXECUTIONRESPONSE']._serialized_end=1311
-  _globals['_WATCHEXECUTIONREQUEST']._serialized_start=1313
-  _globals['_WATCHEXECUTIONREQUEST']._serialized_end=1358
-  _globals['_WATCHEXECUTIONRESPONSE']._serialized_start=1360
-  _globals['_WATCHEXECUTIONRESPONSE']._serialized_end=1427
-  _globals['_GETEXECUTIONSTATSREQUEST']._serialized_start=1429
-  _globals['_GETEXECUTIONSTATSREQUEST']._serialized_end=1513
-  _globals['_GETEXECUTIONSTATSRESPONSE']._serialized_start=1516
-  _globals['_GETEXECUTIONSTATSRESPONSE']._serialized_end=1670
-  _globals['_NODESERVICE']._serialized_start=1673
-  _globals['_NODESERVICE']._serialized_end=2129
+  _globals['_GETNODEINFORESPONSE']._serialized_end=553
+  _globals['_SERVICESUMMARY']._serialized_start=556
+  _globals['_SERVICESUMMARY']._serialized_end=691
+  _globals['_LISTEXECUTIONSREQUEST']._serialized_start=693
+  _globals['_LISTEXECUTIONSREQUEST']._serialized_end=775
+  _globals['_LISTEXECUTIONSRESPONSE']._serialized_start=777
+  _globals['_LISTEXECUTIONSRESPONSE']._serialized_end=851
+  _globals['_EXECUTIONSUMMARY']._serialized_start=854
+  _globals['_EXECUTIONSUMMARY']._serialized_end=1210
+  _globals['_GETEXECUTIONREQUEST']._serialized_start=1212
+  _globals['_GETEXECUTIONREQUEST']._serialized_end=1255
+  _globals['_GETEXECUTIONRESPONSE']._serialized_start=1258
+  _globals['_GETEXECUTIONRESPONSE']._serialized_end=1713
+  _globals['_WATCHEXECUTIONREQUEST']._serialized_start=1715
+  _globals['_WATCHEXECUTIONREQUEST']._serialized_end=1760
+  _globals['_WATCHEXECUTIONRESPONSE']._serialized_start=1762
+  _globals['_WATCHEXECUTIONRESPONSE']._serialized_end=1829
+  _globals['_GETEXECUTIONSTATSREQUEST']._serialized_start=1831
+  _globals['_GETEXECUTIONSTATSREQUEST']._serialized_end=1915
+  _globals['_GETEXECUTIONSTATSRESPONSE']._serialized_start=1918
+  _globals['_GETEXECUTIONSTATSRESPONSE']._serialized_end=2072
+  _globals['_NODESERVICE']._serialized_start=2075
+  _globals['_NODESERVICE']._serialized_end=2531
 # @@protoc_insertion_point(module_scope)

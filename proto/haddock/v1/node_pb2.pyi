@@ -48,11 +48,22 @@ class GetNodeInfoResponse(_message.Message):
     FREE_FIELD_NUMBER: _builtins.int
     RUNNING_EXECUTIONS_FIELD_NUMBER: _builtins.int
     QUEUED_EXECUTIONS_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    PORT_RANGE_START_FIELD_NUMBER: _builtins.int
+    PORT_RANGE_END_FIELD_NUMBER: _builtins.int
+    PORTS_IN_USE_FIELD_NUMBER: _builtins.int
+    GATEWAY_ADDRESS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     version: _builtins.str
     engine_version: _builtins.str
     running_executions: _builtins.int
     queued_executions: _builtins.int
+    port_range_start: _builtins.int
+    """The node's range of host ports for services ([services] port_range), and how many are in use."""
+    port_range_end: _builtins.int
+    ports_in_use: _builtins.int
+    gateway_address: _builtins.str
+    """The HTTP gateway's address (host:port), empty when it is off."""
     @_builtins.property
     def capacity(self) -> _types_pb2.Resources:
         """Total capacity for jobs (the machine less the node's reserve)."""
@@ -69,6 +80,10 @@ class GetNodeInfoResponse(_message.Message):
     def free(self) -> _types_pb2.Resources:
         """capacity - allocated."""
 
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceSummary]:
+        """Service executions that hold ports, and the ports they hold."""
+
     def __init__(
         self,
         *,
@@ -81,14 +96,48 @@ class GetNodeInfoResponse(_message.Message):
         free: _types_pb2.Resources | None = ...,
         running_executions: _builtins.int = ...,
         queued_executions: _builtins.int = ...,
+        services: _abc.Iterable[Global___ServiceSummary] | None = ...,
+        port_range_start: _builtins.int = ...,
+        port_range_end: _builtins.int = ...,
+        ports_in_use: _builtins.int = ...,
+        gateway_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "capacity", b"capacity", "free", b"free", "queued", b"queued"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "capacity", b"capacity", "engine_version", b"engine_version", "free", b"free", "node_id", b"node_id", "queued", b"queued", "queued_executions", b"queued_executions", "running_executions", b"running_executions", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "capacity", b"capacity", "engine_version", b"engine_version", "free", b"free", "gateway_address", b"gateway_address", "node_id", b"node_id", "port_range_end", b"port_range_end", "port_range_start", b"port_range_start", "ports_in_use", b"ports_in_use", "queued", b"queued", "queued_executions", b"queued_executions", "running_executions", b"running_executions", "services", b"services", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetNodeInfoResponse: _TypeAlias = GetNodeInfoResponse  # noqa: Y015
+
+@_typing.final
+class ServiceSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
+    execution_id: _builtins.str
+    name: _builtins.str
+    state: _types_pb2.ExecutionState.ValueType
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ServicePort]: ...
+    def __init__(
+        self,
+        *,
+        execution_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        state: _types_pb2.ExecutionState.ValueType = ...,
+        ports: _abc.Iterable[_types_pb2.ServicePort] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "name", b"name", "ports", b"ports", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceSummary: _TypeAlias = ServiceSummary  # noqa: Y015
 
 @_typing.final
 class ListExecutionsRequest(_message.Message):
@@ -147,16 +196,24 @@ class ExecutionSummary(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SERVICE_NAME_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
     job_id: _builtins.str
     image: _builtins.str
     state: _types_pb2.ExecutionState.ValueType
     status: _types_pb2.ResultStatus.ValueType
     """Set once the execution has ended."""
+    kind: _types_pb2.ExecutionKind.ValueType
+    service_name: _builtins.str
+    """A service's name and published ports."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ServicePort]: ...
     def __init__(
         self,
         *,
@@ -167,10 +224,13 @@ class ExecutionSummary(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         status: _types_pb2.ResultStatus.ValueType = ...,
+        kind: _types_pb2.ExecutionKind.ValueType = ...,
+        service_name: _builtins.str = ...,
+        ports: _abc.Iterable[_types_pb2.ServicePort] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "execution_id", b"execution_id", "finished_at", b"finished_at", "image", b"image", "job_id", b"job_id", "state", b"state", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "execution_id", b"execution_id", "finished_at", b"finished_at", "image", b"image", "job_id", b"job_id", "kind", b"kind", "ports", b"ports", "service_name", b"service_name", "state", b"state", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -210,12 +270,15 @@ class GetExecutionResponse(_message.Message):
     RESULTS_DIR_FIELD_NUMBER: _builtins.int
     QUEUE_POSITION_FIELD_NUMBER: _builtins.int
     QUEUE_REASON_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
     state: _types_pb2.ExecutionState.ValueType
     results_dir: _builtins.str
     queue_position: _builtins.int
     """While queued: the position in the queue (1 = next) and why it waits."""
     queue_reason: _builtins.str
+    attempts: _builtins.int
+    """Containers started for it: 1 + a service's restarts (0 before it starts)."""
     @_builtins.property
     def request(self) -> _types_pb2.RunCommandRequest: ...
     @_builtins.property
@@ -244,10 +307,11 @@ class GetExecutionResponse(_message.Message):
         results_dir: _builtins.str = ...,
         queue_position: _builtins.int = ...,
         queue_reason: _builtins.str = ...,
+        attempts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "request", b"request", "result", b"result", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "events", b"events", "execution_id", b"execution_id", "finished_at", b"finished_at", "queue_position", b"queue_position", "queue_reason", b"queue_reason", "request", b"request", "result", b"result", "results_dir", b"results_dir", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "events", b"events", "execution_id", b"execution_id", "finished_at", b"finished_at", "queue_position", b"queue_position", "queue_reason", b"queue_reason", "request", b"request", "result", b"result", "results_dir", b"results_dir", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

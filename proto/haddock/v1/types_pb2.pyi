@@ -68,6 +68,46 @@ PULL_POLICY_IF_NOT_PRESENT: PullPolicy.ValueType  # 2
 PULL_POLICY_NEVER: PullPolicy.ValueType  # 3
 Global___PullPolicy: _TypeAlias = PullPolicy  # noqa: Y015
 
+class _ExecutionKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExecutionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExecutionKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXECUTION_KIND_UNSPECIFIED: _ExecutionKind.ValueType  # 0
+    """treated as batch"""
+    EXECUTION_KIND_BATCH: _ExecutionKind.ValueType  # 1
+    EXECUTION_KIND_SERVICE: _ExecutionKind.ValueType  # 2
+
+class ExecutionKind(_ExecutionKind, metaclass=_ExecutionKindEnumTypeWrapper): ...
+
+EXECUTION_KIND_UNSPECIFIED: ExecutionKind.ValueType  # 0
+"""treated as batch"""
+EXECUTION_KIND_BATCH: ExecutionKind.ValueType  # 1
+EXECUTION_KIND_SERVICE: ExecutionKind.ValueType  # 2
+Global___ExecutionKind: _TypeAlias = ExecutionKind  # noqa: Y015
+
+class _RestartPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RestartPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RestartPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESTART_POLICY_UNSPECIFIED: _RestartPolicy.ValueType  # 0
+    """treated as on-failure"""
+    RESTART_POLICY_NEVER: _RestartPolicy.ValueType  # 1
+    RESTART_POLICY_ON_FAILURE: _RestartPolicy.ValueType  # 2
+    RESTART_POLICY_ALWAYS: _RestartPolicy.ValueType  # 3
+
+class RestartPolicy(_RestartPolicy, metaclass=_RestartPolicyEnumTypeWrapper): ...
+
+RESTART_POLICY_UNSPECIFIED: RestartPolicy.ValueType  # 0
+"""treated as on-failure"""
+RESTART_POLICY_NEVER: RestartPolicy.ValueType  # 1
+RESTART_POLICY_ON_FAILURE: RestartPolicy.ValueType  # 2
+RESTART_POLICY_ALWAYS: RestartPolicy.ValueType  # 3
+Global___RestartPolicy: _TypeAlias = RestartPolicy  # noqa: Y015
+
 class _ResultStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -109,6 +149,12 @@ class _ExecutionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Execut
     EXECUTION_STATE_COMPLETED: _ExecutionState.ValueType  # 5
     EXECUTION_STATE_FAILED: _ExecutionState.ValueType  # 6
     EXECUTION_STATE_CANCELLED: _ExecutionState.ValueType  # 7
+    EXECUTION_STATE_STARTING: _ExecutionState.ValueType  # 8
+    """A service's states between start and end."""
+    EXECUTION_STATE_READY: _ExecutionState.ValueType  # 9
+    EXECUTION_STATE_UNHEALTHY: _ExecutionState.ValueType  # 10
+    EXECUTION_STATE_RESTARTING: _ExecutionState.ValueType  # 11
+    EXECUTION_STATE_STOPPING: _ExecutionState.ValueType  # 12
 
 class ExecutionState(_ExecutionState, metaclass=_ExecutionStateEnumTypeWrapper): ...
 
@@ -120,6 +166,12 @@ EXECUTION_STATE_FINISHING: ExecutionState.ValueType  # 4
 EXECUTION_STATE_COMPLETED: ExecutionState.ValueType  # 5
 EXECUTION_STATE_FAILED: ExecutionState.ValueType  # 6
 EXECUTION_STATE_CANCELLED: ExecutionState.ValueType  # 7
+EXECUTION_STATE_STARTING: ExecutionState.ValueType  # 8
+"""A service's states between start and end."""
+EXECUTION_STATE_READY: ExecutionState.ValueType  # 9
+EXECUTION_STATE_UNHEALTHY: ExecutionState.ValueType  # 10
+EXECUTION_STATE_RESTARTING: ExecutionState.ValueType  # 11
+EXECUTION_STATE_STOPPING: ExecutionState.ValueType  # 12
 Global___ExecutionState: _TypeAlias = ExecutionState  # noqa: Y015
 
 class _StreamType:
@@ -371,9 +423,13 @@ class RunCommandRequest(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     INPUT_SOURCES_FIELD_NUMBER: _builtins.int
     PUBLISHERS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     execution_id: _builtins.str
     """Chosen by the requester; unique on the node. Letters, digits, '.', '_' and '-'."""
+    kind: Global___ExecutionKind.ValueType
+    """batch (the default: runs to its end) or service (meant to keep running; see service)."""
     @_builtins.property
     def engine(self) -> Global___DockerEngineSpec: ...
     @_builtins.property
@@ -405,6 +461,10 @@ class RunCommandRequest(_message.Message):
         on the node.
         """
 
+    @_builtins.property
+    def service(self) -> Global___ServiceSpec:
+        """A service's ports, probes and restart policy (only with kind service)."""
+
     def __init__(
         self,
         *,
@@ -419,14 +479,173 @@ class RunCommandRequest(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         input_sources: _abc.Iterable[Global___InputSource] | None = ...,
         publishers: _abc.Iterable[Global___Publisher] | None = ...,
+        kind: Global___ExecutionKind.ValueType = ...,
+        service: Global___ServiceSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "network", b"network", "output_limits", b"output_limits", "resources", b"resources", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "network", b"network", "output_limits", b"output_limits", "resources", b"resources", "service", b"service", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "execution_id", b"execution_id", "input_sources", b"input_sources", "inputs", b"inputs", "job_id", b"job_id", "network", b"network", "output_limits", b"output_limits", "outputs", b"outputs", "publishers", b"publishers", "resources", b"resources", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "execution_id", b"execution_id", "input_sources", b"input_sources", "inputs", b"inputs", "job_id", b"job_id", "kind", b"kind", "network", b"network", "output_limits", b"output_limits", "outputs", b"outputs", "publishers", b"publishers", "resources", b"resources", "service", b"service", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunCommandRequest: _TypeAlias = RunCommandRequest  # noqa: Y015
+
+@_typing.final
+class ServicePort(_message.Message):
+    """A port the service listens on in its container. The node publishes it on a host port from
+    its range (host_port, host_ip are the node's; a requester may ask for a host_port in the range).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CONTAINER_PORT_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    HOST_PORT_FIELD_NUMBER: _builtins.int
+    HOST_IP_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    container_port: _builtins.int
+    protocol: _builtins.str
+    """Only "tcp" (the default when empty)."""
+    host_port: _builtins.int
+    host_ip: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        container_port: _builtins.int = ...,
+        protocol: _builtins.str = ...,
+        host_port: _builtins.int = ...,
+        host_ip: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_port", b"container_port", "host_ip", b"host_ip", "host_port", b"host_port", "name", b"name", "protocol", b"protocol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServicePort: _TypeAlias = ServicePort  # noqa: Y015
+
+@_typing.final
+class HttpProbe(_message.Message):
+    """HTTP GET on a named port: 2xx and 3xx pass. Unset durations and thresholds take the defaults
+    (interval 10s, timeout 1s, failure_threshold 3, start_period 60s).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORT_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    FAILURE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    START_PERIOD_FIELD_NUMBER: _builtins.int
+    port: _builtins.str
+    """A port name of the service; empty: its first port."""
+    path: _builtins.str
+    failure_threshold: _builtins.int
+    @_builtins.property
+    def interval(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def start_period(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        port: _builtins.str = ...,
+        path: _builtins.str = ...,
+        interval: _duration_pb2.Duration | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        failure_threshold: _builtins.int | None = ...,
+        start_period: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "failure_threshold", b"failure_threshold", "interval", b"interval", "start_period", b"start_period", "timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold", "failure_threshold", b"failure_threshold", "interval", b"interval", "path", b"path", "port", b"port", "start_period", b"start_period", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__failure_threshold: _TypeAlias = _typing.Literal["failure_threshold"]  # noqa: Y015
+    _WhichOneofArgType__failure_threshold: _TypeAlias = _typing.Literal["_failure_threshold", b"_failure_threshold"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__failure_threshold) -> _WhichOneofReturnType__failure_threshold | None: ...
+
+Global___HttpProbe: _TypeAlias = HttpProbe  # noqa: Y015
+
+@_typing.final
+class RestartSpec(_message.Message):
+    """Restarts are the node's: a new container per attempt, after an exponential backoff."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    MAX_RESTARTS_FIELD_NUMBER: _builtins.int
+    BACKOFF_INITIAL_FIELD_NUMBER: _builtins.int
+    BACKOFF_MAX_FIELD_NUMBER: _builtins.int
+    policy: Global___RestartPolicy.ValueType
+    max_restarts: _builtins.int
+    """Default 3."""
+    @_builtins.property
+    def backoff_initial(self) -> _duration_pb2.Duration:
+        """Default 1s, doubling up to backoff_max (default 30s)."""
+
+    @_builtins.property
+    def backoff_max(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        policy: Global___RestartPolicy.ValueType = ...,
+        max_restarts: _builtins.int | None = ...,
+        backoff_initial: _duration_pb2.Duration | None = ...,
+        backoff_max: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "backoff_initial", b"backoff_initial", "backoff_max", b"backoff_max", "max_restarts", b"max_restarts"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts", "backoff_initial", b"backoff_initial", "backoff_max", b"backoff_max", "max_restarts", b"max_restarts", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_restarts: _TypeAlias = _typing.Literal["max_restarts"]  # noqa: Y015
+    _WhichOneofArgType__max_restarts: _TypeAlias = _typing.Literal["_max_restarts", b"_max_restarts"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_restarts) -> _WhichOneofReturnType__max_restarts | None: ...
+
+Global___RestartSpec: _TypeAlias = RestartSpec  # noqa: Y015
+
+@_typing.final
+class ServiceSpec(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
+    READINESS_FIELD_NUMBER: _builtins.int
+    LIVENESS_FIELD_NUMBER: _builtins.int
+    IMAGE_HEALTHCHECK_FIELD_NUMBER: _builtins.int
+    RESTART_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Groups executions (versions, replicas) for the gateway's /svc/{name}/."""
+    image_healthcheck: _builtins.bool
+    """Use the image's own HEALTHCHECK for readiness and liveness (instead of HTTP probes)."""
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServicePort]: ...
+    @_builtins.property
+    def readiness(self) -> Global___HttpProbe: ...
+    @_builtins.property
+    def liveness(self) -> Global___HttpProbe: ...
+    @_builtins.property
+    def restart(self) -> Global___RestartSpec: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        ports: _abc.Iterable[Global___ServicePort] | None = ...,
+        readiness: Global___HttpProbe | None = ...,
+        liveness: Global___HttpProbe | None = ...,
+        image_healthcheck: _builtins.bool = ...,
+        restart: Global___RestartSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["liveness", b"liveness", "readiness", b"readiness", "restart", b"restart"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_healthcheck", b"image_healthcheck", "liveness", b"liveness", "name", b"name", "ports", b"ports", "readiness", b"readiness", "restart", b"restart"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceSpec: _TypeAlias = ServiceSpec  # noqa: Y015
 
 @_typing.final
 class Publisher(_message.Message):
