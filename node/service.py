@@ -14,6 +14,7 @@ import logging
 import shutil
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from haddock.executor.docker import DockerExecutor
 from haddock.executor.errors import (
@@ -37,9 +38,7 @@ from haddock.executor.models import (
     is_valid_id,
 )
 from haddock.executor.protocol import Executor
-from haddock.executor.publishers import S3PublisherSpec
 from haddock.executor.quantity import format_duration
-from haddock.executor.sources import S3Source, UrlSource
 from haddock.node.admission import Admission, queued_priority
 from haddock.node.bidding import (
     build_chain,
@@ -51,6 +50,7 @@ from haddock.node.client import NodeInfo
 from haddock.node.client._info import ServiceInfo
 from haddock.node.config import OnShutdown, Settings
 from haddock.node.events import EventHub
+from haddock.node.gpus import choose_gpus, detect_gpus
 from haddock.node.housekeeping import Housekeeping
 from haddock.node.metrics import MetricsListener, NodeGauges, NodeMetrics
 from haddock.node.policy import Policy, check_output_limits, free_of
@@ -59,7 +59,7 @@ from haddock.node.stats import StatsHub, StatsUpdate, execution_stats
 from haddock.node.store import ExecutionStore, store_path
 from haddock.storage import StorageRegistry, build_registry
 from haddock.storage.hooks import RegistryPreparer, RegistryPublisher
-from haddock.storage.netpolicy import check_public
+from haddock.storage.netpolicy import AddressPolicy, check_request
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,11 @@ class Node:
         storage: StorageRegistry | None = None,
         storage_types: frozenset[str] = frozenset(),
         publisher: RegistryPublisher | None = None,
+        address_policy: AddressPolicy | None = None,
         stats: StatsHub | None = None,
     ) -> None:
         self.settings = settings
+        self.address_policy = address_policy or AddressPolicy.of(settings.storage)
         self.executor = executor
         self.store = store
         self.events = events
@@ -110,6 +112,7 @@ class Node:
         self._starting: dict[str, asyncio.Future[None]] = {}  # Starts under way
         self._recovery: asyncio.Task[None] | None = None
         self._recovered = asyncio.Event()  # set once unfinished executions are back with the executor
+        self.gpu_devices: builtins.list[str] = []  # the GPUs jobs are given, detected in begin()
         cap = settings.capacity
         self.capacity = CapacityManager(Resources(), max_running=cap.max_running, max_queued=cap.max_queued)
         services = settings.services
@@ -132,14 +135,16 @@ class Node:
         events.on_terminal(self._on_end)
 
     @classmethod
-    async def open(cls, settings: Settings, *, version: str) -> Node:
-        """The node with its executor and store (not yet recovering: see :meth:`begin`)."""
+    async def open(cls, settings: Settings, *, version: str, address_policy: AddressPolicy | None = None) -> Node:
+        """The node with its executor and store (not yet recovering: see :meth:`begin`).
+        ``address_policy``: where requesters may make the node connect (default: from ``settings.storage``)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = await ExecutionStore.open(store_path(settings.data_dir))
         events = EventHub(store)
-        registry = build_registry(settings.storage, cache_dir=settings.data_dir / "cache")
+        policy = address_policy or AddressPolicy.of(settings.storage)
+        registry = build_registry(settings.storage, cache_dir=settings.data_dir / "cache", policy=policy)
         preparer = RegistryPreparer(registry, lambda exec_id: settings.executions_dir / exec_id / "inputs")
-        publisher = RegistryPublisher(settings.node_id, settings.storage.s3)
+        publisher = RegistryPublisher(settings.node_id, settings.storage.s3, policy=policy)
         stats = StatsHub(store, max_samples=settings.stats.max_samples)
         executor = DockerExecutor(
             settings.docker,
@@ -162,13 +167,14 @@ class Node:
             storage=registry,
             storage_types=frozenset(await registry.installed_types()),
             publisher=publisher,
+            address_policy=policy,
             stats=stats,
         )
 
     async def begin(self) -> None:
         """Learn the capacity, start persisting, take back what a previous life left unfinished
         (queued executions queue again), start housekeeping."""
-        self.capacity.set_capacity(await self.detect_capacity())
+        self.capacity.set_capacity(await self.detect_capacity(), self.gpu_devices)
         if self.metrics_listener is not None:
             self.metrics_listener.start()
         self._gauges = asyncio.create_task(self.metrics.keep_fresh(self._gauge_snapshot), name="haddock-gauges")
@@ -186,7 +192,9 @@ class Node:
             # What it held is held again before it can end (and release it). Its container may run
             # already: it runs whatever the capacity now says.
             try:
-                await self.capacity.acquire(r.execution_id, r.request.resources, queue=False)
+                await self.capacity.acquire(
+                    r.execution_id, r.request.resources, queue=False, prefer_devices=r.request.gpu_devices
+                )
             except (CapacityExhausted, ValueError) as exc:
                 log.warning("recovered execution %s runs beyond capacity: %s", r.execution_id, exc)
         if others:
@@ -212,15 +220,18 @@ class Node:
                 delay = min(delay * 2, 60.0)
 
     async def detect_capacity(self) -> Resources:
-        """The machine and engine, overridden by config, less the node's reserve."""
+        """The machine and engine, overridden by config, less the node's reserve. The GPUs' ids go to
+        :attr:`gpu_devices` (see :mod:`haddock.node.gpus`)."""
         c = self.settings.capacity
         ncpu, mem = 0.0, 0
+        info: dict[str, Any] = {}
         try:
             info = await self.executor.engine_info()
             ncpu = float(info.get("NCPU") or 0)
             mem = int(info.get("MemTotal") or 0)
         except Exception as exc:
             log.warning("cannot ask the engine for its CPUs and memory (%s); set [capacity] in the config", exc)
+        self.gpu_devices = choose_gpus(c.gpu, c.gpu_devices, await detect_gpus(info))
         disk = shutil.disk_usage(self.settings.data_dir).free
         cpu = c.cpu if c.cpu is not None else ncpu
         memory = c.memory if c.memory is not None else mem
@@ -229,7 +240,7 @@ class Node:
             cpu=max(0.0, cpu - c.reserve_cpu) if cpu else 0.0,
             memory=max(0, memory - c.reserve_memory) if memory else 0,
             disk=max(0, disk_total - c.reserve_disk) if disk_total else 0,
-            gpu=c.gpu or 0,
+            gpu=len(self.gpu_devices),
         )
 
     async def _image_platform(self, image: str) -> tuple[str, str] | None:
@@ -313,20 +324,15 @@ class Node:
                 "to the directories the operator allows)"
             )
         check_output_limits(request.output_limits, self.settings.limits)
-        return request.model_copy(update={"results_dir": self.settings.results_dir(request.execution_id)})
+        # results dir and GPUs are the node's to choose (GPUs at admission), never a requester's
+        return request.model_copy(
+            update={"results_dir": self.settings.results_dir(request.execution_id), "gpu_devices": []}
+        )
 
     async def check_addresses(self, request: RunCommandRequest) -> None:
-        """URLs and S3 endpoints the requester names must be public addresses, unless the operator allows more."""
-        if self.settings.storage.allow_private_networks:
-            return
-        for src in request.input_sources:
-            if isinstance(src, UrlSource):
-                await check_public(src.url, "input URL")
-            elif isinstance(src, S3Source) and src.endpoint_url:
-                await check_public(src.endpoint_url, "S3 endpoint")
-        for pub in request.publishers:
-            if isinstance(pub, S3PublisherSpec) and pub.endpoint_url:
-                await check_public(pub.endpoint_url, "S3 publisher endpoint")
+        """What the requester names must be allowed: S3 buckets and endpoints the operator lists, URLs and
+        S3 endpoints on public addresses unless the operator allows more (StorageRefused; nothing is sent)."""
+        await check_request(request, self.settings.storage, self.address_policy)
 
     async def input_size(self, request: RunCommandRequest) -> int:
         """Bytes the inputs will take on disk, where the sources say (0 for unknown)."""
