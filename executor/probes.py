@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import errno
 from dataclasses import dataclass
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from haddock.executor.driver import ContainerHandle
 from haddock.executor.models import HttpProbe, ServiceSpec
+
+if TYPE_CHECKING:  # aiohttp is loaded by the first probe, not by every node that runs no service
+    import aiohttp
 
 __all__ = ["ProbeResult", "Prober", "probe_url"]
 
@@ -49,6 +51,8 @@ class Prober:
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._session is None:
             # No keep-alive: each probe is a fresh connection, as a new client's would be.
             self._session = aiohttp.ClientSession(
@@ -57,6 +61,8 @@ class Prober:
         return self._session
 
     async def http(self, probe: HttpProbe) -> ProbeResult:
+        import aiohttp
+
         url = probe_url(self.spec, probe)
         if url is None:
             return ProbeResult(False, f"port {probe.port or 'of the service'} is not published")

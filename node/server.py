@@ -19,12 +19,12 @@ from haddock.node.api import ExecutorServicer, NodeServicer
 from haddock.node.auth import BearerTokenInterceptor
 from haddock.node.client import wire
 from haddock.node.config import Settings
-from haddock.node.gateway import Gateway
 from haddock.node.service import Node
 from haddock.v1 import executor_pb2, executor_pb2_grpc, node_pb2, node_pb2_grpc
 
 if TYPE_CHECKING:
     from haddock.node.cluster.transport import ClusterTransport
+    from haddock.node.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,8 @@ async def start_server(settings: Settings, node: Node | None = None) -> RunningS
     await server.start()
     gateway: Gateway | None = None
     if settings.services.gateway_listen:
+        from haddock.node.gateway import Gateway  # aiohttp's server only when the node runs a gateway
+
         gateway = Gateway(node, settings.services, token=settings.token)
         try:
             node.gateway_address = await gateway.start(settings.services.gateway_listen)
