@@ -26,7 +26,6 @@ from haddock.executor.errors import (
 from haddock.executor.logstore import LogEntry
 from haddock.executor.models import (
     BidResult,
-    EventKind,
     ExecutionEvent,
     ExecutionRecord,
     ExecutionState,
@@ -35,10 +34,10 @@ from haddock.executor.models import (
     ResultStatus,
     RunCommandRequest,
     RunCommandResult,
-    is_valid_id,
 )
 from haddock.executor.protocol import Executor
-from haddock.executor.quantity import format_duration
+from haddock.node import _reads
+from haddock.node._reads import known_id
 from haddock.node.admission import Admission, queued_priority
 from haddock.node.bidding import (
     build_chain,
@@ -53,7 +52,7 @@ from haddock.node.events import EventHub
 from haddock.node.gpus import choose_gpus, detect_gpus
 from haddock.node.housekeeping import Housekeeping
 from haddock.node.metrics import MetricsListener, NodeGauges, NodeMetrics
-from haddock.node.policy import Policy, check_output_limits, free_of
+from haddock.node.policy import Policy, check_output_limits
 from haddock.node.ports import PortAllocator
 from haddock.node.stats import StatsHub, StatsUpdate, execution_stats
 from haddock.node.store import ExecutionStore, store_path
@@ -62,16 +61,6 @@ from haddock.storage.hooks import RegistryPreparer, RegistryPublisher
 from haddock.storage.netpolicy import AddressPolicy, check_request
 
 log = logging.getLogger(__name__)
-
-
-MAX_LIST = 1000
-"""ListExecutions answers at most this many executions."""
-
-
-def known_id(execution_id: str) -> None:
-    """Every call that names an execution checks its id the same way: one that cannot exist is not found."""
-    if not is_valid_id(execution_id):
-        raise ExecutionNotFound(execution_id)
 
 
 def new_execution_id() -> str:
@@ -83,7 +72,8 @@ class Node:
 
     Its parts, each in its own module: admission and the queue (``admission.py``), events into the store
     and to watchers (``events.py``), the reaper and the pruner (``housekeeping.py``), bidding
-    (``bidding.py``), capacity (``capacity.py``). Shutdown runs in named phases (:meth:`shutdown`).
+    (``bidding.py``), capacity (``capacity.py``), the read side: watch, listings, log streams, node info
+    (``_reads.py``). Shutdown runs in named phases (:meth:`shutdown`).
     """
 
     def __init__(
@@ -287,32 +277,9 @@ class Node:
         ``follow``, then new samples until it ends (``stats.py``)."""
         return execution_stats(self, execution_id, max_points=max_points, follow=follow)
 
-    async def watch(self, execution_id: str) -> AsyncIterator[ExecutionEvent]:
+    def watch(self, execution_id: str) -> AsyncIterator[ExecutionEvent]:
         """Events of an execution: those so far, then live ones until it ends (queued ones too)."""
-        known_id(execution_id)
-        await self._started(execution_id)
-        record = self._live(execution_id)
-        if record is None:
-            record = await self.get(execution_id)  # finished long ago: its history only
-            for event in record.events:
-                yield event
-            return
-        watcher = self.events.subscribe(execution_id)
-        try:
-            seen = list(record.events)
-            for event in seen:
-                yield event
-            if record.state.terminal:
-                return
-            while True:
-                item = await watcher.get()
-                if item is None:
-                    return
-                if item in seen:  # already sent from history
-                    continue
-                yield item
-        finally:
-            self.events.unsubscribe(execution_id, watcher)
+        return _reads.watch(self, execution_id)
 
     # ------------------------------------------------------------------ executions
 
@@ -453,78 +420,20 @@ class Node:
         return stored
 
     async def list(self, states: set[ExecutionState] | None = None, limit: int = 100) -> list[ExecutionRecord]:
-        limit = max(1, min(limit, MAX_LIST))
-        merged = {r.execution_id: r for r in await self.store.list(states or None, limit=limit)}
-        for r in [*self.executor.records(), *self.admission.records()]:  # fresher than persisted
-            if not states or r.state in states:
-                merged[r.execution_id] = r
-            else:
-                merged.pop(r.execution_id, None)
-        records = sorted(merged.values(), key=lambda r: r.created_at, reverse=True)
-        return records[:limit]
+        """Executions, newest first (at most ``MAX_LIST``): the store's, with the fresher live ones."""
+        return await _reads.list_executions(self, states, limit)
 
-    async def get_log_stream(self, execution_id: str, query: LogQuery | None = None) -> AsyncIterator[LogEntry]:
+    def get_log_stream(self, execution_id: str, query: LogQuery | None = None) -> AsyncIterator[LogEntry]:
         """The execution's output. One that has not run yet (queued) has an empty history, and a follower
         waits for its first byte; one that ended without running has none."""
-        known_id(execution_id)
-        await self._started(execution_id)
-        query = query or LogQuery()
-        logs = self.executor.logs
-        if not logs.exists(execution_id):
-            q = self.admission.get(execution_id)
-            if q is not None:  # queued: the runner creates its log when it is admitted
-                if not query.follow:
-                    return
-                if await asyncio.shield(q.settled) is not None:  # it ended in the queue
-                    return
-            else:
-                record = self._live(execution_id) or await self.store.get(execution_id)
-                if record is None:
-                    raise ExecutionNotFound(execution_id)
-                if not record.state.terminal:
-                    await self._recovered.wait()  # unfinished from a previous life: recovery makes its log
-                elif not any(e.kind is EventKind.ACCEPTED for e in record.events):
-                    return  # it ended before it ran (cancelled or refused while queued): no output, ever
-            if not logs.exists(execution_id):
-                raise ExecutionNotFound(
-                    execution_id,
-                    f"the logs of execution {execution_id!r} were removed: logs are kept for "
-                    f"{format_duration(self.settings.log_retention)} after an execution ends",
-                )
-        async for entry in self.executor.get_log_stream(execution_id, query):
-            yield entry
+        return _reads.log_stream(self, execution_id, query)
 
     async def info(self) -> NodeInfo:
-        engine_version = ""
-        try:
-            engine_version = str((await self.executor.engine_info()).get("ServerVersion", ""))
-        except Exception as exc:  # the engine being down must not break node info
-            log.warning("engine info unavailable: %s", exc)
-        snap = self.capacity.snapshot()
-        return NodeInfo(
-            node_id=self.settings.node_id,
-            version=self.version,
-            engine_version=engine_version,
-            capacity=snap.capacity,
-            allocated=snap.allocated,
-            queued=snap.queued,
-            free=free_of(snap),
-            running=snap.running,
-            queued_count=snap.queued_count,
-            services=self.services(),
-            port_range=(self.ports.start, self.ports.end),
-            ports_in_use=self.ports.in_use,
-            gateway_address=self.gateway_address,
-        )
+        return await _reads.node_info(self)
 
     def services(self) -> builtins.list[ServiceInfo]:
         """Service executions holding ports, and their states (live, else queued)."""
-        out = []
-        for held in self.ports.holders():
-            live = self._live(held.execution_id)
-            state = live.state if live is not None else ExecutionState.QUEUED
-            out.append(ServiceInfo(held.execution_id, held.service_name or "", state, list(held.ports)))
-        return out
+        return _reads.services(self)
 
     # ------------------------------------------------------------------ housekeeping and shutdown
 
