@@ -36,7 +36,8 @@ from haddock.executor.protocol import BuildOutput, JobBuilder
 if TYPE_CHECKING:  # aiohttp is loaded by the first batch job, not by every node
     import aiohttp
 
-    from haddock.executor.runner import Execution, Runner
+    from haddock.executor._execution import Execution
+    from haddock.executor.runner import Runner
 
 __all__ = ["BatchAnswer", "build_job", "run_batch"]
 

@@ -368,6 +368,7 @@ class OutputLimits(_Model):
         return self.max_stdout_return_length if stream is StreamType.STDOUT else self.max_stderr_return_length
 
 
+_DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/=-]{0,127}$")
 _PORT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
 _SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 MAX_PROBE_SECONDS = 3600.0
@@ -567,6 +568,11 @@ class RunCommandRequest(_Model):
     )
     output_limits: OutputLimits = Field(default_factory=OutputLimits)
     timeout: DurationSeconds | None = Field(default=None, description="seconds the job may run; None = no limit")
+    gpu_devices: list[str] = Field(
+        default_factory=list,
+        description="the GPUs (device ids) the node allocated to this execution, one per requested GPU; chosen by "
+        "the node at admission, never by requesters (empty: the engine picks `resources.gpu` devices)",
+    )
     kind: ExecutionKind = ExecutionKind.BATCH
     service: ServiceSpec | None = Field(default=None, description="ports, probes, restarts: a service's only")
     job: JobSpec | None = Field(
@@ -603,8 +609,22 @@ class RunCommandRequest(_Model):
             raise ValueError("timeout must be at most 30 days")
         return v
 
+    @field_validator("gpu_devices")
+    @classmethod
+    def _gpu_devices(cls, v: list[str]) -> list[str]:
+        for device in v:
+            if not _DEVICE_RE.match(device):
+                raise ValueError(f"gpu device id {device[:140]!r} is not a device id (index, UUID or CDI name)")
+        if len(set(v)) != len(v):
+            raise ValueError("gpu device ids must not repeat")
+        return v
+
     @model_validator(mode="after")
     def _unique_paths(self) -> RunCommandRequest:
+        if self.gpu_devices and len(self.gpu_devices) != self.resources.gpu:
+            raise ValueError(
+                f"gpu_devices names {len(self.gpu_devices)} devices for a request of {self.resources.gpu} GPUs"
+            )
         names = [o.name for o in self.outputs]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -4,7 +4,7 @@ It owns the records, the state machine and the lifecycle events; it prepares inp
 once, creates and starts the container through the driver, enforces the job's timeout (pull time does
 not count), cancellation and the output cap, and writes the results from the node's log store in every
 terminal case, then publishes them. Recovery after a restart goes through the same path: the driver
-hands back a handle of the container it finds, and the runner supervises it like a fresh one.
+hands back a handle of the container it finds, and the runner supervises it like a fresh one (``_recover.py``).
 
 Every event goes to the event sink in order. The ``accepted`` event carries the request and the
 terminal state event the result, so that the node can persist an execution from its events alone.
@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
 
-from haddock.executor.driver import ContainerHandle, Driver, ExitStatus
+from haddock.executor._execution import Execution
+from haddock.executor._recover import recover, resume
+from haddock.executor.driver import Driver, ExitStatus
 from haddock.executor.errors import (
     ExecutionAlreadyComplete,
     ExecutionAlreadyStarted,
@@ -32,7 +34,7 @@ from haddock.executor.errors import (
 )
 from haddock.executor.jobrun import build_job, run_batch
 from haddock.executor.logcap import LogCap
-from haddock.executor.logstore import LogEntry, LogStore, LogWriter
+from haddock.executor.logstore import LogEntry, LogStore
 from haddock.executor.models import (
     BidResult,
     EventKind,
@@ -47,11 +49,11 @@ from haddock.executor.models import (
     utcnow,
 )
 from haddock.executor.prepare import prepare_image, prepare_inputs, unless_cancelled
-from haddock.executor.protocol import InputPreparer, JobBuilder, PreparedInputs, ResultPublisher
+from haddock.executor.protocol import InputPreparer, JobBuilder, ResultPublisher
 from haddock.executor.quantity import GiB
 from haddock.executor.service import resume_service, run_service
 from haddock.executor.settle import finish
-from haddock.executor.stats import Stat, StatsAccumulator
+from haddock.executor.stats import Stat
 from haddock.executor.supervise import supervise
 
 __all__ = ["EventSink", "Runner", "RunnerConfig", "StatsSink"]
@@ -76,25 +78,6 @@ class RunnerConfig:
         return LogCap.for_limits(request.output_limits, self.log_max_per_execution)
 
     stats_interval: float = 1.0  # seconds between resource samples of a running container; 0: none
-
-
-@dataclass
-class Execution:
-    """One execution the runner is responsible for until it ends."""
-
-    record: ExecutionRecord
-    done: asyncio.Future[RunCommandResult]
-    writer: LogWriter | None  # None: a recovered execution whose output was all captured before
-    cancel_event: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-    handle: ContainerHandle | None = None
-    leave_container: bool = False  # a shutdown lets go of the container (a restart reattaches)
-    prepared_inputs: PreparedInputs | None = None
-    output_cap_message: str = ""  # the job wrote past its output cap
-    stats: StatsAccumulator = field(default_factory=StatsAccumulator)  # resource use, summed up as sampled
-    stdout_body: bytes | None = None  # a batch job's answer: the results' stdout (its output is the stderr)
-    output_offset: int = 0  # where the container's output starts in the log (after a job's build output)
-    run_request: RunCommandRequest | None = None  # what the container is made from, when not the request (a job's)
 
 
 class Runner:
@@ -315,30 +298,7 @@ class Runner:
         status collected; a missing one ends the execution with a clear message. Results are then
         written as usual. Returns once every execution is registered (``wait`` works on them).
         """
-        held = await self.driver.held_logs()
-        for record in records:
-            exec_id = record.execution_id
-            if exec_id in self._records:
-                continue
-            record.result = None
-            writer: LogWriter | None
-            cap = self.config.log_cap(record.request)
-            if exec_id in held:
-                writer = None  # another process of the driver writes it (see Driver.held_logs)
-            elif not self.logs.exists(exec_id):
-                writer = await asyncio.to_thread(self.logs.create, exec_id, cap)
-            elif self.logs.is_complete(exec_id):
-                writer = None  # all output was captured before the node went down
-            else:
-                writer = await asyncio.to_thread(self.logs.open_append, exec_id, cap)
-            execution = Execution(record=record, done=asyncio.get_running_loop().create_future(), writer=writer)
-            # Registered together, with no await between: a record is never seen without its execution.
-            self._records[exec_id] = record
-            self._running[exec_id] = execution
-            self._emit(record, EventKind.RECOVERED, "the node restarted and took the execution back")
-            execution.task = asyncio.create_task(
-                self._execute(execution, recovered=True), name=f"haddock-recover-{exec_id}"
-            )
+        await recover(self, records)
 
     async def reap_orphans(self, *, grace: float | None = None, keep: set[str] | None = None) -> list[str]:
         """Remove containers with this node's label that no execution knows, once older than the grace.
@@ -433,7 +393,7 @@ class Runner:
                 else:
                     if recovered:
                         with tracer.start_as_current_span("resume"):
-                            resumed = await self._resume(execution)
+                            resumed = await resume(self, execution)
                     if resumed is not None:
                         outcome = resumed
                     else:  # a fresh execution, or one the node went down while preparing: prepared (again)
@@ -540,35 +500,6 @@ class Runner:
             if service:
                 return await run_service(self, execution, handle, volumes=volumes, stop_signal=stop_signal)
             return await supervise(self, execution, handle, record.request.timeout), None
-
-    async def _resume(self, execution: Execution) -> ExitStatus | None:
-        """The recovered execution's container: follow it (or read what it left), then its exit status.
-        None when the node went down while preparing it: it is to be prepared again (nothing of it ran)."""
-        record = execution.record
-        resumed = await self.driver.resume(record, execution.writer)
-        if resumed is None:
-            if execution.writer is None:  # pragma: no cover - a complete log means a container ran
-                return ExitStatus(error="the job's container was not found when the node restarted")
-            self._set_state(record, ExecutionState.PREPARING)
-            if record.request.input_sources and self._input_preparer is not None:
-                await self._input_preparer.discard(record.execution_id)  # what the previous life fetched
-            return None
-        if isinstance(resumed, ExitStatus):
-            return resumed
-        execution.handle = resumed
-        record.container_id = resumed.container_id
-        if not resumed.running:
-            outcome = await resumed.finish()
-        else:
-            self._set_state(record, ExecutionState.RUNNING)
-            remaining = None
-            if record.request.timeout is not None:
-                started = record.started_at or record.created_at
-                remaining = max(0.0, record.request.timeout - (utcnow() - started).total_seconds())
-            outcome = await supervise(self, execution, resumed, remaining, watch_outputs=False)
-            return outcome
-        self._emit_exit(record, outcome)
-        return outcome
 
     def _emit_exit(self, record: ExecutionRecord, outcome: ExitStatus) -> None:
         self._emit(

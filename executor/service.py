@@ -43,7 +43,8 @@ from haddock.executor.settle import decide_status
 from haddock.executor.supervise import supervise
 
 if TYPE_CHECKING:
-    from haddock.executor.runner import Execution, Runner
+    from haddock.executor._execution import Execution
+    from haddock.executor.runner import Runner
 
 __all__ = ["attempt_output_base", "attempts", "resume_service", "run_service"]
 

@@ -27,7 +27,8 @@ from haddock.executor.results import remove_capture_files, write_job_results
 from haddock.executor.stats import StatsSummary
 
 if TYPE_CHECKING:
-    from haddock.executor.runner import Execution, Runner
+    from haddock.executor._execution import Execution
+    from haddock.executor.runner import Runner
 
 __all__ = ["decide_status", "describe_outcome", "finish"]
 

@@ -14,7 +14,8 @@ from haddock.executor.outputs import OutputWatcher, trim_to_cap
 from haddock.executor.quantity import format_bytes, format_duration
 
 if TYPE_CHECKING:
-    from haddock.executor.runner import Execution, Runner
+    from haddock.executor._execution import Execution
+    from haddock.executor.runner import Runner
 
 __all__ = ["supervise"]
 

@@ -158,6 +158,9 @@ class Admission:
     async def launch(self, prepared: RunCommandRequest, *, from_queue: bool = False) -> None:
         """Hand an admitted execution to the executor; returns once it is persisted."""
         exec_id = prepared.execution_id
+        devices = self.capacity.devices(exec_id)
+        if devices:  # the GPUs this execution holds, by id: no two executions share one
+            prepared = prepared.model_copy(update={"gpu_devices": list(devices)})
         accepted = self.events.expect_accepted(exec_id, from_queue=from_queue)
         try:
             await self.executor.start(prepared)

@@ -42,7 +42,7 @@ from haddock.executor.models import (
     RunCommandRequest,
 )
 from haddock.executor.quantity import format_bytes, format_cpu, format_duration
-from haddock.executor.sources import redact_url
+from haddock.executor.sources import check_http_url, redact_url
 
 __all__ = [
     "BidChain",
@@ -695,10 +695,10 @@ class ExternalProbeSettings(_Settings):
     def _url(cls, v: str | None) -> str | None:
         if v is None:
             return None
-        parts = urllib.parse.urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"bid probe url {redact_url(v)!r} must be an http:// or https:// URL with a host")
-        return v
+        try:
+            return check_http_url(v, "the URL")  # the one check of http(s) URLs: scheme, host, port, length
+        except ValueError as exc:
+            raise ValueError(f"bid probe url must be an http:// or https:// URL with a host ({exc})") from None
 
     @model_validator(mode="after")
     def _one(self) -> ExternalProbeSettings:

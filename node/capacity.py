@@ -30,6 +30,10 @@ queued, and cancelling a task waiting in :meth:`acquire` takes its entry out of 
 back what was granted in the moment before the task resumed). The books are keyed by execution id:
 once released, an id may acquire again.
 
+GPUs are handed out as specific devices (:class:`~haddock.node.gpus.GpuPool`): an admitted execution
+holds the device ids :meth:`devices` names, and gives them back with everything else on release; the
+node's GPU capacity is its number of devices (ids ``0``..``N-1`` when none are given).
+
 Not thread-safe: use one manager from one event loop.
 """
 
@@ -39,7 +43,7 @@ import asyncio
 import bisect
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -47,6 +51,7 @@ from typing import NamedTuple
 from haddock.executor.errors import ErrorCode, ExecutorError
 from haddock.executor.models import Resources
 from haddock.executor.quantity import format_bytes, format_cpu
+from haddock.node.gpus import GpuPool
 
 __all__ = [
     "CapacityExhausted",
@@ -168,6 +173,8 @@ class _Entry:
     seq: int
     fut: asyncio.Future[str | None] | None = field(default=None, repr=False)
     """Resolved with None when admitted, or with the reason it will not be."""
+    prefer_devices: tuple[str, ...] = ()
+    """GPU ids to hand out first (those a recovered container already uses)."""
 
     def order(self) -> tuple[int, int]:
         return (-self.priority, self.seq)
@@ -185,7 +192,14 @@ class _Entry:
 class CapacityManager:
     """The node's capacity books and its admission queue (see the module docstring)."""
 
-    def __init__(self, capacity: Resources, *, max_running: int | None = None, max_queued: int = 100) -> None:
+    def __init__(
+        self,
+        capacity: Resources,
+        *,
+        max_running: int | None = None,
+        max_queued: int = 100,
+        gpu_devices: Sequence[str] | None = None,
+    ) -> None:
         if max_running is not None and max_running < 1:
             raise ValueError(f"max_running must be at least 1 (or None for no cap), got {max_running}")
         if max_queued < 0:
@@ -199,6 +213,7 @@ class CapacityManager:
         self._waiting: dict[str, _Entry] = {}
         self._queue: list[_Entry] = []  # sorted by _Entry.order
         self._seq = itertools.count()
+        self._gpus = GpuPool(_gpu_ids(capacity, gpu_devices))
         self._release_hooks: list[Callable[[str], None]] = []
 
     def on_release(self, hook: Callable[[str], None]) -> None:
@@ -220,12 +235,14 @@ class CapacityManager:
     def max_queued(self) -> int:
         return self._max_queued
 
-    def set_capacity(self, capacity: Resources) -> None:
+    def set_capacity(self, capacity: Resources, gpu_devices: Sequence[str] | None = None) -> None:
         """Change the node's capacity (e.g. once the engine is known) and re-evaluate the queue.
+        ``gpu_devices``: the GPUs' ids, one per GPU of ``capacity`` (default ``0``..``N-1``).
 
         Queued requests that can no longer ever fit are refused. Shrinking below what is allocated
         evicts nobody: nothing more is admitted until enough is released.
         """
+        self._gpus.set_devices(_gpu_ids(capacity, gpu_devices))
         self._capacity = capacity
         self._cap = _Amount.of(capacity)
         for entry in list(self._queue):
@@ -243,6 +260,10 @@ class CapacityManager:
     def fits_ever(self, resources: Resources) -> str | None:
         """None when the request could fit on an idle node, else why it never can."""
         return self._never_fits(_Amount.of(resources))
+
+    def devices(self, execution_id: str) -> tuple[str, ...]:
+        """The GPU device ids an admitted execution holds (empty when it holds none)."""
+        return self._gpus.held(execution_id)
 
     def holds(self, execution_id: str) -> bool:
         """Whether the execution is admitted and not yet released."""
@@ -283,7 +304,15 @@ class CapacityManager:
 
     # -- acquire and release -------------------------------------------------
 
-    async def acquire(self, execution_id: str, resources: Resources, *, queue: bool, priority: int = 0) -> None:
+    async def acquire(
+        self,
+        execution_id: str,
+        resources: Resources,
+        *,
+        queue: bool,
+        priority: int = 0,
+        prefer_devices: Sequence[str] = (),
+    ) -> None:
         """Admit the execution, waiting in the queue when ``queue`` is true.
 
         Returns once the execution holds its resources; the caller must then :meth:`release` them.
@@ -300,7 +329,7 @@ class CapacityManager:
         if never is not None:
             raise CapacityExhausted(never)
         self._pump()  # drop cancelled waiters first, so nobody is held up by a ghost
-        entry = _Entry(execution_id, amount, priority, next(self._seq))
+        entry = _Entry(execution_id, amount, priority, next(self._seq), prefer_devices=tuple(prefer_devices))
         ahead = sum(1 for e in self._queue if e.live and e.priority >= priority)
         shortage = self._shortage(amount)
         if shortage is None and ahead == 0:
@@ -344,6 +373,7 @@ class CapacityManager:
         entry = self._holders.pop(execution_id, None)
         if entry is not None:
             self._allocated = self._allocated.minus(entry.amount)
+            self._gpus.give(execution_id)
             log.debug("capacity: %s released", execution_id)
             self._pump()
             return
@@ -390,12 +420,17 @@ class CapacityManager:
             if used + requested > total:
                 free = max(0, total - used)
                 return _Shortage(what, f"requested {fmt(requested)}, free {fmt(free)} of {fmt(total)}")
+        free_gpus = len(self._gpus.free())
+        if amount.gpu > free_gpus:  # the devices themselves (the books above count them)
+            total = len(self._gpus.devices)
+            return _Shortage("GPUs", f"requested {amount.gpu}, free {free_gpus} of {total}")
         if self._max_running is not None and len(self._holders) >= self._max_running:
             running = len(self._holders)
             return _Shortage(None, f"{_plural(running, 'execution')} running (max {self._max_running})")
         return None
 
     def _grant(self, entry: _Entry) -> None:
+        self._gpus.take(entry.execution_id, entry.amount.gpu, entry.prefer_devices)
         self._allocated = self._allocated.plus(entry.amount)
         self._holders[entry.execution_id] = entry
         log.debug("capacity: %s admitted", entry.execution_id)
@@ -427,3 +462,11 @@ class CapacityManager:
             self._grant(head)
             assert head.fut is not None
             head.fut.set_result(None)
+
+
+def _gpu_ids(capacity: Resources, devices: Sequence[str] | None) -> list[str]:
+    if devices is None:
+        return [str(i) for i in range(capacity.gpu)]
+    if len(devices) != capacity.gpu:
+        raise ValueError(f"{len(devices)} GPU device ids for a GPU capacity of {capacity.gpu}")
+    return list(devices)

@@ -12,9 +12,9 @@ import re
 import socket
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,7 +23,7 @@ from pydantic_settings import (
 )
 
 from haddock.executor.docker.config import DockerConfig
-from haddock.executor.models import ByteQuantity, CpuQuantity, DurationSeconds
+from haddock.executor.models import MAX_GPUS, ByteQuantity, CpuQuantity, DurationSeconds
 from haddock.executor.quantity import format_bytes
 from haddock.node.bidding import BiddingSettings
 from haddock.node.client import wire
@@ -126,12 +126,29 @@ class CapacitySettings(BaseModel):
     cpu: CpuQuantity | None = Field(default=None, description="cores for jobs; default: the engine's CPUs")
     memory: ByteQuantity | None = Field(default=None, description="default: the engine's memory")
     disk: ByteQuantity | None = Field(default=None, description="default: free space under the data dir")
-    gpu: int | None = Field(default=None, ge=0, description="default: none unless the engine has a GPU runtime")
+    gpu: int | None = Field(
+        default=None, ge=0, le=MAX_GPUS, description="GPUs for jobs; default: those detected (nvidia-smi, CDI)"
+    )
+    gpu_devices: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/=-]{0,127}$")]] | None = (
+        Field(
+            default=None,
+            description="the GPUs' device ids (index, UUID or CDI name) jobs may be given; default: those detected",
+        )
+    )
     reserve_cpu: CpuQuantity = Field(default=0.0, description="kept back for the node itself")
     reserve_memory: ByteQuantity = Field(default=256 * 1024**2)
     reserve_disk: ByteQuantity = Field(default=1024**3)
     max_running: int | None = Field(default=None, ge=1, description="running executions at most, whatever they use")
     max_queued: int = Field(default=100, ge=0, description="executions that may wait for capacity")
+
+    @model_validator(mode="after")
+    def _gpus_agree(self) -> CapacitySettings:
+        if self.gpu_devices is not None:
+            if len(set(self.gpu_devices)) != len(self.gpu_devices):
+                raise ValueError("capacity.gpu_devices must not repeat a device")
+            if self.gpu is not None and self.gpu != len(self.gpu_devices):
+                raise ValueError(f"capacity.gpu = {self.gpu} but capacity.gpu_devices names {len(self.gpu_devices)}")
+        return self
 
 
 class ServicesSettings(BaseModel):

@@ -14,6 +14,7 @@ import logging
 import shutil
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from haddock.executor.docker import DockerExecutor
 from haddock.executor.errors import (
@@ -25,7 +26,6 @@ from haddock.executor.errors import (
 from haddock.executor.logstore import LogEntry
 from haddock.executor.models import (
     BidResult,
-    EventKind,
     ExecutionEvent,
     ExecutionRecord,
     ExecutionState,
@@ -34,12 +34,10 @@ from haddock.executor.models import (
     ResultStatus,
     RunCommandRequest,
     RunCommandResult,
-    is_valid_id,
 )
 from haddock.executor.protocol import Executor
-from haddock.executor.publishers import S3PublisherSpec
-from haddock.executor.quantity import format_duration
-from haddock.executor.sources import S3Source, UrlSource
+from haddock.node import _reads
+from haddock.node._reads import known_id
 from haddock.node.admission import Admission, queued_priority
 from haddock.node.bidding import (
     build_chain,
@@ -51,29 +49,20 @@ from haddock.node.client import NodeInfo
 from haddock.node.client._info import ServiceInfo
 from haddock.node.config import OnShutdown, Settings
 from haddock.node.events import EventHub
+from haddock.node.gpus import choose_gpus, detect_gpus
 from haddock.node.housekeeping import Housekeeping
 from haddock.node.jobtypes.builder import JobTypeBuilder
 from haddock.node.jobtypes.plugins import JobTypePlugin
 from haddock.node.metrics import MetricsListener, NodeGauges, NodeMetrics
-from haddock.node.policy import Policy, check_output_limits, free_of
+from haddock.node.policy import Policy, check_output_limits
 from haddock.node.ports import PortAllocator
 from haddock.node.stats import StatsHub, StatsUpdate, execution_stats
 from haddock.node.store import ExecutionStore, store_path
 from haddock.storage import StorageRegistry, build_registry
 from haddock.storage.hooks import RegistryPreparer, RegistryPublisher
-from haddock.storage.netpolicy import check_public
+from haddock.storage.netpolicy import AddressPolicy, check_request
 
 log = logging.getLogger(__name__)
-
-
-MAX_LIST = 1000
-"""ListExecutions answers at most this many executions."""
-
-
-def known_id(execution_id: str) -> None:
-    """Every call that names an execution checks its id the same way: one that cannot exist is not found."""
-    if not is_valid_id(execution_id):
-        raise ExecutionNotFound(execution_id)
 
 
 def new_execution_id() -> str:
@@ -85,7 +74,8 @@ class Node:
 
     Its parts, each in its own module: admission and the queue (``admission.py``), events into the store
     and to watchers (``events.py``), the reaper and the pruner (``housekeeping.py``), bidding
-    (``bidding.py``), capacity (``capacity.py``). Shutdown runs in named phases (:meth:`shutdown`).
+    (``bidding.py``), capacity (``capacity.py``), the read side: watch, listings, log streams, node info
+    (``_reads.py``). Shutdown runs in named phases (:meth:`shutdown`).
     """
 
     def __init__(
@@ -99,9 +89,11 @@ class Node:
         storage: StorageRegistry | None = None,
         storage_types: frozenset[str] = frozenset(),
         publisher: RegistryPublisher | None = None,
+        address_policy: AddressPolicy | None = None,
         stats: StatsHub | None = None,
     ) -> None:
         self.settings = settings
+        self.address_policy = address_policy or AddressPolicy.of(settings.storage)
         self.executor = executor
         self.store = store
         self.events = events
@@ -112,6 +104,7 @@ class Node:
         self._starting: dict[str, asyncio.Future[None]] = {}  # Starts under way
         self._recovery: asyncio.Task[None] | None = None
         self._recovered = asyncio.Event()  # set once unfinished executions are back with the executor
+        self.gpu_devices: builtins.list[str] = []  # the GPUs jobs are given, detected in begin()
         cap = settings.capacity
         self.capacity = CapacityManager(Resources(), max_running=cap.max_running, max_queued=cap.max_queued)
         services = settings.services
@@ -134,14 +127,16 @@ class Node:
         events.on_terminal(self._on_end)
 
     @classmethod
-    async def open(cls, settings: Settings, *, version: str) -> Node:
-        """The node with its executor and store (not yet recovering: see :meth:`begin`)."""
+    async def open(cls, settings: Settings, *, version: str, address_policy: AddressPolicy | None = None) -> Node:
+        """The node with its executor and store (not yet recovering: see :meth:`begin`).
+        ``address_policy``: where requesters may make the node connect (default: from ``settings.storage``)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = await ExecutionStore.open(store_path(settings.data_dir))
         events = EventHub(store)
-        registry = build_registry(settings.storage, cache_dir=settings.data_dir / "cache")
+        policy = address_policy or AddressPolicy.of(settings.storage)
+        registry = build_registry(settings.storage, cache_dir=settings.data_dir / "cache", policy=policy)
         preparer = RegistryPreparer(registry, lambda exec_id: settings.executions_dir / exec_id / "inputs")
-        publisher = RegistryPublisher(settings.node_id, settings.storage.s3)
+        publisher = RegistryPublisher(settings.node_id, settings.storage.s3, policy=policy)
         stats = StatsHub(store, max_samples=settings.stats.max_samples)
         executor = DockerExecutor(
             settings.docker,
@@ -167,13 +162,14 @@ class Node:
             storage=registry,
             storage_types=frozenset(await registry.installed_types()),
             publisher=publisher,
+            address_policy=policy,
             stats=stats,
         )
 
     async def begin(self) -> None:
         """Learn the capacity, start persisting, take back what a previous life left unfinished
         (queued executions queue again), start housekeeping."""
-        self.capacity.set_capacity(await self.detect_capacity())
+        self.capacity.set_capacity(await self.detect_capacity(), self.gpu_devices)
         if self.metrics_listener is not None:
             self.metrics_listener.start()
         self._gauges = asyncio.create_task(self.metrics.keep_fresh(self._gauge_snapshot), name="haddock-gauges")
@@ -191,7 +187,9 @@ class Node:
             # What it held is held again before it can end (and release it). Its container may run
             # already: it runs whatever the capacity now says.
             try:
-                await self.capacity.acquire(r.execution_id, r.request.resources, queue=False)
+                await self.capacity.acquire(
+                    r.execution_id, r.request.resources, queue=False, prefer_devices=r.request.gpu_devices
+                )
             except (CapacityExhausted, ValueError) as exc:
                 log.warning("recovered execution %s runs beyond capacity: %s", r.execution_id, exc)
         if others:
@@ -217,15 +215,18 @@ class Node:
                 delay = min(delay * 2, 60.0)
 
     async def detect_capacity(self) -> Resources:
-        """The machine and engine, overridden by config, less the node's reserve."""
+        """The machine and engine, overridden by config, less the node's reserve. The GPUs' ids go to
+        :attr:`gpu_devices` (see :mod:`haddock.node.gpus`)."""
         c = self.settings.capacity
         ncpu, mem = 0.0, 0
+        info: dict[str, Any] = {}
         try:
             info = await self.executor.engine_info()
             ncpu = float(info.get("NCPU") or 0)
             mem = int(info.get("MemTotal") or 0)
         except Exception as exc:
             log.warning("cannot ask the engine for its CPUs and memory (%s); set [capacity] in the config", exc)
+        self.gpu_devices = choose_gpus(c.gpu, c.gpu_devices, await detect_gpus(info))
         disk = shutil.disk_usage(self.settings.data_dir).free
         cpu = c.cpu if c.cpu is not None else ncpu
         memory = c.memory if c.memory is not None else mem
@@ -234,7 +235,7 @@ class Node:
             cpu=max(0.0, cpu - c.reserve_cpu) if cpu else 0.0,
             memory=max(0, memory - c.reserve_memory) if memory else 0,
             disk=max(0, disk_total - c.reserve_disk) if disk_total else 0,
-            gpu=c.gpu or 0,
+            gpu=len(self.gpu_devices),
         )
 
     async def _image_platform(self, image: str) -> tuple[str, str] | None:
@@ -281,32 +282,9 @@ class Node:
         ``follow``, then new samples until it ends (``stats.py``)."""
         return execution_stats(self, execution_id, max_points=max_points, follow=follow)
 
-    async def watch(self, execution_id: str) -> AsyncIterator[ExecutionEvent]:
+    def watch(self, execution_id: str) -> AsyncIterator[ExecutionEvent]:
         """Events of an execution: those so far, then live ones until it ends (queued ones too)."""
-        known_id(execution_id)
-        await self._started(execution_id)
-        record = self._live(execution_id)
-        if record is None:
-            record = await self.get(execution_id)  # finished long ago: its history only
-            for event in record.events:
-                yield event
-            return
-        watcher = self.events.subscribe(execution_id)
-        try:
-            seen = list(record.events)
-            for event in seen:
-                yield event
-            if record.state.terminal:
-                return
-            while True:
-                item = await watcher.get()
-                if item is None:
-                    return
-                if item in seen:  # already sent from history
-                    continue
-                yield item
-        finally:
-            self.events.unsubscribe(execution_id, watcher)
+        return _reads.watch(self, execution_id)
 
     # ------------------------------------------------------------------ executions
 
@@ -318,20 +296,15 @@ class Node:
                 "to the directories the operator allows)"
             )
         check_output_limits(request.output_limits, self.settings.limits)
-        return request.model_copy(update={"results_dir": self.settings.results_dir(request.execution_id)})
+        # results dir and GPUs are the node's to choose (GPUs at admission), never a requester's
+        return request.model_copy(
+            update={"results_dir": self.settings.results_dir(request.execution_id), "gpu_devices": []}
+        )
 
     async def check_addresses(self, request: RunCommandRequest) -> None:
-        """URLs and S3 endpoints the requester names must be public addresses, unless the operator allows more."""
-        if self.settings.storage.allow_private_networks:
-            return
-        for src in request.input_sources:
-            if isinstance(src, UrlSource):
-                await check_public(src.url, "input URL")
-            elif isinstance(src, S3Source) and src.endpoint_url:
-                await check_public(src.endpoint_url, "S3 endpoint")
-        for pub in request.publishers:
-            if isinstance(pub, S3PublisherSpec) and pub.endpoint_url:
-                await check_public(pub.endpoint_url, "S3 publisher endpoint")
+        """What the requester names must be allowed: S3 buckets and endpoints the operator lists, URLs and
+        S3 endpoints on public addresses unless the operator allows more (StorageRefused; nothing is sent)."""
+        await check_request(request, self.settings.storage, self.address_policy)
 
     async def input_size(self, request: RunCommandRequest) -> int:
         """Bytes the inputs will take on disk, where the sources say (0 for unknown)."""
@@ -452,46 +425,13 @@ class Node:
         return stored
 
     async def list(self, states: set[ExecutionState] | None = None, limit: int = 100) -> list[ExecutionRecord]:
-        limit = max(1, min(limit, MAX_LIST))
-        merged = {r.execution_id: r for r in await self.store.list(states or None, limit=limit)}
-        for r in [*self.executor.records(), *self.admission.records()]:  # fresher than persisted
-            if not states or r.state in states:
-                merged[r.execution_id] = r
-            else:
-                merged.pop(r.execution_id, None)
-        records = sorted(merged.values(), key=lambda r: r.created_at, reverse=True)
-        return records[:limit]
+        """Executions, newest first (at most ``MAX_LIST``): the store's, with the fresher live ones."""
+        return await _reads.list_executions(self, states, limit)
 
-    async def get_log_stream(self, execution_id: str, query: LogQuery | None = None) -> AsyncIterator[LogEntry]:
+    def get_log_stream(self, execution_id: str, query: LogQuery | None = None) -> AsyncIterator[LogEntry]:
         """The execution's output. One that has not run yet (queued) has an empty history, and a follower
         waits for its first byte; one that ended without running has none."""
-        known_id(execution_id)
-        await self._started(execution_id)
-        query = query or LogQuery()
-        logs = self.executor.logs
-        if not logs.exists(execution_id):
-            q = self.admission.get(execution_id)
-            if q is not None:  # queued: the runner creates its log when it is admitted
-                if not query.follow:
-                    return
-                if await asyncio.shield(q.settled) is not None:  # it ended in the queue
-                    return
-            else:
-                record = self._live(execution_id) or await self.store.get(execution_id)
-                if record is None:
-                    raise ExecutionNotFound(execution_id)
-                if not record.state.terminal:
-                    await self._recovered.wait()  # unfinished from a previous life: recovery makes its log
-                elif not any(e.kind is EventKind.ACCEPTED for e in record.events):
-                    return  # it ended before it ran (cancelled or refused while queued): no output, ever
-            if not logs.exists(execution_id):
-                raise ExecutionNotFound(
-                    execution_id,
-                    f"the logs of execution {execution_id!r} were removed: logs are kept for "
-                    f"{format_duration(self.settings.log_retention)} after an execution ends",
-                )
-        async for entry in self.executor.get_log_stream(execution_id, query):
-            yield entry
+        return _reads.log_stream(self, execution_id, query)
 
     def job_types(self) -> builtins.list[tuple[JobTypePlugin, str]]:
         """The job types this node builds jobs with, and the image each one's base builds FROM."""
@@ -501,38 +441,11 @@ class Node:
         return [(p, builder.settings.base_image(p.name)) for p in builder.jobtypes.plugins]
 
     async def info(self) -> NodeInfo:
-        engine_version = ""
-        try:
-            engine_version = str((await self.executor.engine_info()).get("ServerVersion", ""))
-        except Exception as exc:  # the engine being down must not break node info
-            log.warning("engine info unavailable: %s", exc)
-        snap = self.capacity.snapshot()
-        return NodeInfo(
-            node_id=self.settings.node_id,
-            version=self.version,
-            engine_version=engine_version,
-            capacity=snap.capacity,
-            allocated=snap.allocated,
-            queued=snap.queued,
-            free=free_of(snap),
-            running=snap.running,
-            queued_count=snap.queued_count,
-            services=self.services(),
-            port_range=(self.ports.start, self.ports.end),
-            ports_in_use=self.ports.in_use,
-            gateway_address=self.gateway_address,
-        )
+        return await _reads.node_info(self)
 
     def services(self) -> builtins.list[ServiceInfo]:
         """Service executions holding ports, and their states (live, else queued)."""
-        out = []
-        for held in self.ports.holders():
-            live = self._live(held.execution_id)
-            state = live.state if live is not None else ExecutionState.QUEUED
-            job = live.request.job if live is not None else None
-            version = job.manifest.version if job is not None else ""
-            out.append(ServiceInfo(held.execution_id, held.service_name or "", state, list(held.ports), version))
-        return out
+        return _reads.services(self)
 
     # ------------------------------------------------------------------ housekeeping and shutdown
 

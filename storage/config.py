@@ -11,6 +11,8 @@ Pure pydantic: importing this module loads neither boto3 nor httpx.
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -38,6 +40,25 @@ class _Section(BaseModel):
 
 def _allowed_endpoint(v: str) -> str:
     return check_http_url(v, "allowed endpoint")
+
+
+_BUCKET_PATTERN_RE = re.compile(r"^[A-Za-z0-9._*?-]{1,255}$")
+
+
+def _bucket_pattern(v: str) -> str:
+    if not _BUCKET_PATTERN_RE.match(v):
+        raise ValueError(
+            f"allowed bucket {v!r} must be a bucket name or a glob of one (letters, digits, '.', '_', '-', '*', '?')"
+        )
+    return v
+
+
+Endpoints = tuple[Annotated[str, AfterValidator(_allowed_endpoint)], ...]
+Buckets = tuple[Annotated[str, AfterValidator(_bucket_pattern)], ...]
+
+
+def _listing(items: tuple[str, ...] | None) -> str:
+    return ", ".join(items or ()) or "none"
 
 
 class LocalRoot(_Section):
@@ -83,6 +104,9 @@ class UrlSettings(_Section):
         default=3600.0, gt=0, description="longest a whole download may take, retries included"
     )
     head_timeout: DurationSeconds = Field(default=10.0, gt=0)
+    max_redirects: int = Field(
+        default=5, ge=0, le=30, description="redirects followed at most; every hop's address is checked"
+    )
     chunk_size: ByteQuantity = Field(default=256 * KiB, gt=0)
     user_agent: str = "haddock"
     trust_env: bool = Field(
@@ -101,6 +125,12 @@ class S3InputSettings(_Section):
     chunk_size: ByteQuantity = Field(default=1 * MiB, gt=0)
     backoff_initial: DurationSeconds = Field(default=0.5, ge=0)
     backoff_max: DurationSeconds = Field(default=10.0, ge=0)
+    allowed_buckets: Buckets | None = Field(
+        default=None, description="buckets (names or globs) inputs may read with the node's credentials (unset: any)"
+    )
+    allowed_endpoints: Endpoints | None = Field(
+        default=None, description="endpoints inputs may name (unset: s3.allowed_endpoints)"
+    )
 
 
 class S3PublishSettings(_Section):
@@ -113,6 +143,12 @@ class S3PublishSettings(_Section):
     max_concurrency: int = Field(default=4, ge=1, description="threads per multipart upload")
     backoff_initial: DurationSeconds = Field(default=1.0, ge=0)
     backoff_max: DurationSeconds = Field(default=30.0, ge=0)
+    allowed_buckets: Buckets | None = Field(
+        default=None, description="buckets (names or globs) results may be published to (unset: any)"
+    )
+    allowed_endpoints: Endpoints | None = Field(
+        default=None, description="endpoints publishers may name (unset: s3.allowed_endpoints)"
+    )
 
 
 class S3Settings(_Section):
@@ -120,7 +156,7 @@ class S3Settings(_Section):
 
     region: S3Region = Field(default=None, description="when a request names none (else boto3's own default)")
     endpoint_url: S3Endpoint = Field(default=None, description="when a request names none (else AWS)")
-    allowed_endpoints: tuple[Annotated[str, AfterValidator(_allowed_endpoint)], ...] | None = Field(
+    allowed_endpoints: Endpoints | None = Field(
         default=None,
         description="endpoints a request may name (unset: any); the node signs requests with its credentials",
     )
@@ -131,14 +167,33 @@ class S3Settings(_Section):
     inputs: S3InputSettings = Field(default_factory=S3InputSettings)
     publish: S3PublishSettings = Field(default_factory=S3PublishSettings)
 
-    def allows_endpoint(self, endpoint_url: str | None) -> bool:
-        """Whether a request may name ``endpoint_url`` (naming none is always allowed)."""
-        allowed = self.allowed_endpoints
+    def _endpoints(self, publish: bool) -> Endpoints | None:
+        own = self.publish.allowed_endpoints if publish else self.inputs.allowed_endpoints
+        return own if own is not None else self.allowed_endpoints
+
+    def allows_endpoint(self, endpoint_url: str | None, *, publish: bool = False) -> bool:
+        """Whether a request may name ``endpoint_url`` for inputs (or ``publish``); naming none always may."""
+        allowed = self._endpoints(publish)
         return endpoint_url is None or allowed is None or endpoint_url in allowed
 
-    def allowed_text(self) -> str:
+    def allowed_text(self, *, publish: bool = False) -> str:
         """The allowed endpoints, for messages."""
-        return ", ".join(self.allowed_endpoints or ()) or "none"
+        return _listing(self._endpoints(publish))
+
+    def trusted_endpoints(self) -> tuple[str, ...]:
+        """The endpoints the operator named (the default and every allowed one): not subject to the
+        address policy, since the operator chose them."""
+        listed = [self.endpoint_url, *(self.allowed_endpoints or ())]
+        listed += [*(self.inputs.allowed_endpoints or ()), *(self.publish.allowed_endpoints or ())]
+        return tuple(dict.fromkeys(e for e in listed if e))
+
+    def bucket_refusal(self, bucket: str, *, publish: bool = False) -> str | None:
+        """Why a request may not name ``bucket`` for inputs (or ``publish``), or None when it may."""
+        allowed = self.publish.allowed_buckets if publish else self.inputs.allowed_buckets
+        if allowed is None or any(fnmatch.fnmatchcase(bucket, pattern) for pattern in allowed):
+            return None
+        use = "publishes to" if publish else "reads inputs from"
+        return f"the bucket {bucket!r} is not one this node {use} (allowed: {_listing(allowed)})"
 
 
 class StorageSettings(_Section):

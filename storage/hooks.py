@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from haddock.executor.publishers import S3PublisherSpec
 from haddock.storage.config import S3Settings
+from haddock.storage.netpolicy import AddressPolicy
 from haddock.storage.provider import PreparedVolume, StorageRegistry
 from haddock.storage.publish import PublishContext, Publisher, publish_all
 
@@ -65,16 +66,17 @@ class RegistryPublisher:
     """Implements ``executor.protocol.ResultPublisher`` with the publishers of :mod:`storage.publish`.
     The S3 publisher (and boto3) is made when an execution first publishes to S3, then kept."""
 
-    def __init__(self, node_id: str, s3: S3Settings | None = None) -> None:
+    def __init__(self, node_id: str, s3: S3Settings | None = None, *, policy: AddressPolicy | None = None) -> None:
         self.node_id = node_id
         self.s3 = s3 or S3Settings()
+        self.policy = policy or AddressPolicy()
         self._s3: S3Publisher | None = None
 
     def _s3_publisher(self) -> S3Publisher:
         if self._s3 is None:
             from haddock.storage.publish_s3 import S3Publisher
 
-            self._s3 = S3Publisher(self.s3)
+            self._s3 = S3Publisher(self.s3, policy=self.policy)
         return self._s3
 
     async def publish(self, request: RunCommandRequest) -> tuple[list[str], list[str]]:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import boto3.session
 
     from haddock.storage.config import S3Settings
+    from haddock.storage.netpolicy import AddressPolicy
     from haddock.storage.publish_s3 import S3Publisher
 
 __all__ = [
@@ -308,19 +309,21 @@ async def publish_all(
     s3: S3Settings | None = None,
     session: boto3.session.Session | None = None,
     publishers: Mapping[str, Publisher] | None = None,
+    policy: AddressPolicy | None = None,
 ) -> tuple[list[Published], list[str]]:
     """Run every publisher (concurrently). Returns what was published (in the order of ``specs``) and a
     message for each publisher that failed; a publisher's failure is never raised.
 
     ``publishers`` (by spec type) reuses long-lived publishers, such as the node's :class:`S3Publisher`;
-    otherwise one is made for this call (with ``s3`` and ``session``) and closed afterwards."""
+    otherwise one is made for this call (with ``s3``, ``session`` and the address ``policy``) and closed
+    afterwards."""
     table: dict[str, Publisher] = dict(publishers or {})
     table.setdefault("local", LocalPublisher())
     owned: S3Publisher | None = None
     if "s3" not in table and any(isinstance(s, S3PublisherSpec) for s in specs):
         from haddock.storage.publish_s3 import S3Publisher  # boto3: only when S3 is used
 
-        owned = S3Publisher(s3, session=session)
+        owned = S3Publisher(s3, session=session, policy=policy)
         table["s3"] = owned
 
     async def one(spec: LocalPublisherSpec | S3PublisherSpec) -> Published | str:

@@ -1,8 +1,10 @@
 """The S3 publisher: an execution's results uploaded to S3 (or an S3-compatible server).
 
 boto3 in a dedicated thread pool; credentials from boto3's chain; path-style addressing when
-``endpoint_url`` is given; ``storage.s3.allowed_endpoints`` can restrict the endpoints requesters
-may name. Files are uploaded with boto3's ``upload_file`` (multipart above
+``endpoint_url`` is given; ``storage.s3.allowed_endpoints`` (or ``publish.allowed_endpoints``) and
+``storage.s3.publish.allowed_buckets`` restrict the endpoints and buckets requesters may name, and
+every request's endpoint address passes the node's address policy before botocore sends it.
+Files are uploaded with boto3's ``upload_file`` (multipart above
 ``storage.s3.publish.multipart_threshold``), several at a time, and each object's size is checked
 with ``head_object`` after its upload (boto3 also sends a CRC32 checksum that S3 verifies). botocore
 retries single requests (``publish.request_attempts``); the whole publish is retried with backoff
@@ -32,6 +34,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from haddock.executor.publishers import LocalPublisherSpec, S3PublisherSpec, describe_publisher
 from haddock.executor.quantity import format_bytes, format_duration
 from haddock.storage.config import S3Settings
+from haddock.storage.netpolicy import AddressPolicy, AddressRefused
 from haddock.storage.provider import backoff, run_blocking
 from haddock.storage.publish import (
     ARCHIVE_NAME,
@@ -134,6 +137,8 @@ def describe_s3_error(exc: BaseException, bucket: str) -> str:
         if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"):
             return f"access denied to the bucket {bucket!r} ({message}); check the node's AWS credentials"
         return f"{code}: {message} (HTTP {status})" if status else f"{code}: {message}"
+    if isinstance(exc, AddressRefused):
+        return f"the {exc}"
     if isinstance(exc, OSError):
         return _os_error(exc)
     if isinstance(exc, botocore.exceptions.BotoCoreError | _SizeMismatch):
@@ -192,8 +197,15 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 class S3Publisher:
     """Uploads results to S3 (or an S3-compatible server). Keep one per node; :meth:`aclose` at shutdown."""
 
-    def __init__(self, config: S3Settings | None = None, *, session: boto3.session.Session | None = None) -> None:
+    def __init__(
+        self,
+        config: S3Settings | None = None,
+        *,
+        policy: AddressPolicy | None = None,
+        session: boto3.session.Session | None = None,
+    ) -> None:
         self.config = config or S3Settings()
+        self.policy = policy or AddressPolicy()
         self._session = session
         self._clients: dict[tuple[str | None, str | None], S3Client] = {}
         self._client_lock = threading.Lock()
@@ -215,11 +227,19 @@ class S3Publisher:
         except ValueError as exc:
             raise PublishError(f"publishing to s3://{spec.bucket}/{spec.key} failed: {exc}") from None
         where = f"s3://{spec.bucket}/{prefix}"
-        if not self.config.allows_endpoint(spec.endpoint_url):
+        why = self.config.bucket_refusal(spec.bucket, publish=True)
+        if why is not None:
+            raise PublishError(f"publishing to {where} failed: {why}")
+        if not self.config.allows_endpoint(spec.endpoint_url, publish=True):
             raise PublishError(
                 f"publishing to {where} failed: the endpoint {spec.endpoint_url} is not one this node uses "
-                f"(allowed: {self.config.allowed_text()})"
+                f"(allowed: {self.config.allowed_text(publish=True)})"
             )
+        if spec.endpoint_url and spec.endpoint_url not in self.config.trusted_endpoints():
+            try:
+                await self.policy.check_url(spec.endpoint_url, "S3 endpoint")
+            except AddressRefused as exc:
+                raise PublishError(f"publishing to {where} failed: the {exc}") from None
         timeout = asyncio.timeout(self.config.total_timeout)
         try:
             async with timeout:
@@ -329,5 +349,6 @@ class S3Publisher:
                 s3={"addressing_style": "path"} if endpoint else {},
             )
             client = self._session.client("s3", endpoint_url=endpoint, config=cfg)
+            client.meta.events.register("before-send", self.policy.boto_hook("S3 endpoint", c.trusted_endpoints()))
             self._clients[(region, endpoint)] = client
             return client

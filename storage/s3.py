@@ -12,6 +12,9 @@
   prefix's last ``/`` (``data/run-`` -> ``run-1.csv``). ``filter`` is searched (``re.search``) in each
   full key. Keys that would escape the directory (``.``/``..`` segments, empty segments) or collide
   (a file where a directory must be) are refused; "directory marker" keys ending in ``/`` are skipped.
+- The bucket must be one ``storage.s3.inputs.allowed_buckets`` lists (when set) and a named endpoint
+  one the operator allows; every request's endpoint address passes the node's address policy
+  (:mod:`haddock.storage.netpolicy`) before botocore sends it.
 - With a cache, content is keyed by sha256, else (endpoint, bucket, key, version id or ETag); a
   prefix by every (key, ETag, size) listed.
 """
@@ -43,6 +46,7 @@ from haddock.executor.quantity import format_bytes, format_duration
 from haddock.executor.sources import S3Source
 from haddock.storage.cache import ContentCache, s3_object_key, s3_prefix_key
 from haddock.storage.config import S3Settings
+from haddock.storage.netpolicy import AddressPolicy, AddressRefused
 from haddock.storage.provider import (
     PreparedVolume,
     StorageError,
@@ -92,10 +96,12 @@ class S3Storage:
         cache: ContentCache | None = None,
         config: S3Settings | None = None,
         *,
+        policy: AddressPolicy | None = None,
         session: boto3.session.Session | None = None,
     ) -> None:
         self.cache = cache
         self.config = config or S3Settings()
+        self.policy = policy or AddressPolicy()
         self._session = session
         self._clients: dict[tuple[str | None, str | None], S3Client] = {}
         self._client_lock = threading.Lock()
@@ -321,12 +327,20 @@ class S3Storage:
     async def _client(self, source: S3Source) -> S3Client:
         region = source.region or self.config.region
         endpoint = self._endpoint(source)
+        why = self.config.bucket_refusal(source.bucket)
+        if why is not None:
+            raise StorageError(source, f"is refused: {why}")
         if not self.config.allows_endpoint(source.endpoint_url):
             raise StorageError(
                 source,
                 f"names the endpoint {source.endpoint_url}, which this node does not use "
                 f"(allowed: {self.config.allowed_text()})",
             )
+        if source.endpoint_url and source.endpoint_url not in self.config.trusted_endpoints():
+            try:
+                await self.policy.check_url(source.endpoint_url, "S3 endpoint")
+            except AddressRefused as exc:
+                raise StorageError(source, f"cannot be fetched: the {exc}") from None
         key = (region, endpoint)
         client = self._clients.get(key)
         if client is None:
@@ -350,6 +364,7 @@ class S3Storage:
                 s3={"addressing_style": "path"} if endpoint else {},
             )
             client = self._session.client("s3", endpoint_url=endpoint, config=cfg)
+            client.meta.events.register("before-send", self.policy.boto_hook("S3 endpoint", c.trusted_endpoints()))
             self._clients[(region, endpoint)] = client
             return client
 
@@ -361,6 +376,8 @@ class S3Storage:
             return await _wait_thread(fut)
         except StorageError:
             raise
+        except AddressRefused as exc:
+            raise StorageError(source, f"cannot be fetched: the {exc}") from None
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise translate_error(source, exc) from None
 
@@ -373,6 +390,8 @@ class S3Storage:
             return await _wait_thread(fut, stop)
         except (_TooBig, StorageError, *_STREAM_TRANSIENT):
             raise
+        except AddressRefused as exc:
+            raise StorageError(source, f"cannot be fetched: the {exc}") from None
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise translate_error(source, exc) from None
 

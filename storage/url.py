@@ -12,6 +12,10 @@ for people looking at the node's disk.)
   exponential backoff and jitter (``Retry-After`` is honoured, bounded); other HTTP errors are not.
   The whole download, retries included, has a total timeout.
 - ``sha256`` is checked after the download; a mismatch names both digests.
+- Every request (the HEAD, the GET, each redirect hop) goes through :class:`PinnedTransport`: its
+  host is resolved, every address checked by the node's :class:`~haddock.storage.netpolicy.AddressPolicy`
+  and the connection made to the address checked. Redirects are bounded (``max_redirects``); a hop
+  to a refused address fails the input before anything is sent to it.
 - With a cache, content identified by its sha256 or by the server's validators (ETag / Last-Modified
   from the HEAD) is fetched once and shared: concurrent prepares of one URL make one GET. Without
   such identity the download goes to the execution's work dir and is removed at cleanup.
@@ -42,6 +46,7 @@ from haddock.executor.quantity import format_bytes, format_duration
 from haddock.executor.sources import UrlSource, redact_url
 from haddock.storage.cache import ContentCache, url_key
 from haddock.storage.config import UrlSettings
+from haddock.storage.netpolicy import AddressPolicy, AddressRefused, default_port
 from haddock.storage.provider import (
     PreparedVolume,
     StorageError,
@@ -74,6 +79,42 @@ class _TransientStatus(Exception):
 _TRANSIENT = (_TransientStatus, httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
 
+class PinnedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that checks every request's host with the policy and connects to the
+    address it checked. https connections are not kept alive: a pooled connection is keyed by
+    address, and one verified for one name must not serve another name on the same address."""
+
+    def __init__(
+        self, policy: AddressPolicy, what: str = "url", *, verify: bool = True, trust_env: bool = True
+    ) -> None:
+        self.policy = policy
+        self.what = what
+        self._http = httpx.AsyncHTTPTransport(verify=verify, trust_env=trust_env)
+        self._https = httpx.AsyncHTTPTransport(
+            verify=verify, trust_env=trust_env, limits=httpx.Limits(max_keepalive_connections=0)
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        host = url.host
+        port = url.port or default_port(url.scheme)
+        addrs = await self.policy.aresolve(host, port, redact_url(str(url)), self.what)
+        pinned = httpx.Request(
+            request.method,
+            url.copy_with(host=addrs[0]),
+            headers=request.headers,  # Host: the name, as the request was made
+            stream=request.stream,
+            extensions={**request.extensions, "sni_hostname": host},
+        )
+        inner = self._https if url.scheme == "https" else self._http
+        response = await inner.handle_async_request(pinned)
+        return response
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        await self._https.aclose()
+
+
 class UrlStorage:
     source_type = "url"
 
@@ -82,10 +123,12 @@ class UrlStorage:
         cache: ContentCache | None = None,
         config: UrlSettings | None = None,
         *,
+        policy: AddressPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.cache = cache
         self.config = config or UrlSettings()
+        self.policy = policy or AddressPolicy()
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
 
@@ -93,12 +136,17 @@ class UrlStorage:
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
             c = self.config
+            transport = self._transport
+            if transport is None and self.policy.enforcing:
+                transport = PinnedTransport(self.policy, trust_env=c.trust_env)
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(c.read_timeout, connect=c.connect_timeout),
                 follow_redirects=True,
+                max_redirects=c.max_redirects,
                 headers={"User-Agent": c.user_agent, "Accept-Encoding": "identity"},
-                trust_env=c.trust_env,
-                transport=self._transport,
+                # Checked addresses are connected to directly: an environment proxy would connect on its own.
+                trust_env=c.trust_env and not self.policy.enforcing,
+                transport=transport,
             )
         return self._client
 
@@ -151,9 +199,12 @@ class UrlStorage:
 
     async def head(self, source: UrlSource) -> HeadInfo | None:
         """What a HEAD says (size and validators), or None when it fails: many servers refuse HEAD
-        (presigned URLs are signed for GET only), so this is advice, never an error."""
+        (presigned URLs are signed for GET only), so this is advice, never an error — except that an
+        address the node may not reach raises StorageError (nothing was sent to it)."""
         try:
             resp = await self.client.head(source.url, timeout=self.config.head_timeout)
+        except AddressRefused as exc:
+            raise refused(source, exc) from None
         except httpx.HTTPError as exc:
             log.debug("HEAD %s failed: %s", redact_url(source.url), exc)
             return None
@@ -201,6 +252,12 @@ class UrlStorage:
                 source,
                 f"could not be downloaded within the total timeout of {format_duration(c.total_timeout)}",
                 code=ErrorCode.UNAVAILABLE,
+            ) from None
+        except AddressRefused as exc:
+            raise refused(source, exc) from None
+        except httpx.TooManyRedirects:
+            raise StorageError(
+                source, f"could not be downloaded: more than {c.max_redirects} redirects (not retried)"
             ) from None
         except _TRANSIENT as exc:
             attempts = retrying.statistics.get("attempt_number", c.attempts)
@@ -284,6 +341,13 @@ class UrlStorage:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def refused(source: UrlSource, exc: AddressRefused) -> StorageError:
+    """The StorageError for a URL input (or one of its redirect hops) the address policy refused."""
+    if exc.url == redact_url(source.url):
+        return StorageError(source, exc.detail)
+    return StorageError(source, f"was redirected to {exc.url!r}, which {exc.detail}")
 
 
 def _content_length(resp: httpx.Response) -> int | None:

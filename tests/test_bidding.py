@@ -644,6 +644,20 @@ def test_probe_settings() -> None:
         ExternalProbeSettings.model_validate({"command": []})
 
 
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://x:99999/", "Port out of range"),
+        ("http:///bid", "has no host"),
+        ("http://probe.example/ bid", "spaces or control characters"),
+        ("http://" + "p" * 9000, "longer than"),
+    ],
+)
+def test_probe_url_is_checked_as_every_http_url(url: str, why: str) -> None:
+    with pytest.raises(ValidationError, match=why):
+        ExternalProbeSettings.model_validate({"url": url})
+
+
 # ---------------------------------------------------------------------------
 # Settings and assembly
 # ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ __all__ = [
     "LABEL_NODE",
     "container_name",
     "container_spec",
+    "gpu_request",
     "output_dirs",
     "port_bindings",
 ]
@@ -36,6 +37,16 @@ def output_dirs(request: RunCommandRequest) -> list[Path]:
     """The host directories of the request's named outputs (under its results dir)."""
     assert request.results_dir is not None, "the runner refuses requests without results_dir"
     return [request.results_dir / o.name for o in request.outputs]
+
+
+def gpu_request(count: int, devices: list[str]) -> docker.types.DeviceRequest:
+    """The device request for a job's GPUs: the devices the node allocated, by id (CDI names through
+    the CDI driver); by count only when no ids were given (an executor used without a node)."""
+    if not devices:
+        return docker.types.DeviceRequest(count=count, capabilities=[["gpu"]])
+    if all("=" in d and "/" in d.split("=", 1)[0] for d in devices):  # vendor.com/class=name
+        return docker.types.DeviceRequest(driver="cdi", device_ids=list(devices))
+    return docker.types.DeviceRequest(device_ids=list(devices), capabilities=[["gpu"]])
 
 
 def port_bindings(request: RunCommandRequest) -> dict[str, tuple[str, int]]:
@@ -86,7 +97,7 @@ def container_spec(
     if config.cap_drop:
         host_config["cap_drop"] = list(config.cap_drop)
     if res.gpu:
-        host_config["device_requests"] = [docker.types.DeviceRequest(count=res.gpu, capabilities=[["gpu"]])]
+        host_config["device_requests"] = [gpu_request(res.gpu, request.gpu_devices)]
     bindings = port_bindings(request)
     if bindings:
         host_config["port_bindings"] = bindings

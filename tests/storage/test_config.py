@@ -156,3 +156,35 @@ async def test_the_file_reaches_the_s3_publisher(tmp_path: Path) -> None:
         "publishing to s3://bkt/job-1/exec-1/ failed: the endpoint http://elsewhere.example:9000 is not one this "
         f"node uses (allowed: {MINIO})"
     ]
+
+
+def test_allowed_buckets_and_endpoints_per_direction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "haddock.toml"
+    cfg.write_text(
+        TOML.replace("max_objects = 5", 'max_objects = 5\nallowed_buckets = ["datasets", "shared-*"]')
+        + 'allowed_endpoints = ["https://results.example"]\n'
+    )
+    monkeypatch.setenv("HADDOCK_STORAGE__S3__PUBLISH__ALLOWED_BUCKETS", '["results-*"]')
+    s3 = load_settings(cfg).storage.s3
+    assert s3.inputs.allowed_buckets == ("datasets", "shared-*")
+    assert s3.publish.allowed_buckets == ("results-*",)
+    assert s3.bucket_refusal("datasets") is None and s3.bucket_refusal("shared-2024") is None
+    assert s3.bucket_refusal("results-a") == (
+        "the bucket 'results-a' is not one this node reads inputs from (allowed: datasets, shared-*)"
+    )
+    assert s3.bucket_refusal("results-a", publish=True) is None
+    assert s3.bucket_refusal("datasets", publish=True) == (
+        "the bucket 'datasets' is not one this node publishes to (allowed: results-*)"
+    )
+    # inputs use the shared endpoint list; publishing has its own
+    assert s3.allows_endpoint(MINIO) and not s3.allows_endpoint("https://results.example")
+    assert s3.allows_endpoint("https://results.example", publish=True) and not s3.allows_endpoint(MINIO, publish=True)
+    assert set(s3.trusted_endpoints()) == {MINIO, "https://results.example"}
+    # unset: any bucket (the node's credentials decide)
+    assert StorageSettings().s3.bucket_refusal("anything") is None
+
+
+@pytest.mark.parametrize("pattern", ["", "a/b", "bucket name", "s3://bucket"])
+def test_bad_bucket_patterns_are_refused(pattern: str) -> None:
+    with pytest.raises(ValidationError, match="must be a bucket name or a glob of one"):
+        StorageSettings.model_validate({"s3": {"inputs": {"allowed_buckets": [pattern]}}})

@@ -29,6 +29,7 @@ from haddock.executor.publishers import (
     parse_publisher,
 )
 from haddock.storage.config import S3PublishSettings, S3Settings
+from haddock.storage.netpolicy import AddressPolicy
 from haddock.storage.publish import (
     ARCHIVE_NAME,
     LocalPublisher,
@@ -43,6 +44,8 @@ from haddock.storage.publish_s3 import S3Publisher
 
 MiB = 1024**2
 BIG = bytes(range(256)) * (5 * MiB // 256) + b"tail" * 31  # 5 MiB + 124 bytes: two parts of a multipart upload
+
+LOOPBACK = AddressPolicy(allow_private=True)  # moto is on 127.0.0.1
 
 FAST = S3Settings(
     attempts=3,
@@ -131,7 +134,7 @@ def leftovers_beside(results: Path) -> list[str]:
 
 @pytest.fixture
 async def publisher(s3_endpoint: str) -> AsyncIterator[S3Publisher]:
-    p = S3Publisher(FAST)
+    p = S3Publisher(FAST, policy=LOOPBACK)
     yield p
     await p.aclose()
 
@@ -470,7 +473,9 @@ async def test_a_retry_does_not_upload_again_what_was_done(
 ) -> None:
     results = make_results(tmp_path, big=False)
     proxy = proxy_factory({3})  # PUT 1, HEAD 1, then the second file's PUT fails
-    p = S3Publisher(FAST.model_copy(update={"publish": FAST.publish.model_copy(update={"parallel_uploads": 1})}))
+    p = S3Publisher(
+        FAST.model_copy(update={"publish": FAST.publish.model_copy(update={"parallel_uploads": 1})}), policy=LOOPBACK
+    )
     try:
         published = await p.publish(s3_spec(proxy.url, bucket), ctx_for(results))
     finally:
@@ -512,7 +517,7 @@ async def test_publish_all_reports_each_outcome(s3_endpoint: str, s3_client: Any
         s3_spec(s3_endpoint, bucket, key="{execution_id}"),
         s3_spec(s3_endpoint, "missing-bucket-x"),
     ]
-    published, errors = await publish_all(specs, ctx_for(results), s3=FAST)
+    published, errors = await publish_all(specs, ctx_for(results), s3=FAST, policy=LOOPBACK)
     assert [p.spec for p in published] == specs[:2]
     assert published[1].location == f"s3://{bucket}/exec-1/" and published[1].objects == 4
     assert errors == [
@@ -544,3 +549,30 @@ def test_dots_inside_a_name_are_fine() -> None:
         job_id="a..b", execution_id="e..1", node_id="n", results_dir=Path("/tmp"), when=datetime(2026, 1, 2, tzinfo=UTC)
     )
     assert render_key("{job_id}/{execution_id}/", ctx) == "a..b/e..1/"
+
+
+async def test_buckets_can_be_restricted(s3_endpoint: str, bucket: str, tmp_path: Path) -> None:
+    settings = FAST.model_copy(update={"publish": S3PublishSettings(allowed_buckets=("results", "team-*"))})
+    p = S3Publisher(settings, policy=LOOPBACK)
+    try:
+        with pytest.raises(PublishError) as refused:
+            await p.publish(s3_spec(s3_endpoint, bucket), ctx_for(make_results(tmp_path, big=False)))
+    finally:
+        await p.aclose()
+    assert str(refused.value).endswith(
+        f"failed: the bucket {bucket!r} is not one this node publishes to (allowed: results, team-*)"
+    )
+
+
+async def test_private_endpoints_are_refused_before_any_request(bucket: str, tmp_path: Path) -> None:
+    from tests.storage.conftest import HttpServer
+
+    server = HttpServer()
+    p = S3Publisher(FAST)  # the real policy
+    try:
+        with pytest.raises(PublishError, match=r"failed: the S3 endpoint .* which is not a public address"):
+            await p.publish(s3_spec(f"http://127.0.0.1:{server.port}", bucket), ctx_for(make_results(tmp_path)))
+    finally:
+        await p.aclose()
+        server.close()
+    assert sum(server.counts.values()) == 0

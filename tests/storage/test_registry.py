@@ -18,6 +18,7 @@ from haddock.storage.cache import ContentCache
 from haddock.storage.config import LocalRoot, StorageSettings, UrlSettings
 from haddock.storage.inline import InlineStorage
 from haddock.storage.local import LocalStorage
+from haddock.storage.netpolicy import AddressPolicy
 from haddock.storage.provider import PreparedVolume, StorageError, StorageRegistry
 from haddock.storage.url import UrlStorage
 from tests.storage.conftest import Handler, HttpServer, leftovers
@@ -40,7 +41,7 @@ async def registry(tmp_path: Path, data_dir: Path) -> AsyncIterator[StorageRegis
         [
             InlineStorage(),
             LocalStorage([LocalRoot(path=data_dir)]),
-            UrlStorage(cache, UrlSettings(attempts=1, trust_env=False)),
+            UrlStorage(cache, UrlSettings(attempts=1, trust_env=False), policy=AddressPolicy(allow_private=True)),
         ]
     )
     yield reg

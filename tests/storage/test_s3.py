@@ -14,9 +14,12 @@ from haddock.executor.errors import ErrorCode
 from haddock.executor.sources import S3Source
 from haddock.storage.cache import ContentCache
 from haddock.storage.config import S3InputSettings, S3Settings
+from haddock.storage.netpolicy import AddressPolicy
 from haddock.storage.provider import StorageError
 from haddock.storage.s3 import S3Storage, relative_paths
 from tests.storage.conftest import leftovers, tree
+
+LOOPBACK = AddressPolicy(allow_private=True)  # moto is on 127.0.0.1
 
 
 @pytest.fixture
@@ -26,14 +29,14 @@ def cache(tmp_path: Path) -> ContentCache:
 
 @pytest.fixture
 async def s3(s3_endpoint: str, cache: ContentCache) -> AsyncIterator[S3Storage]:
-    s = S3Storage(cache, S3Settings(attempts=2, inputs=S3InputSettings(max_bytes=100_000)))
+    s = S3Storage(cache, S3Settings(attempts=2, inputs=S3InputSettings(max_bytes=100_000)), policy=LOOPBACK)
     yield s
     await s.aclose()
 
 
 @pytest.fixture
 async def s3_nocache(s3_endpoint: str) -> AsyncIterator[S3Storage]:
-    s = S3Storage(None, S3Settings(attempts=2, inputs=S3InputSettings(max_bytes=100_000)))
+    s = S3Storage(None, S3Settings(attempts=2, inputs=S3InputSettings(max_bytes=100_000)), policy=LOOPBACK)
     yield s
     await s.aclose()
 
@@ -192,7 +195,7 @@ async def test_size_cap(s3: S3Storage, s3_client: Any, s3_endpoint: str, bucket:
     assert err.value.code is ErrorCode.RESOURCE_EXHAUSTED
     for i in range(3):
         s3_client.put_object(Bucket=bucket, Key=f"many/{i}", Body=b"x")
-    few = S3Storage(None, S3Settings(inputs=S3InputSettings(max_objects=2)))
+    few = S3Storage(None, S3Settings(inputs=S3InputSettings(max_objects=2)), policy=LOOPBACK)
     try:
         with pytest.raises(StorageError, match="has more than 2 objects, the limit for one S3 input"):
             await few.prepare_storage(source(s3_endpoint, bucket, prefix="many/"), tmp_path / "work")
@@ -219,3 +222,32 @@ async def test_concurrent_prepares_share_one_download(
     assert len({v.host_path for v in vols}) == 1
     assert [v.lease.hit for v in vols if v.lease].count(False) == 1
     assert len(cache.keys()) == 1 and cache.total_bytes == 2000
+
+
+async def test_buckets_can_be_restricted(s3_endpoint: str, s3_client: Any, bucket: str, tmp_path: Path) -> None:
+    s3_client.put_object(Bucket=bucket, Key="k", Body=b"data")
+    s = S3Storage(None, S3Settings(inputs=S3InputSettings(allowed_buckets=("datasets-*",))), policy=LOOPBACK)
+    try:
+        with pytest.raises(StorageError) as refused:
+            await s.get_volume_size(source(s3_endpoint, bucket, key="k"))
+        assert str(refused.value) == (
+            f"s3 input s3://{bucket}/k is refused: the bucket {bucket!r} is not one this node reads inputs from "
+            "(allowed: datasets-*)"
+        )
+        assert refused.value.code is ErrorCode.FAILED_PRECONDITION
+    finally:
+        await s.aclose()
+
+
+async def test_private_endpoints_are_refused_before_any_request(bucket: str, tmp_path: Path) -> None:
+    from tests.storage.conftest import HttpServer
+
+    server = HttpServer()  # stands in for an S3 server on the node's network
+    s = S3Storage(None, S3Settings(attempts=1))  # the real policy
+    try:
+        with pytest.raises(StorageError, match=r"cannot be fetched: the S3 endpoint .* which is not a public address"):
+            await s.prepare_storage(source(f"http://127.0.0.1:{server.port}", bucket, key="k"), tmp_path / "work")
+    finally:
+        await s.aclose()
+        server.close()
+    assert sum(server.counts.values()) == 0

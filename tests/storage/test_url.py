@@ -14,12 +14,15 @@ from haddock.executor.errors import ErrorCode
 from haddock.executor.sources import UrlSource
 from haddock.storage.cache import ContentCache
 from haddock.storage.config import UrlSettings
+from haddock.storage.netpolicy import AddressPolicy
 from haddock.storage.provider import StorageError
 from haddock.storage.url import UrlStorage, file_name_for, safe_file_name
 from tests.storage.conftest import Handler, HttpServer, leftovers
 
 BODY = b"col1,col2\n" + b"1,2\n" * 1000
 ETAG = '"v1"'
+
+LOOPBACK = AddressPolicy(allow_private=True)  # the test servers are on 127.0.0.1
 
 FAST = UrlSettings(
     max_bytes=64 * 1024,
@@ -36,7 +39,7 @@ FAST = UrlSettings(
 
 @pytest.fixture
 async def storage() -> AsyncIterator[UrlStorage]:
-    s = UrlStorage(None, FAST)
+    s = UrlStorage(None, FAST, policy=LOOPBACK)
     yield s
     await s.aclose()
 
@@ -48,7 +51,7 @@ def cache(tmp_path: Path) -> ContentCache:
 
 @pytest.fixture
 async def cached(cache: ContentCache) -> AsyncIterator[UrlStorage]:
-    s = UrlStorage(cache, FAST)
+    s = UrlStorage(cache, FAST, policy=LOOPBACK)
     yield s
     await s.aclose()
 
@@ -211,7 +214,9 @@ async def test_read_timeout_is_retried_then_reported(http_server: HttpServer, tm
         time.sleep(1.0)
 
     url = http_server.add(stall, "stall")
-    s = UrlStorage(None, UrlSettings(read_timeout=0.2, attempts=2, backoff_initial=0.01, trust_env=False))
+    s = UrlStorage(
+        None, UrlSettings(read_timeout=0.2, attempts=2, backoff_initial=0.01, trust_env=False), policy=LOOPBACK
+    )
     try:
         with pytest.raises(StorageError, match=r"timed out \(ReadTimeout\) \(gave up after 2 attempts\)") as err:
             await s.prepare_storage(src(url), tmp_path / "work")
@@ -224,7 +229,7 @@ async def test_read_timeout_is_retried_then_reported(http_server: HttpServer, tm
 
 async def test_total_timeout(http_server: HttpServer, tmp_path: Path) -> None:
     url = http_server.add(static(pieces=20, delay=0.1), "slow")  # type: ignore[arg-type]
-    s = UrlStorage(None, UrlSettings(total_timeout=0.3, trust_env=False))
+    s = UrlStorage(None, UrlSettings(total_timeout=0.3, trust_env=False), policy=LOOPBACK)
     try:
         with pytest.raises(StorageError, match=r"could not be downloaded within the total timeout of 300ms"):
             await s.prepare_storage(src(url), tmp_path / "work")
@@ -234,7 +239,7 @@ async def test_total_timeout(http_server: HttpServer, tmp_path: Path) -> None:
 
 
 async def test_connection_refused(tmp_path: Path) -> None:
-    s = UrlStorage(None, UrlSettings(attempts=2, backoff_initial=0.01, trust_env=False))
+    s = UrlStorage(None, UrlSettings(attempts=2, backoff_initial=0.01, trust_env=False), policy=LOOPBACK)
     try:
         # port 9 (discard) on loopback: nothing listens there
         with pytest.raises(StorageError, match=r"ConnectError.*\(gave up after 2 attempts\)") as err:
