@@ -19,7 +19,7 @@ can be added without touching the node.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -107,6 +107,8 @@ class JobBuilder(Protocol):
 @runtime_checkable
 class Executor(Protocol):
     logs: LogStore  # every execution's output, kept after it ends
+    # Set by whoever routes requests to services: called with a service's id before a cancel stops it.
+    before_stop: Callable[[str], Awaitable[None]] | None
 
     async def is_installed(self) -> bool:
         """Whether the engine behind this executor answers."""

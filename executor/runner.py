@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,9 @@ class Runner:
         self._result_publisher = result_publisher
         self._stats_sink = stats_sink
         self.job_builder = job_builder  # builds jobs of job types (request.job); the node sets it
+        # Called with a service's execution id when a cancel is about to stop its container, so that
+        # whoever routes requests to it (the node's gateway) stops and lets those in flight end first.
+        self.before_stop: Callable[[str], Awaitable[None]] | None = None
         self._records: dict[str, ExecutionRecord] = {}
         self._running: dict[str, Execution] = {}
         self._starting: dict[str, asyncio.Future[None]] = {}  # starts under way (creating the log)

@@ -163,6 +163,9 @@ class ServicesSettings(BaseModel):
     gateway_read_timeout: DurationSeconds = Field(
         default=300.0, gt=0, description="a service's silence before the gateway answers 504"
     )
+    gateway_drain: DurationSeconds = Field(
+        default=5.0, ge=0, description="a cancelled service's requests in flight get this long before it is stopped"
+    )
 
     @field_validator("publish_address")
     @classmethod

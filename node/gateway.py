@@ -18,6 +18,8 @@ the next ready one (nothing was sent yet), so stopping one replica loses no requ
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import hmac
 import itertools
 import logging
@@ -86,6 +88,10 @@ def _routed_port(ports: tuple[ServicePort, ...] | list[ServicePort], probe_port:
     return ports[0] if ports else None
 
 
+class _NextTarget(Exception):
+    """Nothing was sent to this execution: the next one may answer (the message says why not this one)."""
+
+
 class Gateway:
     """Routes HTTP to the node's ready services. :meth:`start` binds; :meth:`stop` closes."""
 
@@ -94,6 +100,9 @@ class Gateway:
         self.settings = settings
         self._token = token.encode() if token else None
         self._turns: dict[str, itertools.count[int]] = {}
+        self._in_flight: collections.Counter[str] = collections.Counter()  # requests being proxied, by execution
+        self._draining: set[str] = set()  # executions being stopped: no new request goes to them
+        self._drained = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._timeout = aiohttp.ClientTimeout(
@@ -204,6 +213,8 @@ class Gateway:
         return chosen[turn:] + chosen[:turn]
 
     def _ready_target(self, execution_id: str, ports: tuple[ServicePort, ...]) -> Target | None:
+        if execution_id in self._draining:
+            return None
         record = self.node.live_record(execution_id)
         if record is None or record.state is not ExecutionState.READY or record.request.service is None:
             return None
@@ -255,36 +266,63 @@ class Gateway:
         body = request.content if request.body_exists else None
         last_error = ""
         for target in targets:
+            self._in_flight[target.execution_id] += 1
             try:
-                upstream = await self._session.request(
-                    request.method,
-                    target.url(path, request.query_string),
-                    headers=headers,
-                    data=body,
-                    allow_redirects=False,
-                    timeout=self._timeout,
-                )
-            except aiohttp.ClientConnectorError as exc:
-                # Nothing was sent: the next ready execution of the service may answer.
-                last_error = f"execution {target.execution_id!r} refused the connection ({exc.os_error or exc})"
-                continue
-            except TimeoutError:
-                return _json_error(
-                    504,
-                    f"execution {target.execution_id!r} did not answer within {self.settings.gateway_read_timeout:g}s",
-                    execution_id=target.execution_id,
-                )
-            except aiohttp.ClientError as exc:
-                return _json_error(
-                    502,
-                    f"execution {target.execution_id!r} failed the request: {exc}",
-                    execution_id=target.execution_id,
-                )
-            try:
-                return await self._relay(request, upstream, target)
+                return await self._attempt(request, target, headers, path, body)
+            except _NextTarget as exc:
+                last_error = str(exc)
             finally:
-                upstream.release()
+                self._in_flight[target.execution_id] -= 1
+                if not self._in_flight[target.execution_id]:
+                    del self._in_flight[target.execution_id]
+                    async with self._drained:
+                        self._drained.notify_all()
         return _json_error(502, last_error or "no execution answered")
+
+    async def _attempt(
+        self, request: web.Request, target: Target, headers: dict[str, str], path: str, body: Any
+    ) -> web.StreamResponse:
+        """One try at one execution; _NextTarget when nothing was sent and the next one may answer."""
+        assert self._session is not None
+        try:
+            upstream = await self._session.request(
+                request.method,
+                target.url(path, request.query_string),
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=self._timeout,
+            )
+        except aiohttp.ClientConnectorError as exc:
+            # Nothing was sent: the next ready execution of the service may answer.
+            raise _NextTarget(
+                f"execution {target.execution_id!r} refused the connection ({exc.os_error or exc})"
+            ) from None
+        except TimeoutError:
+            return _json_error(
+                504,
+                f"execution {target.execution_id!r} did not answer within {self.settings.gateway_read_timeout:g}s",
+                execution_id=target.execution_id,
+            )
+        except aiohttp.ClientError as exc:
+            return _json_error(
+                502,
+                f"execution {target.execution_id!r} failed the request: {exc}",
+                execution_id=target.execution_id,
+            )
+        try:
+            return await self._relay(request, upstream, target)
+        finally:
+            upstream.release()
+
+    async def drain(self, execution_id: str) -> None:
+        """Route nothing more to the execution (it is being stopped) and wait, at most
+        ``gateway_drain``, for the requests in flight to it to end."""
+        self._draining.add(execution_id)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.gateway_drain):
+                async with self._drained:
+                    await self._drained.wait_for(lambda: not self._in_flight[execution_id])
 
     async def _relay(
         self, request: web.Request, upstream: aiohttp.ClientResponse, target: Target

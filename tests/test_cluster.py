@@ -253,7 +253,7 @@ async def test_nats_restart_nodes_reconnect_and_lose_nothing(cluster: Cluster) -
     await asyncio.sleep(3)  # the jobs end while the server is away
     await cluster.nats.start()
     await orch.wait_for(
-        lambda: all(connected(orch, n) and orch.nodes[n].handshakes > handshakes[n] for n in ids), 30, "reconnects"
+        lambda: all(connected(orch, n) and orch.nodes[n].handshakes > handshakes[n] for n in ids), 90, "reconnects"
     )
     await orch.wait_for(lambda: all(e in orch.results for e in jobs), 60, "results after the NATS restart")
     for exec_id in jobs:
