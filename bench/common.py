@@ -368,7 +368,7 @@ the time or memory goes, from py-spy profiles of the node's processes (taken whe
 benchmarks run and say that no profile was taken). The whole run takes about 10 minutes on a
 2-core machine; its nodes take the run's token as their node id, every container it creates carries
 that id and an execution id starting with it, and is removed at the end (also on failure or
-SIGTERM). The `code` row says "uncommitted changes" when the measured tree differs from its commit.
+SIGTERM). The `code` row names the commit measured, and every file in which the measured tree differed from it.
 An "Analysis" section below the results, if any, is written by hand and is kept.
 
 """
