@@ -63,8 +63,8 @@ from haddock.executor.docker.capture_attach import EngineAddress, engine_address
 from haddock.executor.docker.stream import Demuxer, StreamProtocolError, coalesce
 from haddock.executor.logcap import LogCap
 from haddock.executor.logstore import LogNotFound, LogStore, LogWriter
-from haddock.executor.models import StreamType
 from haddock.executor.results import STDERR_FILE, STDOUT_FILE, ResultFileFiller
+from haddock.executor.streams import StreamType
 
 __all__ = [
     "LOCK_NAME",
