@@ -5,34 +5,39 @@ Modules: ``models`` (requests, results, events, records, log queries), ``sources
 ``protocol`` (the Executor contract), ``driver`` (what an engine's driver provides), ``runner`` (the
 engine-independent lifecycle), ``logstore``, ``results``, ``outputs``; ``docker`` (the Docker driver).
 
-Importing this package loads only the light, pure part (models and errors): the requester side uses
-it without the engine, the store or the network libraries.
+Names are imported on first use (``from haddock.executor import RunCommandRequest`` loads the models):
+importing a module of this package loads no more than that module needs, so that the node's capture
+process, which uses the log store and ``streams`` only, never loads pydantic or the models.
 """
 
 from __future__ import annotations
 
-from haddock.executor.errors import (
-    ErrorCode,
-    ExecutionAlreadyComplete,
-    ExecutionAlreadyStarted,
-    ExecutionNotFound,
-    ExecutionRefused,
-    ExecutorError,
-    InvalidSpec,
-)
-from haddock.executor.models import (
-    BidResult,
-    EventKind,
-    ExecutionEvent,
-    ExecutionRecord,
-    ExecutionState,
-    LogQuery,
-    Resources,
-    ResultStatus,
-    RunCommandRequest,
-    RunCommandResult,
-    StreamType,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from haddock.executor.errors import (
+        ErrorCode,
+        ExecutionAlreadyComplete,
+        ExecutionAlreadyStarted,
+        ExecutionNotFound,
+        ExecutionRefused,
+        ExecutorError,
+        InvalidSpec,
+    )
+    from haddock.executor.models import (
+        BidResult,
+        EventKind,
+        ExecutionEvent,
+        ExecutionRecord,
+        ExecutionState,
+        LogQuery,
+        Resources,
+        ResultStatus,
+        RunCommandRequest,
+        RunCommandResult,
+    )
+    from haddock.executor.streams import StreamType
 
 __all__ = [
     "BidResult",
@@ -54,3 +59,43 @@ __all__ = [
     "RunCommandResult",
     "StreamType",
 ]
+
+_WHERE = {
+    **dict.fromkeys(
+        [
+            "ErrorCode",
+            "ExecutionAlreadyComplete",
+            "ExecutionAlreadyStarted",
+            "ExecutionNotFound",
+            "ExecutionRefused",
+            "ExecutorError",
+            "InvalidSpec",
+        ],
+        "errors",
+    ),
+    **dict.fromkeys(
+        [
+            "BidResult",
+            "EventKind",
+            "ExecutionEvent",
+            "ExecutionRecord",
+            "ExecutionState",
+            "LogQuery",
+            "Resources",
+            "ResultStatus",
+            "RunCommandRequest",
+            "RunCommandResult",
+        ],
+        "models",
+    ),
+    "StreamType": "streams",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from haddock.executor import logcap
-from haddock.executor.models import StreamType
+from haddock.executor.streams import StreamType
 
 MAGIC = 0xAD
 END_STREAM = 0xFF

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from haddock.executor._logformat import FRAME_OVERHEAD, HEADER, MAGIC, MAX_FRAME_DATA, TRAILER, end_frame
 from haddock.executor.errors import shown
 from haddock.executor.logcap import LogBudget, LogCap, data_that_fits, frame_bytes
-from haddock.executor.models import StreamType
+from haddock.executor.streams import StreamType
 
 if TYPE_CHECKING:
     from haddock.executor.logstore import LogStore

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from haddock.executor.logstore import LogWriter
-from haddock.executor.models import BidResult, ExecutionRecord, InputVolume, Resources, RunCommandRequest, StreamType
+from haddock.executor.models import BidResult, ExecutionRecord, InputVolume, Resources, RunCommandRequest
 from haddock.executor.results import CapturedFile
 from haddock.executor.stats import Stat
+from haddock.executor.streams import StreamType
 
 __all__ = ["ContainerHandle", "Driver", "ExitStatus", "ImageReady", "ProgressSink"]
 

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from haddock.executor.models import OutputLimits, StreamType
 from haddock.executor.quantity import MiB
+from haddock.executor.streams import StreamType
+
+if TYPE_CHECKING:
+    from haddock.executor.models import OutputLimits  # a type only: the capture process loads no pydantic
 
 __all__ = ["FRAME_OVERHEAD", "MAX_FRAME_DATA", "LogBudget", "LogCap", "data_that_fits", "frame_bytes"]
 

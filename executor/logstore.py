@@ -65,7 +65,7 @@ from haddock.executor._logwriter import LogWriter
 from haddock.executor._remotelog import RemoteLog
 from haddock.executor.errors import shown
 from haddock.executor.logcap import LogBudget, LogCap
-from haddock.executor.models import StreamType
+from haddock.executor.streams import StreamType
 
 __all__ = [
     "END_STREAM",

@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,6 +31,9 @@ from haddock.executor.publishers import PublisherSpec
 from haddock.executor.quantity import GiB, KiB, MiB, TiB, format_bytes, parse_bytes, parse_cpu, parse_duration
 from haddock.executor.sources import InputSource
 from haddock.executor.stats import StatsSummary
+
+# (`as StreamType`: node/client/cli.py still imports it from here; it lives in executor/streams.py, without pydantic)
+from haddock.executor.streams import StreamType as StreamType
 
 RESERVED_ENV_PREFIX = "HADDOCK_"
 """Environment names with this prefix are set by the node; a request may not set them."""
@@ -81,13 +84,6 @@ class _Model(BaseModel):
 # ---------------------------------------------------------------------------
 # Enumerations
 # ---------------------------------------------------------------------------
-
-
-class StreamType(IntEnum):
-    """Which output stream a chunk of log data came from (values match Docker's multiplexing)."""
-
-    STDOUT = 1
-    STDERR = 2
 
 
 @dataclass(frozen=True)

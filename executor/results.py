@@ -35,9 +35,12 @@ import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from haddock.executor.models import OutputLimits, StreamType
+from haddock.executor.streams import StreamType
+
+if TYPE_CHECKING:
+    from haddock.executor.models import OutputLimits  # a type only: the capture process loads no pydantic
 
 __all__ = [
     "EXIT_CODE_FILE",

@@ -33,13 +33,13 @@ from haddock.executor.models import (
     RestartPolicy,
     ResultStatus,
     ServiceSpec,
-    StreamType,
     utcnow,
 )
 from haddock.executor.prepare import prepare_image
 from haddock.executor.probes import Prober
 from haddock.executor.quantity import format_bytes, format_duration
 from haddock.executor.settle import decide_status
+from haddock.executor.streams import StreamType
 from haddock.executor.supervise import supervise
 
 if TYPE_CHECKING:

@@ -19,12 +19,12 @@ from haddock.executor.models import (
     ResultStatus,
     RunCommandRequest,
     RunCommandResult,
-    StreamType,
     utcnow,
 )
 from haddock.executor.quantity import format_bytes, format_duration
 from haddock.executor.results import remove_capture_files, write_job_results
 from haddock.executor.stats import StatsSummary
+from haddock.executor.streams import StreamType
 
 if TYPE_CHECKING:
     from haddock.executor._execution import Execution

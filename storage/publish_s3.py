@@ -33,6 +33,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from haddock.executor.publishers import LocalPublisherSpec, S3PublisherSpec, describe_publisher
 from haddock.executor.quantity import format_bytes, format_duration
+from haddock.storage._s3client import S3Clients, error_parts
 from haddock.storage.config import S3Settings
 from haddock.storage.netpolicy import AddressPolicy, AddressRefused
 from haddock.storage.provider import backoff, run_blocking
@@ -106,21 +107,13 @@ def _client_error(exc: BaseException) -> BaseException:
     return exc
 
 
-def _status(exc: botocore.exceptions.ClientError) -> tuple[str, str, int]:
-    err: dict[str, Any] = dict(exc.response.get("Error", {}))
-    code = str(err.get("Code", ""))
-    message = str(err.get("Message", "")) or code
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-    return code, message, status
-
-
 def is_transient(exc: BaseException) -> bool:
     """Worth another attempt: connection errors and timeouts, 5xx, 408, 429, throttling, a size mismatch."""
     exc = _client_error(exc)
     if isinstance(exc, _TRANSIENT_TYPES):
         return True
     if isinstance(exc, botocore.exceptions.ClientError):
-        code, _message, status = _status(exc)
+        code, _message, status = error_parts(exc)
         return status >= 500 or status in (408, 429) or code in _TRANSIENT_CODES
     return False
 
@@ -131,7 +124,7 @@ def describe_s3_error(exc: BaseException, bucket: str) -> str:
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return "no AWS credentials were found (environment, shared credentials file or instance profile)"
     if isinstance(exc, botocore.exceptions.ClientError):
-        code, message, status = _status(exc)
+        code, message, status = error_parts(exc)
         if code == "NoSuchBucket":
             return f"the bucket {bucket!r} does not exist"
         if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"):
@@ -206,17 +199,20 @@ class S3Publisher:
     ) -> None:
         self.config = config or S3Settings()
         self.policy = policy or AddressPolicy()
-        self._session = session
-        self._clients: dict[tuple[str | None, str | None], S3Client] = {}
-        self._client_lock = threading.Lock()
+        c = self.config
+        self._clients = S3Clients(
+            c,
+            self.policy,
+            session,
+            retries={"total_max_attempts": max(1, c.publish.request_attempts), "mode": "standard"},
+            max_pool_connections=max(10, c.publish.parallel_uploads * (c.publish.max_concurrency + 1)),
+        )
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.config.publish.parallel_uploads + 2, thread_name_prefix="haddock-publish"
         )
 
     async def aclose(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            client.close()
+        self._clients.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def publish(self, spec: LocalPublisherSpec | S3PublisherSpec, ctx: PublishContext) -> Published:
@@ -327,28 +323,4 @@ class S3Publisher:
     async def _client(self, spec: S3PublisherSpec) -> S3Client:
         region = spec.region or self.config.region
         endpoint = spec.endpoint_url or self.config.endpoint_url
-        client = self._clients.get((region, endpoint))
-        if client is None:
-            client = await run_blocking(self._make_client, region, endpoint)
-        return client
-
-    def _make_client(self, region: str | None, endpoint: str | None) -> S3Client:
-        c = self.config
-        with self._client_lock:  # boto3 sessions are not thread-safe
-            existing = self._clients.get((region, endpoint))
-            if existing is not None:
-                return existing
-            if self._session is None:
-                self._session = boto3.session.Session()
-            cfg = botocore.config.Config(
-                region_name=region,
-                retries={"total_max_attempts": max(1, c.publish.request_attempts), "mode": "standard"},
-                connect_timeout=c.connect_timeout,
-                read_timeout=c.read_timeout,
-                max_pool_connections=max(10, c.publish.parallel_uploads * (c.publish.max_concurrency + 1)),
-                s3={"addressing_style": "path"} if endpoint else {},
-            )
-            client = self._session.client("s3", endpoint_url=endpoint, config=cfg)
-            client.meta.events.register("before-send", self.policy.boto_hook("S3 endpoint", c.trusted_endpoints()))
-            self._clients[(region, endpoint)] = client
-            return client
+        return await self._clients.get(region, endpoint)

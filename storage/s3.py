@@ -23,18 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import functools
-import hashlib
 import logging
-import os
 import re
 import threading
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import boto3
 import botocore.config
@@ -44,6 +39,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from haddock.executor.errors import ErrorCode
 from haddock.executor.quantity import format_bytes, format_duration
 from haddock.executor.sources import S3Source
+from haddock.storage._s3client import S3Clients
+from haddock.storage._s3fetch import STREAM_TRANSIENT, S3Object, TooBig, get_object, translate_error, wait_thread
 from haddock.storage.cache import ContentCache, s3_object_key, s3_prefix_key
 from haddock.storage.config import S3Settings
 from haddock.storage.netpolicy import AddressPolicy, AddressRefused
@@ -65,28 +62,6 @@ log = logging.getLogger("haddock.storage.s3")
 T = TypeVar("T")
 DEFAULT_OBJECT_NAME = "object"
 
-_STREAM_TRANSIENT = (
-    botocore.exceptions.HTTPClientError,
-    botocore.exceptions.ConnectionError,
-    botocore.exceptions.IncompleteReadError,
-)
-
-
-@dataclass(frozen=True)
-class S3Object:
-    key: str
-    etag: str
-    size: int
-    version_id: str | None = None
-
-
-class _TooBig(Exception):
-    pass
-
-
-class _Stopped(Exception):
-    pass
-
 
 class S3Storage:
     source_type = "s3"
@@ -102,17 +77,19 @@ class S3Storage:
         self.cache = cache
         self.config = config or S3Settings()
         self.policy = policy or AddressPolicy()
-        self._session = session
-        self._clients: dict[tuple[str | None, str | None], S3Client] = {}
-        self._client_lock = threading.Lock()
+        self._clients = S3Clients(
+            self.config,
+            self.policy,
+            session,
+            retries={"max_attempts": self.config.attempts, "mode": "standard"},
+            max_pool_connections=max(10, self.config.inputs.parallel_downloads * 2),
+        )
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.config.inputs.parallel_downloads + 4, thread_name_prefix="haddock-s3"
         )
 
     async def aclose(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            client.close()
+        self._clients.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ---------------------------------------------------------------------------------- the protocol
@@ -278,7 +255,7 @@ class S3Storage:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(c.attempts),
             wait=lambda rs: backoff(rs.attempt_number, c.inputs.backoff_initial, c.inputs.backoff_max),
-            retry=retry_if_exception_type(_STREAM_TRANSIENT),
+            retry=retry_if_exception_type(STREAM_TRANSIENT),
             before_sleep=lambda rs: log.warning(
                 "fetching s3://%s/%s failed (attempt %d): %s; retrying",
                 source.bucket,
@@ -294,7 +271,7 @@ class S3Storage:
                     return await self._stoppable(
                         source,
                         functools.partial(
-                            _get_object,
+                            get_object,
                             client,
                             source.bucket,
                             obj,
@@ -304,14 +281,14 @@ class S3Storage:
                             pinned=bool(obj.etag),
                         ),
                     )
-        except _TooBig:
+        except TooBig:
             raise StorageError(
                 source,
                 f"is larger than the size limit of {format_bytes(c.inputs.max_bytes)} for S3 inputs "
                 f"(download aborted at {obj.key!r})",
                 code=ErrorCode.RESOURCE_EXHAUSTED,
             ) from None
-        except _STREAM_TRANSIENT as exc:
+        except STREAM_TRANSIENT as exc:
             raise StorageError(
                 source,
                 f"cannot be fetched: {exc} (object {obj.key!r}, gave up after {c.attempts} attempts)",
@@ -341,39 +318,14 @@ class S3Storage:
                 await self.policy.check_url(source.endpoint_url, "S3 endpoint")
             except AddressRefused as exc:
                 raise StorageError(source, f"cannot be fetched: the {exc}") from None
-        key = (region, endpoint)
-        client = self._clients.get(key)
-        if client is None:
-            client = await run_blocking(self._make_client, region, endpoint)
-        return client
-
-    def _make_client(self, region: str | None, endpoint: str | None) -> S3Client:
-        c = self.config
-        with self._client_lock:  # boto3 sessions are not thread-safe
-            existing = self._clients.get((region, endpoint))
-            if existing is not None:
-                return existing
-            if self._session is None:
-                self._session = boto3.session.Session()
-            cfg = botocore.config.Config(
-                region_name=region,
-                retries={"max_attempts": c.attempts, "mode": "standard"},
-                connect_timeout=c.connect_timeout,
-                read_timeout=c.read_timeout,
-                max_pool_connections=max(10, c.inputs.parallel_downloads * 2),
-                s3={"addressing_style": "path"} if endpoint else {},
-            )
-            client = self._session.client("s3", endpoint_url=endpoint, config=cfg)
-            client.meta.events.register("before-send", self.policy.boto_hook("S3 endpoint", c.trusted_endpoints()))
-            self._clients[(region, endpoint)] = client
-            return client
+        return await self._clients.get(region, endpoint)
 
     async def _call(self, source: S3Source, fn: Callable[[], T]) -> T:
         """A blocking boto3 call in the pool, its errors translated."""
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self._pool, fn)
         try:
-            return await _wait_thread(fut)
+            return await wait_thread(fut)
         except StorageError:
             raise
         except AddressRefused as exc:
@@ -387,68 +339,13 @@ class S3Storage:
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self._pool, fn, stop)
         try:
-            return await _wait_thread(fut, stop)
-        except (_TooBig, StorageError, *_STREAM_TRANSIENT):
+            return await wait_thread(fut, stop)
+        except (TooBig, StorageError, *STREAM_TRANSIENT):
             raise
         except AddressRefused as exc:
             raise StorageError(source, f"cannot be fetched: the {exc}") from None
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise translate_error(source, exc) from None
-
-
-async def _wait_thread(fut: asyncio.Future[T], stop: threading.Event | None = None) -> T:
-    try:
-        return await asyncio.shield(fut)
-    except asyncio.CancelledError:
-        if stop is not None:
-            stop.set()
-        while not fut.done():
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(fut)
-        raise
-
-
-def _get_object(
-    client: S3Client,
-    bucket: str,
-    obj: S3Object,
-    path: Path,
-    cap: int,
-    chunk_size: int,
-    stop: threading.Event,
-    *,
-    pinned: bool,
-) -> tuple[int, str]:
-    """(Runs in a thread.) GET one object into ``path``; the exact version listed or HEADed."""
-    if obj.version_id:
-        resp = client.get_object(Bucket=bucket, Key=obj.key, VersionId=obj.version_id)
-    elif pinned:
-        resp = client.get_object(Bucket=bucket, Key=obj.key, IfMatch=obj.etag)
-    else:
-        resp = client.get_object(Bucket=bucket, Key=obj.key)
-    body = resp["Body"]
-    part = path.with_name(f".part-{uuid.uuid4().hex[:12]}")
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        with open(part, "wb") as f:
-            for chunk in body.iter_chunks(chunk_size):
-                if stop.is_set():
-                    raise _Stopped()
-                size += len(chunk)
-                if size > cap:
-                    raise _TooBig()
-                digest.update(chunk)
-                f.write(chunk)
-        os.chmod(part, 0o444)
-        os.replace(part, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            part.unlink()
-        raise
-    finally:
-        body.close()
-    return size, digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------- pure parts
@@ -492,45 +389,3 @@ def relative_paths(source: S3Source, keys: list[str]) -> dict[str, str]:
             code=ErrorCode.INVALID_ARGUMENT,
         )
     return out
-
-
-def translate_error(source: S3Source, exc: BaseException) -> StorageError:
-    """A StorageError saying plainly what an S3 failure means."""
-    if isinstance(exc, botocore.exceptions.NoCredentialsError):
-        return StorageError(
-            source,
-            "cannot be fetched: no AWS credentials were found (environment, shared credentials file or "
-            "instance profile)",
-        )
-    if isinstance(exc, botocore.exceptions.ClientError):
-        err: dict[str, Any] = dict(exc.response.get("Error", {}))
-        code = str(err.get("Code", ""))
-        message = str(err.get("Message", "")) or code
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-        if code in ("NoSuchBucket",):
-            return StorageError(source, f"cannot be fetched: the bucket {source.bucket!r} does not exist")
-        if code in ("NoSuchVersion",) or (source.version_id and code in ("InvalidArgument", "400")):
-            return StorageError(source, f"cannot be fetched: version {source.version_id!r} does not exist")
-        if source.version_id and code in ("404", "NotFound"):
-            return StorageError(
-                source,
-                f"cannot be fetched: version {source.version_id!r} does not exist (or the key or bucket does not)",
-            )
-        if code in ("404", "NoSuchKey", "NotFound"):
-            return StorageError(source, "does not exist (no such key in the bucket, or no such bucket)")
-        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"):
-            return StorageError(
-                source, f"cannot be fetched: access denied ({message}); check the node's AWS credentials"
-            )
-        if code in ("412", "PreconditionFailed"):
-            return StorageError(
-                source, "changed in the bucket while being fetched; try again", code=ErrorCode.UNAVAILABLE
-            )
-        return StorageError(
-            source,
-            f"cannot be fetched: {code}: {message}",
-            code=ErrorCode.UNAVAILABLE if status >= 500 or status == 429 else ErrorCode.FAILED_PRECONDITION,
-        )
-    if isinstance(exc, _STREAM_TRANSIENT):
-        return StorageError(source, f"cannot be fetched: {exc}", code=ErrorCode.UNAVAILABLE)
-    return StorageError(source, f"cannot be fetched: {type(exc).__name__}: {exc}", code=ErrorCode.UNAVAILABLE)

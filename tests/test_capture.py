@@ -15,7 +15,8 @@ import pytest
 from haddock.executor.docker import DockerConfig, DockerExecutor
 from haddock.executor.docker.capture_proc import LOCK_NAME
 from haddock.executor.logstore import RemoteLog
-from haddock.executor.models import LogQuery, ResultStatus, StreamType
+from haddock.executor.models import LogQuery, ResultStatus
+from haddock.executor.streams import StreamType
 from haddock.node.client import NodeClient
 from tests.conftest import ExecutorFactory, RequestFactory
 from tests.support.daemon import Daemon
@@ -206,6 +207,32 @@ def test_capture_process_does_not_load_docker_py() -> None:
         "sys.exit(1 if {'docker', 'requests', 'grpc'} & set(sys.modules) else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_capture_process_does_not_load_pydantic_or_the_models() -> None:
+    """The capture process (one per node) needs the stream type, the log store and the results filler,
+    not the request models: without pydantic it stays small."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, haddock.executor.docker.capture_proc; "
+        "print(sorted({'pydantic', 'pydantic_core', 'haddock.executor.models'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"
+
+
+async def test_capture_process_captures_without_loading_pydantic(
+    executor_config: DockerConfig, new_executor: ExecutorFactory, make_request: RequestFactory, tmp_path: Path
+) -> None:
+    ex: DockerExecutor = new_executor(executor_config)
+    try:
+        assert (await ex.run(make_request("echo out; echo err >&2"))).stdout == "out\n"
+        maps = Path(f"/proc/{capture_pid(tmp_path / 'logs')}/maps").read_text()
+    finally:
+        await ex.shutdown()
+    assert "pydantic_core" not in maps
 
 
 async def test_capture_process_killed_while_the_daemon_runs(

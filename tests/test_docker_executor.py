@@ -16,16 +16,9 @@ from haddock.executor.errors import (
     ExecutionNotFound,
     ExecutionRefused,
 )
-from haddock.executor.models import (
-    EventKind,
-    ExecutionState,
-    LogQuery,
-    NetworkMode,
-    OutputLimits,
-    ResultStatus,
-    StreamType,
-)
+from haddock.executor.models import EventKind, ExecutionState, LogQuery, NetworkMode, OutputLimits, ResultStatus
 from haddock.executor.protocol import Executor
+from haddock.executor.streams import StreamType
 from tests.conftest import ExecutorFactory, RequestFactory, node_containers
 
 MiB = 1024 * 1024

@@ -28,7 +28,7 @@ from haddock.executor.logstore import (
     LogStore,
     LogWriter,
 )
-from haddock.executor.models import StreamType
+from haddock.executor.streams import StreamType
 
 OUT = StreamType.STDOUT
 ERR = StreamType.STDERR

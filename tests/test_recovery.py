@@ -14,7 +14,8 @@ import grpc
 import pytest
 
 from haddock.executor.docker import DockerConfig
-from haddock.executor.models import EventKind, ExecutionState, LogQuery, ResultStatus, RunCommandRequest, StreamType
+from haddock.executor.models import EventKind, ExecutionState, LogQuery, ResultStatus, RunCommandRequest
+from haddock.executor.streams import StreamType
 from haddock.node.client import NodeClient, NodeError
 from haddock.node.server import start_server
 from haddock.node.store import ExecutionStore, store_path

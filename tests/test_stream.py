@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from haddock.executor.docker.stream import Demuxer, StreamProtocolError
-from haddock.executor.models import StreamType
+from haddock.executor.streams import StreamType
 
 
 def frame(kind: int, payload: bytes) -> bytes:

@@ -27,8 +27,9 @@ from haddock.executor.docker.capture_proc import LOG_NAME, socket_path
 from haddock.executor.errors import ExecutorError
 from haddock.executor.logcap import LogCap
 from haddock.executor.logstore import LogStore, RemoteLog
-from haddock.executor.models import OutputLimits, StreamType
+from haddock.executor.models import OutputLimits
 from haddock.executor.results import STDERR_FILE, STDOUT_FILE, CapturedFile
+from haddock.executor.streams import StreamType
 
 __all__ = ["CaptureClient", "CaptureInfo", "CaptureUnavailable"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from haddock.executor.models import StreamType
+from haddock.executor.streams import StreamType
 
 HEADER = struct.Struct(">BxxxL")
 

@@ -12,13 +12,8 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import ValidationError
 
-from haddock.executor.models import (
-    ExecutionKind,
-    ExecutionState,
-    Resources,
-    ResultStatus,
-    StreamType,
-)
+from haddock.executor.models import ExecutionKind, ExecutionState, Resources, ResultStatus
+from haddock.executor.streams import StreamType
 from haddock.v1 import types_pb2 as pb
 
 _STATUS_TO_PB = {

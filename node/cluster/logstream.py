@@ -24,7 +24,8 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from haddock.executor.errors import ExecutorError
-from haddock.executor.models import LogQuery, StreamType
+from haddock.executor.models import LogQuery
+from haddock.executor.streams import StreamType
 from haddock.node.cluster import messages as m
 from haddock.node.service import Node
 
