@@ -75,9 +75,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# What could end or break out of a quoted Dockerfile value (the templates put these fields in COPY/RUN/ENV
+# lines): control characters (newlines start a new instruction), quotes, backslashes and variables.
+_UNSAFE_IN_DOCKERFILE = re.compile(r'[\x00-\x1f\x7f"\\$`]')
+
+
 def _relative_path(v: str, what: str) -> str:
     if not v or v.startswith("/") or "\x00" in v or any(p == ".." for p in v.split("/")):
         raise ValueError(f"{what} {shown(v)} must be a relative path inside the job's source, without '..'")
+    if _UNSAFE_IN_DOCKERFILE.search(v):
+        raise ValueError(f"{what} {shown(v)} may not contain control characters, quotes, '\\', '$' or '`'")
     return v
 
 
@@ -241,8 +248,11 @@ class JobManifest(_Strict):
     @classmethod
     def _labels(cls, v: dict[str, str]) -> dict[str, str]:
         for k, value in v.items():
-            if not _LABEL_RE.match(k) or len(value) > 256 or "\x00" in value:
-                raise ValueError(f"label {shown(k)}: keys are letters, digits, '.', '_', '/', '-'; values ≤ 256")
+            if not _LABEL_RE.match(k) or len(value) > 256 or _UNSAFE_IN_DOCKERFILE.search(value):
+                raise ValueError(
+                    f"label {shown(k)}: keys are letters, digits, '.', '_', '/', '-'; values at most 256 characters, "
+                    "without control characters, quotes, '\\', '$' or '`'"
+                )
         return v
 
     @model_validator(mode="after")

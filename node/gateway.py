@@ -318,6 +318,8 @@ class Gateway:
     async def drain(self, execution_id: str) -> None:
         """Route nothing more to the execution (it is being stopped) and wait, at most
         ``gateway_drain``, for the requests in flight to it to end."""
+        for ended in [e for e in self._draining if self.node.live_record(e) is None]:
+            self._draining.discard(ended)  # bounded: executions that are over are forgotten
         self._draining.add(execution_id)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.settings.gateway_drain):

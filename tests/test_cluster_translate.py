@@ -153,6 +153,20 @@ def test_inputs() -> None:
     assert dumped[4] == {"type": "local", "path": "/srv/x", "read_write": True, "target": "/x"}
 
 
+@pytest.mark.parametrize(("given", "expected"), [(True, True), (False, False), ("false", False), ("true", True)])
+def test_a_local_inputs_read_write_is_read_strictly(given: Any, expected: bool) -> None:
+    """The string "false" once meant read-write (truthiness): a host path mounted writable by mistake."""
+    src = {"Source": {"Type": "local", "Params": {"SourcePath": "/srv/x", "ReadWrite": given}}, "Target": "/x"}
+    (source,) = to_request(execution(InputSources=[src])).input_sources
+    assert source.model_dump()["read_write"] is expected
+
+
+def test_a_local_inputs_read_write_that_is_not_a_boolean_is_refused() -> None:
+    src = {"Source": {"Type": "local", "Params": {"SourcePath": "/srv/x", "ReadWrite": "yes"}}, "Target": "/x"}
+    with pytest.raises(Untranslatable, match="ReadWrite"):
+        to_request(execution(InputSources=[src]))
+
+
 def test_s3_publisher_placeholders() -> None:
     pub = {"Type": "s3", "Params": {"Bucket": "res", "Key": "{jobID}/{executionID}/", "Encoding": "plain"}}
     spec = to_request(execution(Publisher=pub)).publishers[0].model_dump()

@@ -107,6 +107,14 @@ def test_manifest_accepts_racetracks_forms_and_reports_cluster_fields() -> None:
         ("name: adder\njobtype: python3\njobtype_extra: {entrypoint_class: A}", "entrypoint_path"),
         ("name: adder", "jobtype"),
         ("name: adder\njobtype: golang\nresources: {memory_max: lots}", "memory_max"),
+        # what the templates put in COPY/RUN/ENV lines may not break out of them (Dockerfile injection)
+        (
+            'name: adder\njobtype: python3\njobtype_extra: {entrypoint_path: "a.py\\nADD http://169.254.169.254/ /x"}',
+            "entrypoint_path",
+        ),
+        ('name: adder\njobtype: python3\njobtype_extra: {entrypoint_path: "a\\".py"}', "entrypoint_path"),
+        ('name: adder\njobtype: golang\nlabels: {git_version: "1\\"\\nFROM evil/x"}', "git_version"),
+        ('name: adder\njobtype: golang\nlabels: {git_version: "$(id)"}', "git_version"),
     ],
 )
 def test_a_bad_manifest_is_refused_naming_the_field(yaml: str, field: str) -> None:
@@ -292,3 +300,27 @@ async def test_jobtypes_lists_the_shipped_plugins(job_node: RunningServer) -> No
     found = {t["name"]: t for t in json.loads(done.out)}
     assert set(found) == {"golang", "python3"}
     assert found["golang"]["base_image"] == BASE_IMAGES["golang"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "--index-url http://169.254.169.254/simple",
+        "-r /etc/passwd",
+        "https://example.com/x.whl",
+        "./local-pkg",
+        "pkg @ https://example.com/p.zip",
+        "-f http://10.0.0.1/",
+    ],
+)
+def test_requirements_name_packages_only(tmp_path: Path, line: str) -> None:
+    """A requester's requirements file is read by pip on the node: no options, URLs or paths reach it."""
+    from haddock.executor.errors import InvalidSpec
+    from haddock.node.jobtypes.builder import _check_requirements
+
+    req = tmp_path / "requirements.txt"
+    req.write_text(f"six==1.16.0\n{line}\n")
+    with pytest.raises(InvalidSpec, match="only package requirements"):
+        _check_requirements(req, "requirements.txt")
+    req.write_text("six==1.16.0  # a comment\nrequests[socks]>=2\n\n")
+    _check_requirements(req, "requirements.txt")

@@ -159,7 +159,7 @@ def _input(src: m.InputSource) -> dict[str, Any]:
         return {
             "type": "local",
             "path": _param(p, "SourcePath"),
-            "read_write": bool(_param(p, "ReadWrite")),
+            "read_write": _strict_bool(_param(p, "ReadWrite"), "ReadWrite"),
             "target": target,
         }
     if kind.lower() == "s3":
@@ -320,3 +320,14 @@ def publish_result(result: HaddockResult, results_dir: str) -> m.SpecConfig:
         kind = "s3" if first.startswith("s3://") else "local"
         return m.SpecConfig(type=kind, params={"URL": first})
     return m.SpecConfig(type="local", params={"URL": f"file://{results_dir}"})
+
+
+def _strict_bool(value: Any, name: str) -> bool:
+    """A JSON boolean, or the strings "true"/"false": anything else is refused, never read as truthy."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise Untranslatable(f"input source parameter {name} must be true or false, not {str(value)[:40]!r}")

@@ -123,13 +123,18 @@ class ClusterTransport:
                     self.nc = await self._connect()
                     delay = self.settings.reconnect_min
                 await self._session(self.nc)
+                delay = self.settings.reconnect_min  # a session was established: start backing off afresh
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("cluster: %s; retrying in %.1fs", exc, delay, extra={"node_id": self.node_id})
                 self.connected.clear()
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.reconnect_max)
+                # Connected to NATS, the orchestrator not answering yet (it may be reconnecting too): ask again
+                # soon; not connected at all: back off up to reconnect_max.
+                connected = self.nc is not None and self.nc.is_connected
+                cap = min(self.settings.reconnect_max, 5.0) if connected else self.settings.reconnect_max
+                delay = min(delay * 2, cap)
 
     async def _connect(self) -> NATS:
         s = self.settings

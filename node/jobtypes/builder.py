@@ -202,13 +202,16 @@ class JobTypeBuilder:
         into.mkdir(parents=True, exist_ok=True)
         if not self.settings.pip_download or not requirements.read_text().strip():
             return
+        _check_requirements(requirements, extra.requirements_path)
         done = subprocess.run(
             [
                 sys.executable,
                 "-m",
                 "pip",
                 "download",
+                "--isolated",  # no user or site pip configuration
                 "--disable-pip-version-check",
+                "--only-binary=:all:",  # wheels only: no requester's setup.py runs on the host
                 "-q",
                 "-d",
                 str(into),
@@ -300,3 +303,17 @@ class JobTypeBuilder:
         )
         stop_signal = str((info.get("Config") or {}).get("StopSignal") or "SIGTERM")
         return BuiltJob(image=tag, built=built, stop_signal=stop_signal, jobtype=plugin.key)
+
+
+def _check_requirements(path: Path, shown_as: str) -> None:
+    """A requester's requirements file names packages, nothing else: no pip options (an index URL, a link
+    page, another file to read on the node), no URLs, no local paths."""
+    for n, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("-") or "://" in line or line.startswith((".", "/", "~")) or "@" in line:
+            raise InvalidSpec(
+                f"jobtype_extra.requirements_path: {shown_as} line {n}: only package requirements are accepted "
+                "(no pip options, URLs or paths)"
+            )
