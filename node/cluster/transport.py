@@ -52,6 +52,8 @@ from haddock.node.service import Node
 
 log = logging.getLogger(__name__)
 
+SESSION_END_SECONDS = 5.0  # how long the end of a session may take before the next one starts anyway
+
 
 class RequestFailed(Exception):
     def __init__(self, message: str, code: str = "") -> None:
@@ -215,11 +217,16 @@ class ClusterTransport:
             self.connected.clear()
             for t in [*tasks, resync]:
                 t.cancel()
-            await asyncio.gather(*tasks, resync, return_exceptions=True)
-            await logs.close()
+            # Bounded: a task stuck in a call that ignores cancellation (a request on a connection that is
+            # reconnecting) must not keep the node from its next handshake.
+            _, stuck = await asyncio.wait([*tasks, resync], timeout=SESSION_END_SECONDS)
+            if stuck:
+                log.warning("cluster: %d tasks of the old session did not end; going on", len(stuck))
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(logs.close(), SESSION_END_SECONDS)
             for sub in subs:
                 with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+                    await asyncio.wait_for(sub.unsubscribe(), SESSION_END_SECONDS)
 
     async def _handshake(self) -> m.HandshakeResponse:
         request = m.HandshakeRequest(
