@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -116,6 +117,9 @@ def _check_credentials(s: ClusterSettings) -> None:
     if len(seeds) != 1:
         raise ValueError(f"cluster.{name} {str(path)!r} must hold one NKey user seed (SU...), found {len(seeds)}")
     try:
+        raw = base64.b32decode(seeds[0] + "=" * (-len(seeds[0]) % 8))
+        if nkeys.crc16_checksum(raw[:-2]) != raw[-2:]:  # nkeys itself does not check it
+            raise nkeys.ErrInvalidSeed()
         nkeys.from_seed(bytearray(seeds[0].encode()))
     except Exception as exc:
         raise ValueError(f"cluster.{name} {str(path)!r}: the NKey seed is not valid ({type(exc).__name__})") from exc
