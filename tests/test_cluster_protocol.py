@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import docker
 import nats
 import nkeys
 import pytest
 
+from haddock.executor.docker import LABEL_NODE
 from haddock.node.cluster import logstream
 from haddock.node.cluster.config import ClusterSettings
 from haddock.node.cluster.ledger import OUTBOUND_ACKED
@@ -57,15 +59,9 @@ async def start_node(
     started: list[RunningServer] = []
 
     async def start(url: str, **cluster: Any) -> RunningServer:
-        settings = ClusterSettings(
-            orchestrators=[url],
-            heartbeat_interval=HEARTBEAT,
-            heartbeat_miss_factor=3,
-            reconnect_min=0.2,
-            reconnect_max=1,
-            request_timeout=2,
-            **cluster,
-        )
+        fields: dict[str, Any] = {"heartbeat_interval": HEARTBEAT, "heartbeat_miss_factor": 3}
+        fields |= {"reconnect_min": 0.2, "reconnect_max": 1, "request_timeout": 2}
+        settings = ClusterSettings.model_validate({"orchestrators": [url], **fields, **cluster})
         running = await start_server(node_settings(tmp_path, node_id, cluster=settings))
         started.append(running)
         return running
@@ -186,6 +182,47 @@ async def test_a_resync_while_a_message_is_handled_loses_nothing(
     # The handshake reported the first as handled: the orchestrator did not need to send it again.
     assert orch.nodes[node_id].node_reported_seq >= 1
     await asyncio.gather(first, second)
+
+
+async def test_results_sent_during_a_nats_outage_arrive_once(
+    tmp_path: Path, start_node: NodeFactory, node_id: str
+) -> None:
+    """While NATS is away the node keeps trying to send a result; none of those attempts may be held back and
+    replayed by the client after the reconnect (the orchestrator, back first here, would get the result twice)."""
+    server = NatsServer(log_path=tmp_path / "nats-outage.log")
+    await server.start()
+    orch = TestOrchestrator(server.url, heartbeat_interval=HEARTBEAT, connect_options={"reconnect_time_wait": 0.05})
+    await orch.start()
+    try:
+        # The session outlives the outage (10 missed heartbeats); the node reconnects after the orchestrator.
+        await start_node(server.url, request_timeout=1, heartbeat_miss_factor=20, reconnect_min=1)
+        await joined(orch, node_id)
+        await orch.ask(node_id, "e-outage", IMAGE, "sleep 1; echo through")
+        await orch.wait_for(lambda: "e-outage" in orch.bids, 20, "bid")
+        await orch.accept(node_id, "e-outage")
+        await containers_running(node_id)
+        await server.stop()
+        await asyncio.sleep(4)  # the job ends; the node tries to send its result, again and again
+        await server.start()
+        await orch.wait_for(lambda: "e-outage" in orch.results, 30, "the result")
+        await asyncio.sleep(2)  # anything held back arrives by now
+        assert len(orch.results["e-outage"]) == 1
+        assert not orch.duplicates, orch.duplicates
+    finally:
+        await orch.stop()
+        await server.stop()
+
+
+async def containers_running(node_id: str) -> None:
+    client = docker.from_env()
+    try:
+        for _ in range(150):
+            if client.containers.list(filters={"label": f"{LABEL_NODE}={node_id}", "status": "running"}):
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError("the container did not start")
+    finally:
+        client.close()
 
 
 # ---------------------------------------------------------------- log requests

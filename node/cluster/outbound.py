@@ -33,6 +33,10 @@ from haddock.node.cluster.ledger import OUTBOUND_ACKED, Ledger, Outgoing
 log = logging.getLogger(__name__)
 
 
+class SessionOver(Exception):
+    """The session ended (a reconnect, a resync): its dispatcher stops; the next session sends what is left."""
+
+
 @dataclass
 class _Failures:
     first: float  # time.monotonic() of the first counted failure
@@ -92,6 +96,8 @@ class Outbound:
         )
         delay = 0.2
         while True:
+            if session_over():
+                raise SessionOver(f"{out.type} seq {out.seq} waits for the next session")
             was_connected = nc.is_connected
             try:
                 reply = await nc.request(m.subject_out(self.node_id), data, timeout=s.request_timeout, headers=headers)

@@ -47,7 +47,7 @@ from haddock.node.cluster.compute import ComputeHandler
 from haddock.node.cluster.config import ClusterSettings
 from haddock.node.cluster.ledger import INBOUND, Ledger
 from haddock.node.cluster.logstream import LogStreamServer
-from haddock.node.cluster.outbound import Outbound
+from haddock.node.cluster.outbound import Outbound, SessionOver
 from haddock.node.cluster.translate import PUBLISHERS, STORAGE_SOURCES
 from haddock.node.service import Node
 
@@ -142,7 +142,8 @@ class ClusterTransport:
             except Exception as exc:
                 log.warning("cluster: %s; retrying in %.1fs", exc, delay, extra={"node_id": self.node_id})
                 self.connected.clear()
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):  # a NATS reconnect meanwhile: handshake at once
+                    await asyncio.wait_for(self._resync.wait(), delay)
                 # Connected to NATS, the orchestrator not answering yet (it may be reconnecting too): ask again
                 # soon; not connected at all: back off up to reconnect_max.
                 connected = self.nc is not None and self.nc.is_connected
@@ -158,6 +159,11 @@ class ClusterTransport:
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": min(s.reconnect_min, 2.0),
             "connect_timeout": max(1, int(s.request_timeout)),
+            # Nothing is held back while disconnected to be replayed by the client after a reconnect: a data
+            # message sent then would reach an orchestrator that may have processed it already (a duplicate);
+            # what was not sent is sent by the protocol on the next session, after the handshake says what
+            # the orchestrator has. A publish while disconnected fails at once instead.
+            "pending_size": 0,
             "reconnected_cb": self._on_reconnected,
             "disconnected_cb": self._on_disconnected,
             "error_cb": self._on_error,
@@ -229,6 +235,13 @@ class ClusterTransport:
             # As Bacalhau's compute node: the orchestrator says where its messages to us start.
             self._inbound_seq = response.starting_orchestrator_seq_num or self._inbound_seq
             await self.outbound.adopt(response.last_compute_seq_num)
+            reconnects = nc.stats["reconnects"]
+
+            def session_over() -> bool:
+                # A reconnect ends the session at once (nats-py reports it only after a round trip to the
+                # server, in which the session's tasks still run): nothing of it goes out on the new connection.
+                return self._resync.is_set() or nc.stats["reconnects"] != reconnects
+
             self.connected.set()
             log.info(
                 "cluster: handshake accepted",
@@ -237,13 +250,14 @@ class ClusterTransport:
             tasks = [
                 asyncio.create_task(self._heartbeats(), name="haddock-cluster-heartbeat"),
                 asyncio.create_task(self._node_info_updates(), name="haddock-cluster-nodeinfo"),
-                asyncio.create_task(self.outbound.dispatch(nc, self._resync.is_set), name="haddock-cluster-dispatch"),
+                asyncio.create_task(self.outbound.dispatch(nc, session_over), name="haddock-cluster-dispatch"),
                 asyncio.create_task(self._process_inbound(session_no), name="haddock-cluster-inbound"),
             ]
             done, _ = await asyncio.wait([*tasks, resync], return_when=asyncio.FIRST_COMPLETED)
             for t in done:
-                if t is not resync and t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
+                exc = None if t is resync else t.exception()
+                if exc is not None and not isinstance(exc, SessionOver):
+                    raise exc
         finally:
             self.connected.clear()
             for t in [*tasks, resync]:

@@ -111,9 +111,8 @@ class TestOrchestrator:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self.nc = await nats.connect(
-            self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, **self.connect_options
-        )
+        options: dict[str, Any] = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.2, **self.connect_options}
+        self.nc = await nats.connect(self.url, **options)
         await self.nc.subscribe("bacalhau.global.compute.*.out.ctrl", cb=self._control)
         self._tasks = [asyncio.create_task(self._liveness()), asyncio.create_task(self._resend())]
 
