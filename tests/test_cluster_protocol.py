@@ -184,6 +184,31 @@ async def test_a_resync_while_a_message_is_handled_loses_nothing(
     await asyncio.gather(first, second)
 
 
+async def test_a_message_the_node_failed_on_is_not_skipped_by_the_ones_behind_it(
+    orch: TestOrchestrator, start_node: NodeFactory, node_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node fails on one message (nack) while the orchestrator has already sent the next: the next must
+    not be handled first, or the failed one, sent again with a lower number, would be taken for a replay."""
+    t = transport(await start_node(orch.url))
+    await joined(orch, node_id)
+    assert t.handler is not None
+    real = t.handler.handle
+    failed: list[str] = []
+
+    async def flaky(message_type: str, payload: Any) -> None:
+        if payload.get("Execution", {}).get("ID") == "e-flaky" and not failed:
+            failed.append("once")
+            raise RuntimeError("the store is busy")
+        await real(message_type, payload)
+
+    monkeypatch.setattr(t.handler, "handle", flaky)
+    sends = [asyncio.create_task(orch.ask(node_id, e, IMAGE, "true")) for e in ("e-flaky", "e-behind")]
+    await orch.wait_for(lambda: "e-flaky" in orch.bids and "e-behind" in orch.bids, 30, "both bids")
+    assert failed and len(orch.bids["e-flaky"]) == 1 and len(orch.bids["e-behind"]) == 1
+    assert [r[3]["ExecutionID"] for r in orch.received] == ["e-flaky", "e-behind"]  # in the orchestrator's order
+    await asyncio.gather(*sends)
+
+
 async def test_results_sent_during_a_nats_outage_arrive_once(
     tmp_path: Path, start_node: NodeFactory, node_id: str
 ) -> None:

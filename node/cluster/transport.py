@@ -89,6 +89,7 @@ class ClusterTransport:
         self._main: asyncio.Task[None] | None = None
         self._stopping = False
         self._inbound_seq = 0
+        self._failed_seq: int | None = None  # an inbound message the node failed on: none after it goes first
         self.outbound: Outbound | None = None
         self._last_static: dict[str, Any] | None = None
 
@@ -234,6 +235,7 @@ class ClusterTransport:
             response = await self._handshake()
             # As Bacalhau's compute node: the orchestrator says where its messages to us start.
             self._inbound_seq = response.starting_orchestrator_seq_num or self._inbound_seq
+            self._failed_seq = None  # the orchestrator says where its messages start
             await self.outbound.adopt(response.last_compute_seq_num)
             reconnects = nc.stats["reconnects"]
 
@@ -415,6 +417,9 @@ class ClusterTransport:
         seq = message.seq_num
         if seq is not None and seq <= self._inbound_seq:
             return m.AckResult()  # handled before (a replay): acknowledged, not repeated
+        if seq is not None and self._failed_seq is not None and seq > self._failed_seq:
+            # In order: handled first, this one would make the failed one look like a replay when it comes again.
+            return m.AckResult(error=f"message {self._failed_seq} is to be handled first", delay=10**9)
         if message.type not in m.INBOUND_MODELS:
             log.error("cluster: refused a message of unsupported type %r", message.type)
             return m.AckResult(error=f"unsupported message type: {message.type}")
@@ -425,8 +430,10 @@ class ClusterTransport:
             return m.AckResult(error=f"failed to deserialize {message.type} payload: {exc}")
         except Exception as exc:
             log.exception("cluster: handling %s failed", message.type)
+            self._failed_seq = seq
             return m.AckResult(error=f"failed to handle message: {exc}", delay=10**9)
         if seq is not None:
+            self._failed_seq = None
             self._inbound_seq = seq
             await self.ledger.set_checkpoint(INBOUND, seq)
         return m.AckResult()
