@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 from haddock.executor.driver import ContainerHandle, ExitStatus
 from haddock.executor.errors import ExecutorError, InvalidSpec
 from haddock.executor.jobspec import JOB_PORT, JOB_SOURCE_TARGET
-from haddock.executor.models import EngineSpec, EventKind, PullPolicy, ResultStatus, RunCommandRequest
 from haddock.executor.protocol import BuildOutput, JobBuilder
+from haddock.executor.records import EventKind, ResultStatus
+from haddock.executor.request import EngineSpec, PullPolicy, RunCommandRequest
 from haddock.executor.streams import StreamType
 
 if TYPE_CHECKING:  # aiohttp is loaded by the first batch job, not by every node

@@ -11,8 +11,9 @@ from opentelemetry import trace
 
 from haddock.executor.driver import ExitStatus
 from haddock.executor.jobrun import build_job, run_batch
-from haddock.executor.models import EventKind, ExecutionState, ResultStatus, RunCommandRequest, utcnow
 from haddock.executor.prepare import prepare_image, unless_cancelled
+from haddock.executor.records import EventKind, ExecutionState, ResultStatus, utcnow
+from haddock.executor.request import RunCommandRequest
 from haddock.executor.service import run_service
 from haddock.executor.supervise import supervise
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from haddock.executor.driver import ContainerHandle
-from haddock.executor.models import HttpProbe, ServiceSpec
+from haddock.executor.servicespec import HttpProbe, ServiceSpec
 
 if TYPE_CHECKING:  # aiohttp is loaded by the first probe, not by every node that runs no service
     import aiohttp

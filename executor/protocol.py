@@ -26,17 +26,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from haddock.executor.jobspec import JobSpec
 from haddock.executor.logstore import LogEntry, LogStore
-from haddock.executor.models import (
-    BidResult,
-    ExecutionEvent,
-    ExecutionRecord,
-    ExecutionState,
-    InputVolume,
-    LogQuery,
-    Resources,
-    RunCommandRequest,
-    RunCommandResult,
-)
+from haddock.executor.records import BidResult, ExecutionEvent, ExecutionRecord, ExecutionState, RunCommandResult
+from haddock.executor.request import InputVolume, Resources, RunCommandRequest
+from haddock.executor.streams import LogQuery
 
 
 class PreparedInputs(Protocol):

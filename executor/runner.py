@@ -35,25 +35,24 @@ from haddock.executor.errors import (
 from haddock.executor.launch import prepare_and_run
 from haddock.executor.logcap import LogCap
 from haddock.executor.logstore import LogEntry, LogStore
-from haddock.executor.models import (
+from haddock.executor.prepare import prepare_inputs
+from haddock.executor.protocol import InputPreparer, JobBuilder, ResultPublisher
+from haddock.executor.quantity import GiB
+from haddock.executor.records import (
     BidResult,
     EventKind,
     ExecutionEvent,
     ExecutionRecord,
     ExecutionState,
-    LogQuery,
-    Resources,
     ResultStatus,
-    RunCommandRequest,
     RunCommandResult,
     utcnow,
 )
-from haddock.executor.prepare import prepare_inputs
-from haddock.executor.protocol import InputPreparer, JobBuilder, ResultPublisher
-from haddock.executor.quantity import GiB
+from haddock.executor.request import Resources, RunCommandRequest
 from haddock.executor.service import resume_service
 from haddock.executor.settle import finish
 from haddock.executor.stats import Stat
+from haddock.executor.streams import LogQuery
 
 __all__ = ["EventSink", "Runner", "RunnerConfig", "StatsSink"]
 

@@ -24,20 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from haddock.executor.driver import ContainerHandle, ExitStatus
 from haddock.executor.errors import ExecutorError
-from haddock.executor.models import (
-    EventKind,
-    ExecutionRecord,
-    ExecutionState,
-    HttpProbe,
-    InputVolume,
-    RestartPolicy,
-    ResultStatus,
-    ServiceSpec,
-    utcnow,
-)
 from haddock.executor.prepare import prepare_image
 from haddock.executor.probes import Prober
 from haddock.executor.quantity import format_bytes, format_duration
+from haddock.executor.records import EventKind, ExecutionRecord, ExecutionState, ResultStatus, utcnow
+from haddock.executor.request import InputVolume
+from haddock.executor.servicespec import HttpProbe, RestartPolicy, ServiceSpec
 from haddock.executor.settle import decide_status
 from haddock.executor.streams import StreamType
 from haddock.executor.supervise import supervise

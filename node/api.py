@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from haddock.executor.errors import ErrorCode, ExecutorError, clip, shown
 from haddock.executor.logstore import LogCorrupted, LogNotFound
-from haddock.executor.models import EventKind, ExecutionRecord
 from haddock.executor.quantity import QuantityError
+from haddock.executor.records import EventKind, ExecutionRecord
 from haddock.node.client import convert
 from haddock.node.client.convert import validation_message
 from haddock.node.service import Node, new_execution_id

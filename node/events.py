@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 from haddock.executor.errors import ExecutionAlreadyComplete, ExecutionAlreadyStarted, ExecutionNotFound
-from haddock.executor.models import EventKind, ExecutionEvent, ExecutionRecord, ExecutionState
+from haddock.executor.records import EventKind, ExecutionEvent, ExecutionRecord, ExecutionState
 from haddock.node.store import ExecutionStore
 
 __all__ = ["EventHub", "Watcher"]

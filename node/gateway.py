@@ -30,7 +30,8 @@ import aiohttp
 from aiohttp import web
 
 from haddock.executor.jobspec import semver_key
-from haddock.executor.models import ExecutionState, ServicePort
+from haddock.executor.records import ExecutionState
+from haddock.executor.servicespec import ServicePort
 
 if TYPE_CHECKING:
     from haddock.node.config import ServicesSettings

@@ -24,18 +24,17 @@ from haddock.executor.errors import (
     InvalidSpec,
 )
 from haddock.executor.logstore import LogEntry
-from haddock.executor.models import (
+from haddock.executor.protocol import Executor
+from haddock.executor.records import (
     BidResult,
     ExecutionEvent,
     ExecutionRecord,
     ExecutionState,
-    LogQuery,
-    Resources,
     ResultStatus,
-    RunCommandRequest,
     RunCommandResult,
 )
-from haddock.executor.protocol import Executor
+from haddock.executor.request import Resources, RunCommandRequest
+from haddock.executor.streams import LogQuery
 from haddock.node import _reads
 from haddock.node._reads import known_id
 from haddock.node.admission import Admission, queued_priority

@@ -51,14 +51,8 @@ from haddock.executor.errors import (
     ExecutionAlreadyStarted,
     ExecutionNotFound,
 )
-from haddock.executor.models import (
-    ExecutionEvent,
-    ExecutionRecord,
-    ExecutionState,
-    RunCommandRequest,
-    RunCommandResult,
-    utcnow,
-)
+from haddock.executor.records import ExecutionEvent, ExecutionRecord, ExecutionState, RunCommandResult, utcnow
+from haddock.executor.request import RunCommandRequest
 from haddock.executor.stats import Stat
 from haddock.node import statstore
 from haddock.node._storedb import (

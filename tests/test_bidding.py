@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from haddock.executor.models import BidResult, NetworkMode, Resources, RunCommandRequest
 from haddock.executor.quantity import GiB, MiB
+from haddock.executor.records import BidResult
+from haddock.executor.request import NetworkMode, Resources, RunCommandRequest
 from haddock.executor.sources import redact_url
 from haddock.node.bidding import (
     BidChain,

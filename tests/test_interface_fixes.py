@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from haddock.executor.docker.engine import explain_exec_failure, explain_init_exit
-from haddock.executor.models import ResultStatus, RunCommandRequest
+from haddock.executor.records import ResultStatus
+from haddock.executor.request import RunCommandRequest
 from haddock.node.client import NodeClient
 from haddock.node.server import RunningServer, start_server
 from tests.conftest import BUSYBOX, node_settings

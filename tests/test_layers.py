@@ -163,7 +163,7 @@ def test_nothing_imports_the_old_top_level_names() -> None:
 def test_the_checks_see_what_they_check() -> None:
     """The static reading finds the modules and the imports it is about (so that an empty list means something)."""
     modules = dict(_sources())
-    assert "haddock.node.client" in modules and "haddock.executor.models" in modules
+    assert "haddock.node.client" in modules and "haddock.executor.request" in modules
     client_imports = {
         name for _, name in _imports("haddock.node.client._client", modules["haddock.node.client._client"])
     }

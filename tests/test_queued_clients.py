@@ -16,15 +16,9 @@ import pytest
 
 from haddock.executor.docker import DockerExecutor
 from haddock.executor.errors import ExecutionNotFound
-from haddock.executor.models import (
-    EventKind,
-    ExecutionEvent,
-    ExecutionRecord,
-    ExecutionState,
-    LogQuery,
-    ResultStatus,
-    RunCommandRequest,
-)
+from haddock.executor.records import EventKind, ExecutionEvent, ExecutionRecord, ExecutionState, ResultStatus
+from haddock.executor.request import RunCommandRequest
+from haddock.executor.streams import LogQuery
 from haddock.node.client import NodeClient
 from haddock.node.config import CapacitySettings
 from haddock.node.events import EventHub, Watcher

@@ -17,7 +17,8 @@ import docker
 import grpc
 import pytest
 
-from haddock.executor.models import EventKind, ExecutionState, ResultStatus, RunCommandRequest
+from haddock.executor.records import EventKind, ExecutionState, ResultStatus
+from haddock.executor.request import RunCommandRequest
 from haddock.node.client import NodeClient, NodeError
 from haddock.node.config import ServicesSettings
 from haddock.node.server import RunningServer, start_server

@@ -10,9 +10,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from haddock.executor.fields import ByteQuantity, CpuQuantity, DurationSeconds
 from haddock.executor.imageref import normalize_name
-from haddock.executor.models import ByteQuantity, CpuQuantity, DurationSeconds, NetworkMode
 from haddock.executor.quantity import format_duration
+from haddock.executor.request import NetworkMode
 from haddock.executor.sources import check_http_url
 from haddock.node.bidding._chain import Platform
 

@@ -19,8 +19,9 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from haddock.executor.models import LogQuery, ResultStatus, StreamType
 from haddock.executor.quantity import QuantityError
+from haddock.executor.records import ResultStatus
+from haddock.executor.streams import LogQuery, StreamType
 from haddock.node.client._client import DEFAULT_NODE, ClientTls, Finished, NodeClient, NodeError
 from haddock.node.client.convert import validation_message
 

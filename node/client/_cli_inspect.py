@@ -12,9 +12,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from haddock.executor.models import ExecutionState, LogQuery
 from haddock.executor.quantity import format_bytes, format_cpu
+from haddock.executor.records import ExecutionState
 from haddock.executor.stats import Stat, StatsSummary, decimate
+from haddock.executor.streams import LogQuery
 from haddock.node.client._charts import render_stats_chart, stats_json, summary_line
 from haddock.node.client._cli_common import (
     EXIT_NODE_FAILED,

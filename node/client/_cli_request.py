@@ -6,9 +6,9 @@ import os
 import uuid
 from typing import Any
 
-from haddock.executor.models import RunCommandRequest
 from haddock.executor.publishers import PublisherSpec, parse_publisher
 from haddock.executor.quantity import parse_bytes, parse_duration
+from haddock.executor.request import RunCommandRequest
 from haddock.executor.sources import InputSource, parse_input
 
 

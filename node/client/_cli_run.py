@@ -17,9 +17,11 @@ from pydantic import ValidationError
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
 
 from haddock.executor.jobspec import ManifestError, job_engine_image
-from haddock.executor.models import EventKind, ExecutionState, LogQuery, RunCommandRequest
 from haddock.executor.quantity import QuantityError
+from haddock.executor.records import EventKind, ExecutionState
+from haddock.executor.request import RunCommandRequest
 from haddock.executor.sources import InputSource
+from haddock.executor.streams import LogQuery
 from haddock.node.client._cli_common import (
     EXIT_NODE_FAILED,
     Connection,

@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from haddock.executor.models import RunCommandRequest
 from haddock.executor.publishers import PublisherSpec, S3PublisherSpec
+from haddock.executor.request import RunCommandRequest
 from haddock.node.client._cli_common import (
     Connection,
     connected,

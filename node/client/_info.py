@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from haddock.executor.models import ExecutionState, Resources, ServicePort
+from haddock.executor.records import ExecutionState
+from haddock.executor.request import Resources
+from haddock.executor.servicespec import ServicePort
 
 
 @dataclass(frozen=True)

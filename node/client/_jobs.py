@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from haddock.executor.jobspec import JOB_PORT, JOB_SOURCE_TARGET, JobManifest, ManifestError, parse_manifest
-from haddock.executor.models import ExecutionState, RunCommandRequest
 from haddock.executor.quantity import MiB, format_bytes
+from haddock.executor.records import ExecutionState
+from haddock.executor.request import RunCommandRequest
 from haddock.executor.sources import InlineSource, InputSource, source_from_uri
 from haddock.node.client._client import NodeClient, NodeError
 from haddock.node.client._services import until_ready

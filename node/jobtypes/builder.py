@@ -31,8 +31,8 @@ from haddock.executor.docker.build import BuildFailed, ImageBuilder
 from haddock.executor.docker.engine import Engine
 from haddock.executor.errors import ExecutorError, InvalidSpec
 from haddock.executor.jobspec import JobManifest, JobSpec
-from haddock.executor.models import RunCommandRequest
 from haddock.executor.protocol import BuildOutput, BuiltJob
+from haddock.executor.request import RunCommandRequest
 from haddock.node.jobtypes.config import JobTypesSettings
 from haddock.node.jobtypes.plugins import JobTypePlugin, JobTypes
 
