@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from haddock.executor.driver import ContainerHandle, ExitStatus
 from haddock.executor.errors import ExecutorError
+from haddock.executor.jobrun import deployment_timestamp
 from haddock.executor.models import (
     EventKind,
     ExecutionRecord,
@@ -127,6 +128,8 @@ class _Service:
         self.stop_signal = stop_signal
         self.attempt = attempt
         self.prober = Prober(self.spec)
+        # A job's /live must report the deployment timestamp the node gave it (Racetrack's contract).
+        self.deployment_timestamp = deployment_timestamp(execution) if self.record.request.job is not None else None
         self._stopping = False  # the node is stopping the current container: its probes decide nothing more
 
     # ------------------------------------------------------------------ the loop
@@ -368,7 +371,7 @@ class _Service:
         started = loop.time()
         failures = 0
         while True:
-            result = await self.prober.http(probe)
+            result = await self.prober.http(probe, deployment_timestamp=self.deployment_timestamp)
             if result.ok:
                 failures = 0
             elif loop.time() - started >= probe.start_period:
