@@ -708,6 +708,7 @@ class EventKind(StrEnum):
     STATE = "state"
     PROBE_FAILED = "probe-failed"  # a service's probe failed (details: probe, reason, failures)
     RESTARTING = "restarting"  # a service's container ended and will be replaced (details: attempt, reason)
+    DEPLOYED = "deployed"  # a job's deployment is ready and took over (details: replaced, the ids it stopped)
 
 
 def utcnow() -> datetime:

@@ -56,6 +56,7 @@ from haddock.node.jobtypes.plugins import JobTypePlugin
 from haddock.node.metrics import MetricsListener, NodeGauges, NodeMetrics
 from haddock.node.policy import Policy, check_output_limits
 from haddock.node.ports import PortAllocator
+from haddock.node.redeploy import Redeploys
 from haddock.node.stats import StatsHub, StatsUpdate, execution_stats
 from haddock.node.store import ExecutionStore, store_path
 from haddock.storage import StorageRegistry, build_registry
@@ -114,6 +115,7 @@ class Node:
         self.admission = Admission(self.capacity, executor, store, events)
         self.housekeeping = Housekeeping(settings, executor, store, live=self._unfinished_in_memory)
         self.policy = Policy(self)
+        self.redeploys = Redeploys(self)  # a job's new deployment replaces the running one of its version
         self.chains = build_chain(
             settings.bidding,
             image_platform_lookup=self._image_platform,
@@ -354,6 +356,7 @@ class Node:
         finally:
             del self._starting[exec_id]
             starting.set_result(None)
+        self.redeploys.follow(prepared)
         return prepared
 
     async def _started(self, execution_id: str) -> None:
@@ -398,7 +401,8 @@ class Node:
             raise ExecutionNotFound(execution_id, f"execution {execution_id!r} has no result on this node")
         return record.result
 
-    async def cancel(self, execution_id: str) -> RunCommandResult:
+    async def cancel(self, execution_id: str, *, reason: str = "") -> RunCommandResult:
+        """Stop the execution; ``reason`` goes into its cancel-requested event (the requester's cancel: none)."""
         known_id(execution_id)
         await self._started(execution_id)
         q = self.admission.get(execution_id)
@@ -411,7 +415,7 @@ class Node:
         if self._live(execution_id) is None:
             record = await self.get(execution_id)
             raise ExecutionAlreadyComplete(execution_id, record.state.value)
-        await self.executor.cancel(execution_id)
+        await self.executor.cancel(execution_id, reason=reason)
         return await self.executor.wait(execution_id)
 
     async def get(self, execution_id: str) -> ExecutionRecord:
@@ -465,6 +469,7 @@ class Node:
         log.info("shutdown: stop accepting")
         await self.admission.close()
         await self.housekeeping.stop()
+        await self.redeploys.close()
         if self._gauges is not None:
             self._gauges.cancel()
             await asyncio.gather(self._gauges, return_exceptions=True)

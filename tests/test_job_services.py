@@ -23,8 +23,7 @@ from haddock.node.config import OnShutdown, ServicesSettings
 from haddock.node.jobtypes.config import JobTypesSettings
 from haddock.node.server import RunningServer, start_server
 from tests.conftest import node_settings
-from tests.test_cli import haddock
-from tests.test_jobtypes import JOBS, base_images, copy_job, events, job_node  # noqa: F401
+from tests.test_jobtypes import base_images, copy_job, events, job_node  # noqa: F401
 from tests.test_services import port_block
 
 FAST = {"port": "http", "interval": 0.2, "timeout": 2.0, "failure_threshold": 2, "start_period": 0}
@@ -88,7 +87,7 @@ async def test_redeploy_of_a_running_version_is_the_nodes(
         done = (await asyncio.wait_for(client.wait(old.execution_id), 60)).result
         assert done.status is ResultStatus.CANCELLED
         deployed = [e for e in await events(client, new.execution_id) if e["kind"] == EventKind.DEPLOYED.value]
-        assert deployed and deployed[0]["details"]["replaced"] == [old.execution_id], deployed
+        assert deployed and deployed[0]["details"]["replaced"] == old.execution_id, deployed
         stopped = [e for e in await events(client, old.execution_id) if e["kind"] == "cancel-requested"]
         assert stopped and new.execution_id in stopped[0]["message"], stopped
 
