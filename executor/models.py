@@ -741,6 +741,7 @@ class ExecutionRecord:
     finished_at: datetime | None = None
     container_id: str | None = None
     result: RunCommandResult | None = None
+    built_image: str | None = None  # a job's: the image its build made (kept; restarts make containers from it)
 
     @property
     def execution_id(self) -> str:

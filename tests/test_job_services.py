@@ -16,7 +16,7 @@ import docker
 import pytest
 
 from haddock.executor.jobspec import parse_manifest
-from haddock.executor.models import EventKind, ResultStatus, RunCommandRequest
+from haddock.executor.models import EventKind, ExecutionState, ResultStatus, RunCommandRequest
 from haddock.node.client import NodeClient
 from haddock.node.client._jobs import pack_source, service_for_job
 from haddock.node.config import OnShutdown, ServicesSettings
@@ -126,11 +126,13 @@ async def test_a_job_service_restarts_after_a_node_restart_with_its_built_image(
             image = next(e for e in await events(client, exec_id) if e["kind"] == "built")["details"]["image"]
         await running.stop(1)
         running = await start_server(settings)
+        stored = await running.node.store.get(exec_id)
+        assert stored is not None and stored.built_image == image  # kept with the execution
         async with NodeClient(running.address) as client:
             assert (await client.wait_ready(exec_id)).ready
             docker_client = docker.from_env()
             try:
-                container = docker_client.containers.get((await client.describe(exec_id))["container_id"])
+                container = docker_client.containers.get(f"haddock-{node_id}-{exec_id}")
                 assert container.image.tags == [image]
                 container.kill()
             finally:
@@ -141,7 +143,7 @@ async def test_a_job_service_restarts_after_a_node_restart_with_its_built_image(
                 state = (await client.describe(exec_id))["state"]
                 if len(started) == 2 and state == "EXECUTION_STATE_READY":
                     break
-                assert state != "EXECUTION_STATE_ERROR", evs[-5:]
+                assert not ExecutionState[state.removeprefix("EXECUTION_STATE_")].terminal, evs[-5:]
                 await asyncio.sleep(0.1)
             else:
                 pytest.fail(f"the job's service was not restarted: {evs[-5:]}")
@@ -149,6 +151,12 @@ async def test_a_job_service_restarts_after_a_node_restart_with_its_built_image(
             assert done.result.status is ResultStatus.CANCELLED
     finally:
         await running.stop(1)
+        cleanup = docker.from_env()
+        try:
+            for c in cleanup.containers.list(all=True, filters={"label": f"haddock.node-id={node_id}"}):
+                c.remove(force=True)
+        finally:
+            cleanup.close()
 
 
 @pytest.mark.parametrize(
