@@ -14,7 +14,7 @@ import logging
 import shutil
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from haddock.executor.docker import DockerExecutor
 from haddock.executor.errors import (
@@ -51,8 +51,6 @@ from haddock.node.config import OnShutdown, Settings
 from haddock.node.events import EventHub
 from haddock.node.gpus import choose_gpus, detect_gpus
 from haddock.node.housekeeping import Housekeeping
-from haddock.node.jobtypes.builder import JobTypeBuilder
-from haddock.node.jobtypes.plugins import JobTypePlugin
 from haddock.node.metrics import MetricsListener, NodeGauges, NodeMetrics
 from haddock.node.policy import Policy, check_output_limits
 from haddock.node.ports import PortAllocator
@@ -62,6 +60,9 @@ from haddock.node.store import ExecutionStore, store_path
 from haddock.storage import StorageRegistry, build_registry
 from haddock.storage.hooks import RegistryPreparer, RegistryPublisher
 from haddock.storage.netpolicy import AddressPolicy, check_request
+
+if TYPE_CHECKING:  # the job-type builder is loaded when a node is opened, not by importing the daemon
+    from haddock.node.jobtypes.plugins import JobTypePlugin
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,8 @@ class Node:
             stats_sink=stats,
             stats_interval=settings.stats.interval,
         )
+        from haddock.node.jobtypes.builder import JobTypeBuilder
+
         executor.job_builder = JobTypeBuilder(
             settings.jobtypes, executor.driver.engine, version=version, work_dir=settings.data_dir / "builds"
         )
@@ -439,6 +442,8 @@ class Node:
 
     def job_types(self) -> builtins.list[tuple[JobTypePlugin, str]]:
         """The job types this node builds jobs with, and the image each one's base builds FROM."""
+        from haddock.node.jobtypes.builder import JobTypeBuilder
+
         builder = getattr(self.executor, "job_builder", None)
         if not isinstance(builder, JobTypeBuilder):
             return []

@@ -25,8 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from haddock.executor.docker.build import BuildFailed, ImageBuilder
 from haddock.executor.docker.engine import Engine
 from haddock.executor.errors import ExecutorError, InvalidSpec
@@ -48,7 +46,10 @@ MAX_SOURCE_BYTES = 1024 * 1024 * 1024
 
 
 def render_template(path: Path, **variables: Any) -> str:
-    """A plugin's Dockerfile template, rendered (undefined variables are errors that name them)."""
+    """A plugin's Dockerfile template, rendered (undefined variables are errors that name them). Jinja2 is
+    loaded here, by the first job built: a node that builds none never loads it."""
+    import jinja2
+
     env = jinja2.Environment(undefined=jinja2.ChainableUndefined, keep_trailing_newline=True, autoescape=False)
     try:
         return env.from_string(path.read_text()).render(**variables)
