@@ -109,6 +109,7 @@ class EventKind(StrEnum):
     STATE = "state"
     PROBE_FAILED = "probe-failed"  # a service's probe failed (details: probe, reason, failures)
     RESTARTING = "restarting"  # a service's container ended and will be replaced (details: attempt, reason)
+    DEPLOYED = "deployed"  # a job's deployment is ready and took over (details: replaced, the ids it stopped)
 
 
 def utcnow() -> datetime:
@@ -141,6 +142,7 @@ class ExecutionRecord:
     finished_at: datetime | None = None
     container_id: str | None = None
     result: RunCommandResult | None = None
+    built_image: str | None = None  # a job's: the image its build made (kept; restarts make containers from it)
 
     @property
     def execution_id(self) -> str:

@@ -208,7 +208,7 @@ class Runner:
             raise ExecutionNotFound(execution_id)
         return await asyncio.shield(execution.done)
 
-    async def cancel(self, execution_id: str) -> None:
+    async def cancel(self, execution_id: str, *, reason: str = "") -> None:
         await self._started(execution_id)
         record = self.record(execution_id)
         execution = self._running.get(execution_id)
@@ -216,12 +216,15 @@ class Runner:
         if execution is None or execution.done.done() or record.state.terminal or (handle and handle.exited):
             raise ExecutionAlreadyComplete(execution_id, record.state.value)
         if not execution.cancel_event.is_set():
-            self._emit(record, EventKind.CANCEL_REQUESTED, "cancellation requested")
+            self._emit(record, EventKind.CANCEL_REQUESTED, "cancellation requested" + (f": {reason}" if reason else ""))
             execution.cancel_event.set()
         result = await asyncio.shield(execution.done)
         if result.status is not ResultStatus.CANCELLED:
             # It ended by itself before the cancellation could stop it.
             raise ExecutionAlreadyComplete(execution_id, result.status.value)
+
+    def note(self, execution_id: str, kind: EventKind, message: str, **details: Any) -> None:
+        self._emit(self.record(execution_id), kind, message, **details)
 
     def state(self, execution_id: str) -> ExecutionState:
         return self.record(execution_id).state
