@@ -57,6 +57,12 @@ def check_pattern(pattern: str) -> str:
             f"image pattern {pattern!r} has a tag or digest; patterns match registry/repository only, "
             "e.g. 'docker.io/library/*'"
         )
+    repository = normalize_name(pattern).partition("/")[2]
+    if repository != repository.lower():
+        raise ValueError(
+            f"image pattern {pattern!r} can never match: repository names are lower case "
+            f"(e.g. {normalize_name(pattern.lower())!r})"
+        )
     if "/" not in pattern and not GLOB_CHARS & set(pattern):
         raise ValueError(
             f"image pattern {pattern!r} can never match: patterns match the full name, e.g. {normalize_name(pattern)!r}"
