@@ -20,7 +20,6 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from haddock.executor.quantity import QuantityError
-from haddock.executor.records import ResultStatus
 from haddock.executor.streams import LogQuery, StreamType
 from haddock.node.client._client import DEFAULT_NODE, ClientTls, Finished, NodeClient, NodeError
 from haddock.node.client.convert import validation_message
