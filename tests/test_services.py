@@ -208,6 +208,27 @@ async def test_on_failure_restarts_up_to_the_limit_then_error(service_node: Node
     assert Path(done.results_dir, "exitCode").read_text() == "1"
 
 
+@pytest.mark.parametrize("policy", ["never", "on-failure"])
+async def test_a_service_that_exits_0_and_is_not_restarted_ends_in_error(
+    service_node: NodeFactory, policy: str
+) -> None:
+    """A service is meant to keep running: when it ends by itself and its policy does not restart it, it
+    failed (issue 12: "`error` when it exits and its policy says not to restart"), even with exit code 0."""
+    node = await service_node()
+    request = service("echo bye", ports=[], readiness=None, restart={"policy": policy}, network="none")
+    async with NodeClient(node.address) as client:
+        await client.start(request)
+        done = await client.wait(request.execution_id)
+        described = await client.describe(request.execution_id)
+    assert done.result.status is ResultStatus.ERROR, done.result
+    assert done.result.exit_code == 0
+    assert done.result.error_message == (
+        f"the service exited with code 0; its restart policy '{policy}' does not restart it"
+    )
+    states = [e["details"]["state"] for e in described["events"] if e["kind"] == "state"]
+    assert states[-1] == "failed"
+
+
 async def test_a_failing_liveness_probe_restarts_the_service(service_node: NodeFactory) -> None:
     node = await service_node()
     # The health file goes away 1s after the start: liveness fails, the node restarts the container.
