@@ -150,6 +150,8 @@ async def test_service_ready_published_and_through_the_gateway_then_cancelled_an
         assert cancelled.code == 0 and "cancelled" in cancelled.stdout
         assert loop.time() - began < 2 + 5  # the stop grace (2s), and the CLI's own start
         assert node.node.ports.in_use == 0
+        listed = await haddock("ls", "--node", node.address)
+        assert f"127.0.0.1:{port}->8080/tcp" not in listed.stdout  # an ended service holds no port
         status, body = await get(f"{gw}/exec/{exec_id}/")
         assert status == 503 and "has ended (state: cancelled)" in body
         status, body = await get(f"{gw}/exec/nothing-here/")
