@@ -12,16 +12,9 @@ from typing import TYPE_CHECKING
 from opentelemetry import trace
 
 from haddock.executor.driver import ExitStatus
-from haddock.executor.models import (
-    EventKind,
-    ExecutionRecord,
-    ExecutionState,
-    ResultStatus,
-    RunCommandRequest,
-    RunCommandResult,
-    utcnow,
-)
 from haddock.executor.quantity import format_bytes, format_duration
+from haddock.executor.records import EventKind, ExecutionRecord, ExecutionState, ResultStatus, RunCommandResult, utcnow
+from haddock.executor.request import RunCommandRequest
 from haddock.executor.results import remove_capture_files, write_job_results
 from haddock.executor.stats import StatsSummary
 from haddock.executor.streams import StreamType

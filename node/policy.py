@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from haddock.executor.errors import ExecutionRefused, ExecutorError, InvalidSpec
-from haddock.executor.models import BidResult, OutputLimits, Resources, RunCommandRequest
 from haddock.executor.quantity import format_bytes
+from haddock.executor.records import BidResult
+from haddock.executor.request import OutputLimits, Resources, RunCommandRequest
 from haddock.node.bidding import BidContext
 from haddock.node.capacity import CapacitySnapshot
 

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from haddock.executor.models import DurationSeconds
+from haddock.executor.fields import DurationSeconds
 
 
 class ClusterTlsSettings(BaseModel):

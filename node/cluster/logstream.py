@@ -36,8 +36,7 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from haddock.executor.errors import ExecutionNotFound, ExecutorError
-from haddock.executor.models import LogQuery
-from haddock.executor.streams import StreamType
+from haddock.executor.streams import LogQuery, StreamType
 from haddock.node.cluster import messages as m
 from haddock.node.service import Node
 

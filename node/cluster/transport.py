@@ -39,7 +39,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from haddock.executor.models import Resources as HaddockResources
+from haddock.executor.request import Resources as HaddockResources
 from haddock.node.bidding import ResourceLimits
 from haddock.node.cluster import envelope
 from haddock.node.cluster import messages as m
