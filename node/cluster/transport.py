@@ -13,14 +13,17 @@ One :class:`ClusterTransport` per node, started by ``haddock serve`` when ``[clu
 - **Control plane**: requests on ``bacalhau.global.compute.<id>.out.ctrl`` — heartbeats every
   ``heartbeat_interval`` with the available and queued capacity, node-info updates when what the node
   offers changes, a shutdown notice on a graceful stop.
-- **Data plane, inbound** (``...<id>.in.msgs``): messages are handled one at a time in arrival order;
+- **Data plane, inbound** (``...<id>.in.msgs``): a bounded queue (``inbound_queue_size``; full, it holds
+  NATS back); messages are handled one at a time in arrival order, each to its end even across a resync,
+  and answered only in the session they arrived in (README, "Delivery guarantees");
   each is acknowledged (``{}``) once handled and its sequence number checkpointed in the ledger; a
   message whose number is not above the checkpoint was handled already and is only acknowledged; bytes
   that are not a message (bad CRC, unknown version or type, bad JSON, a payload that does not fit its
   type) are logged and refused with an error, as Bacalhau's subscriber does; the node keeps serving.
-- **Data plane, outbound** (``...<id>.out.msgs``): the ledger's outbox, in sequence order, each message
-  sent as a request and resent until the orchestrator acknowledges it; the acknowledged checkpoint is
-  durable, so a restart resends exactly what was not acknowledged.
+- **Data plane, outbound** (``...<id>.out.msgs``): :mod:`.outbound` — the ledger's outbox, in sequence
+  order, each message resent until the orchestrator acknowledges it or the node gives it up; the
+  checkpoint is durable, so a restart resends exactly what was not done with. Nothing is sent on a
+  connection other than the one the session's handshake was made on.
 """
 
 from __future__ import annotations
