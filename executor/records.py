@@ -68,6 +68,11 @@ class RunCommandResult(DomainModel):
     stderr_truncated: bool = False
     stderr_file_truncated: bool = False
     error_message: str = ""
+    not_executed: bool = Field(
+        default=False,
+        description="the container started but its command could not be executed (not found, not an executable; "
+        "the init's exit code 126/127): the job never ran",
+    )
     published: list[str] = Field(default_factory=list, description="where the results were published")
     publish_errors: list[str] = Field(default_factory=list, description="publishers that failed, and why")
     stats: StatsSummary | None = Field(default=None, description="resource use sampled while the container ran")

@@ -87,10 +87,12 @@ async def finish(
         status = decide_status(handle.stop_reason if handle else None, execution.output_cap_message, outcome)
     runner._set_state(record, ExecutionState.FINISHING)
     exec_id = request.execution_id
+    not_executed = False
     if status is ResultStatus.ERROR and outcome.exit_code in (126, 127) and not outcome.error:
         explained = runner.driver.explain_exit(outcome.exit_code, await _stderr_head(runner, exec_id))
         if explained:
             outcome = dataclasses.replace(outcome, error=f"{explained} (the job exited with code {outcome.exit_code})")
+            not_executed = True
     stats = execution.stats.summary()
     writer = execution.writer
     log_full = (
@@ -175,6 +177,7 @@ async def finish(
             stderr_truncated=written.stderr.truncated or lost,
             stderr_file_truncated=written.stderr.file_truncated or lost,
             error_message=message,
+            not_executed=not_executed,
             published=published,
             publish_errors=publish_errors,
             stats=stats,
@@ -186,6 +189,7 @@ async def finish(
             exit_code=outcome.exit_code,
             error_message=f"{message + '; ' if message else ''}writing results to "
             f"{request.results_dir} failed: {runner.driver.describe_failure(exc)}",
+            not_executed=not_executed,
             stats=stats,
         )
     record.result = result

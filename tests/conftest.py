@@ -190,3 +190,7 @@ async def node_server(
 async def client(node_server: RunningServer) -> AsyncIterator[NodeClient]:
     async with NodeClient(node_server.address) as c:
         yield c
+
+
+# The fixtures of the NCL tests (tests/test_cluster*.py): one in-process node joined to the test orchestrator.
+pytest_plugins = ("tests.support.nclnode",)

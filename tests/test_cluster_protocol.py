@@ -8,29 +8,22 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import docker
 import nats
 import nkeys
 import pytest
 
-from haddock.executor.docker import LABEL_NODE
 from haddock.node.cluster import logstream
-from haddock.node.cluster.config import ClusterSettings
 from haddock.node.cluster.ledger import OUTBOUND_ACKED
 from haddock.node.cluster.transport import ClusterTransport
-from haddock.node.server import RunningServer, start_server
-from tests.conftest import TelemetryCapture, node_settings
 from tests.support.natsserver import NatsServer
+from tests.support.nclnode import HEARTBEAT, IMAGE, NodeFactory, containers_running, joined, transport
 from tests.support.orchestrator import TestOrchestrator
 
 pytestmark = pytest.mark.engine
-
-HEARTBEAT = 0.5
-IMAGE = "haddock-test/busybox"
 
 
 @pytest.fixture
@@ -47,37 +40,6 @@ async def orch(nats_server: NatsServer) -> AsyncIterator[TestOrchestrator]:
     await o.start()
     yield o
     await o.stop()
-
-
-NodeFactory = Callable[..., Awaitable[RunningServer]]
-
-
-@pytest.fixture
-async def start_node(
-    tmp_path: Path, node_id: str, busybox_image: str, telemetry: TelemetryCapture
-) -> AsyncIterator[NodeFactory]:
-    started: list[RunningServer] = []
-
-    async def start(url: str, **cluster: Any) -> RunningServer:
-        fields: dict[str, Any] = {"heartbeat_interval": HEARTBEAT, "heartbeat_miss_factor": 3}
-        fields |= {"reconnect_min": 0.2, "reconnect_max": 1, "request_timeout": 2}
-        settings = ClusterSettings.model_validate({"orchestrators": [url], **fields, **cluster})
-        running = await start_server(node_settings(tmp_path, node_id, cluster=settings))
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        await running.stop(1)
-
-
-def transport(running: RunningServer) -> ClusterTransport:
-    assert running.cluster is not None
-    return running.cluster
-
-
-async def joined(orch: TestOrchestrator, node_id: str) -> None:
-    await orch.wait_for(lambda: node_id in orch.nodes and orch.nodes[node_id].connected, 20, "handshake")
 
 
 def hold(
@@ -236,18 +198,6 @@ async def test_results_sent_during_a_nats_outage_arrive_once(
     finally:
         await orch.stop()
         await server.stop()
-
-
-async def containers_running(node_id: str) -> None:
-    client = docker.from_env()
-    try:
-        for _ in range(150):
-            if client.containers.list(filters={"label": f"{LABEL_NODE}={node_id}", "status": "running"}):
-                return
-            await asyncio.sleep(0.2)
-        raise AssertionError("the container did not start")
-    finally:
-        client.close()
 
 
 # ---------------------------------------------------------------- log requests

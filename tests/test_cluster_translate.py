@@ -194,4 +194,7 @@ def test_results_go_back_with_bacalhaus_names() -> None:
     assert not ran_to_completion(RunCommandResult(status=ResultStatus.TIMEOUT, exit_code=137))
     assert not ran_to_completion(RunCommandResult(status=ResultStatus.ERROR, error_message="no image"))
     assert not ran_to_completion(RunCommandResult(status=ResultStatus.SUCCESS, exit_code=0, publish_errors=["s3"]))
+    # The init could not execute the command (exit 127): it never ran; Bacalhau fails such a container at start.
+    assert not ran_to_completion(RunCommandResult(status=ResultStatus.ERROR, exit_code=127, not_executed=True))
+    assert ran_to_completion(RunCommandResult(status=ResultStatus.ERROR, exit_code=127))
     assert publish_result(ok, "/data/r").params == {"URL": "file:///data/r"}

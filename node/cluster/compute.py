@@ -177,18 +177,24 @@ class ComputeHandler:
             run = m.RunResult(
                 publish_result=publish_result(result, results_dir),
                 run_command_result=to_bacalhau_result(result),
-                **self._base(t),
+                **self._base(t, m.Event(message=m.EXEC_COMPLETED_MESSAGE, topic=m.TOPIC_EXECUTION)),
             )
             await self._send(t, "result", m.RUN_RESULT, run)
         else:
-            await self._error(t, result.error_message or f"the execution ended: {result.status.value}")
+            message = result.error_message or f"the execution ended: {result.status.value}"
+            if result.publish_errors:
+                message = "; ".join([*([result.error_message] if result.error_message else []), *result.publish_errors])
+            await self._error(t, message, m.TOPIC_PUBLISHING if result.publish_errors else m.TOPIC_RUNNING)
 
-    async def _error(self, t: Tracked, message: str) -> None:
-        base = self._base(t, message, m.TOPIC_EXECUTION)
-        await self._send(t, "result", m.COMPUTE_ERROR, m.ComputeError(**base))
+    async def _error(self, t: Tracked, message: str, topic: str = m.TOPIC_RUNNING) -> None:
+        """A ComputeError as Bacalhau's executor writes one (``handleFailure``): one event, the error as its
+        message, the phase the execution failed in as its topic, flagged an error (``IsError``)."""
+        event = m.Event(message=message, topic=topic, details={m.DETAILS_IS_ERROR: "true"})
+        await self._send(t, "result", m.COMPUTE_ERROR, m.ComputeError(**self._base(t, event)))
 
-    def _base(self, t: Tracked, message: str | None = None, topic: str = m.TOPIC_BID) -> dict[str, Any]:
-        event = m.Event(message=t.reason if message is None else message, topic=topic)
+    def _base(self, t: Tracked, event: m.Event | None = None) -> dict[str, Any]:
+        """The fields every response has; the event defaults to the bid's reason."""
+        event = event or m.Event(message=t.reason, topic=m.TOPIC_BID)
         return {"execution_id": t.execution_id, "job_id": t.job_id, "job_type": t.job_type, "events": [event]}
 
     async def _send(self, t: Tracked, kind: str, type_: str, payload: m.BaseResponse) -> None:

@@ -385,9 +385,13 @@ OUTBOUND_MODELS: dict[str, type[BaseResponse]] = {
     COMPUTE_ERROR: ComputeError,
 }
 
-# Event topics the node writes (pkg/compute/constants.go names "Exec Scanning" for bid refusals).
-TOPIC_BID = "Exec Scanning"
-TOPIC_EXECUTION = "Execution"
+# Event topics and texts the node writes (pkg/compute/events.go, pkg/models/event.go).
+TOPIC_BID = "Exec Scanning"  # bids
+TOPIC_EXECUTION = "Execution"  # a completed execution (ExecCompletedEvent)
+TOPIC_RUNNING = "Running Execution"  # a failure before publishing (BaseExecutor.Run's handleFailure)
+TOPIC_PUBLISHING = "Publishing Results"  # a failure to publish
+EXEC_COMPLETED_MESSAGE = "Completed successfully"
+DETAILS_IS_ERROR = "IsError"  # models.DetailsKeyIsError: "true" on an event that reports an error
 
 
 class AckResult(_Wire):

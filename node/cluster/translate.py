@@ -305,9 +305,11 @@ def ran_to_completion(result: HaddockResult) -> bool:
     """A RunResult (the process ran and exited, whatever its code), not a ComputeError.
 
     As Bacalhau's compute node: a non-zero exit is a completed execution with that exit code; a timeout,
-    an out-of-memory kill or a failure to run at all is an error.
+    an out-of-memory kill or a failure to run at all is an error — also a command the container's init
+    could not execute (exit 126/127; Bacalhau's Docker executor, which runs no init, fails such a
+    container at start).
     """
-    if result.publish_errors:
+    if result.publish_errors or result.not_executed:
         return False
     return result.status is ResultStatus.SUCCESS or (
         result.status is ResultStatus.ERROR and result.exit_code is not None

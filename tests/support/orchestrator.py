@@ -104,6 +104,11 @@ class TestOrchestrator:
         self.bids: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.refuse: dict[str, str] = {}  # execution id -> the error its messages from nodes are refused with
         self.refusals: dict[str, int] = defaultdict(int)
+        self.control: list[tuple[str, str, dict[str, Any]]] = []  # node, type, payload of every control request
+        # node id -> the sequence number its next handshake is answered with (LastOrchestratorSeqNum): as
+        # Bacalhau's orchestrator on a reconnect, which answers the number it stored from the node's last
+        # heartbeat and sends again everything after it, handled by the node or not.
+        self.replay_from: dict[str, int] = {}
         self.outbox: dict[str, list[Outgoing]] = defaultdict(list)
         self._seq: dict[str, int] = defaultdict(int)
         self._subscribed: set[str] = set()
@@ -153,6 +158,7 @@ class TestOrchestrator:
         kind = meta["Bacalhau-Type"]
         node_id = msg.subject.split(".")[3]
         node = self.nodes.get(node_id)
+        self.control.append((node_id, kind, payload))
         if kind == "transport.HandshakeRequest":
             info = payload["NodeInfo"]
             if "ncl/v1" not in info.get("SupportedProtocols", []):
@@ -167,17 +173,13 @@ class TestOrchestrator:
             if node_id not in self._subscribed:
                 await self.nc.subscribe(f"bacalhau.global.compute.{node_id}.out.msgs", cb=self._data)  # type: ignore[union-attr]
                 self._subscribed.add(node_id)
-            for out in self.outbox[node_id]:  # what the node says it has is not resent
-                if out.seq <= node.node_reported_seq:
-                    out.acked = True
+            starting = self.replay_from.pop(node_id, node.node_reported_seq)
+            for out in self.outbox[node_id]:  # what the node has is not resent; after `starting`, all is
+                out.acked = out.seq <= starting
             await self._respond(
                 msg,
                 "transport.HandshakeResponse",
-                {
-                    "accepted": True,
-                    "LastComputeSeqNum": node.last_processed,
-                    "LastOrchestratorSeqNum": node.node_reported_seq,
-                },
+                {"accepted": True, "LastComputeSeqNum": node.last_processed, "LastOrchestratorSeqNum": starting},
             )
         elif node is None or not node.connected:
             await self._error(msg, "HandshakeRequired", f"node {node_id} must handshake")
@@ -325,5 +327,12 @@ class TestOrchestrator:
     async def accept(self, node_id: str, exec_id: str) -> None:
         await self.send(node_id, "BidAccepted", {"ExecutionID": exec_id, "Accepted": True, "Events": []})
 
+    async def reject(self, node_id: str, exec_id: str, reason: str = "the job went elsewhere") -> None:
+        await self.send(node_id, "BidRejected", {"ExecutionID": exec_id, "Events": [{"Message": reason}]})
+
     async def cancel(self, node_id: str, exec_id: str) -> None:
         await self.send(node_id, "CancelExecution", {"ExecutionID": exec_id, "Events": [{"Message": "user asked"}]})
+
+    def controls(self, node_id: str, kind: str) -> list[dict[str, Any]]:
+        """The payloads of the control requests of one type the node sent, in order."""
+        return [p for n, k, p in self.control if n == node_id and k == kind]
