@@ -259,3 +259,14 @@ async def test_nats_restart_nodes_reconnect_and_lose_nothing(cluster: Cluster) -
     for exec_id in jobs:
         assert len(orch.results[exec_id]) == 1
     assert not orch.duplicates, orch.duplicates
+
+
+async def test_sigterm_sends_a_shutdown_notice(cluster: Cluster) -> None:
+    """`haddock serve` stopped by SIGTERM tells the orchestrator, with the last of its messages it handled."""
+    orch, node = cluster.orch, cluster.node(0)
+    await orch.wait_for(lambda: all(o.acked for o in orch.outbox[node.node_id]), 20, "everything handled")
+    assert await node.terminate() == 0
+    last = len(orch.outbox[node.node_id])
+    notice = {"NodeID": node.node_id, "Reason": "node shutting down", "LastOrchestratorSeqNum": last}
+    assert orch.controls(node.node_id, "transport.ShutdownNoticeRequest") == [notice]
+    assert not connected(orch, node.node_id) and orch.nodes[node.node_id].disconnects[-1] == "shutdown notice"

@@ -202,3 +202,167 @@ async def test_failures_are_compute_errors_as_bacalhau_writes_them(
         assert event["Topic"] == "Running Execution" and event["Details"] == {"IsError": "true"}, event
         assert "RunCommandResult" not in error and "PublishResult" not in error
     assert not orch.duplicates
+
+
+# ---------------------------------------------------------------- control plane: shutdown notice, node-info updates
+
+
+async def test_a_graceful_stop_sends_a_shutdown_notice(
+    orch: TestOrchestrator, start_node: NodeFactory, node_id: str
+) -> None:
+    """As Bacalhau's control plane on Stop: ``ShutdownNoticeRequest{NodeID, LastOrchestratorSeqNum}`` (haddock
+    adds the optional ``Reason``), and nothing after it."""
+    running = await start_node(orch.url)
+    await joined(orch, node_id)
+    e = uid("e-before-stop")
+    await ask_and_bid(orch, node_id, e, "true")
+    await orch.reject(node_id, e)
+    await running.stop(1)
+    (notice,) = orch.controls(node_id, m.SHUTDOWN_NOTICE_REQUEST)
+    assert notice == {"NodeID": node_id, "Reason": "node shutting down", "LastOrchestratorSeqNum": 2}
+    assert not orch.nodes[node_id].connected and orch.nodes[node_id].disconnects == ["shutdown notice"]
+    sent = len(orch.control)
+    await asyncio.sleep(3 * HEARTBEAT)
+    assert len(orch.control) == sent  # no heartbeat, no handshake after it
+
+
+DYNAMIC = ("AvailableCapacity", "QueueCapacity", "RunningExecutions", "EnqueuedExecutions")
+
+
+def static(info: dict[str, Any]) -> dict[str, Any]:
+    """What Bacalhau's ``HasStaticConfigChanged`` compares: all but the dynamic capacity fields."""
+    compute = {k: v for k, v in info["ComputeNodeInfo"].items() if k not in DYNAMIC}
+    return info | {"ComputeNodeInfo": compute}
+
+
+async def test_node_info_update_when_what_the_node_offers_changes(
+    orch: TestOrchestrator, start_node: NodeFactory, node_id: str
+) -> None:
+    """Nothing the node offers changes at run time today (labels, engines, publishers, sources and per-job
+    maxima come from the config; the capacity is set once, at start): this changes the capacity through the
+    call the start makes (``set_capacity``) and checks that exactly one update goes out, with the new info."""
+    running = await start_node(orch.url, node_info_update_interval=0.2)
+    await joined(orch, node_id)
+    await asyncio.sleep(1)  # five intervals
+    assert orch.controls(node_id, m.NODE_INFO_UPDATE_REQUEST) == []  # nothing changed: nothing sent
+    capacity = running.node.capacity
+    smaller = capacity.snapshot().capacity.model_copy(update={"cpu": 1.5, "memory": GIB})
+    capacity.set_capacity(smaller)
+    await orch.wait_for(lambda: orch.controls(node_id, m.NODE_INFO_UPDATE_REQUEST) != [], 10, "a node-info update")
+    await asyncio.sleep(1)
+    (update,) = orch.controls(node_id, m.NODE_INFO_UPDATE_REQUEST)  # once, not at every interval
+    info = update["NodeInfo"]
+    expected = {"CPU": 1.5, "Memory": GIB, "Disk": smaller.disk, "GPU": 0}
+    assert info["ComputeNodeInfo"]["MaxCapacity"] == expected
+    assert info["ComputeNodeInfo"]["MaxJobRequirements"] == expected  # no per-job maxima: the capacity
+    assert info["ComputeNodeInfo"]["AvailableCapacity"] == expected
+    (handshake,) = orch.controls(node_id, m.HANDSHAKE_REQUEST)
+    before = static(handshake["NodeInfo"])
+    for key in ("MaxCapacity", "MaxJobRequirements"):
+        before["ComputeNodeInfo"][key] = expected
+    assert static(info) == before  # the rest as in the handshake
+    assert orch.nodes[node_id].info == info
+    await orch.wait_for(lambda: orch.nodes[node_id].available == expected, 5, "heartbeats with the new capacity")
+
+
+# ---------------------------------------------------------------- log streaming
+
+
+def text_of(lines: list[tuple[int, str]], kind: int) -> str:
+    return "".join(line for k, line in lines if k == kind)
+
+
+async def test_log_streams_are_exactly_the_jobs_output(
+    orch: TestOrchestrator, start_node: NodeFactory, node_id: str
+) -> None:
+    """Many lines on both streams, a last line without a newline: each stream, put together, is byte for byte
+    the job's results file — followed live from the start, read after the end, and read again after the node
+    restarted (from the durable log store)."""
+    running = await start_node(orch.url)
+    await joined(orch, node_id)
+    e = uid("e-logs-exact")
+    script = (
+        'i=0; while [ $i -lt 300 ]; do echo "out $i $(seq -s, 1 30)"; echo "err $i" >&2; i=$((i+1)); done; '
+        "sleep 1; printf 'last line without a newline'; printf 'err end' >&2"
+    )
+    await ask_and_bid(orch, node_id, e, script)
+    followed = asyncio.create_task(orch.logs(node_id, e, follow=True))
+    await orch.accept(node_id, e)
+    await orch.wait_for(lambda: e in orch.results, 30, "the result")
+    results = running.node.settings.results_dir(e)
+    stdout, stderr = (results / "stdout").read_text(), (results / "stderr").read_text()
+    assert stdout.startswith("out 0 1,2,3,") and stdout.endswith(
+        "out 299 " + ",".join(map(str, range(1, 31))) + "\nlast line without a newline"
+    )
+    assert stderr.count("\n") == 300 and stderr.endswith("err 299\nerr end")
+    normal = {"Code": 1000, "Text": ""}
+    lines, close = await followed
+    assert (text_of(lines, 1), text_of(lines, 2), close) == (stdout, stderr, normal)
+    lines, close = await orch.logs(node_id, e)
+    assert (text_of(lines, 1), text_of(lines, 2), close) == (stdout, stderr, normal)
+    assert await orch.logs(node_id, e, tail=True, follow=True) == ([], normal)  # from the end of an ended log
+    await running.stop(1)
+    await start_node(orch.url)
+    await orch.wait_for(lambda: orch.nodes[node_id].connected, 20, "the restarted node")
+    lines, close = await orch.logs(node_id, e)
+    assert (text_of(lines, 1), text_of(lines, 2), close) == (stdout, stderr, normal)
+
+
+# ---------------------------------------------------------------- replays
+
+
+async def test_messages_replayed_after_a_reconnect_or_a_restart_have_no_effect(
+    orch: TestOrchestrator, start_node: NodeFactory, node_id: str
+) -> None:
+    """Bacalhau's orchestrator answers a reconnecting node's handshake with the sequence number it stored from
+    the node's last heartbeat and sends everything after it again, whether the node handled it or not
+    (nodes/manager.go resolveStartingOrchestratorSeqNum). Here it starts from 0: every message comes again —
+    after a reconnect, and after a restart of the node — and none has an effect."""
+    running = await start_node(orch.url)
+    await joined(orch, node_id)
+    done, rejected, cancelled, at_once = (uid(p) for p in ("e-done", "e-rejected", "e-cancelled", "e-at-once"))
+    await ask_and_bid(orch, node_id, done, "echo once")
+    await orch.accept(node_id, done)
+    await ask_and_bid(orch, node_id, rejected, "echo never")
+    await orch.reject(node_id, rejected)
+    await ask_and_bid(orch, node_id, cancelled, "sleep 60")
+    await orch.accept(node_id, cancelled)
+    await orch.send(node_id, m.ASK_FOR_BID, run_at_once(node_id, at_once, "echo at once"))
+    await orch.wait_for(lambda: done in orch.results and at_once in orch.results, 30, "two results")
+    await containers_running(node_id)
+    await orch.cancel(node_id, cancelled)
+    assert (await ended(running.node, cancelled)).state is ExecutionState.CANCELLED
+    last = len(orch.outbox[node_id])
+    await orch.wait_for(lambda: orch.nodes[node_id].node_reported_seq == last, 10, "a heartbeat with all handled")
+    received = list(orch.received)
+    assert [kind for _, _, kind, _ in received] == [*[m.BID_RESULT] * 3, m.RUN_RESULT, m.RUN_RESULT]
+
+    async def everything_again(restart: bool) -> None:
+        nonlocal running
+        handshakes = orch.nodes[node_id].handshakes
+        sent = {seq: orch.deliveries[(node_id, seq)] for seq in range(1, last + 1)}
+        orch.replay_from[node_id] = 0
+        if restart:
+            await running.stop(1)
+            running = await start_node(orch.url)
+        else:
+            orch.nodes[node_id].connected = False  # the next heartbeat is answered HandshakeRequired
+        await orch.wait_for(
+            lambda: orch.nodes[node_id].handshakes > handshakes and all(o.acked for o in orch.outbox[node_id]),
+            30,
+            "every message sent again and acknowledged",
+        )
+        assert all(orch.deliveries[(node_id, seq)] > n for seq, n in sent.items())  # each one came again
+        await asyncio.sleep(3 * HEARTBEAT)
+        assert orch.received == received and not orch.duplicates  # no second bid, no second result
+        records = {r.execution_id: r.state for r in await running.node.list()}
+        assert records == {
+            done: ExecutionState.COMPLETED,
+            cancelled: ExecutionState.CANCELLED,
+            at_once: ExecutionState.COMPLETED,
+        }
+        assert [c for c in node_containers(node_id) if c.status == "running"] == []
+        assert orch.nodes[node_id].node_reported_seq == last
+
+    await everything_again(restart=False)
+    await everything_again(restart=True)

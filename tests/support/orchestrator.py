@@ -110,6 +110,7 @@ class TestOrchestrator:
         # heartbeat and sends again everything after it, handled by the node or not.
         self.replay_from: dict[str, int] = {}
         self.outbox: dict[str, list[Outgoing]] = defaultdict(list)
+        self.deliveries: dict[tuple[str, int], int] = defaultdict(int)  # (node, seq) -> times sent
         self._seq: dict[str, int] = defaultdict(int)
         self._subscribed: set[str] = set()
         self._changed = asyncio.Condition()
@@ -249,6 +250,7 @@ class TestOrchestrator:
         return out.seq
 
     async def _deliver(self, node_id: str, out: Outgoing) -> None:
+        self.deliveries[(node_id, out.seq)] += 1
         extra = {"Bacalhau-MessageID": f"seq-{out.seq}", "Bacalhau-SeqNum": str(out.seq)}
         data, meta = encode(out.type, out.payload, extra)
         try:
