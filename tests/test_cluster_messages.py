@@ -17,6 +17,7 @@ from haddock.executor.errors import ExecutionNotFound
 from haddock.executor.records import ExecutionRecord, ExecutionState, ResultStatus
 from haddock.node.cluster import messages as m
 from haddock.node.cluster.ledger import Ledger
+from haddock.node.config import CapacitySettings
 from haddock.node.service import Node
 from tests.support.natsserver import NatsServer
 from tests.support.nclnode import HEARTBEAT, IMAGE, NodeFactory, containers_running, joined, node_containers, transport
@@ -134,6 +135,29 @@ async def test_cancel_execution_of_one_running_at_once(
     assert (await ended(running.node, e)).state is ExecutionState.CANCELLED
     await asyncio.sleep(3 * HEARTBEAT)
     assert sent_by_node(orch, node_id, e) == []
+
+
+async def test_cancel_execution_of_a_queued_one(orch: TestOrchestrator, start_node: NodeFactory, node_id: str) -> None:
+    running = await start_node(orch.url, settings={"capacity": CapacitySettings(max_running=1)})
+    await joined(orch, node_id)
+    first, queued = uid("e-first"), uid("e-queued")
+    for e in (first, queued):
+        await ask_and_bid(orch, node_id, e, "sleep 60")
+    await orch.accept(node_id, first)
+    await containers_running(node_id)
+    await orch.accept(node_id, queued)
+    for _ in range(100):
+        if running.node.queue_position(queued) is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert running.node.queue_position(queued) is not None, "the second one waits for the first"
+    await orch.cancel(node_id, queued)
+    record = await ended(running.node, queued)
+    assert record.state is ExecutionState.CANCELLED and node_containers(node_id, queued) == []  # it never ran
+    await orch.cancel(node_id, first)
+    assert (await ended(running.node, first)).state is ExecutionState.CANCELLED
+    await asyncio.sleep(3 * HEARTBEAT)
+    assert sent_by_node(orch, node_id, first) == sent_by_node(orch, node_id, queued) == [m.BID_RESULT]
 
 
 # ---------------------------------------------------------------- BidRejected
@@ -366,3 +390,53 @@ async def test_messages_replayed_after_a_reconnect_or_a_restart_have_no_effect(
 
     await everything_again(restart=False)
     await everything_again(restart=True)
+
+
+async def test_a_message_handled_again_after_a_failure_midway_completes_its_effect(
+    orch: TestOrchestrator, start_node: NodeFactory, node_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node's state is written, then the handling fails (a crash there is the same): the message is not
+    acknowledged, so it comes again. Handled again, it must finish the job — send the bid, stop the
+    container — not take itself for a replay of a message fully handled."""
+    running = await start_node(orch.url)
+    t = transport(running)
+    assert t.ledger is not None
+    await joined(orch, node_id)
+    asked, at_once, cancelled = uid("e-asked"), uid("e-at-once"), uid("e-cancelled")
+    await ask_and_bid(orch, node_id, cancelled, "sleep 60")
+    await orch.accept(node_id, cancelled)
+    await containers_running(node_id)
+    failed: list[str] = []
+
+    def fail_once_after(name: str) -> None:
+        ledger = t.ledger
+        real = getattr(type(ledger), name)
+
+        async def written_then_failed(*args: Any) -> Any:
+            await real(ledger, *args)
+            monkeypatch.undo()
+            failed.append(name)
+            raise OSError(f"the disk went away after {name}")
+
+        monkeypatch.setattr(ledger, name, written_then_failed)
+
+    fail_once_after("track")  # AskForBid: tracked, no bid in the outbox yet
+    await orch.ask(node_id, asked, IMAGE, "echo ran")
+    await orch.wait_for(lambda: asked in orch.bids, 20, "the bid, once the AskForBid came again")
+    assert len(orch.bids[asked]) == 1 and orch.bids[asked][0]["Accepted"]
+    fail_once_after("set_state")  # BidAccepted: marked accepted, not started yet
+    await orch.accept(node_id, asked)
+    await orch.wait_for(lambda: asked in orch.results, 20, "the result, once the BidAccepted came again")
+    assert orch.results[asked][0]["RunCommandResult"]["Stdout"] == "ran\n"
+    fail_once_after("track")  # AskForBid to run at once: tracked as accepted, not started yet
+    await orch.send(node_id, m.ASK_FOR_BID, run_at_once(node_id, at_once, "echo ran at once"))
+    await orch.wait_for(lambda: at_once in orch.results, 20, "the result, once the AskForBid came again")
+    assert orch.results[at_once][0]["RunCommandResult"]["Stdout"] == "ran at once\n"
+    fail_once_after("set_state")  # CancelExecution: marked cancelled, the container not stopped yet
+    await orch.cancel(node_id, cancelled)
+    assert (await ended(running.node, cancelled)).state is ExecutionState.CANCELLED
+    assert failed == ["track", "set_state", "track", "set_state"]
+    await asyncio.sleep(3 * HEARTBEAT)
+    assert sent_by_node(orch, node_id, asked) == [m.BID_RESULT, m.RUN_RESULT]
+    assert sent_by_node(orch, node_id, at_once) == [m.RUN_RESULT]
+    assert sent_by_node(orch, node_id, cancelled) == [m.BID_RESULT] and not orch.duplicates

@@ -13,8 +13,12 @@ translates and asks :class:`~haddock.node.service.Node`, which decides (bids, st
   could not be published).
 
 Every effect is idempotent, so a message handled twice (a replay after a crash between the effect and
-the checkpoint) changes nothing: executions are tracked once in the ledger, the node refuses a second
-start of one id, and the outbox keeps one bid and one result per execution.
+the checkpoint, or Bacalhau's orchestrator sending again what followed the last sequence number it stored)
+changes nothing that was done: executions are tracked once in the ledger, the node refuses a second start
+of one id, one task follows each execution, and the outbox keeps one bid and one result per execution.
+And it completes what was not: a handling that failed midway (the ledger written, the bid not, the
+execution not started or not stopped) was not acknowledged, and handled again it writes the bid, follows
+the execution or cancels it.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class ComputeHandler:
         self.ledger = ledger
         self._wake = wake
         self._tasks: set[asyncio.Task[None]] = set()
+        self._following: set[str] = set()  # executions a task starts and reports (one task each)
 
     async def handle(self, message_type: str, payload: object) -> None:
         """Handle one decoded data message (a pydantic ``ValidationError`` for a payload that is not one)."""
@@ -68,7 +73,7 @@ class ComputeHandler:
         """After a restart: follow every accepted execution whose result was not written yet."""
         for t in await self.ledger.accepted_unreported():
             log.info("following accepted execution again", extra={"execution_id": t.execution_id})
-            self._spawn(self._run(t))
+            self._follow(t)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -78,8 +83,17 @@ class ComputeHandler:
     # ------------------------------------------------------------ messages
 
     async def _ask_for_bid(self, execution: m.Execution) -> None:
-        if await self.ledger.get(execution.id) is not None:
-            log.info("AskForBid again for a known execution: ignored", extra={"execution_id": execution.id})
+        known = await self.ledger.get(execution.id)
+        if known is not None:
+            # Handled before: nothing is judged again. A first handling that failed (or a node that died)
+            # between tracking the execution and writing its bid or starting it was not acknowledged; this
+            # one finishes it: the bid is written again (a no-op when it is in the outbox already), one to run
+            # at once is followed (unless it is already, or its result is written).
+            log.info("AskForBid again for a known execution", extra={"execution_id": execution.id})
+            if not known.bid or known.state == ASKED:
+                await self._send(known, "bid", m.BID_RESULT, m.BidResult(accepted=known.bid, **self._base(known)))
+            elif known.state == ACCEPTED and not await self.ledger.reported(known.execution_id):
+                self._follow(known)
             return
         request: RunCommandRequest | None = None
         try:
@@ -108,7 +122,7 @@ class ComputeHandler:
         if not bid.should_bid or not run_now:
             await self._send(tracked, "bid", m.BID_RESULT, m.BidResult(accepted=bid.should_bid, **self._base(tracked)))
         if bid.should_bid and run_now:
-            self._spawn(self._run(tracked))
+            self._follow(tracked)
 
     async def _bid(self, request: RunCommandRequest) -> Bid:
         try:
@@ -121,11 +135,17 @@ class ComputeHandler:
 
     async def _bid_accepted(self, execution_id: str) -> None:
         t = await self.ledger.get(execution_id)
+        if t is not None and t.state == ACCEPTED:
+            # Accepted before: a first handling may have failed (or the node died) between marking it and
+            # starting it. Followed unless it is already, or its result is written.
+            if not await self.ledger.reported(execution_id):
+                self._follow(t)
+            return
         if t is None or t.state != ASKED:
             log.info("BidAccepted for an execution not awaiting it: ignored", extra={"execution_id": execution_id})
             return
         await self.ledger.set_state(execution_id, ACCEPTED)
-        self._spawn(self._run(t))
+        self._follow(t)
 
     async def _bid_rejected(self, execution_id: str, reason: str) -> None:
         t = await self.ledger.get(execution_id)
@@ -138,7 +158,9 @@ class ComputeHandler:
         if t is None:
             return
         await self.ledger.set_state(execution_id, CANCELLED)
-        if t.state == ACCEPTED:
+        # Cancelled already: a first handling may have failed (or the node died) between marking it and
+        # stopping it; the node cancels again (nothing happens to one that ended or never started).
+        if t.state in (ACCEPTED, CANCELLED):
             log.info("cancel", extra={"execution_id": execution_id, "reason": reason})
             self._spawn(self._cancel_on_node(execution_id))
 
@@ -148,10 +170,18 @@ class ComputeHandler:
 
     # ------------------------------------------------------------ executions
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _follow(self, t: Tracked) -> None:
+        """Start the execution and report its end, in one task per execution."""
+        if t.execution_id in self._following:
+            return
+        self._following.add(t.execution_id)
+        self._spawn(self._run(t)).add_done_callback(lambda _: self._following.discard(t.execution_id))
 
     async def _run(self, t: Tracked) -> None:
         """Start the execution (unless it started already) and report how it ended, once."""

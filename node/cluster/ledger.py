@@ -207,6 +207,15 @@ class Ledger:
         )
         return [Tracked(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6]) for r in rows]
 
+    async def reported(self, execution_id: str) -> bool:
+        """Whether the execution's result (RunResult or ComputeError) is in the outbox."""
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT 1 FROM outbox WHERE execution_id = ? AND kind = 'result'", (execution_id,)
+            ).fetchone()
+        )
+        return row is not None
+
     # ------------------------------------------------------------ outbox
 
     async def enqueue(self, execution_id: str, kind: str, type_: str, payload: dict[str, Any], now_ns: int) -> bool:
