@@ -382,9 +382,22 @@ class _Service:
             await asyncio.sleep(probe.interval)
 
     async def _image_loop(self, handle: ContainerHandle, health: _Health) -> None:
+        """The engine's health status of the image's HEALTHCHECK: ``healthy`` makes the service ready, ``unhealthy``
+        (the check failed its retries, counted by the engine) stops the container, which restarts under its
+        policy. A container without a health status twice in a row has no HEALTHCHECK: the service ends in
+        error, it would never become ready."""
+        missing = 0
         while True:
             result = await self.prober.image(handle)
-            if result is not None:
+            if result is not None and result.final:
+                missing += 1
+                if missing >= 2:
+                    health.failure = f"cannot be probed as it asks (image_healthcheck): {result.detail}"
+                    self._probe_failed("healthcheck", result.detail, missing)
+                    await self._stop(handle, "unready")
+                    return
+            elif result is not None:
+                missing = 0
                 if result.ok:
                     self._to(ExecutionState.READY, result.detail)
                 else:
