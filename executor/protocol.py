@@ -19,11 +19,12 @@ can be added without touching the node.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from haddock.executor.hooks import BeforeStopHook
 from haddock.executor.jobspec import JobSpec
 from haddock.executor.logstore import LogEntry, LogStore
 from haddock.executor.models import (
@@ -107,8 +108,13 @@ class JobBuilder(Protocol):
 @runtime_checkable
 class Executor(Protocol):
     logs: LogStore  # every execution's output, kept after it ends
-    # Set by whoever routes requests to services: called with a service's id before a cancel stops it.
-    before_stop: Callable[[str], Awaitable[None]] | None
+
+    def add_before_stop(self, hook: BeforeStopHook, *, name: str, timeout: float) -> Callable[[], None]:
+        """Call ``hook`` with a service's execution id when a cancel is about to stop its container (whoever
+        routes requests to services stops and lets those in flight end). Several hooks may be registered;
+        they run concurrently, each within its ``timeout``; a failure is logged, never fatal. Returns the
+        hook's removal. See :mod:`haddock.executor.hooks`."""
+        ...
 
     async def is_installed(self) -> bool:
         """Whether the engine behind this executor answers."""

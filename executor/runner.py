@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from haddock.executor.errors import (
     ExecutorShuttingDown,
     InvalidSpec,
 )
+from haddock.executor.hooks import BeforeStopHook, StopHooks
 from haddock.executor.jobrun import build_job, run_batch
 from haddock.executor.logcap import LogCap
 from haddock.executor.logstore import LogEntry, LogStore
@@ -103,14 +104,15 @@ class Runner:
         self._result_publisher = result_publisher
         self._stats_sink = stats_sink
         self.job_builder = job_builder  # builds jobs of job types (request.job); the node sets it
-        # Called with a service's execution id when a cancel is about to stop its container, so that
-        # whoever routes requests to it (the node's gateway) stops and lets those in flight end first.
-        self.before_stop: Callable[[str], Awaitable[None]] | None = None
+        self.stop_hooks = StopHooks()  # before a cancel stops a service's container (the gateway drains it)
         self._records: dict[str, ExecutionRecord] = {}
         self._running: dict[str, Execution] = {}
         self._starting: dict[str, asyncio.Future[None]] = {}  # starts under way (creating the log)
         self._closing = False
         self._grace_cap: float | None = None
+
+    def add_before_stop(self, hook: BeforeStopHook, *, name: str, timeout: float) -> Callable[[], None]:
+        return self.stop_hooks.add(hook, name=name, timeout=timeout)
 
     # ------------------------------------------------------------------ contract: engine and bidding
 

@@ -74,11 +74,8 @@ async def supervise(
                 await handle.stop("output-cap", grace=0)
             if not exited.done() and not handle.stop_reason:
                 if cancel_wait in done:
-                    if request.is_service and runner.before_stop is not None:
-                        try:  # requests in flight to the service end before its container is stopped
-                            await runner.before_stop(record.execution_id)
-                        except Exception:
-                            log.exception("draining %s before stopping it failed", record.execution_id)
+                    if request.is_service:  # requests in flight to it end before its container is stopped
+                        await runner.stop_hooks.run(record.execution_id)
                     await handle.stop("cancel", grace=runner._stop_grace())
                 elif time_left is not None and not done:
                     if request.timeout is not None:
