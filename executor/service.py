@@ -159,7 +159,9 @@ class _Service:
         outcome, status = verdict
         if status is None:
             stop_reason = handle.stop_reason if handle is not None else None
-            status = decide_status(stop_reason, self.execution.output_cap_message, outcome)
+            status = decide_status(
+                stop_reason, self.execution.output_cap_message, outcome, timed_out=self.execution.timed_out
+            )
         if handle is not None and not self.execution.leave_container:
             self.execution.handle = None
             try:
@@ -173,7 +175,11 @@ class _Service:
     def _verdict(self, handle: ContainerHandle | None, outcome: ExitStatus, failure: str) -> Outcome | None:
         """How the service ends after its container did, or None to restart it."""
         reason = handle.stop_reason if handle is not None else None
-        if self.execution.cancel_event.is_set() or reason in ("cancel", "timeout", "output-cap"):
+        if (
+            self.execution.cancel_event.is_set()
+            or self.execution.timed_out
+            or reason in ("cancel", "timeout", "output-cap")
+        ):
             return outcome, None
         if reason == "unready":
             return dataclasses.replace(outcome, error=f"the service {failure}"), None

@@ -78,6 +78,10 @@ async def supervise(
                         await runner.stop_hooks.run(record.execution_id)
                     await handle.stop("cancel", grace=runner._stop_grace())
                 elif time_left is not None and not done:
+                    # Decided now, by the node's clock: the deadline passed before the exit was seen. Whatever
+                    # the stop finds (the container gone, or ending by itself as the signal crosses its exit),
+                    # the status follows settle.decide_status's timeout rule.
+                    execution.timed_out = True
                     if request.timeout is not None:
                         runner._emit(
                             record,
