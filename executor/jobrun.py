@@ -164,7 +164,7 @@ async def run_batch(
             interaction.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(interaction, return_exceptions=True)
-    if handle.stop_reason not in (None, BATCH_STOP_REASON) or execution.output_cap_message:
+    if handle.stop_reason not in (None, BATCH_STOP_REASON) or execution.output_cap_message or execution.timed_out:
         return outcome, None  # cancelled, timed out, over its output cap: decided as for any execution
     if interaction.cancelled() or interaction.exception() is not None:
         exc = interaction.exception() if not interaction.cancelled() else None
