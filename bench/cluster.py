@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import IMAGE, NODE_ID, RUN_TOKEN, Stats, log, ms, percentile, table
-from haddock.executor.models import RunCommandRequest
+from haddock.executor.request import RunCommandRequest
 from haddock.node.client import NodeClient
 from haddock.node.cluster.config import ClusterSettings
 from haddock.node.config import OnShutdown, Settings

@@ -30,7 +30,8 @@ from bench import common, profiling
 from bench.common import IMAGE, NODE_ID, RUN_TOKEN, CpuMeter, Stats, log, ms, ratio, table
 from bench.nodeproc import describe, node_processes, stop_leftovers
 from bench.raw import HttpTrace, RawTiming, describe_config, run_noop
-from haddock.executor.models import EventKind, RunCommandRequest
+from haddock.executor.records import EventKind
+from haddock.executor.request import RunCommandRequest
 from haddock.node.client import NodeClient
 from haddock.node.config import OnShutdown, Settings
 from haddock.node.server import RunningServer, start_server

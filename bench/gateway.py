@@ -27,7 +27,7 @@ import aiohttp
 from bench import common
 from bench.common import IMAGE, RUN_TOKEN, log, percentile, table
 from bench.output import NodeProcess
-from haddock.executor.models import RunCommandRequest
+from haddock.executor.request import RunCommandRequest
 from haddock.node.client import NodeClient
 
 GOAL_P50 = 1.3

@@ -39,7 +39,7 @@ from bench import common, profiling
 from bench.common import IMAGE, RUN_TOKEN, CpuMeter, log
 from bench.nodeproc import Mem, NodeProcess, ProcWatch
 from bench.raw import cli_run, node_defaults
-from haddock.executor.models import RunCommandRequest
+from haddock.executor.request import RunCommandRequest
 from haddock.node.client import NodeClient
 
 MiB = 1024 * 1024
@@ -360,7 +360,7 @@ IMPORTS = {
         "opentelemetry.sdk.trace",
         "opentelemetry.instrumentation.grpc",
         "typer",
-        "haddock.executor.models",
+        "haddock.executor.records",
         "haddock.executor.runner",
         "haddock.executor.docker.driver",
         "haddock.node.store",
@@ -370,7 +370,7 @@ IMPORTS = {
     ),
     "capture_proc": (
         "pydantic",
-        "haddock.executor.models",
+        "haddock.executor.records",
         "haddock.executor.logstore",
         "haddock.executor.results",
         "haddock.executor.docker.capture_proc",

@@ -45,7 +45,9 @@ def discard() -> None:
 # Our code, for attributing profile samples ("file:function" hot spots).
 OUR_PACKAGES = ("executor", "node", "storage", "haddock")
 # Frames of ours that only hold the event loop (not hot spots): samples under them are asyncio/grpc.
-ENTRY_FRAMES = frozenset({"haddock:<module>", "node/cli.py:serve", "node/client/cli.py:_run", "node/server.py:serve"})
+ENTRY_FRAMES = frozenset(
+    {"haddock:<module>", "node/cli.py:serve", "node/client/_cli_common.py:run_coro", "node/server.py:serve"}
+)
 
 
 def pyspy_path() -> str | None:

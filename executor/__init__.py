@@ -1,9 +1,11 @@
 """The domain of haddock: what an execution is and the contract that runs it, whatever the engine.
 
-Modules: ``models`` (requests, results, events, records, log queries), ``sources`` and ``publishers``
-(input and publisher specs), ``quantity`` (sizes, CPU, durations), ``imageref``, ``errors``, ``paths``;
-``protocol`` (the Executor contract), ``driver`` (what an engine's driver provides), ``runner`` (the
-engine-independent lifecycle), ``logstore``, ``results``, ``outputs``; ``docker`` (the Docker driver).
+Modules: ``request`` (what a requester asks for), ``servicespec`` (a service's ports, probes, restarts),
+``records`` (results, states, events, records, bids), ``fields`` (the models' base and field types),
+``streams`` (stream types, log queries), ``sources`` and ``publishers`` (input and publisher specs),
+``quantity`` (sizes, CPU, durations), ``imageref``, ``errors``, ``paths``; ``protocol`` (the Executor
+contract), ``driver`` (what an engine's driver provides), ``runner`` (the engine-independent lifecycle),
+``logstore``, ``results``, ``outputs``; ``docker`` (the Docker driver).
 
 Names are imported on first use (``from haddock.executor import RunCommandRequest`` loads the models):
 importing a module of this package loads no more than that module needs, so that the node's capture
@@ -25,19 +27,17 @@ if TYPE_CHECKING:
         ExecutorError,
         InvalidSpec,
     )
-    from haddock.executor.models import (
+    from haddock.executor.records import (
         BidResult,
         EventKind,
         ExecutionEvent,
         ExecutionRecord,
         ExecutionState,
-        LogQuery,
-        Resources,
         ResultStatus,
-        RunCommandRequest,
         RunCommandResult,
     )
-    from haddock.executor.streams import StreamType
+    from haddock.executor.request import Resources, RunCommandRequest
+    from haddock.executor.streams import LogQuery, StreamType
 
 __all__ = [
     "BidResult",
@@ -80,14 +80,13 @@ _WHERE = {
             "ExecutionEvent",
             "ExecutionRecord",
             "ExecutionState",
-            "LogQuery",
-            "Resources",
             "ResultStatus",
-            "RunCommandRequest",
             "RunCommandResult",
         ],
-        "models",
+        "records",
     ),
+    **dict.fromkeys(["Resources", "RunCommandRequest"], "request"),
+    "LogQuery": "streams",
     "StreamType": "streams",
 }
 

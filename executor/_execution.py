@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 from haddock.executor.driver import ContainerHandle
 from haddock.executor.logstore import LogWriter
-from haddock.executor.models import ExecutionRecord, RunCommandRequest, RunCommandResult
 from haddock.executor.protocol import PreparedInputs
+from haddock.executor.records import ExecutionRecord, RunCommandResult
+from haddock.executor.request import RunCommandRequest
 from haddock.executor.stats import StatsAccumulator
 
 

@@ -5,7 +5,6 @@ Private to :mod:`haddock.executor.logstore` (see its docstring for the concurren
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import threading
@@ -13,6 +12,7 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from haddock.executor._livelog import LiveLog
 from haddock.executor._logformat import FRAME_OVERHEAD, HEADER, MAGIC, MAX_FRAME_DATA, TRAILER, end_frame
 from haddock.executor.errors import shown
 from haddock.executor.logcap import LogBudget, LogCap, data_that_fits, frame_bytes
@@ -26,7 +26,7 @@ WRITE_BATCH = 1024 * 1024
 _END_FRAME_LEN = FRAME_OVERHEAD
 
 
-class LogWriter:
+class LogWriter(LiveLog):
     """Single writer per execution. ``write()`` and ``close()`` may be called from ANY thread (the
     Docker attach reader runs in a worker thread), and never block on readers.
 
@@ -49,35 +49,11 @@ class LogWriter:
         self._taken = 0  # bytes of the budget this writer holds
         self._dropped = {StreamType.STDOUT: 0, StreamType.STDERR: 0}
         self._lost = 0  # data bytes dropped because the budget had no room
-        self._store = store
-        self._execution_id = execution_id
+        super().__init__(store, execution_id, committed)
         self._fd = fd
         self._lock = threading.Lock()
-        self._committed = committed
-        self._closed = False
-        self._complete = False
         self._bytes = dict(bytes_written)
-        # Followers waiting for data (touched on the store's loop; only read by writer threads).
-        self._waiters: list[asyncio.Future[None]] = []
-        self._wake_pending = False
-
-    @property
-    def execution_id(self) -> str:
-        return self._execution_id
-
-    @property
-    def committed(self) -> int:
-        """Offset up to which complete frames are written."""
-        return self._committed
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def complete(self) -> bool:
-        """Closed with an END frame."""
-        return self._complete
+        self._wake_pending = False  # the followers (only read by writer threads here) are woken once at a time
 
     @property
     def bytes_written(self) -> dict[StreamType, int]:
@@ -246,19 +222,4 @@ class LogWriter:
     def _wake(self) -> None:
         """Runs on the store's loop."""
         self._wake_pending = False
-        waiters, self._waiters = self._waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
-
-    async def _wait_beyond(self, pos: int) -> None:
-        """Wait until the log grows past ``pos`` or the writer is closed (on the store's loop)."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            if self._committed > pos or self._closed:
-                return
-            await fut
-        finally:
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(fut)
+        super()._wake()

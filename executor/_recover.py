@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from haddock.executor._execution import Execution
 from haddock.executor.driver import ExitStatus
 from haddock.executor.logstore import LogWriter
-from haddock.executor.models import EventKind, ExecutionRecord, ExecutionState, utcnow
+from haddock.executor.records import EventKind, ExecutionRecord, ExecutionState, utcnow
 from haddock.executor.supervise import supervise
 
 if TYPE_CHECKING:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from haddock.executor.logstore import LogWriter
-from haddock.executor.models import BidResult, ExecutionRecord, InputVolume, Resources, RunCommandRequest
+from haddock.executor.records import BidResult, ExecutionRecord
+from haddock.executor.request import InputVolume, Resources, RunCommandRequest
 from haddock.executor.results import CapturedFile
 from haddock.executor.stats import Stat
 from haddock.executor.streams import StreamType

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 from haddock.executor.driver import ContainerHandle, ExitStatus
 from haddock.executor.errors import ExecutorError, InvalidSpec
 from haddock.executor.jobspec import JOB_PORT, JOB_SOURCE_TARGET
-from haddock.executor.models import EngineSpec, EventKind, PullPolicy, ResultStatus, RunCommandRequest
 from haddock.executor.protocol import BuildOutput, JobBuilder
+from haddock.executor.records import EventKind, ResultStatus
+from haddock.executor.request import EngineSpec, PullPolicy, RunCommandRequest
 from haddock.executor.streams import StreamType
 
 if TYPE_CHECKING:  # aiohttp is loaded by the first batch job, not by every node
@@ -86,6 +87,7 @@ async def build_job(runner: Runner, execution: Execution, builder: JobBuilder | 
             )
 
     built = await builder.build(request, source, on_output)
+    record.built_image = built.image  # kept with the execution (the store, from the event): restarts use it
     runner._emit(
         record,
         EventKind.BUILT,
@@ -94,16 +96,42 @@ async def build_job(runner: Runner, execution: Execution, builder: JobBuilder | 
         built=built.built,
         jobtype=built.jobtype,
     )
-    env = dict(manifest.runtime_env)
+    return job_run_request(execution, built.image), built.stop_signal
+
+
+def job_run_request(execution: Execution, image: str) -> RunCommandRequest:
+    """The request a job's container is made from: its built image, the manifest's runtime environment, the
+    requester's, and the node's ``JOB_DEPLOYMENT_TIMESTAMP`` (which nothing overrides: the liveness probe
+    checks it)."""
+    request = execution.record.request
+    assert request.job is not None
+    env = {**request.job.manifest.runtime_env, **request.engine.env}
     env["JOB_DEPLOYMENT_TIMESTAMP"] = str(deployment_timestamp(execution))
-    env.update(request.engine.env)
-    engine = EngineSpec(
-        image=built.image,
-        env=env,
-        working_dir=request.engine.working_dir,
-        pull_policy=PullPolicy.NEVER,
-    )
-    return request.model_copy(update={"engine": engine}), built.stop_signal
+    engine = EngineSpec(image=image, env=env, working_dir=request.engine.working_dir, pull_policy=PullPolicy.NEVER)
+    return request.model_copy(update={"engine": engine})
+
+
+async def restore_job(runner: Runner, execution: Execution) -> tuple[RunCommandRequest, str]:
+    """A job's container again after the node restarted (its inputs prepared again): from the image its
+    build made, kept with the execution; built again when that is not known or no longer on the engine."""
+    record = execution.record
+    image = record.built_image
+    if image is not None:
+        run_request = job_run_request(execution, image)
+        try:
+            ready = await runner.driver.prepare_image(run_request, lambda _: None)
+        except Exception as exc:  # whatever the driver says: the image is not there to run
+            log.warning("the built image %s of %s is gone (%s); building it again", image, record.execution_id, exc)
+        else:
+            runner._emit(
+                record,
+                EventKind.IMAGE_READY,
+                f"image {image} present (built before the node restarted)",
+                image_id=ready.image_id,
+                pulled=False,
+            )
+            return run_request, ready.stop_signal
+    return await build_job(runner, execution, runner.job_builder)
 
 
 async def _wait_ready(session: aiohttp.ClientSession, base: str) -> None:

@@ -22,7 +22,7 @@ from haddock.executor.quantity import MiB
 from haddock.executor.streams import StreamType
 
 if TYPE_CHECKING:
-    from haddock.executor.models import OutputLimits  # a type only: the capture process loads no pydantic
+    from haddock.executor.request import OutputLimits
 
 __all__ = ["FRAME_OVERHEAD", "MAX_FRAME_DATA", "LogBudget", "LogCap", "data_that_fits", "frame_bytes"]
 

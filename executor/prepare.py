@@ -11,8 +11,8 @@ from typing import Any
 from opentelemetry import trace
 
 from haddock.executor.driver import Driver
-from haddock.executor.models import EventKind, ExecutionEvent, ExecutionRecord
 from haddock.executor.protocol import InputPreparer, PreparedInputs
+from haddock.executor.records import EventKind, ExecutionEvent, ExecutionRecord
 
 __all__ = ["Emit", "prepare_image", "prepare_inputs"]
 

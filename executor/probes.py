@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from haddock.executor.driver import ContainerHandle
-from haddock.executor.models import HttpProbe, ServiceSpec
+from haddock.executor.servicespec import HttpProbe, ServiceSpec
 
 if TYPE_CHECKING:  # aiohttp is loaded by the first probe, not by every node that runs no service
     import aiohttp
@@ -22,6 +22,27 @@ if TYPE_CHECKING:  # aiohttp is loaded by the first probe, not by every node tha
 __all__ = ["ProbeResult", "Prober", "probe_url"]
 
 _ANY = {"0.0.0.0", "::", ""}
+MAX_LIVE_BODY = 64 * 1024  # what is read of a job's /live answer
+
+
+def _other_deployment(body: bytes, expected: int) -> str:
+    """Why a job's /live answer is not from the deployment with timestamp ``expected`` ("" when it is)."""
+    import json
+
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "the answer is not the JSON object a job's /live gives (with its deployment_timestamp)"
+    if not isinstance(data, dict) or "deployment_timestamp" not in data:
+        return "the answer has no deployment_timestamp"
+    seen = data["deployment_timestamp"]
+    if isinstance(seen, bool) or not isinstance(seen, int | str) or str(seen) != str(expected):
+        shown = str(seen)[:40] if isinstance(seen, int | str) else repr(seen)[:40]
+        return (
+            f"it reports deployment_timestamp {shown}, not this deployment's {expected} "
+            "(JOB_DEPLOYMENT_TIMESTAMP): an older container of the job answers"
+        )
+    return ""
 
 
 @dataclass(frozen=True)
@@ -61,7 +82,10 @@ class Prober:
             )
         return self._session
 
-    async def http(self, probe: HttpProbe) -> ProbeResult:
+    async def http(self, probe: HttpProbe, *, deployment_timestamp: int | None = None) -> ProbeResult:
+        """GET the probe's URL. With ``deployment_timestamp`` (a job's liveness, Racetrack's contract), a
+        passing answer must also be a JSON object whose ``deployment_timestamp`` is that one: another value
+        is an older container of the job answering, which is not this deployment alive."""
         import aiohttp
 
         url = probe_url(self.spec, probe)
@@ -75,7 +99,12 @@ class Prober:
                 headers={"User-Agent": "haddock-probe"},
             ) as resp:
                 detail = f"GET {url}: {resp.status} {resp.reason or ''}".rstrip()
-                return ProbeResult(200 <= resp.status < 400, detail)
+                ok = 200 <= resp.status < 400
+                if ok and deployment_timestamp is not None:
+                    why = _other_deployment(await resp.content.read(MAX_LIVE_BODY), deployment_timestamp)
+                    if why:
+                        return ProbeResult(False, f"{detail}, but {why}")
+                return ProbeResult(ok, detail)
         except TimeoutError:
             return ProbeResult(False, f"GET {url}: no answer within {probe.timeout:g}s")
         except aiohttp.ClientConnectorError as exc:

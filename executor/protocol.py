@@ -27,17 +27,16 @@ from typing import Any, Protocol, runtime_checkable
 from haddock.executor.hooks import BeforeStopHook
 from haddock.executor.jobspec import JobSpec
 from haddock.executor.logstore import LogEntry, LogStore
-from haddock.executor.models import (
+from haddock.executor.records import (
     BidResult,
+    EventKind,
     ExecutionEvent,
     ExecutionRecord,
     ExecutionState,
-    InputVolume,
-    LogQuery,
-    Resources,
-    RunCommandRequest,
     RunCommandResult,
 )
+from haddock.executor.request import InputVolume, Resources, RunCommandRequest
+from haddock.executor.streams import LogQuery
 
 
 class PreparedInputs(Protocol):
@@ -146,7 +145,13 @@ class Executor(Protocol):
 
     async def wait(self, execution_id: str) -> RunCommandResult: ...
 
-    async def cancel(self, execution_id: str) -> None: ...
+    async def cancel(self, execution_id: str, *, reason: str = "") -> None:
+        """Stop the execution; ``reason`` (e.g. "replaced by ...") goes into its cancel-requested event."""
+        ...
+
+    def note(self, execution_id: str, kind: EventKind, message: str, **details: Any) -> None:
+        """Record an event of the node's about a live execution (with its own events, in order)."""
+        ...
 
     def get_log_stream(self, execution_id: str, query: LogQuery | None = None) -> AsyncIterator[LogEntry]: ...
 

@@ -1,5 +1,5 @@
 """Publisher specs: where a requester asks the node to put an execution's results (domain data,
-carried by :class:`haddock.executor.models.RunCommandRequest`; ``haddock.storage.publish`` does the work).
+carried by :class:`haddock.executor.request.RunCommandRequest`; ``haddock.storage.publish`` does the work).
 
 :data:`PublisherSpec` is JSON discriminated by ``type``; :func:`parse_publisher` reads the CLI form::
 

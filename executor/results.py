@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 from haddock.executor.streams import StreamType
 
 if TYPE_CHECKING:
-    from haddock.executor.models import OutputLimits  # a type only: the capture process loads no pydantic
+    from haddock.executor.request import OutputLimits
 
 __all__ = [
     "EXIT_CODE_FILE",

@@ -1,7 +1,7 @@
 """The runner: an execution's whole life, whatever the engine (the Executor contract over a Driver).
 
 It owns the records, the state machine and the lifecycle events; it prepares inputs and the image at
-once, creates and starts the container through the driver, enforces the job's timeout (pull time does
+once, creates and starts the container through the driver (``launch.py``), enforces the job's timeout (pull time does
 not count), cancellation and the output cap, and writes the results from the node's log store in every
 terminal case, then publishes them. Recovery after a restart goes through the same path: the driver
 hands back a handle of the container it finds, and the runner supervises it like a fresh one (``_recover.py``).
@@ -33,29 +33,27 @@ from haddock.executor.errors import (
     InvalidSpec,
 )
 from haddock.executor.hooks import BeforeStopHook, StopHooks
-from haddock.executor.jobrun import build_job, run_batch
+from haddock.executor.launch import prepare_and_run
 from haddock.executor.logcap import LogCap
 from haddock.executor.logstore import LogEntry, LogStore
-from haddock.executor.models import (
+from haddock.executor.prepare import prepare_inputs
+from haddock.executor.protocol import InputPreparer, JobBuilder, ResultPublisher
+from haddock.executor.quantity import GiB
+from haddock.executor.records import (
     BidResult,
     EventKind,
     ExecutionEvent,
     ExecutionRecord,
     ExecutionState,
-    LogQuery,
-    Resources,
     ResultStatus,
-    RunCommandRequest,
     RunCommandResult,
     utcnow,
 )
-from haddock.executor.prepare import prepare_image, prepare_inputs, unless_cancelled
-from haddock.executor.protocol import InputPreparer, JobBuilder, ResultPublisher
-from haddock.executor.quantity import GiB
-from haddock.executor.service import resume_service, run_service
+from haddock.executor.request import Resources, RunCommandRequest
+from haddock.executor.service import resume_service
 from haddock.executor.settle import finish
 from haddock.executor.stats import Stat
-from haddock.executor.supervise import supervise
+from haddock.executor.streams import LogQuery
 
 __all__ = ["EventSink", "Runner", "RunnerConfig", "StatsSink"]
 
@@ -212,7 +210,7 @@ class Runner:
             raise ExecutionNotFound(execution_id)
         return await asyncio.shield(execution.done)
 
-    async def cancel(self, execution_id: str) -> None:
+    async def cancel(self, execution_id: str, *, reason: str = "") -> None:
         await self._started(execution_id)
         record = self.record(execution_id)
         execution = self._running.get(execution_id)
@@ -220,12 +218,15 @@ class Runner:
         if execution is None or execution.done.done() or record.state.terminal or (handle and handle.exited):
             raise ExecutionAlreadyComplete(execution_id, record.state.value)
         if not execution.cancel_event.is_set():
-            self._emit(record, EventKind.CANCEL_REQUESTED, "cancellation requested")
+            self._emit(record, EventKind.CANCEL_REQUESTED, "cancellation requested" + (f": {reason}" if reason else ""))
             execution.cancel_event.set()
         result = await asyncio.shield(execution.done)
         if result.status is not ResultStatus.CANCELLED:
             # It ended by itself before the cancellation could stop it.
             raise ExecutionAlreadyComplete(execution_id, result.status.value)
+
+    def note(self, execution_id: str, kind: EventKind, message: str, **details: Any) -> None:
+        self._emit(self.record(execution_id), kind, message, **details)
 
     def state(self, execution_id: str) -> ExecutionState:
         return self.record(execution_id).state
@@ -445,66 +446,8 @@ class Runner:
             log.warning("cleaning up the inputs of %s failed: %s", record.execution_id, exc)
 
     async def _prepare_and_run(self, execution: Execution) -> tuple[ExitStatus, ResultStatus | None]:
-        """Image and inputs (at once), container, run. Returns the outcome, and a status when it is
-        decided before running."""
-        record = execution.record
-        if record.request.job is not None:
-            return await self._build_and_run(execution)
-        image = asyncio.create_task(prepare_image(self.driver, record, execution.cancel_event, self._emit))
-        steps: list[asyncio.Task[Any]] = [image]
-        if record.request.input_sources:
-            assert self._input_preparer is not None
-            steps.append(
-                asyncio.create_task(self._prepare_inputs(execution, self._input_preparer)),
-            )
-        try:
-            await asyncio.gather(*steps)
-        except BaseException:
-            for step in steps:
-                step.cancel()
-            await asyncio.gather(*steps, return_exceptions=True)
-            raise
-        return await self._run(execution, record.request, image.result())
-
-    async def _build_and_run(self, execution: Execution) -> tuple[ExitStatus, ResultStatus | None]:
-        """A job of a job type: its inputs (its source among them), then its image built, then the run."""
-        assert self._input_preparer is not None  # check() refuses input sources without a preparer
-        await self._prepare_inputs(execution, self._input_preparer)
-        if execution.cancel_event.is_set():
-            return ExitStatus(), ResultStatus.CANCELLED
-        with tracer.start_as_current_span("build"):
-            build = asyncio.ensure_future(build_job(self, execution, self.job_builder))
-            if not await unless_cancelled(build, execution.cancel_event):
-                return ExitStatus(), ResultStatus.CANCELLED
-            run_request, stop_signal = build.result()
-        return await self._run(execution, run_request, stop_signal)
-
-    async def _run(
-        self, execution: Execution, run_request: RunCommandRequest, stop_signal: str
-    ) -> tuple[ExitStatus, ResultStatus | None]:
-        record = execution.record
-        if execution.cancel_event.is_set():
-            return ExitStatus(), ResultStatus.CANCELLED
-        with tracer.start_as_current_span("run"):
-            assert execution.writer is not None
-            execution.output_offset = execution.writer.committed
-            execution.run_request = run_request
-            volumes = execution.prepared_inputs.volumes if execution.prepared_inputs is not None else []
-            handle = await self.driver.create(run_request, volumes, execution.writer, stop_signal=stop_signal)
-            execution.handle = handle
-            record.container_id = handle.container_id
-            if execution.cancel_event.is_set():  # cancelled while creating: never start it
-                return ExitStatus(), ResultStatus.CANCELLED
-            await handle.start()
-            record.started_at = utcnow()
-            service = record.request.is_service
-            self._set_state(record, ExecutionState.STARTING if service else ExecutionState.RUNNING)
-            self._emit(record, EventKind.STARTED, "container started", container_id=handle.container_id)
-            if record.request.job is not None and record.request.job.batch:
-                return await run_batch(self, execution, handle)
-            if service:
-                return await run_service(self, execution, handle, volumes=volumes, stop_signal=stop_signal)
-            return await supervise(self, execution, handle, record.request.timeout), None
+        """Image and inputs, container, run (``launch.py``); also what a restarted service needs again."""
+        return await prepare_and_run(self, execution)
 
     def _emit_exit(self, record: ExecutionRecord, outcome: ExitStatus) -> None:
         self._emit(

@@ -24,20 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from haddock.executor.driver import ContainerHandle, ExitStatus
 from haddock.executor.errors import ExecutorError
-from haddock.executor.models import (
-    EventKind,
-    ExecutionRecord,
-    ExecutionState,
-    HttpProbe,
-    InputVolume,
-    RestartPolicy,
-    ResultStatus,
-    ServiceSpec,
-    utcnow,
-)
+from haddock.executor.jobrun import deployment_timestamp, restore_job
 from haddock.executor.prepare import prepare_image
 from haddock.executor.probes import Prober
 from haddock.executor.quantity import format_bytes, format_duration
+from haddock.executor.records import EventKind, ExecutionRecord, ExecutionState, ResultStatus, utcnow
+from haddock.executor.request import InputVolume
+from haddock.executor.servicespec import HttpProbe, RestartPolicy, ServiceSpec
 from haddock.executor.settle import decide_status
 from haddock.executor.streams import StreamType
 from haddock.executor.supervise import supervise
@@ -127,6 +120,8 @@ class _Service:
         self.stop_signal = stop_signal
         self.attempt = attempt
         self.prober = Prober(self.spec)
+        # A job's /live must report the deployment timestamp the node gave it (Racetrack's contract).
+        self.deployment_timestamp = deployment_timestamp(execution) if self.record.request.job is not None else None
         self._stopping = False  # the node is stopping the current container: its probes decide nothing more
 
     # ------------------------------------------------------------------ the loop
@@ -175,12 +170,11 @@ class _Service:
     def _verdict(self, handle: ContainerHandle | None, outcome: ExitStatus, failure: str) -> Outcome | None:
         """How the service ends after its container did, or None to restart it."""
         reason = handle.stop_reason if handle is not None else None
-        if (
-            self.execution.cancel_event.is_set()
-            or self.execution.timed_out
-            or reason in ("cancel", "timeout", "output-cap")
-        ):
+        if self.execution.cancel_event.is_set() or reason in ("cancel", "output-cap"):
             return outcome, None
+        if self.execution.timed_out or reason == "timeout":
+            # A service does not complete: its timeout ends it as a timeout, even when it answers the stop with 0.
+            return outcome, ResultStatus.TIMEOUT
         if reason == "unready":
             return dataclasses.replace(outcome, error=f"the service {failure}"), None
         failed = bool(failure) or outcome.oom_killed or bool(outcome.error) or outcome.exit_code != 0
@@ -189,6 +183,9 @@ class _Service:
         if restart.policy is RestartPolicy.NEVER or (restart.policy is RestartPolicy.ON_FAILURE and not failed):
             if failure or outcome.error:
                 return dataclasses.replace(outcome, error=f"the service {why}"), None
+            if not failed:  # a service is meant to keep running: ending by itself, even with 0, is a failure
+                error = f"the service {why}; its restart policy '{restart.policy.value}' does not restart it"
+                return dataclasses.replace(outcome, error=error), ResultStatus.ERROR
             return outcome, None
         restarts = self.attempt - 1
         if restarts >= restart.max_restarts:
@@ -254,17 +251,21 @@ class _Service:
         if await _cancelled_within(execution.cancel_event, delay):
             return None
         if self.stop_signal is None:  # taken back after a restart of the node: image and inputs again
-            self.stop_signal = await prepare_image(runner.driver, record, execution.cancel_event, runner._emit)
+            if record.request.job is None:
+                self.stop_signal = await prepare_image(runner.driver, record, execution.cancel_event, runner._emit)
             self.volumes = []
             if record.request.input_sources and runner._input_preparer is not None:
                 await runner._prepare_inputs(execution, runner._input_preparer)
                 assert execution.prepared_inputs is not None
                 self.volumes = execution.prepared_inputs.volumes
+            if record.request.job is not None:  # a job's: the image its build made, kept with the execution
+                execution.run_request, self.stop_signal = await restore_job(runner, execution)
         if execution.cancel_event.is_set():
             return None
         writer = execution.writer
         if writer is None:
             raise ExecutorError("the service could not be restarted: its log could not be reopened")
+        assert self.stop_signal is not None
         self.attempt = number + 1
         marker = f"--- haddock: restart {number}, attempt {self.attempt}: {why} ---\n".encode()
         writer.write(StreamType.STDOUT, marker)
@@ -374,7 +375,7 @@ class _Service:
         started = loop.time()
         failures = 0
         while True:
-            result = await self.prober.http(probe)
+            result = await self.prober.http(probe, deployment_timestamp=self.deployment_timestamp)
             if result.ok:
                 failures = 0
             elif loop.time() - started >= probe.start_period:

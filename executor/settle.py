@@ -12,16 +12,9 @@ from typing import TYPE_CHECKING
 from opentelemetry import trace
 
 from haddock.executor.driver import ExitStatus
-from haddock.executor.models import (
-    EventKind,
-    ExecutionRecord,
-    ExecutionState,
-    ResultStatus,
-    RunCommandRequest,
-    RunCommandResult,
-    utcnow,
-)
 from haddock.executor.quantity import format_bytes, format_duration
+from haddock.executor.records import EventKind, ExecutionRecord, ExecutionState, ResultStatus, RunCommandResult, utcnow
+from haddock.executor.request import RunCommandRequest
 from haddock.executor.results import remove_capture_files, write_job_results
 from haddock.executor.stats import StatsSummary
 from haddock.executor.streams import StreamType
@@ -48,6 +41,7 @@ def decide_status(
     signal may still be "delivered") or it answered the stop signal by exiting 0. A timeout therefore
     always carries a non-zero exit code (the signal's, the kill's 137 or the job's own), a success always 0;
     an exit 0 past the deadline is judged like any other exit 0 (an engine error or an OOM kill still show).
+    (A service never completes: ``service.py`` ends a timed-out service as a timeout whatever its code.)
     """
     if stop_reason == "cancel":
         return ResultStatus.CANCELLED

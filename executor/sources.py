@@ -1,7 +1,7 @@
 """Input sources: what a requester asks the node to fetch and mount into a job's container.
 
 Each source names a ``target``, the absolute path in the container where the prepared input is
-mounted (same rules as :class:`haddock.executor.models.InputVolume`). Models are frozen, refuse
+mounted (same rules as :class:`haddock.executor.request.InputVolume`). Models are frozen, refuse
 unknown fields and say plainly what is wrong; :data:`InputSource` is their union, discriminated by
 ``type``. Also here: the one check of http(s) URLs and of S3 bucket, region and endpoint names
 (inputs and publishers alike), :func:`redact_url`, and the ``SOURCE:TARGET`` form people type

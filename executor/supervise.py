@@ -9,9 +9,9 @@ import logging
 from typing import TYPE_CHECKING
 
 from haddock.executor.driver import ContainerHandle, ExitStatus
-from haddock.executor.models import EventKind
 from haddock.executor.outputs import OutputWatcher, trim_to_cap
 from haddock.executor.quantity import format_bytes, format_duration
+from haddock.executor.records import EventKind
 
 if TYPE_CHECKING:
     from haddock.executor._execution import Execution

@@ -11,16 +11,11 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from haddock.executor.errors import ExecutionNotFound
+from haddock.executor.fields import is_valid_id
 from haddock.executor.logstore import LogEntry
-from haddock.executor.models import (
-    EventKind,
-    ExecutionEvent,
-    ExecutionRecord,
-    ExecutionState,
-    LogQuery,
-    is_valid_id,
-)
 from haddock.executor.quantity import format_duration
+from haddock.executor.records import EventKind, ExecutionEvent, ExecutionRecord, ExecutionState
+from haddock.executor.streams import LogQuery
 from haddock.node.client import NodeInfo
 from haddock.node.client._info import ServiceInfo
 from haddock.node.policy import free_of

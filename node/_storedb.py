@@ -93,9 +93,15 @@ def _migration_1(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
 
+def _built_image(conn: sqlite3.Connection) -> None:
+    """A job's built image (its content-hash tag), kept with its execution: restarts after a node restart
+    make their containers from it."""
+    conn.execute("ALTER TABLE executions ADD COLUMN built_image TEXT")
+
+
 Migration = Callable[[sqlite3.Connection], None]
 
-MIGRATIONS: Sequence[Migration] = (_migration_1, statstore.create_table)
+MIGRATIONS: Sequence[Migration] = (_migration_1, statstore.create_table, _built_image)
 """Migration ``i`` (0-based) takes the schema from version ``i`` to ``i + 1``. Only ever append."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -15,18 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from haddock.executor.errors import ExecutionAlreadyStarted, ExecutionNotFound, ExecutorShuttingDown
-from haddock.executor.models import (
+from haddock.executor.protocol import Executor
+from haddock.executor.records import (
     EventKind,
     ExecutionEvent,
     ExecutionRecord,
     ExecutionState,
-    Resources,
     ResultStatus,
-    RunCommandRequest,
     RunCommandResult,
     utcnow,
 )
-from haddock.executor.protocol import Executor
+from haddock.executor.request import Resources, RunCommandRequest
 from haddock.executor.results import write_job_results
 from haddock.node.capacity import CapacityExhausted, CapacityManager, QueuePosition
 from haddock.node.events import EventHub

@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from haddock.executor.errors import ErrorCode, ExecutorError, clip, shown
 from haddock.executor.logstore import LogCorrupted, LogNotFound
-from haddock.executor.models import EventKind, ExecutionRecord
 from haddock.executor.quantity import QuantityError
+from haddock.executor.records import EventKind, ExecutionRecord
 from haddock.node.client import convert
 from haddock.node.client.convert import validation_message
 from haddock.node.service import Node, new_execution_id
@@ -176,7 +176,8 @@ def _summary(r: ExecutionRecord) -> node_pb2.ExecutionSummary:
     msg.kind = convert.kind_to_pb(r.request.kind)
     if r.request.service is not None:
         msg.service_name = r.request.service.name or ""
-        msg.ports.extend(convert.port_to_pb(p) for p in r.request.service.ports)
+        if not r.state.terminal:  # an ended service holds no port any more
+            msg.ports.extend(convert.port_to_pb(p) for p in r.request.service.ports)
     return msg
 
 

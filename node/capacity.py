@@ -1,7 +1,7 @@
 """Capacity accounting and the admission queue: the node never over-commits.
 
 A :class:`CapacityManager` knows the node's capacity for jobs and what every admitted execution
-holds of it. An execution asks for its :class:`~executor.models.Resources` with :meth:`acquire`:
+holds of it. An execution asks for its :class:`~haddock.executor.request.Resources` with :meth:`acquire`:
 
 * it is admitted at once when it fits and nobody of equal or higher priority waits ahead of it;
 * otherwise, when the request did not ask to queue, it is refused with :class:`CapacityExhausted`
@@ -49,8 +49,9 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from haddock.executor.errors import ErrorCode, ExecutorError
-from haddock.executor.models import Resources
 from haddock.executor.quantity import format_bytes, format_cpu
+from haddock.executor.request import Resources
+from haddock.node.client._info import CapacitySnapshot  # a value the requester side shares (NodeInfo)
 from haddock.node.gpus import GpuPool
 
 __all__ = [
@@ -67,21 +68,6 @@ class CapacityExhausted(ExecutorError):
     """The node cannot take the execution now (or ever); the message says why."""
 
     code = ErrorCode.RESOURCE_EXHAUSTED
-
-
-@dataclass(frozen=True)
-class CapacitySnapshot:
-    """The books at one moment. ``free`` is capacity minus allocated (0 where the capacity is unknown)."""
-
-    capacity: Resources
-    allocated: Resources
-    """What admitted executions hold."""
-    queued: Resources
-    """What queued executions ask for."""
-    free: Resources
-    running: int
-    """How many executions are admitted and not released."""
-    queued_count: int
 
 
 @dataclass(frozen=True)

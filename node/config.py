@@ -23,8 +23,9 @@ from pydantic_settings import (
 )
 
 from haddock.executor.docker.config import DockerConfig
-from haddock.executor.models import MAX_GPUS, ByteQuantity, CpuQuantity, DurationSeconds
+from haddock.executor.fields import ByteQuantity, CpuQuantity, DurationSeconds
 from haddock.executor.quantity import format_bytes
+from haddock.executor.request import MAX_GPUS
 from haddock.node.bidding import BiddingSettings
 from haddock.node.client import wire
 from haddock.node.cluster.config import ClusterSettings

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 from haddock.executor.errors import ExecutionAlreadyComplete, ExecutionAlreadyStarted, ExecutionNotFound
-from haddock.executor.models import EventKind, ExecutionEvent, ExecutionRecord, ExecutionState
+from haddock.executor.records import EventKind, ExecutionEvent, ExecutionRecord, ExecutionState
 from haddock.node.store import ExecutionStore
 
 __all__ = ["EventHub", "Watcher"]
@@ -185,3 +185,5 @@ class EventHub:
         await self.store.add_event(event)
         if event.kind is EventKind.STARTED and event.details.get("container_id"):
             await self.store.set_container(exec_id, str(event.details["container_id"]))
+        if event.kind is EventKind.BUILT and event.details.get("image"):
+            await self.store.set_built_image(exec_id, str(event.details["image"]))

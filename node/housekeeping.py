@@ -9,8 +9,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from haddock.executor.models import ExecutionState, utcnow
 from haddock.executor.protocol import Executor
+from haddock.executor.records import ExecutionState, utcnow
 from haddock.node.config import Settings
 from haddock.node.store import ExecutionStore
 

@@ -25,7 +25,8 @@ from typing import Any
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from haddock.executor.models import EventKind, ExecutionEvent, Resources, RunCommandResult
+from haddock.executor.records import EventKind, ExecutionEvent, RunCommandResult
+from haddock.executor.request import Resources
 
 __all__ = ["PHASES", "MetricsListener", "NodeGauges", "NodeMetrics", "phase_durations"]
 

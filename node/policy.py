@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 from haddock.executor import imageref
 from haddock.executor.errors import ExecutionRefused, ExecutorError, InvalidSpec
-from haddock.executor.models import BidResult, OutputLimits, PullPolicy, Resources, RunCommandRequest
 from haddock.executor.quantity import format_bytes
+from haddock.executor.records import BidResult
+from haddock.executor.request import OutputLimits, PullPolicy, Resources, RunCommandRequest
 from haddock.node.bidding import BidContext
 from haddock.node.capacity import CapacitySnapshot
 from haddock.storage.netpolicy import AddressPolicy

@@ -20,7 +20,8 @@ import socket
 from dataclasses import dataclass
 
 from haddock.executor.errors import ExecutionAlreadyStarted, ExecutionRefused
-from haddock.executor.models import RunCommandRequest, ServicePort
+from haddock.executor.request import RunCommandRequest
+from haddock.executor.servicespec import ServicePort
 from haddock.node.capacity import CapacityExhausted
 
 __all__ = ["Allocation", "PortAllocator"]

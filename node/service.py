@@ -14,7 +14,7 @@ import logging
 import shutil
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from haddock.executor.docker import DockerExecutor
 from haddock.executor.errors import (
@@ -24,18 +24,17 @@ from haddock.executor.errors import (
     InvalidSpec,
 )
 from haddock.executor.logstore import LogEntry
-from haddock.executor.models import (
+from haddock.executor.protocol import Executor
+from haddock.executor.records import (
     BidResult,
     ExecutionEvent,
     ExecutionRecord,
     ExecutionState,
-    LogQuery,
-    Resources,
     ResultStatus,
-    RunCommandRequest,
     RunCommandResult,
 )
-from haddock.executor.protocol import Executor
+from haddock.executor.request import Resources, RunCommandRequest
+from haddock.executor.streams import LogQuery
 from haddock.node import _reads
 from haddock.node._reads import known_id
 from haddock.node.admission import Admission, queued_priority
@@ -51,16 +50,18 @@ from haddock.node.config import OnShutdown, Settings
 from haddock.node.events import EventHub
 from haddock.node.gpus import choose_gpus, detect_gpus
 from haddock.node.housekeeping import Housekeeping
-from haddock.node.jobtypes.builder import JobTypeBuilder
-from haddock.node.jobtypes.plugins import JobTypePlugin
 from haddock.node.metrics import MetricsListener, NodeGauges, NodeMetrics
 from haddock.node.policy import Policy, check_output_limits
 from haddock.node.ports import PortAllocator
+from haddock.node.redeploy import Redeploys
 from haddock.node.stats import StatsHub, StatsUpdate, execution_stats
 from haddock.node.store import ExecutionStore, store_path
 from haddock.storage import StorageRegistry, build_registry
 from haddock.storage.hooks import RegistryPreparer, RegistryPublisher
 from haddock.storage.netpolicy import AddressPolicy, check_request
+
+if TYPE_CHECKING:  # the job-type builder is loaded when a node is opened, not by importing the daemon
+    from haddock.node.jobtypes.plugins import JobTypePlugin
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class Node:
         self.admission = Admission(self.capacity, executor, store, events)
         self.housekeeping = Housekeeping(settings, executor, store, live=self._unfinished_in_memory)
         self.policy = Policy(self)
+        self.redeploys = Redeploys(self)  # a job's new deployment replaces the running one of its version
         self.chains = build_chain(
             settings.bidding,
             image_platform_lookup=self._image_platform,
@@ -150,6 +152,8 @@ class Node:
             stats_sink=stats,
             stats_interval=settings.stats.interval,
         )
+        from haddock.node.jobtypes.builder import JobTypeBuilder
+
         executor.job_builder = JobTypeBuilder(
             settings.jobtypes, executor.driver.engine, version=version, work_dir=settings.data_dir / "builds"
         )
@@ -354,6 +358,7 @@ class Node:
         finally:
             del self._starting[exec_id]
             starting.set_result(None)
+        self.redeploys.follow(prepared)
         return prepared
 
     async def _started(self, execution_id: str) -> None:
@@ -398,7 +403,8 @@ class Node:
             raise ExecutionNotFound(execution_id, f"execution {execution_id!r} has no result on this node")
         return record.result
 
-    async def cancel(self, execution_id: str) -> RunCommandResult:
+    async def cancel(self, execution_id: str, *, reason: str = "") -> RunCommandResult:
+        """Stop the execution; ``reason`` goes into its cancel-requested event (the requester's cancel: none)."""
         known_id(execution_id)
         await self._started(execution_id)
         q = self.admission.get(execution_id)
@@ -411,7 +417,7 @@ class Node:
         if self._live(execution_id) is None:
             record = await self.get(execution_id)
             raise ExecutionAlreadyComplete(execution_id, record.state.value)
-        await self.executor.cancel(execution_id)
+        await self.executor.cancel(execution_id, reason=reason)
         return await self.executor.wait(execution_id)
 
     async def get(self, execution_id: str) -> ExecutionRecord:
@@ -435,6 +441,8 @@ class Node:
 
     def job_types(self) -> builtins.list[tuple[JobTypePlugin, str]]:
         """The job types this node builds jobs with, and the image each one's base builds FROM."""
+        from haddock.node.jobtypes.builder import JobTypeBuilder
+
         builder = getattr(self.executor, "job_builder", None)
         if not isinstance(builder, JobTypeBuilder):
             return []
@@ -465,6 +473,7 @@ class Node:
         log.info("shutdown: stop accepting")
         await self.admission.close()
         await self.housekeeping.stop()
+        await self.redeploys.close()
         if self._gauges is not None:
             self._gauges.cancel()
             await asyncio.gather(self._gauges, return_exceptions=True)

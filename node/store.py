@@ -51,14 +51,8 @@ from haddock.executor.errors import (
     ExecutionAlreadyStarted,
     ExecutionNotFound,
 )
-from haddock.executor.models import (
-    ExecutionEvent,
-    ExecutionRecord,
-    ExecutionState,
-    RunCommandRequest,
-    RunCommandResult,
-    utcnow,
-)
+from haddock.executor.records import ExecutionEvent, ExecutionRecord, ExecutionState, RunCommandResult, utcnow
+from haddock.executor.request import RunCommandRequest
 from haddock.executor.stats import Stat
 from haddock.node import statstore
 from haddock.node._storedb import (
@@ -110,7 +104,7 @@ def _parse_ts_opt(text: str | None) -> datetime | None:
     return None if text is None else _parse_ts(text)
 
 
-_RECORD_COLUMNS = "id, state, created_at, started_at, finished_at, container_id, request_json, result_json"
+_RECORD_COLUMNS = "id, state, created_at, started_at, finished_at, container_id, request_json, result_json, built_image"
 
 
 # ---------------------------------------------------------------------------
@@ -142,6 +136,7 @@ class ExecutionStore(Database):
                 finished_at=_parse_ts_opt(row["finished_at"]),
                 container_id=row["container_id"],
                 result=result,
+                built_image=row["built_image"],
             )
         except (ValidationError, ValueError) as exc:
             raise StoreError(f"execution store {self.path}: execution {execution_id!r} is unreadable: {exc}") from exc
@@ -172,6 +167,7 @@ class ExecutionStore(Database):
             record.container_id,
             record.request.model_dump_json(),
             None if record.result is None else record.result.model_dump_json(),
+            record.built_image,
         )
         events = [(execution_id, e.kind.value, e.model_dump_json()) for e in record.events]
 
@@ -184,7 +180,7 @@ class ExecutionStore(Database):
                 raise ExecutionAlreadyStarted(execution_id)
             conn.execute(
                 "INSERT INTO executions (id, job_id, state, created_at, started_at, finished_at, container_id,"
-                " request_json, result_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " request_json, result_json, built_image) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
             conn.execute(
@@ -259,6 +255,16 @@ class ExecutionStore(Database):
 
         def tx(conn: sqlite3.Connection) -> None:
             cur = conn.execute("UPDATE executions SET container_id = ? WHERE id = ?", (container_id, execution_id))
+            if cur.rowcount == 0:
+                raise ExecutionNotFound(execution_id)
+
+        await self._write(tx)
+
+    async def set_built_image(self, execution_id: str, image: str) -> None:
+        """Record a job's built image (what its containers are made from, also after a restart)."""
+
+        def tx(conn: sqlite3.Connection) -> None:
+            cur = conn.execute("UPDATE executions SET built_image = ? WHERE id = ?", (image, execution_id))
             if cur.rowcount == 0:
                 raise ExecutionNotFound(execution_id)
 

@@ -18,7 +18,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from haddock.executor.models import ByteQuantity, DurationSeconds
+from haddock.executor.fields import ByteQuantity, DurationSeconds
 from haddock.executor.quantity import GiB, KiB, MiB
 from haddock.executor.sources import S3Endpoint, S3Region, check_http_url
 

@@ -19,7 +19,7 @@ from haddock.storage.provider import PreparedVolume, StorageRegistry
 from haddock.storage.publish import PublishContext, Publisher, publish_all
 
 if TYPE_CHECKING:
-    from haddock.executor.models import InputVolume, RunCommandRequest
+    from haddock.executor.request import InputVolume, RunCommandRequest
     from haddock.storage.publish_s3 import S3Publisher
 
 

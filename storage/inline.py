@@ -1,19 +1,16 @@
 """Inline inputs: RFC 2397 data URLs carried in the request.
 
 Plain data becomes a read-only file at the target. A tar archive (gzip, or any compression tarfile
-detects) becomes a read-only directory: every member is checked before anything is written — no
-absolute names, no ``..``, no links pointing outside, no device files or FIFOs — and then extracted
-with tarfile's ``data`` filter as a second line of defence. Decoded and unpacked sizes are capped.
+detects) becomes a read-only directory, unpacked by the one safe unpacker (``tarsafe.py``: every member
+checked before anything is written — no absolute names, no ``..``, no links pointing outside, no device
+files or FIFOs — then tarfile's ``data`` filter). Decoded and unpacked sizes and the members are capped.
 """
 
 from __future__ import annotations
 
-import gzip
 import io
-import lzma
-import posixpath
 import tarfile
-import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from haddock.executor.errors import ErrorCode
@@ -21,6 +18,7 @@ from haddock.executor.quantity import format_bytes
 from haddock.executor.sources import InlineSource
 from haddock.storage.config import InlineSettings
 from haddock.storage.provider import PreparedVolume, StorageError, prepare_fetched, release_volume, run_blocking
+from haddock.storage.tarsafe import TarLimits, UnsafeArchive, check_members, unpack
 
 INLINE_FILE_NAME = "inline"
 """The name of the file an inline input becomes (the file itself is mounted at the target)."""
@@ -34,6 +32,7 @@ class InlineStorage:
         self.max_bytes = self.config.max_bytes
         self.max_unpacked_bytes = self.config.max_unpacked_bytes
         self.max_members = self.config.max_members
+        self.limits = TarLimits(max_bytes=self.max_unpacked_bytes, max_members=self.max_members)
 
     async def is_installed(self) -> bool:
         return True
@@ -79,57 +78,14 @@ class InlineStorage:
 
     def _unpack(self, source: InlineSource, data: bytes, dest: Path) -> Path:
         try:
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tf:
-                members = tf.getmembers()
-                self._check_members(source, members)
-                dest.mkdir()
-                tf.extractall(dest, members=members, filter="data")
-        except tarfile.FilterError as exc:  # the data filter caught what the checks did not
-            raise StorageError(source, f"has an unsafe tar member: {exc}", code=ErrorCode.INVALID_ARGUMENT) from None
-        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as exc:
-            raise StorageError(source, f"is not a valid tar archive ({exc})", code=ErrorCode.INVALID_ARGUMENT) from None
-        except OSError as exc:
-            raise StorageError(source, f"could not be unpacked: {exc}", code=ErrorCode.INTERNAL) from None
-        return dest
-
-    def _check_members(self, source: InlineSource, members: list[tarfile.TarInfo]) -> None:
-        def bad(member: tarfile.TarInfo, why: str) -> StorageError:
-            return StorageError(
-                source, f"has an unsafe tar member {member.name!r}: {why}", code=ErrorCode.INVALID_ARGUMENT
+            return unpack(
+                io.BytesIO(data), dest, self.limits, check=lambda members: self._check_members(source, members)
             )
+        except UnsafeArchive as exc:
+            raise StorageError(source, str(exc), code=exc.code) from None
 
-        if len(members) > self.max_members:
-            raise StorageError(
-                source,
-                f"has {len(members)} tar members, more than the limit of {self.max_members}",
-                code=ErrorCode.RESOURCE_EXHAUSTED,
-            )
-        total = 0
-        for m in members:
-            name = m.name
-            if not name or "\x00" in name:
-                raise bad(m, "empty name")
-            if name.startswith("/") or posixpath.isabs(name):
-                raise bad(m, "absolute path")
-            if ".." in name.split("/"):
-                raise bad(m, "path contains '..'")
-            if not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
-                raise bad(m, "only files, directories and links are allowed (no devices or FIFOs)")
-            if m.issym() or m.islnk():
-                link = m.linkname
-                if not link or link.startswith("/"):
-                    raise bad(m, f"link to the absolute path {link!r}")
-                base = posixpath.dirname(name) if m.issym() else ""
-                resolved = posixpath.normpath(posixpath.join(base, link))
-                if resolved == ".." or resolved.startswith("../"):
-                    raise bad(m, f"link to {link!r} points outside the archive")
-            total += m.size if m.isreg() else 0
-            if total > self.max_unpacked_bytes:
-                raise StorageError(
-                    source,
-                    f"unpacks to more than the limit of {format_bytes(self.max_unpacked_bytes)}",
-                    code=ErrorCode.RESOURCE_EXHAUSTED,
-                )
+    def _check_members(self, source: InlineSource, members: Sequence[tarfile.TarInfo]) -> None:
+        check_members(members, self.limits)
 
 
 def _write_file(path: Path, data: bytes) -> None:

@@ -37,8 +37,8 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from haddock.executor.errors import ErrorCode, ExecutorError
-from haddock.executor.models import RunCommandRequest
 from haddock.executor.publishers import S3PublisherSpec, describe_publisher
+from haddock.executor.request import RunCommandRequest
 from haddock.executor.sources import S3Source, UrlSource, describe_source, redact_url
 from haddock.storage.config import StorageSettings
 

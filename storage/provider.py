@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from haddock.executor.errors import ErrorCode, ExecutorError
-from haddock.executor.models import InputVolume
+from haddock.executor.request import InputVolume
 from haddock.executor.sources import InputSource, describe_source
 
 if TYPE_CHECKING:

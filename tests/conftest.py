@@ -17,7 +17,7 @@ import docker.errors
 import pytest
 
 from haddock.executor.docker import LABEL_NODE, DockerConfig, DockerExecutor
-from haddock.executor.models import EngineSpec, RunCommandRequest
+from haddock.executor.request import EngineSpec, RunCommandRequest
 
 BUSYBOX = "haddock-test/busybox:latest"
 STOPSIGNAL_IMAGE = "haddock-test/busybox-usr1:latest"

@@ -213,6 +213,15 @@ def calls(ex: Any, nd: Any) -> st.SearchStrategy[Any]:
         ),
         st.builds(lambda i: lambda: nd.GetExecution(node_pb2.GetExecutionRequest(execution_id=i)), ids),
         st.builds(lambda i: lambda: nd.WatchExecution(node_pb2.WatchExecutionRequest(execution_id=i)), ids),
+        st.builds(
+            lambda i, n: (
+                # follow=False: a followed series of a running execution lasts as long as the execution
+                lambda: nd.GetExecutionStats(node_pb2.GetExecutionStatsRequest(execution_id=i, max_points=n))
+            ),
+            ids,
+            st.integers(0, 2**32 - 1),
+        ),
+        st.just(lambda: nd.ListJobTypes(node_pb2.ListJobTypesRequest())),
     )
 
 
@@ -274,6 +283,9 @@ async def test_every_rpc_answers_hostile_fields_with_a_documented_status(
 ) -> None:
     data_dir = fuzz_node.node.settings.data_dir
     before = _files_outside(tmp_path, data_dir)
+    # one level up, this session's pytest base dir, where a path climbing out of tmp_path would land
+    # (other tests' dirs are not read: nothing else runs while this test does)
+    beside = set(tmp_path.parent.iterdir())
     async with grpc.aio.insecure_channel(fuzz_node.address) as channel:
         ex = executor_pb2_grpc.ExecutorServiceStub(channel)
         nd = node_pb2_grpc.NodeServiceStub(channel)
@@ -309,4 +321,5 @@ async def test_every_rpc_answers_hostile_fields_with_a_documented_status(
         )
         assert done.result.stdout == "still here\n"
     assert _files_outside(tmp_path, data_dir) == before
+    assert set(tmp_path.parent.iterdir()) == beside
     assert seen.get(grpc.StatusCode.INVALID_ARGUMENT, 0) > 0

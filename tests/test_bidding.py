@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from haddock.executor.models import BidResult, NetworkMode, Resources, RunCommandRequest
 from haddock.executor.quantity import GiB, MiB
+from haddock.executor.records import BidResult
+from haddock.executor.request import NetworkMode, Resources, RunCommandRequest
 from haddock.executor.sources import redact_url
 from haddock.node.bidding import (
     BidChain,
@@ -215,6 +216,16 @@ def test_image_policy_patterns_are_checked() -> None:
         ImagePolicySettings(allow=["busybox"])
     with pytest.raises(ValidationError, match="has a tag or digest"):
         ImagePolicySettings(deny=["docker.io/library/busybox:1.36"])
+    # repositories are lower case: such a pattern is refused, not read as another one that cannot match either
+    with pytest.raises(
+        ValidationError,
+        match=r"'UPPERCASE' can never match: repository names are lower case \(e.g. 'docker.io/library/uppercase'\)",
+    ):
+        ImagePolicySettings(allow=["UPPERCASE"])
+    with pytest.raises(ValidationError, match="repository names are lower case"):
+        ImagePolicySettings(deny=["ghcr.io/Org/*"])
+    # an upper-case first component is a registry host, as the engine reads it
+    assert ImagePolicySettings(allow=["MyRegistry/app"]).allow == ["MyRegistry/app"]
     assert ImagePolicySettings(allow=["*", "*busybox", "localhost:5000/*"]).allow == [
         "*",
         "*busybox",

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from haddock.executor.logcap import FRAME_OVERHEAD, LogCap, data_that_fits, frame_bytes
 from haddock.executor.logstore import LogStore
-from haddock.executor.models import OutputLimits, ResultStatus, RunCommandRequest
+from haddock.executor.records import ResultStatus
+from haddock.executor.request import OutputLimits, RunCommandRequest
 from haddock.executor.streams import StreamType
 from haddock.node.client import NodeClient, NodeError, wire
 from haddock.node.config import CapacitySettings, LimitsSettings

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from haddock.executor.errors import ErrorCode, ExecutorError
-from haddock.executor.models import Resources
 from haddock.executor.quantity import GiB, MiB
+from haddock.executor.request import Resources
 from haddock.node.capacity import CapacityExhausted, CapacityManager, CapacitySnapshot, QueuePosition
 
 pytestmark = pytest.mark.timeout(60)

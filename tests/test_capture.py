@@ -15,8 +15,8 @@ import pytest
 from haddock.executor.docker import DockerConfig, DockerExecutor
 from haddock.executor.docker.capture_proc import LOCK_NAME
 from haddock.executor.logstore import RemoteLog
-from haddock.executor.models import LogQuery, ResultStatus
-from haddock.executor.streams import StreamType
+from haddock.executor.records import ResultStatus
+from haddock.executor.streams import LogQuery, StreamType
 from haddock.node.client import NodeClient
 from tests.conftest import ExecutorFactory, RequestFactory
 from tests.support.daemon import Daemon
@@ -217,7 +217,8 @@ def test_capture_process_does_not_load_pydantic_or_the_models() -> None:
 
     code = (
         "import sys, haddock.executor.docker.capture_proc; "
-        "print(sorted({'pydantic', 'pydantic_core', 'haddock.executor.models'} & set(sys.modules)))"
+        "print(sorted({'pydantic', 'pydantic_core', 'haddock.executor.request', 'haddock.executor.records'}"
+        " & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"

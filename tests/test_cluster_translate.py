@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from haddock.executor.models import ResultStatus, RunCommandResult
 from haddock.executor.quantity import GiB, MiB
+from haddock.executor.records import ResultStatus, RunCommandResult
 from haddock.node.cluster import messages as m
 from haddock.node.cluster.translate import (
     Untranslatable,

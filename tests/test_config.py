@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from haddock.executor.docker import DockerConfig
-from haddock.executor.models import NetworkMode
+from haddock.executor.request import NetworkMode
 from haddock.node.config import Exporter, OnShutdown, load_settings
 
 TOML = """

@@ -16,9 +16,10 @@ from haddock.executor.errors import (
     ExecutionNotFound,
     ExecutionRefused,
 )
-from haddock.executor.models import EventKind, ExecutionState, LogQuery, NetworkMode, OutputLimits, ResultStatus
 from haddock.executor.protocol import Executor
-from haddock.executor.streams import StreamType
+from haddock.executor.records import EventKind, ExecutionState, ResultStatus
+from haddock.executor.request import NetworkMode, OutputLimits
+from haddock.executor.streams import LogQuery, StreamType
 from tests.conftest import ExecutorFactory, RequestFactory, node_containers
 
 MiB = 1024 * 1024
@@ -285,7 +286,7 @@ async def test_inputs_read_only_and_outputs(
 async def test_bidding(executor: DockerExecutor, make_request: RequestFactory) -> None:
     req = make_request("true")
     assert (await executor.should_bid(req)).should_bid
-    from haddock.executor.models import Resources
+    from haddock.executor.request import Resources
 
     small = await executor.should_bid_based_on_usage(req, Resources(cpu=0.5, memory="64Mi"))
     assert small.should_bid

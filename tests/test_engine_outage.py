@@ -13,7 +13,9 @@ import docker
 import pytest
 
 from haddock.executor.docker import DockerConfig
-from haddock.executor.models import LogQuery, ResultStatus, RunCommandRequest
+from haddock.executor.records import ResultStatus
+from haddock.executor.request import RunCommandRequest
+from haddock.executor.streams import LogQuery
 from haddock.node.client import NodeClient
 from haddock.node.server import RunningServer, start_server
 from tests.conftest import BUSYBOX, node_settings

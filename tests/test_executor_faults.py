@@ -15,7 +15,9 @@ import pytest
 
 from haddock.executor.docker import DockerConfig, DockerExecutor
 from haddock.executor.errors import ExecutionAlreadyComplete, ExecutionNotFound, ExecutorError
-from haddock.executor.models import EventKind, LogQuery, ResultStatus, RunCommandRequest
+from haddock.executor.records import EventKind, ResultStatus
+from haddock.executor.request import RunCommandRequest
+from haddock.executor.streams import LogQuery
 from tests.conftest import ExecutorFactory, RequestFactory, node_containers
 
 

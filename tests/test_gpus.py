@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from haddock.executor.docker.config import DockerConfig
 from haddock.executor.docker.spec import container_spec, gpu_request
-from haddock.executor.models import Resources, RunCommandRequest
+from haddock.executor.request import Resources, RunCommandRequest
 from haddock.node.capacity import CapacityExhausted, CapacityManager
 from haddock.node.config import CapacitySettings
 from haddock.node.gpus import GpuPool, choose_gpus, gpus_from_engine_info, parse_nvidia_smi

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from haddock.executor.imageref import ImageRef, is_valid, normalize, normalize_name, parse, pull_reference
-from haddock.executor.models import EngineSpec
+from haddock.executor.request import EngineSpec
 
 # ---------------------------------------------------------------------------- registry/repository (image policies)
 # (moved from tests/test_bidding.py with bidding's normalize_image_name)

@@ -324,3 +324,29 @@ def test_requirements_name_packages_only(tmp_path: Path, line: str) -> None:
         _check_requirements(req, "requirements.txt")
     req.write_text("six==1.16.0  # a comment\nrequests[socks]>=2\n\n")
     _check_requirements(req, "requirements.txt")
+
+
+@pytest.mark.parametrize("plugin", ["golang", "python3"])
+def test_system_dependencies_are_installed_in_one_layer_after_an_apt_get_update(plugin: str) -> None:
+    """apt-get install needs the package lists (a base image ships none): update, install and clean them in
+    one RUN, so that no layer keeps stale or bulky lists."""
+    from haddock.node.jobtypes.builder import render_template
+    from haddock.node.jobtypes.config import SHIPPED_PLUGINS_DIR
+
+    fixture = "adder-go" if plugin == "golang" else "adder-python"
+    data = parse_manifest((JOBS / fixture / "job.yaml").read_text()).model_dump(exclude={"not_applied"})
+    manifest = parse_manifest({**data, "system_dependencies": ["curl", "jq"]})
+    rendered = render_template(
+        SHIPPED_PLUGINS_DIR / plugin / "job-template.Dockerfile",
+        base_image="base",
+        env_vars={},
+        manifest=manifest.template_view(),
+        git_version="",
+        deployed_by_racetrack_version="haddock test",
+        job_type_version="1",
+    )
+    runs = [i for i in rendered.replace("\\\n", " ").splitlines() if i.startswith("RUN ") and "apt-get" in i]
+    assert len(runs) == 1, rendered
+    run = runs[0]
+    assert run.index("apt-get update") < run.index("apt-get install") < run.index("rm -rf /var/lib/apt/lists/*")
+    assert "curl jq" in run and "&&" in run

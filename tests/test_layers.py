@@ -29,6 +29,13 @@ import json, sys
 what, out = sys.argv[1], sys.argv[2]
 if what == "import":
     import haddock.node.client
+elif what == "daemon":
+    import haddock.node.server, haddock.node.service
+elif what == "builder":
+    from haddock.node.jobtypes.builder import JobTypeBuilder
+    from haddock.node.jobtypes.config import JobTypesSettings
+    from haddock.node.jobtypes.plugins import JobTypes
+    JobTypes.discover(list(JobTypesSettings().plugins))
 else:
     from haddock.node.cli import app
     try:
@@ -60,6 +67,16 @@ def test_the_requester_side_does_not_load_the_daemon(what: str, tmp_path: Path) 
     """``import haddock.node.client``, ``haddock --help`` and ``haddock logs --help`` load neither docker-py,
     boto3, httpx nor sqlite3, nor the node's store, service, servicers or server."""
     assert _heavy(_loaded(what, tmp_path)) == []
+
+
+@pytest.mark.parametrize("what", ["daemon", "builder"])
+def test_a_daemon_that_builds_no_job_loads_no_jinja2(what: str, tmp_path: Path) -> None:
+    """The node's modules, and its job-type builder with the plugins discovered, load Jinja2 only when a job's
+    template is rendered; the daemon loads the builder only when it opens a node."""
+    loaded = _loaded(what, tmp_path)
+    assert "jinja2" not in {m.split(".")[0] for m in loaded}
+    if what == "daemon":
+        assert "haddock.node.jobtypes.builder" not in loaded
 
 
 # ---------------------------------------------------------------------------- static import graph
@@ -163,7 +180,7 @@ def test_nothing_imports_the_old_top_level_names() -> None:
 def test_the_checks_see_what_they_check() -> None:
     """The static reading finds the modules and the imports it is about (so that an empty list means something)."""
     modules = dict(_sources())
-    assert "haddock.node.client" in modules and "haddock.executor.models" in modules
+    assert "haddock.node.client" in modules and "haddock.executor.request" in modules
     client_imports = {
         name for _, name in _imports("haddock.node.client._client", modules["haddock.node.client._client"])
     }

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from haddock.executor.models import OutputLimits, Resources, RunCommandRequest
+from haddock.executor.request import OutputLimits, Resources, RunCommandRequest
 
 
 def request(**overrides: Any) -> dict[str, Any]:

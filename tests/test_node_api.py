@@ -10,8 +10,9 @@ from typing import Any
 import grpc
 import pytest
 
-from haddock.executor.models import EventKind, ExecutionState, LogQuery, Resources, ResultStatus, RunCommandRequest
-from haddock.executor.streams import StreamType
+from haddock.executor.records import EventKind, ExecutionState, ResultStatus
+from haddock.executor.request import Resources, RunCommandRequest
+from haddock.executor.streams import LogQuery, StreamType
 from haddock.node.client import NodeClient, NodeError
 from haddock.node.server import RunningServer
 from haddock.v1 import executor_pb2, executor_pb2_grpc

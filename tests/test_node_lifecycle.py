@@ -10,7 +10,8 @@ from pathlib import Path
 import docker
 
 from haddock.executor.docker import LABEL_EXECUTION, LABEL_JOB, LABEL_NODE, DockerConfig
-from haddock.executor.models import ExecutionRecord, ExecutionState, Resources, ResultStatus, RunCommandRequest
+from haddock.executor.records import ExecutionRecord, ExecutionState, ResultStatus
+from haddock.executor.request import Resources, RunCommandRequest
 from haddock.node.client import NodeClient
 from haddock.node.config import CapacitySettings
 from haddock.node.server import start_server
@@ -116,7 +117,7 @@ async def test_recovery_of_a_never_started_container_and_capacity(
 
 
 def test_requeued_priority_comes_from_the_queued_event() -> None:
-    from haddock.executor.models import EventKind, ExecutionEvent
+    from haddock.executor.records import EventKind, ExecutionEvent
     from haddock.node.admission import queued_priority
 
     r = job("true")

@@ -15,7 +15,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from haddock.executor.models import LogQuery, RunCommandRequest
+from haddock.executor.request import RunCommandRequest
+from haddock.executor.streams import LogQuery
 from haddock.node.client import ClientTls, NodeClient, NodeError
 from haddock.node.config import TlsSettings
 from haddock.node.server import start_server

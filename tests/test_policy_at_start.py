@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
-from haddock.executor.models import RunCommandRequest
+from haddock.executor.request import RunCommandRequest
 from haddock.node.bidding import BiddingSettings, ImagePolicyStrategy, normalize_pattern
 from haddock.node.client import NodeClient, NodeError
 from haddock.node.config import CapacitySettings

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haddock.executor.errors import ExecutionAlreadyStarted, ExecutionRefused
-from haddock.executor.models import RestartSpec, RunCommandRequest
+from haddock.executor.request import RunCommandRequest
+from haddock.executor.servicespec import RestartSpec
 from haddock.node.capacity import CapacityExhausted
 from haddock.node.ports import PortAllocator
 

@@ -14,7 +14,7 @@ import pytest
 
 from haddock.executor.docker import DockerConfig, DockerExecutor
 from haddock.executor.docker.images import is_transient_pull_error
-from haddock.executor.models import EventKind, ExecutionEvent, ResultStatus
+from haddock.executor.records import EventKind, ExecutionEvent, ResultStatus
 from tests.conftest import ExecutorFactory, RequestFactory
 from tests.support.registry import count_manifest_gets, push_image, registry_log, run_registry
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -16,15 +16,9 @@ import pytest
 
 from haddock.executor.docker import DockerExecutor
 from haddock.executor.errors import ExecutionNotFound
-from haddock.executor.models import (
-    EventKind,
-    ExecutionEvent,
-    ExecutionRecord,
-    ExecutionState,
-    LogQuery,
-    ResultStatus,
-    RunCommandRequest,
-)
+from haddock.executor.records import EventKind, ExecutionEvent, ExecutionRecord, ExecutionState, ResultStatus
+from haddock.executor.request import RunCommandRequest
+from haddock.executor.streams import LogQuery
 from haddock.node.client import NodeClient
 from haddock.node.config import CapacitySettings
 from haddock.node.events import EventHub, Watcher
@@ -45,76 +39,105 @@ def job(script: str, **kw: Any) -> RunCommandRequest:
     )
 
 
-async def serve(tmp_path: Path, node: str, max_running: int = 1) -> RunningServer:
-    return await start_server(
-        node_settings(tmp_path, node).model_copy(update={"capacity": CapacitySettings(max_running=max_running)})
-    )
+ServeNode = Callable[..., Awaitable[RunningServer]]
+StartDaemon = Callable[..., Awaitable[Daemon]]
+
+
+@pytest.fixture
+async def serve(tmp_path: Path, node_id: str, busybox_image: str) -> AsyncIterator[ServeNode]:
+    """Starts the node in this process, running at most ``max_running`` executions (the others queue);
+    stopped after the test."""
+    started: list[RunningServer] = []
+
+    async def start(max_running: int = 1) -> RunningServer:
+        settings = node_settings(tmp_path, node_id)
+        running = await start_server(
+            settings.model_copy(update={"capacity": CapacitySettings(max_running=max_running)})
+        )
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.stop(1)
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path, docker_client: docker.DockerClient, busybox_image: str) -> AsyncIterator[StartDaemon]:
+    """Starts ``haddock serve`` (a process of its own, with these HADDOCK_* variables); after the test it is
+    stopped (killed when it does not stop) and its containers removed."""
+    started: list[Daemon] = []
+
+    async def start(prefix: str, env: dict[str, str]) -> Daemon:
+        node = Daemon(f"{prefix}-{uuid.uuid4().hex[:8]}", tmp_path / "data", tmp_path / "daemon.log", env=env)
+        started.append(node)
+        await node.start()
+        return node
+
+    yield start
+    for node in started:
+        try:
+            await node.terminate()
+        except Exception:
+            await node.kill()
+        for c in docker_client.containers.list(all=True, filters={"label": f"haddock.node-id={node.node_id}"}):
+            c.remove(force=True)
 
 
 async def gather_logs(client: NodeClient, exec_id: str, query: LogQuery) -> bytes:
     return b"".join([c.data async for c in client.logs(exec_id, query)])
 
 
-async def test_logs_of_a_queued_execution_wait_for_its_first_byte(
-    tmp_path: Path, node_id: str, busybox_image: str
-) -> None:
-    running = await serve(tmp_path, node_id)
-    try:
-        async with NodeClient(running.address) as client:
-            hog = job("sleep 30")
-            await client.start(hog)
-            waiting = job("echo from-the-queue; echo err >&2")
-            await client.start(waiting, queue=True)
-            assert (await client.describe(waiting.execution_id))["state"] == "EXECUTION_STATE_QUEUED"
-            # history of a queued execution: empty, not NOT_FOUND
-            assert await gather_logs(client, waiting.execution_id, LogQuery()) == b""
-            assert await gather_logs(client, waiting.execution_id, LogQuery(tail_lines=5)) == b""
-            # follow: waits for its first byte, then to its end
-            follow = asyncio.create_task(gather_logs(client, waiting.execution_id, LogQuery(follow=True)))
-            await asyncio.sleep(0.5)
-            assert not follow.done()
-            await client.cancel(hog.execution_id)
-            data = await asyncio.wait_for(follow, 30)
-            assert sorted(data.splitlines()) == [b"err", b"from-the-queue"]
+async def test_logs_of_a_queued_execution_wait_for_its_first_byte(serve: ServeNode) -> None:
+    running = await serve()
+    async with NodeClient(running.address) as client:
+        hog = job("sleep 30")
+        await client.start(hog)
+        waiting = job("echo from-the-queue; echo err >&2")
+        await client.start(waiting, queue=True)
+        assert (await client.describe(waiting.execution_id))["state"] == "EXECUTION_STATE_QUEUED"
+        # history of a queued execution: empty, not NOT_FOUND
+        assert await gather_logs(client, waiting.execution_id, LogQuery()) == b""
+        assert await gather_logs(client, waiting.execution_id, LogQuery(tail_lines=5)) == b""
+        # follow: waits for its first byte, then to its end
+        follow = asyncio.create_task(gather_logs(client, waiting.execution_id, LogQuery(follow=True)))
+        await asyncio.sleep(0.5)
+        assert not follow.done()
+        await client.cancel(hog.execution_id)
+        data = await asyncio.wait_for(follow, 30)
+        assert sorted(data.splitlines()) == [b"err", b"from-the-queue"]
 
-            # a follower of an execution that ends in the queue ends too, with nothing
-            hog = job("sleep 30")
-            await client.start(hog, queue=True)  # the first may still be releasing its slot
-            doomed = job("echo never")
-            await client.start(doomed, queue=True)
-            follow = asyncio.create_task(gather_logs(client, doomed.execution_id, LogQuery(follow=True)))
-            await asyncio.sleep(0.2)
-            await client.cancel(doomed.execution_id)
-            assert await asyncio.wait_for(follow, 10) == b""
-            await client.cancel(hog.execution_id)
-    finally:
-        await running.stop(1)
+        # a follower of an execution that ends in the queue ends too, with nothing
+        hog = job("sleep 30")
+        await client.start(hog, queue=True)  # the first may still be releasing its slot
+        doomed = job("echo never")
+        await client.start(doomed, queue=True)
+        follow = asyncio.create_task(gather_logs(client, doomed.execution_id, LogQuery(follow=True)))
+        await asyncio.sleep(0.2)
+        await client.cancel(doomed.execution_id)
+        assert await asyncio.wait_for(follow, 10) == b""
+        await client.cancel(hog.execution_id)
 
 
-async def test_cancel_of_a_queued_execution_writes_its_results_dir(
-    tmp_path: Path, node_id: str, busybox_image: str
-) -> None:
-    running = await serve(tmp_path, node_id)
-    try:
-        async with NodeClient(running.address) as client:
-            hog = job("sleep 30")
-            await client.start(hog)
-            waiting = job("echo never")
-            started = await client.start(waiting, queue=True)
-            done = await client.cancel(waiting.execution_id)
-            assert done.result.status is ResultStatus.CANCELLED
-            results = Path(started.results_dir)
-            assert (results / "stdout").read_bytes() == b""
-            assert (results / "stderr").read_bytes() == b""
-            assert not (results / "exitCode").exists()
-            await client.cancel(hog.execution_id)
-    finally:
-        await running.stop(1)
+async def test_cancel_of_a_queued_execution_writes_its_results_dir(serve: ServeNode) -> None:
+    running = await serve()
+    async with NodeClient(running.address) as client:
+        hog = job("sleep 30")
+        await client.start(hog)
+        waiting = job("echo never")
+        started = await client.start(waiting, queue=True)
+        done = await client.cancel(waiting.execution_id)
+        assert done.result.status is ResultStatus.CANCELLED
+        results = Path(started.results_dir)
+        assert (results / "stdout").read_bytes() == b""
+        assert (results / "stderr").read_bytes() == b""
+        assert not (results / "exitCode").exists()
+        await client.cancel(hog.execution_id)
 
 
-async def test_a_cancel_before_the_first_admission_step(tmp_path: Path, node_id: str, busybox_image: str) -> None:
+async def test_a_cancel_before_the_first_admission_step(serve: ServeNode) -> None:
     """What a restart does with a queued execution (enqueue), then a cancel before the loop runs anything."""
-    running = await serve(tmp_path, node_id)
+    running = await serve()
     node = running.node
     loop = asyncio.get_running_loop()
     errors: list[dict[str, Any]] = []
@@ -140,33 +163,29 @@ async def test_a_cancel_before_the_first_admission_step(tmp_path: Path, node_id:
         await node.cancel(hog.execution_id)
     finally:
         loop.set_exception_handler(previous)
-        await running.stop(1)
 
 
-async def test_wait_and_cancel_racing_with_start(tmp_path: Path, node_id: str, busybox_image: str) -> None:
+async def test_wait_and_cancel_racing_with_start(serve: ServeNode) -> None:
     """A Wait or Cancel that arrives while Start is under way (creating the log) sees the execution."""
-    running = await serve(tmp_path, node_id, max_running=4)
+    running = await serve(max_running=4)
     node = running.node
-    try:
-        for steps in range(0, 6):
-            req = job("echo raced")
-            start = asyncio.create_task(node.start(req))
-            for _ in range(steps):
-                await asyncio.sleep(0)
-            result = await asyncio.wait_for(node.wait(req.execution_id), 30)
-            await start
-            assert result.status is ResultStatus.SUCCESS, (steps, result)
-            assert result.stdout == "raced\n"
+    for steps in range(0, 6):
+        req = job("echo raced")
+        start = asyncio.create_task(node.start(req))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        result = await asyncio.wait_for(node.wait(req.execution_id), 30)
+        await start
+        assert result.status is ResultStatus.SUCCESS, (steps, result)
+        assert result.stdout == "raced\n"
 
-            req = job("sleep 30")
-            start = asyncio.create_task(node.start(req))
-            for _ in range(steps):
-                await asyncio.sleep(0)
-            cancelled = await asyncio.wait_for(node.cancel(req.execution_id), 30)
-            await start
-            assert cancelled.status is ResultStatus.CANCELLED, (steps, cancelled)
-    finally:
-        await running.stop(1)
+        req = job("sleep 30")
+        start = asyncio.create_task(node.start(req))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        cancelled = await asyncio.wait_for(node.cancel(req.execution_id), 30)
+        await start
+        assert cancelled.status is ResultStatus.CANCELLED, (steps, cancelled)
 
 
 async def test_executor_wait_and_cancel_racing_with_start(
@@ -292,85 +311,62 @@ def held_server() -> Iterator[tuple[str, threading.Event]]:
 
 
 async def test_restart_while_an_admitted_execution_fetches_its_inputs(
-    tmp_path: Path,
-    docker_client: docker.DockerClient,
-    busybox_image: str,
-    held_server: tuple[str, threading.Event],
+    daemon: StartDaemon, held_server: tuple[str, threading.Event]
 ) -> None:
     url, release = held_server
-    node = f"prep-{uuid.uuid4().hex[:8]}"
-    daemon = Daemon(
-        node,
-        tmp_path / "data",
-        tmp_path / "daemon.log",
-        env={"HADDOCK_CAPACITY__MAX_RUNNING": "1", "HADDOCK_STORAGE__ALLOW_PRIVATE_NETWORKS": "true"},
+    node = await daemon(
+        "prep", {"HADDOCK_CAPACITY__MAX_RUNNING": "1", "HADDOCK_STORAGE__ALLOW_PRIVATE_NETWORKS": "true"}
     )
-    await daemon.start()
-    try:
-        fetching = job("cat /in/input.txt", input_sources=[{"type": "url", "url": url, "target": "/in/input.txt"}])
-        async with NodeClient(daemon.address) as client:
-            hog = job("sleep 1")
-            await client.start(hog)
-            await client.start(fetching, queue=True)
-            assert (await client.describe(fetching.execution_id))["state"] == "EXECUTION_STATE_QUEUED"
-            await client.wait(hog.execution_id)
-            for _ in range(100):  # admitted: it is fetching its input (held by the server)
-                described = await client.describe(fetching.execution_id)
-                if described["state"] != "EXECUTION_STATE_QUEUED":
-                    break
-                await asyncio.sleep(0.1)
-            assert described["state"] == "EXECUTION_STATE_PREPARING"
-            await asyncio.sleep(0.3)  # the state is durable
-        await daemon.kill()
-        release.set()
-        await daemon.start()
-        async with NodeClient(daemon.address) as client:
-            done = await asyncio.wait_for(client.wait(fetching.execution_id), 60)
-            assert done.result.status is ResultStatus.SUCCESS, done.result.error_message
-            assert done.result.stdout == "the input\n"
-            events = [e["kind"] for e in (await client.describe(fetching.execution_id))["events"]]
-            assert "recovered" in events
-        assert await daemon.terminate() == 0
-    finally:
-        await daemon.kill()
-        for c in docker_client.containers.list(all=True, filters={"label": f"haddock.node-id={node}"}):
-            c.remove(force=True)
+    fetching = job("cat /in/input.txt", input_sources=[{"type": "url", "url": url, "target": "/in/input.txt"}])
+    async with NodeClient(node.address) as client:
+        hog = job("sleep 1")
+        await client.start(hog)
+        await client.start(fetching, queue=True)
+        assert (await client.describe(fetching.execution_id))["state"] == "EXECUTION_STATE_QUEUED"
+        await client.wait(hog.execution_id)
+        for _ in range(100):  # admitted: it is fetching its input (held by the server)
+            described = await client.describe(fetching.execution_id)
+            if described["state"] != "EXECUTION_STATE_QUEUED":
+                break
+            await asyncio.sleep(0.1)
+        assert described["state"] == "EXECUTION_STATE_PREPARING"
+        await asyncio.sleep(0.3)  # the state is durable
+    await node.kill()
+    release.set()
+    await node.start()
+    async with NodeClient(node.address) as client:
+        done = await asyncio.wait_for(client.wait(fetching.execution_id), 60)
+        assert done.result.status is ResultStatus.SUCCESS, done.result.error_message
+        assert done.result.stdout == "the input\n"
+        events = [e["kind"] for e in (await client.describe(fetching.execution_id))["events"]]
+        assert "recovered" in events
+    assert await node.terminate() == 0
 
 
 # ------------------------------------------------------------------ many `haddock run` on a busy node
 
 
-async def test_50_parallel_runs_on_a_node_running_2(tmp_path: Path, busybox_image: str) -> None:
-    node = f"busy-{uuid.uuid4().hex[:8]}"
-    daemon = Daemon(
-        node,
-        tmp_path / "data",
-        tmp_path / "daemon.log",
-        env={"HADDOCK_CAPACITY__MAX_RUNNING": "2", "HADDOCK_CAPACITY__MAX_QUEUED": "100"},
-    )
-    await daemon.start()
-    try:
-        runs = [
-            haddock(
-                "run",
-                "--node",
-                daemon.address,
-                BUSYBOX,
-                "--",
-                "sh",
-                "-c",
-                f"echo out-{i}; echo err-{i} >&2; exit {i % 4}",
-            )
-            for i in range(50)
-        ]
-        done = await asyncio.gather(*runs)
-        for i, d in enumerate(done):
-            assert d.code == i % 4, (i, d.code, d.stderr)
-            assert d.stdout == f"out-{i}\n", (i, d.stderr)
-            assert d.stderr.endswith(f"err-{i}\n"), (i, d.stderr)
-            assert "Traceback" not in d.stderr
-        queued = [d for d in done if "queued" in d.stderr]
-        assert queued, "no run said it was queued"
-        assert all("position" in d.stderr and "running (max 2)" in d.stderr for d in queued), queued[0].stderr
-    finally:
-        await daemon.terminate()
+async def test_50_parallel_runs_on_a_node_running_2(daemon: StartDaemon) -> None:
+    node = await daemon("busy", {"HADDOCK_CAPACITY__MAX_RUNNING": "2", "HADDOCK_CAPACITY__MAX_QUEUED": "100"})
+    runs = [
+        haddock(
+            "run",
+            "--node",
+            node.address,
+            BUSYBOX,
+            "--",
+            "sh",
+            "-c",
+            f"echo out-{i}; echo err-{i} >&2; exit {i % 4}",
+        )
+        for i in range(50)
+    ]
+    done = await asyncio.gather(*runs)
+    for i, d in enumerate(done):
+        assert d.code == i % 4, (i, d.code, d.stderr)
+        assert d.stdout == f"out-{i}\n", (i, d.stderr)
+        assert d.stderr.endswith(f"err-{i}\n"), (i, d.stderr)
+        assert "Traceback" not in d.stderr
+    queued = [d for d in done if "queued" in d.stderr]
+    assert queued, "no run said it was queued"
+    assert all("position" in d.stderr and "running (max 2)" in d.stderr for d in queued), queued[0].stderr

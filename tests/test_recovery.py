@@ -14,8 +14,9 @@ import grpc
 import pytest
 
 from haddock.executor.docker import DockerConfig
-from haddock.executor.models import EventKind, ExecutionState, LogQuery, ResultStatus, RunCommandRequest
-from haddock.executor.streams import StreamType
+from haddock.executor.records import EventKind, ExecutionState, ResultStatus
+from haddock.executor.request import RunCommandRequest
+from haddock.executor.streams import LogQuery, StreamType
 from haddock.node.client import NodeClient, NodeError
 from haddock.node.server import start_server
 from haddock.node.store import ExecutionStore, store_path

@@ -16,7 +16,8 @@ import grpc
 import pytest
 
 from haddock.executor.docker import DockerConfig
-from haddock.executor.models import ResultStatus, RunCommandRequest
+from haddock.executor.records import ResultStatus
+from haddock.executor.request import RunCommandRequest
 from haddock.node.client import NodeClient, NodeError
 from haddock.node.server import RunningServer, start_server
 from tests.conftest import BUSYBOX, TelemetryCapture, node_settings

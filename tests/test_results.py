@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from haddock.executor.models import OutputLimits
 from haddock.executor.quantity import KiB, MiB
+from haddock.executor.request import OutputLimits
 from haddock.executor.results import (
     EXIT_CODE_FILE,
     STDERR_FILE,

@@ -11,7 +11,8 @@ import docker
 import grpc
 import pytest
 
-from haddock.executor.models import ExecutionState, Resources, ResultStatus, RunCommandRequest
+from haddock.executor.records import ExecutionState, ResultStatus
+from haddock.executor.request import Resources, RunCommandRequest
 from haddock.node.bidding import BiddingSettings
 from haddock.node.client import NodeClient, NodeError
 from haddock.node.config import CapacitySettings

@@ -15,7 +15,8 @@ from typing import Any
 import docker
 import pytest
 
-from haddock.executor.models import EventKind, ExecutionState, ResultStatus, RunCommandRequest
+from haddock.executor.records import EventKind, ExecutionState, ResultStatus
+from haddock.executor.request import RunCommandRequest
 from haddock.node.client import NodeClient
 from tests.test_services import NodeFactory, service_node  # noqa: F401 - the fixture
 

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haddock.executor.docker.stats import parse_stats
-from haddock.executor.models import ExecutionRecord, ResultStatus, RunCommandRequest, RunCommandResult
+from haddock.executor.records import ExecutionRecord, ResultStatus, RunCommandResult
+from haddock.executor.request import RunCommandRequest
 from haddock.executor.stats import METRICS, Stat, StatsAccumulator, UnsortedSeries, decimate, merge, windows
 from haddock.node.store import ExecutionStore, store_path
 

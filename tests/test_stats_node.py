@@ -17,8 +17,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from haddock.executor.docker.handle import DockerHandle
-from haddock.executor.models import ExecutionRecord, ResultStatus, RunCommandRequest, RunCommandResult
 from haddock.executor.quantity import MiB
+from haddock.executor.records import ExecutionRecord, ResultStatus, RunCommandResult
+from haddock.executor.request import RunCommandRequest
 from haddock.executor.stats import Stat
 from haddock.node.client import NodeClient, NodeError
 from haddock.node.server import RunningServer, start_server

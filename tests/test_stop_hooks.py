@@ -10,8 +10,9 @@ import uuid
 import pytest
 
 from haddock.executor.hooks import StopHooks
-from haddock.executor.models import ResultStatus, RunCommandRequest
 from haddock.executor.protocol import Executor
+from haddock.executor.records import ResultStatus
+from haddock.executor.request import RunCommandRequest
 from haddock.node.client import NodeClient
 from tests.conftest import BUSYBOX
 from tests.test_services import NodeFactory, service_node  # noqa: F401 - the fixture

@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 
 from haddock.executor.errors import ExecutionAlreadyComplete, ExecutionAlreadyStarted, ExecutionNotFound
-from haddock.executor.models import (
+from haddock.executor.records import (
     EventKind,
     ExecutionEvent,
     ExecutionRecord,
     ExecutionState,
     ResultStatus,
-    RunCommandRequest,
     RunCommandResult,
 )
+from haddock.executor.request import RunCommandRequest
 from haddock.node.store import (
     APPLICATION_ID,
     MIGRATIONS,
@@ -339,9 +339,8 @@ async def test_writes_survive_a_crashed_process(tmp_path: Path) -> None:
         f"""
         import asyncio, os
         from pathlib import Path
-        from haddock.executor.models import (
-            ExecutionRecord, ExecutionState, ResultStatus, RunCommandRequest, RunCommandResult,
-        )
+        from haddock.executor.records import ExecutionRecord, ExecutionState, ResultStatus, RunCommandResult
+        from haddock.executor.request import RunCommandRequest
         from haddock.node.store import ExecutionStore
 
         async def main() -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from haddock.executor.models import EngineSpec, InputVolume, ResultPath
+from haddock.executor.request import EngineSpec, InputVolume, ResultPath
 from haddock.executor.sources import InlineSource, LocalSource, S3Source, UrlSource
 from haddock.node.client import (
     MAX_TASKS,

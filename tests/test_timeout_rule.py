@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from haddock.executor.docker import DockerExecutor
 from haddock.executor.driver import ExitStatus
-from haddock.executor.models import EventKind, ResultStatus
+from haddock.executor.records import EventKind, ResultStatus
 from haddock.executor.settle import decide_status
 from tests.conftest import RequestFactory
 
@@ -57,3 +57,19 @@ async def test_a_job_that_answers_its_timeouts_stop_signal_with_exit_0_is_a_succ
     assert result.error_message == ""
     kinds = [e.kind for e in executor.events(req.execution_id)]
     assert EventKind.TIMED_OUT in kinds  # the record says the deadline passed and the node stopped it
+
+
+async def test_a_service_that_answers_its_timeouts_stop_signal_with_exit_0_is_a_timeout(
+    executor: DockerExecutor, make_request: RequestFactory
+) -> None:
+    # A service never completes: its timeout ends it as a timeout, whatever its exit code.
+    req = make_request(
+        "trap 'exit 0' TERM; sleep 60 & wait $!",
+        timeout=1,
+        kind="service",
+        service={"restart": {"policy": "always", "max_restarts": 3, "backoff_initial": "50ms"}},
+    )
+    result = await executor.run(req)
+    assert result.status is ResultStatus.TIMEOUT, result
+    assert result.exit_code == 0
+    assert [e.kind for e in executor.events(req.execution_id)].count(EventKind.STARTED) == 1  # not restarted

@@ -25,7 +25,7 @@ from haddock.executor.docker.capture_proc import STREAM_CUT
 from haddock.executor.docker.stream import Demuxer, StreamProtocolError
 from haddock.executor.logcap import LogCap
 from haddock.executor.logstore import LogWriter
-from haddock.executor.models import OutputLimits
+from haddock.executor.request import OutputLimits
 from haddock.executor.results import CapturedFile
 from haddock.executor.streams import StreamType
 

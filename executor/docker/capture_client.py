@@ -27,7 +27,7 @@ from haddock.executor.docker.capture_proc import LOG_NAME, socket_path
 from haddock.executor.errors import ExecutorError
 from haddock.executor.logcap import LogCap
 from haddock.executor.logstore import LogStore, RemoteLog
-from haddock.executor.models import OutputLimits
+from haddock.executor.request import OutputLimits
 from haddock.executor.results import STDERR_FILE, STDOUT_FILE, CapturedFile
 from haddock.executor.streams import StreamType
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from haddock.executor.models import ByteQuantity, DurationSeconds, NetworkMode
+from haddock.executor.fields import ByteQuantity, DurationSeconds
 from haddock.executor.quantity import GiB
+from haddock.executor.request import NetworkMode
 
 __all__ = ["DockerConfig"]
 

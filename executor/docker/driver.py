@@ -26,17 +26,9 @@ from haddock.executor.docker.spec import LABEL_EXECUTION, LABEL_NODE, container_
 from haddock.executor.driver import ExitStatus, ImageReady, ProgressSink
 from haddock.executor.errors import ExecutionRefused, ExecutorError, InvalidSpec
 from haddock.executor.logstore import LogStore, LogWriter
-from haddock.executor.models import (
-    BidResult,
-    EventKind,
-    ExecutionRecord,
-    ExecutionState,
-    InputVolume,
-    NetworkMode,
-    Resources,
-    RunCommandRequest,
-)
 from haddock.executor.quantity import format_bytes, format_cpu
+from haddock.executor.records import BidResult, EventKind, ExecutionRecord, ExecutionState
+from haddock.executor.request import InputVolume, NetworkMode, Resources, RunCommandRequest
 from haddock.executor.service import attempt_output_base
 
 __all__ = ["JOB_NETWORK", "DockerDriver"]

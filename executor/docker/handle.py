@@ -16,7 +16,7 @@ from haddock.executor.docker.engine import Engine
 from haddock.executor.docker.stats import sample as sample_stats
 from haddock.executor.driver import ExitStatus
 from haddock.executor.logstore import LogWriter
-from haddock.executor.models import RunCommandRequest
+from haddock.executor.request import RunCommandRequest
 from haddock.executor.stats import Stat
 
 __all__ = ["DockerHandle"]

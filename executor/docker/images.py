@@ -24,7 +24,7 @@ from tenacity import (
 )
 
 from haddock.executor import imageref
-from haddock.executor.models import PullPolicy
+from haddock.executor.request import PullPolicy
 
 log = logging.getLogger(__name__)
 

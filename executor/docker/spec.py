@@ -8,7 +8,7 @@ from typing import Any
 import docker.types
 
 from haddock.executor.docker.config import DockerConfig
-from haddock.executor.models import RESERVED_ENV_PREFIX, InputVolume, RunCommandRequest
+from haddock.executor.request import RESERVED_ENV_PREFIX, InputVolume, RunCommandRequest
 
 __all__ = [
     "LABEL_ATTEMPT",

@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from haddock.executor.models import BidResult, Resources, RunCommandRequest
+from haddock.executor.records import BidResult
+from haddock.executor.request import Resources, RunCommandRequest
 
 log = logging.getLogger("haddock.node.bidding")
 """One logger for every bid check (the name it had when they were one module)."""

@@ -14,8 +14,8 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 
-from haddock.executor.models import BidResult
 from haddock.executor.quantity import format_bytes, format_duration
+from haddock.executor.records import BidResult
 from haddock.executor.sources import redact_url
 from haddock.node.bidding._chain import MAX_REASON, BidContext, log
 

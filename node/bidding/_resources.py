@@ -3,8 +3,9 @@ what is free of it."""
 
 from __future__ import annotations
 
-from haddock.executor.models import BidResult, Resources
 from haddock.executor.quantity import format_bytes, format_cpu
+from haddock.executor.records import BidResult
+from haddock.executor.request import Resources
 from haddock.node.bidding._chain import BidContext
 from haddock.node.bidding._settings import ResourceLimits
 

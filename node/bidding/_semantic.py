@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from haddock.executor.imageref import DEFAULT_REGISTRY, normalize_name
-from haddock.executor.models import BidResult, NetworkMode
 from haddock.executor.quantity import format_duration
+from haddock.executor.records import BidResult
+from haddock.executor.request import NetworkMode
 from haddock.node.bidding._chain import BidContext, EnginePlatform, ImagePlatformLookup, Platform, log
 from haddock.node.bidding._settings import GLOB_CHARS, as_platform, check_pattern, parse_platform
 

@@ -10,9 +10,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from haddock.executor.fields import ByteQuantity, CpuQuantity, DurationSeconds
 from haddock.executor.imageref import normalize_name
-from haddock.executor.models import ByteQuantity, CpuQuantity, DurationSeconds, NetworkMode
 from haddock.executor.quantity import format_duration
+from haddock.executor.request import NetworkMode
 from haddock.executor.sources import check_http_url
 from haddock.node.bidding._chain import Platform
 
@@ -55,6 +56,12 @@ def check_pattern(pattern: str) -> str:
         raise ValueError(
             f"image pattern {pattern!r} has a tag or digest; patterns match registry/repository only, "
             "e.g. 'docker.io/library/*'"
+        )
+    repository = normalize_name(pattern).partition("/")[2]
+    if repository != repository.lower():
+        raise ValueError(
+            f"image pattern {pattern!r} can never match: repository names are lower case "
+            f"(e.g. {normalize_name(pattern.lower())!r})"
         )
     if "/" not in pattern and not GLOB_CHARS & set(pattern):
         raise ValueError(

@@ -22,17 +22,10 @@ import grpc
 from google.protobuf import json_format
 
 from haddock.executor.logstore import LogEntry
-from haddock.executor.models import (
-    BidResult,
-    EventKind,
-    ExecutionEvent,
-    ExecutionState,
-    LogQuery,
-    Resources,
-    RunCommandRequest,
-    RunCommandResult,
-)
+from haddock.executor.records import BidResult, EventKind, ExecutionEvent, ExecutionState, RunCommandResult
+from haddock.executor.request import Resources, RunCommandRequest
 from haddock.executor.stats import Stat, StatsSummary
+from haddock.executor.streams import LogQuery
 from haddock.node.client import convert, wire
 from haddock.node.client._info import NodeInfo
 from haddock.v1 import executor_pb2, executor_pb2_grpc, node_pb2, node_pb2_grpc

@@ -12,7 +12,8 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import ValidationError
 
-from haddock.executor.models import ExecutionKind, ExecutionState, Resources, ResultStatus
+from haddock.executor.records import ExecutionState, ResultStatus
+from haddock.executor.request import ExecutionKind, Resources
 from haddock.executor.streams import StreamType
 from haddock.v1 import types_pb2 as pb
 

@@ -4,9 +4,7 @@ Private: import from :mod:`haddock.node.client.convert`.
 
 from __future__ import annotations
 
-from haddock.executor.models import (
-    ServicePort,
-)
+from haddock.executor.servicespec import ServicePort
 from haddock.node.client._conv_core import (
     resources_from_pb,
     resources_to_pb,

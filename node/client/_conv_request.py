@@ -9,17 +9,9 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 
 from haddock.executor.jobspec import JOB_SOURCE_TARGET
-from haddock.executor.models import (
-    HttpProbe,
-    NetworkMode,
-    OutputLimits,
-    PullPolicy,
-    RestartPolicy,
-    RunCommandRequest,
-    ServicePort,
-    ServiceSpec,
-)
 from haddock.executor.publishers import LocalPublisherSpec, PublisherSpec
+from haddock.executor.request import NetworkMode, OutputLimits, PullPolicy, RunCommandRequest
+from haddock.executor.servicespec import HttpProbe, RestartPolicy, ServicePort, ServiceSpec
 from haddock.executor.sources import InlineSource, InputSource, LocalSource, UrlSource
 from haddock.node.client._conv_core import (
     ConversionError,

@@ -5,9 +5,9 @@ events and log stream. Private: import from :mod:`haddock.node.client.convert`.
 from __future__ import annotations
 
 from haddock.executor.logstore import LogEntry
-from haddock.executor.models import EventKind, ExecutionEvent, LogQuery, RunCommandResult
+from haddock.executor.records import EventKind, ExecutionEvent, RunCommandResult
 from haddock.executor.stats import METRICS, Stat, StatsSummary
-from haddock.executor.streams import StreamType
+from haddock.executor.streams import LogQuery, StreamType
 from haddock.node.client._conv_core import (
     from_timestamp,
     status_from_pb,

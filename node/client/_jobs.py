@@ -1,6 +1,6 @@
 """The requester's side of job types: a job's manifest read and checked before anything is sent, its source
 packed (a local directory → a gzip tarball → an inline source), the request for a batch run or a deploy,
-and a deploy that replaces the running executions of the same job and version once the new one is ready.
+and a deploy that waits until the node has let the new execution take over (the node decides what it replaces).
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from haddock.executor.jobspec import JOB_PORT, JOB_SOURCE_TARGET, JobManifest, ManifestError, parse_manifest
-from haddock.executor.models import ExecutionState, RunCommandRequest
 from haddock.executor.quantity import MiB, format_bytes
+from haddock.executor.records import EventKind
+from haddock.executor.request import RunCommandRequest
 from haddock.executor.sources import InlineSource, InputSource, source_from_uri
-from haddock.node.client._client import NodeClient, NodeError
+from haddock.node.client._client import NodeClient
 from haddock.node.client._services import until_ready
 
 __all__ = ["DEFAULT_INLINE_MAX", "deploy_job", "job_source", "load_manifest", "pack_source", "service_for_job"]
@@ -91,8 +92,9 @@ def service_for_job(manifest: JobManifest) -> dict[str, Any]:
 
 
 async def deploy_job(client: NodeClient, request: RunCommandRequest) -> int:
-    """Start the job as a service; once it is ready, stop the executions of the same job and version it
-    replaces (a new version keeps the others; a failed deploy keeps them all)."""
+    """Start the job as a service and wait until it is ready and has taken over: the node itself stops the
+    running executions of the same job and version once this one is ready (a failed deploy stops none);
+    what it replaced is printed on stderr."""
     assert request.job is not None
     manifest = request.job.manifest
     started = await client.start(request)
@@ -100,15 +102,10 @@ async def deploy_job(client: NodeClient, request: RunCommandRequest) -> int:
     code = await until_ready(client, exec_id, print_id=True)
     if code != 0:
         return code
-    info = await client.node_info()
-    for svc in info.services:
-        if svc.execution_id == exec_id or svc.name != manifest.name or svc.job_version != manifest.version:
-            continue
-        if svc.state.terminal or svc.state is ExecutionState.STOPPING:
-            continue
-        sys.stderr.write(f"replacing {svc.execution_id} ({manifest.name} {manifest.version})\n")
-        try:
-            await client.cancel(svc.execution_id)
-        except NodeError as exc:
-            sys.stderr.write(f"could not stop {svc.execution_id}: {exc}\n")
-    return 0
+    async for event in client.watch(exec_id):
+        if event.kind is EventKind.DEPLOYED:
+            for old in filter(None, str(event.details.get("replaced") or "").split(",")):
+                sys.stderr.write(f"replacing {old} ({manifest.name} {manifest.version}): the node stopped it\n")
+            return 0
+    sys.stderr.write(f"{exec_id} ended before it took over from the running executions\n")
+    return 1

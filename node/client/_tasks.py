@@ -61,14 +61,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from haddock.executor.models import RESERVED_ENV_PREFIX
+from haddock.executor.request import RESERVED_ENV_PREFIX
 from haddock.executor.sources import InputSource, parse_data_url, redact_url, source_from_uri
 
 INPUTS_ROOT = "/haddock/inputs"
 OUTPUTS_ROOT = "/haddock/outputs"
 OUTPUT_NAME_PREFIX = "out-"
 MAX_TASKS = 10_000
-MAX_OUTPUT_NAME = 128  # executor.models.ResultPath's limit
+MAX_OUTPUT_NAME = 128  # executor.request.ResultPath's limit
 MAX_BASENAME_BYTES = 200
 INPUT_FALLBACK_NAME = "input"
 OUTPUT_FALLBACK_NAME = "output"

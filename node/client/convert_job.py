@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from haddock.executor.jobspec import JOB_SOURCE_TARGET, JobManifest, JobSpec, job_engine_image
-from haddock.executor.models import RunCommandRequest
+from haddock.executor.request import RunCommandRequest
 from haddock.executor.sources import InputSource
 from haddock.v1 import types_pb2 as pb
 

@@ -27,8 +27,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from haddock.executor.errors import ExecutionAlreadyComplete, ExecutionAlreadyStarted, ExecutionNotFound
-from haddock.executor.models import BidResult as Bid
-from haddock.executor.models import RunCommandRequest
+from haddock.executor.records import BidResult as Bid
+from haddock.executor.request import RunCommandRequest
 from haddock.node.cluster import messages as m
 from haddock.node.cluster.ledger import Ledger, Tracked
 from haddock.node.cluster.translate import (

@@ -24,9 +24,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from haddock.executor.models import MAX_TIMEOUT_SECONDS, ResultStatus, RunCommandRequest
-from haddock.executor.models import RunCommandResult as HaddockResult
 from haddock.executor.quantity import QuantityError, parse_bytes, parse_cpu
+from haddock.executor.records import ResultStatus
+from haddock.executor.records import RunCommandResult as HaddockResult
+from haddock.executor.request import MAX_TIMEOUT_SECONDS, RunCommandRequest
 from haddock.node.cluster import messages as m
 
 __all__ = ["Untranslatable", "parse_bacalhau_bytes", "publish_result", "to_bacalhau_result", "to_request"]

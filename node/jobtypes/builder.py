@@ -25,16 +25,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from haddock.executor.docker.build import BuildFailed, ImageBuilder
 from haddock.executor.docker.engine import Engine
 from haddock.executor.errors import ExecutorError, InvalidSpec
 from haddock.executor.jobspec import JobManifest, JobSpec
-from haddock.executor.models import RunCommandRequest
 from haddock.executor.protocol import BuildOutput, BuiltJob
+from haddock.executor.request import RunCommandRequest
 from haddock.node.jobtypes.config import JobTypesSettings
 from haddock.node.jobtypes.plugins import JobTypePlugin, JobTypes
+from haddock.storage.tarsafe import TarLimits, UnsafeArchive, unpack
 
 __all__ = ["JobTypeBuilder", "render_template"]
 
@@ -44,11 +43,15 @@ DOCKERFILE = ".haddock-job.Dockerfile"
 WHEELHOUSE = ".haddock-wheelhouse"
 PLUGIN_DIR = ".jobtype"  # the single-template form: the plugin's files in the job's build context
 LABEL_KIND = "haddock.image"
-MAX_SOURCE_BYTES = 1024 * 1024 * 1024
+SOURCE_LIMITS = TarLimits(max_bytes=1024 * 1024 * 1024, max_members=100_000)
+"""What a job's source tarball may unpack to."""
 
 
 def render_template(path: Path, **variables: Any) -> str:
-    """A plugin's Dockerfile template, rendered (undefined variables are errors that name them)."""
+    """A plugin's Dockerfile template, rendered (undefined variables are errors that name them). Jinja2 is
+    loaded here, by the first job built: a node that builds none never loads it."""
+    import jinja2
+
     env = jinja2.Environment(undefined=jinja2.ChainableUndefined, keep_trailing_newline=True, autoescape=False)
     try:
         return env.from_string(path.read_text()).render(**variables)
@@ -113,17 +116,14 @@ def _tree_entries(root: Path, prefix: str = "") -> list[tuple[str, Path | bytes]
 
 
 def _unpack_source(archive: Path, into: Path) -> None:
-    """A source given as a tarball (URL, S3): unpacked safely (tarfile's data filter)."""
+    """A source given as a tarball (URL, S3, a local file): unpacked by the one safe unpacker
+    (:mod:`haddock.storage.tarsafe`, as inline inputs are), within :data:`SOURCE_LIMITS`."""
     try:
-        with tarfile.open(archive) as tar:
-            total = sum(m.size for m in tar.getmembers())
-            if total > MAX_SOURCE_BYTES:
-                raise InvalidSpec("the job's source unpacks to more than 1 GiB")
-            tar.extractall(into, filter="data")
-    except tarfile.TarError as exc:
-        raise InvalidSpec(f"the job's source is a file but not a tarball: {exc}") from None
+        unpack(archive, into, SOURCE_LIMITS)
+    except UnsafeArchive as exc:
+        raise InvalidSpec(f"the job's source {exc}") from None
     entries = list(into.iterdir())
-    if len(entries) == 1 and entries[0].is_dir() and not (into / "job.yaml").exists():
+    if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink() and not (into / "job.yaml").exists():
         # A tarball of the directory (job/...): its root is the source.
         inner = entries[0]
         for child in inner.iterdir():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from haddock.executor.models import DurationSeconds
+from haddock.executor.fields import DurationSeconds
 
 __all__ = ["DEFAULT_BASE_IMAGES", "SHIPPED_PLUGINS_DIR", "JobTypesSettings"]
 

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from haddock.executor.errors import ErrorCode
-from haddock.executor.models import RunCommandRequest
+from haddock.executor.request import RunCommandRequest
 from haddock.executor.sources import S3Source, UrlSource
 from haddock.node.config import load_settings
 from haddock.storage import build_registry

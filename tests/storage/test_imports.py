@@ -53,7 +53,7 @@ def test_storage_modules_without_boto3_or_httpx(module: str) -> None:
 
 def test_the_domain_imports_neither_storage_nor_heavy_libraries() -> None:
     imported, modules = _fresh_import([], walk_executor=True)
-    assert "haddock.executor.models" in imported and "haddock.executor.sources" in imported
+    assert "haddock.executor.request" in imported and "haddock.executor.sources" in imported
     assert _heavy(modules) == []
     assert sorted(m for m in modules if m.startswith("haddock.storage")) == []
 

@@ -14,7 +14,8 @@ from typing import Any
 import grpc
 import pytest
 
-from haddock.executor.models import EventKind, ResultStatus, RunCommandRequest
+from haddock.executor.records import EventKind, ResultStatus
+from haddock.executor.request import RunCommandRequest
 from haddock.node.client import NodeClient, NodeError
 from haddock.node.server import RunningServer, start_server
 from haddock.storage.config import LocalRoot, StorageSettings

@@ -6,8 +6,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from haddock.executor.models import ResultStatus, RunCommandRequest
 from haddock.executor.outputs import directory_usage
+from haddock.executor.records import ResultStatus
+from haddock.executor.request import RunCommandRequest
 from haddock.node.client import NodeClient
 from haddock.node.server import RunningServer, start_server
 from tests.conftest import BUSYBOX, node_settings

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from haddock.executor.errors import ErrorCode
-from haddock.executor.models import EngineSpec, RunCommandRequest
+from haddock.executor.request import EngineSpec, RunCommandRequest
 from haddock.executor.sources import InlineSource, InputSource, LocalSource, S3Source, UrlSource
 from haddock.storage import build_registry
 from haddock.storage.cache import ContentCache

@@ -6,7 +6,10 @@ ENV {{ env_key }}="{{ env_value }}"
 {% endfor %}
 
 {% if manifest.system_dependencies and manifest.system_dependencies|length > 0 %}
-RUN apt-get install -y --no-install-recommends {{ manifest.system_dependencies | join(' ') }}
+# One layer: the package lists (a base image ships none), the packages, the lists removed again.
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {{ manifest.system_dependencies | join(' ') }} \
+    && rm -rf /var/lib/apt/lists/*
 {% endif %}
 
 COPY . /src/job/
