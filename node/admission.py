@@ -134,7 +134,7 @@ class Admission:
             return
         self._queued.pop(exec_id, None)
         try:
-            await self.launch(q.request, from_queue=True)
+            await self.launch(q.request, queued=q.record)
         except Exception as exc:
             if self._known_to_executor(exec_id):  # it runs, but its acceptance could not be persisted
                 log.error("execution %s runs but could not be recorded as admitted: %s", exec_id, exc)
@@ -154,8 +154,10 @@ class Admission:
             return False
         return True
 
-    async def launch(self, prepared: RunCommandRequest, *, from_queue: bool = False) -> None:
-        """Hand an admitted execution to the executor; returns once it is persisted."""
+    async def launch(self, prepared: RunCommandRequest, *, queued: ExecutionRecord | None = None) -> None:
+        """Hand an admitted execution to the executor; returns once it is persisted. ``queued``: its record
+        while it waited in the queue (its history goes on in the executor's record)."""
+        from_queue = queued is not None
         exec_id = prepared.execution_id
         devices = self.capacity.devices(exec_id)
         if devices:  # the GPUs this execution holds, by id: no two executions share one
@@ -167,6 +169,13 @@ class Admission:
             self.events.forget_accepted(exec_id)
             self.capacity.release(exec_id)
             raise
+        if queued is not None:
+            # The executor's record starts at admission; what came before (the queue wait) is the store's.
+            # Carried over before the execution's task first runs (start returned without a later await),
+            # so describe, watchers and the phase metrics at its end see one history, as the store has it.
+            record = self.executor.record(exec_id)
+            record.events[:0] = [e for e in queued.events if e not in record.events]
+            record.created_at = queued.created_at
         await accepted
         log.info(
             "execution accepted",

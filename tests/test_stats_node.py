@@ -167,6 +167,45 @@ def scrape(port: int) -> dict[str, list[tuple[str, dict[str, str], float]]]:
     return {f.name: [(s.name, s.labels, s.value) for s in f.samples] for f in text_string_to_metric_families(text)}
 
 
+async def test_every_phase_reaches_metrics_and_describe(tmp_path: Path, node_id: str, busybox_image: str) -> None:
+    from haddock.node.config import CapacitySettings
+
+    settings = node_settings(tmp_path, node_id, metrics_listen="127.0.0.1:0", capacity=CapacitySettings(max_running=1))
+    running: RunningServer = await start_server(settings)
+    try:
+        listener = running.node.metrics_listener
+        assert listener is not None and listener.port
+        async with NodeClient(running.address) as c:
+            first = job("sleep 1")
+            queued = job(
+                "cat /in/x",
+                input_sources=[{"type": "inline", "data_url": "data:,hello", "target": "/in/x"}],
+                publishers=[{"type": "local"}],
+            )
+            await c.start(first)
+            await c.start(queued, queue=True)
+            async for event in c.watch(queued.execution_id):
+                if event.kind.value == "inputs-prepared":
+                    break  # admitted and running: describe answers from the executor's record
+            live = await c.get_execution(queued.execution_id)  # admitted: the executor's record
+            assert live.events[0].kind == "queued", [e.kind for e in live.events]
+            done = await c.wait(queued.execution_id)
+            assert done.result.status is ResultStatus.SUCCESS, done.result.error_message
+            await c.wait(first.execution_id)
+            described = await c.get_execution(queued.execution_id)
+            kinds = [e.kind for e in described.events]
+            assert kinds[0] == "queued" and kinds.count("queued") == 1, kinds
+        families = await asyncio.to_thread(scrape, listener.port)
+        phases = {
+            labels["phase"]
+            for name, labels, value in families["haddock_execution_phase_duration_seconds"]
+            if name == "haddock_execution_phase_duration_seconds_count" and value
+        }
+        assert phases == {"queue_wait", "input_fetch", "image_pull", "run", "results", "publish"}
+    finally:
+        await running.stop(1)
+
+
 async def test_metrics_for_prometheus(
     tmp_path: Path, node_id: str, busybox_image: str, telemetry: TelemetryCapture
 ) -> None:
