@@ -34,6 +34,7 @@ from haddock.executor.records import (
     RunCommandResult,
 )
 from haddock.executor.request import Resources, RunCommandRequest
+from haddock.executor.stats import Stat
 from haddock.executor.streams import LogQuery
 from haddock.node import _reads
 from haddock.node._reads import known_id
@@ -208,9 +209,16 @@ class Node:
     async def _recover(self, records: builtins.list[ExecutionRecord]) -> None:
         """Hand unfinished executions back to the executor; while the engine is away, keep trying."""
         delay = 1.0
+        # The samples kept of each: its result's summary covers the whole run, not only what comes now.
+        stats: dict[str, builtins.list[Stat]] = {}
+        try:
+            for r in records:
+                stats[r.execution_id] = await self.stats.series(r.execution_id)
+        except Exception as exc:  # a summary of the samples from now on is worth more than no recovery
+            log.warning("reading the resource samples of recovered executions failed: %s", exc)
         while True:
             try:
-                await self.executor.recover(records)
+                await self.executor.recover(records, stats)
                 self._recovered.set()
                 return
             except Exception as exc:

@@ -161,6 +161,38 @@ async def test_stats_follow_decimate_survive_a_restart_and_the_cli(
         await second.stop(1)
 
 
+async def test_a_result_sums_up_the_samples_from_before_a_restart(
+    tmp_path: Path, node_id: str, busybox_image: str
+) -> None:
+    from haddock.node.config import OnShutdown
+
+    # 24 MiB early, then freed: on cgroup v2 only the samples from before the restart saw it.
+    script = "dd if=/dev/zero of=/dev/shm/m bs=1M count=24 2>/dev/null; sleep 2.5; rm /dev/shm/m; sleep 3"
+    settings = node_settings(tmp_path, node_id).model_copy(update={"on_shutdown": OnShutdown.LEAVE_RUNNING})
+    req = job(script)
+    first = await start_server(settings)
+    try:
+        async with NodeClient(first.address) as c:
+            await c.start(req)
+            async for update in c.stats(req.execution_id, follow=True):
+                if any(s.memory_bytes >= 20 * MiB for s in update.samples):
+                    break
+    finally:
+        await first.stop(1)  # leaves the job running; its samples so far are in the store
+    second = await start_server(settings)
+    try:
+        async with NodeClient(second.address) as c:
+            done = await c.wait(req.execution_id)
+            samples, summary = await all_stats(c, req.execution_id)
+        stats = done.result.stats
+        assert stats is not None and summary == stats
+        assert stats.samples == sum(s.samples for s in samples), (stats, len(samples))
+        assert stats.peak_memory_bytes >= 20 * MiB, stats
+        assert max(s.memory_bytes for s in samples[-2:]) < 20 * MiB  # freed before the end
+    finally:
+        await second.stop(1)
+
+
 def scrape(port: int) -> dict[str, list[tuple[str, dict[str, str], float]]]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
