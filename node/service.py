@@ -57,6 +57,7 @@ from haddock.node.ports import PortAllocator
 from haddock.node.redeploy import Redeploys
 from haddock.node.stats import StatsHub, StatsUpdate, execution_stats
 from haddock.node.store import ExecutionStore, store_path
+from haddock.node.telemetry import metric_readers, telemetry_resource
 from haddock.storage import StorageRegistry, build_registry
 from haddock.storage.hooks import RegistryPreparer, RegistryPublisher
 from haddock.storage.netpolicy import AddressPolicy, check_request
@@ -124,7 +125,13 @@ class Node:
             engine_platform=self._engine_platform,
         )
         self.stats = stats or StatsHub(store, max_samples=settings.stats.max_samples)
-        self.metrics_listener = MetricsListener(settings.metrics_listen) if settings.metrics_listen else None
+        self.metrics_listener = (
+            MetricsListener(
+                settings.metrics_listen, readers=metric_readers(settings), resource=telemetry_resource(settings)
+            )
+            if settings.metrics_listen
+            else None
+        )
         self.metrics = NodeMetrics(self.metrics_listener.meter() if self.metrics_listener else None)
         self._gauges: asyncio.Task[None] | None = None
         events.on_terminal(self._on_end)

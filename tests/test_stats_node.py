@@ -238,6 +238,31 @@ async def test_every_phase_reaches_metrics_and_describe(tmp_path: Path, node_id:
         await running.stop(1)
 
 
+async def test_metrics_go_to_prometheus_and_the_telemetry_exporter(
+    tmp_path: Path, node_id: str, busybox_image: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from haddock.node.config import Exporter, TelemetrySettings
+
+    settings = node_settings(
+        tmp_path,
+        node_id,
+        metrics_listen="127.0.0.1:0",
+        telemetry=TelemetrySettings(exporter=Exporter.CONSOLE, metrics_interval_seconds=3600),
+    )
+    running: RunningServer = await start_server(settings)
+    try:
+        listener = running.node.metrics_listener
+        assert listener is not None and listener.port
+        async with NodeClient(running.address) as c:
+            await c.run(job("echo hi"))
+        families = await asyncio.to_thread(scrape, listener.port)
+        assert [v for name, _, v in families["haddock_executions"] if name == "haddock_executions_total"] == [1.0]
+    finally:
+        await running.stop(1)  # the exporter's reader exports what it has when the node stops
+    exported = capfd.readouterr().out
+    assert '"name": "haddock.executions"' in exported, exported[-2000:]
+
+
 async def test_metrics_for_prometheus(
     tmp_path: Path, node_id: str, busybox_image: str, telemetry: TelemetryCapture
 ) -> None:
