@@ -87,8 +87,12 @@ class Admission:
             await self.launch(prepared)
             return
         record = ExecutionRecord(request=prepared, state=ExecutionState.QUEUED)
+        details: dict[str, Any] = {"priority": priority}
+        input_bytes = (usage.disk - prepared.resources.disk) if usage is not None else 0
+        if input_bytes > 0:  # its inputs' size, counted in disk: a restart queues it again with the same usage
+            details["input_bytes"] = input_bytes
         event = ExecutionEvent(
-            execution_id=exec_id, kind=EventKind.QUEUED, message="waiting for capacity", details={"priority": priority}
+            execution_id=exec_id, kind=EventKind.QUEUED, message="waiting for capacity", details=details
         )
         record.events.append(event)
         try:
@@ -97,7 +101,7 @@ class Admission:
             self.capacity.release(exec_id)
             admission.cancel()
             raise
-        self.enqueue(prepared, record, priority, admission)
+        self.enqueue(prepared, record, priority, admission=admission)
         log.info("execution queued", extra={"execution_id": exec_id, "job_id": prepared.job_id})
 
     def enqueue(
@@ -105,13 +109,16 @@ class Admission:
         request: RunCommandRequest,
         record: ExecutionRecord,
         priority: int,
+        *,
         admission: asyncio.Task[None] | None = None,
+        usage: Resources | None = None,
     ) -> None:
-        """Wait in the queue (also what a restart does with an execution the store has as queued)."""
+        """Wait in the queue (also what a restart does with an execution the store has as queued, holding
+        ``usage``: see :func:`queued_usage`)."""
         exec_id = request.execution_id
         if admission is None:
             admission = asyncio.create_task(
-                self.capacity.acquire(exec_id, request.resources, queue=True, priority=priority)
+                self.capacity.acquire(exec_id, usage or request.resources, queue=True, priority=priority)
             )
         settled: asyncio.Future[RunCommandResult | None] = asyncio.get_running_loop().create_future()
         q = Queued(request=request, record=record, admission=admission, settled=settled)
@@ -240,6 +247,22 @@ async def write_no_output(request: RunCommandRequest) -> None:
         yield
 
     await write_job_results(request.results_dir, nothing(), nothing(), None, request.output_limits)
+
+
+def queued_usage(record: ExecutionRecord) -> Resources:
+    """What a queued execution holds, as at its first Start: its resources, with its inputs' size (kept in
+    its 'queued' event) counted in ``disk``."""
+    resources = record.request.resources
+    for event in record.events:
+        if event.kind is EventKind.QUEUED:
+            try:
+                input_bytes = int(event.details.get("input_bytes", 0))
+            except (TypeError, ValueError):
+                input_bytes = 0
+            if input_bytes > 0:
+                return resources.model_copy(update={"disk": resources.disk + input_bytes})
+            break
+    return resources
 
 
 def queued_priority(record: ExecutionRecord) -> int:

@@ -38,7 +38,7 @@ from haddock.executor.stats import Stat
 from haddock.executor.streams import LogQuery
 from haddock.node import _reads
 from haddock.node._reads import known_id
-from haddock.node.admission import Admission, queued_priority
+from haddock.node.admission import Admission, queued_priority, queued_usage
 from haddock.node.bidding import (
     build_chain,
     platform_from_engine_info,
@@ -200,7 +200,7 @@ class Node:
             # already: it runs whatever the capacity now says.
             try:
                 await self.capacity.acquire(
-                    r.execution_id, r.request.resources, queue=False, prefer_devices=r.request.gpu_devices
+                    r.execution_id, queued_usage(r), queue=False, prefer_devices=r.request.gpu_devices
                 )
             except (CapacityExhausted, ValueError) as exc:
                 log.warning("recovered execution %s runs beyond capacity: %s", r.execution_id, exc)
@@ -210,7 +210,7 @@ class Node:
         else:
             self._recovered.set()
         for r in sorted(queued, key=lambda r: r.created_at):
-            self.admission.enqueue(r.request, r, priority=queued_priority(r))
+            self.admission.enqueue(r.request, r, priority=queued_priority(r), usage=queued_usage(r))
         self.housekeeping.start()
 
     async def _recover(self, records: builtins.list[ExecutionRecord]) -> None:

@@ -223,6 +223,45 @@ async def test_inputs_count_against_disk_at_start(tmp_path: Path, node_id: str, 
         await running.stop(1)
 
 
+async def test_inputs_count_against_disk_when_queued_again_after_a_restart(
+    tmp_path: Path, node_id: str, busybox_image: str
+) -> None:
+    from haddock.node.config import OnShutdown
+
+    capacity = CapacitySettings(max_running=1, disk="1Mi", reserve_disk=0)
+    settings = node_settings(tmp_path, node_id).model_copy(
+        update={"capacity": capacity, "on_shutdown": OnShutdown.LEAVE_RUNNING}
+    )
+    busy = job("sleep 60")
+    data = "data:," + "x" * (8 * KiB)
+    waiting = job("wc -c /in/x", input_sources=[{"type": "inline", "data_url": data, "target": "/in/x"}])
+    first = await start_server(settings)
+    try:
+        async with NodeClient(first.address) as client:
+            await client.start(busy)
+            async for event in client.watch(busy.execution_id):
+                if event.kind.value == "started":
+                    break
+            await client.start(waiting, queue=True)
+        assert first.node.capacity.snapshot().queued.disk == 8 * KiB
+    finally:
+        await first.stop(1)  # the running one is left running; the queued one stays queued
+    second = await start_server(settings)
+    try:
+        async with NodeClient(second.address) as client:
+            try:
+                assert second.node.admission.get(waiting.execution_id) is not None
+                queued_disk = second.node.capacity.snapshot().queued.disk
+            finally:
+                await client.cancel(busy.execution_id)
+            done = await client.wait(waiting.execution_id)
+        assert queued_disk == 8 * KiB  # as at its first Start
+        assert done.result.status is ResultStatus.SUCCESS, done.result.error_message
+        assert done.result.stdout.strip() == f"{8 * KiB} /in/x"
+    finally:
+        await second.stop(1)
+
+
 # ----------------------------------------------------------------------------- echoed values, ids, validation
 
 
