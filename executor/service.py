@@ -178,6 +178,9 @@ class _Service:
         if restart.policy is RestartPolicy.NEVER or (restart.policy is RestartPolicy.ON_FAILURE and not failed):
             if failure or outcome.error:
                 return dataclasses.replace(outcome, error=f"the service {why}"), None
+            if not failed:  # a service is meant to keep running: ending by itself, even with 0, is a failure
+                error = f"the service {why}; its restart policy '{restart.policy.value}' does not restart it"
+                return dataclasses.replace(outcome, error=error), ResultStatus.ERROR
             return outcome, None
         restarts = self.attempt - 1
         if restarts >= restart.max_restarts:

@@ -176,7 +176,8 @@ def _summary(r: ExecutionRecord) -> node_pb2.ExecutionSummary:
     msg.kind = convert.kind_to_pb(r.request.kind)
     if r.request.service is not None:
         msg.service_name = r.request.service.name or ""
-        msg.ports.extend(convert.port_to_pb(p) for p in r.request.service.ports)
+        if not r.state.terminal:  # an ended service holds no port any more
+            msg.ports.extend(convert.port_to_pb(p) for p in r.request.service.ports)
     return msg
 
 

@@ -299,12 +299,12 @@ class Gateway:
             raise _NextTarget(
                 f"execution {target.execution_id!r} refused the connection ({exc.os_error or exc})"
             ) from None
-        except TimeoutError:
-            return _json_error(
-                504,
-                f"execution {target.execution_id!r} did not answer within {self.settings.gateway_read_timeout:g}s",
-                execution_id=target.execution_id,
-            )
+        except TimeoutError as exc:
+            if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                what = f"did not accept the connection within {self.settings.gateway_connect_timeout:g}s"
+            else:
+                what = f"did not answer within {self.settings.gateway_read_timeout:g}s"
+            return _json_error(504, f"execution {target.execution_id!r} {what}", execution_id=target.execution_id)
         except aiohttp.ClientError as exc:
             return _json_error(
                 502,

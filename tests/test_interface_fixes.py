@@ -52,6 +52,11 @@ async def test_a_command_not_in_the_image_says_so(tmp_path: Path, node_id: str, 
         assert done.result.status is ResultStatus.ERROR
         assert done.result.error_message.startswith("executable 'foo' not found in the image"), done.result
         assert (done.result.exit_code == 127) is init
+        # and `haddock run` says it on stderr, not only the init's own line
+        cli = await haddock("run", BUSYBOX, "--", "foo", node=running.address)
+        assert "executable 'foo' not found in the image" in cli.stderr, cli
+        assert cli.code == (127 if init else 125), cli
+        assert "Traceback" not in cli.stderr, cli
     finally:
         await running.stop(1)
 

@@ -150,6 +150,8 @@ async def test_service_ready_published_and_through_the_gateway_then_cancelled_an
         assert cancelled.code == 0 and "cancelled" in cancelled.stdout
         assert loop.time() - began < 2 + 5  # the stop grace (2s), and the CLI's own start
         assert node.node.ports.in_use == 0
+        listed = await haddock("ls", "--node", node.address)
+        assert f"127.0.0.1:{port}->8080/tcp" not in listed.stdout  # an ended service holds no port
         status, body = await get(f"{gw}/exec/{exec_id}/")
         assert status == 503 and "has ended (state: cancelled)" in body
         status, body = await get(f"{gw}/exec/nothing-here/")
@@ -206,6 +208,73 @@ async def test_on_failure_restarts_up_to_the_limit_then_error(service_node: Node
         "--- haddock: restart 2, attempt 3: exited with code 1 ---",
     ]
     assert Path(done.results_dir, "exitCode").read_text() == "1"
+    # the markers are in both streams, so that a reader of either sees where an attempt begins
+    assert [line for line in done.result.stderr.splitlines() if line.startswith("--- haddock: restart")] == [
+        "--- haddock: restart 1, attempt 2: exited with code 1 ---",
+        "--- haddock: restart 2, attempt 3: exited with code 1 ---",
+    ]
+
+
+async def test_an_out_of_memory_kill_is_the_reason_of_the_restart(service_node: NodeFactory) -> None:
+    node = await service_node()
+    request = service(
+        "a=xxxxxxxxxxxxxxxx; while true; do a=$a$a; done",
+        ports=[],
+        readiness=None,
+        restart={"policy": "on-failure", "max_restarts": 1, "backoff_initial": "50ms"},
+        network="none",
+    )
+    request = request.model_copy(update={"resources": request.resources.model_copy(update={"memory": 32 * 1024**2})})
+    async with NodeClient(node.address) as client:
+        await client.start(request)
+        done = await client.wait(request.execution_id)
+        described = await client.describe(request.execution_id)
+    assert done.result.status is ResultStatus.KILLED, done.result
+    assert "ran out of memory (its limit is 32Mi)" in done.result.error_message
+    restarting = [e for e in described["events"] if e["kind"] == "state" and e["details"]["state"] == "restarting"]
+    assert len(restarting) == 1 and "ran out of memory (its limit is 32Mi)" in restarting[0]["message"], restarting
+
+
+async def test_run_no_wait_then_wait_ready_then_cancel(service_node: NodeFactory) -> None:
+    node = await service_node()
+    done = await haddock(
+        "run", "--node", node.address, "--service", "--port", "8080", "--ready-path", "/",
+        "--probe-interval", "100ms", "--restart", "never", "--no-wait", BUSYBOX, "--", "sh", "-c", WEB,
+        limit=60,
+    )  # fmt: skip
+    assert done.code == 0, done.stderr
+    exec_id = done.stdout.strip()
+    ready = await haddock("wait", "--node", node.address, "--ready", exec_id, limit=60)
+    assert ready.code == 0, ready.stderr
+    async with NodeClient(node.address) as client:
+        assert (await client.get_execution(exec_id)).state == 9  # EXECUTION_STATE_READY
+        described = await client.describe(exec_id)
+        assert described["request"]["service"]["restart"]["policy"] == "RESTART_POLICY_NEVER"
+    cancelled = await haddock("cancel", "--node", node.address, exec_id, limit=60)
+    assert cancelled.code != 125, cancelled.stderr
+    ended = await haddock("wait", "--node", node.address, "--ready", exec_id, limit=60)
+    assert ended.code == 1, ended
+
+
+@pytest.mark.parametrize("policy", ["never", "on-failure"])
+async def test_a_service_that_exits_0_and_is_not_restarted_ends_in_error(
+    service_node: NodeFactory, policy: str
+) -> None:
+    """A service is meant to keep running: when it ends by itself and its policy does not restart it, it
+    failed (issue 12: "`error` when it exits and its policy says not to restart"), even with exit code 0."""
+    node = await service_node()
+    request = service("echo bye", ports=[], readiness=None, restart={"policy": policy}, network="none")
+    async with NodeClient(node.address) as client:
+        await client.start(request)
+        done = await client.wait(request.execution_id)
+        described = await client.describe(request.execution_id)
+    assert done.result.status is ResultStatus.ERROR, done.result
+    assert done.result.exit_code == 0
+    assert done.result.error_message == (
+        f"the service exited with code 0; its restart policy '{policy}' does not restart it"
+    )
+    states = [e["details"]["state"] for e in described["events"] if e["kind"] == "state"]
+    assert states[-1] == "failed"
 
 
 async def test_a_failing_liveness_probe_restarts_the_service(service_node: NodeFactory) -> None:
@@ -327,6 +396,28 @@ async def test_the_gateway_needs_the_token_and_says_what_is_wrong_in_json(
             await client.cancel(request.execution_id)
     finally:
         await running.stop(1)
+
+
+async def test_the_gateway_answers_502_for_a_service_that_hangs_up_and_504_for_one_that_is_silent(
+    service_node: NodeFactory,
+) -> None:
+    node = await service_node(gateway_read_timeout=1.0)
+    gw = f"http://{node.node.gateway_address}"
+    # no readiness probe: ready once started; one accepts and closes at once, one accepts and says nothing
+    hangs_up = service("exec nc -ll -p 8080 -e true", readiness=None)
+    silent = service("exec nc -ll -p 8080 -e sleep 1000", readiness=None)
+    async with NodeClient(node.address) as client:
+        for request in (hangs_up, silent):
+            await client.start(request)
+            await client.wait_ready(request.execution_id)
+        status, body = await get(f"{gw}/exec/{hangs_up.execution_id}/")
+        assert status == 502, body
+        assert f"execution '{hangs_up.execution_id}' failed the request" in body
+        status, body = await get(f"{gw}/exec/{silent.execution_id}/")
+        assert status == 504, body
+        assert f"execution '{silent.execution_id}' did not answer within 1s" in body
+        for request in (hangs_up, silent):
+            await client.cancel(request.execution_id)
 
 
 async def test_gateway_streams_large_bodies(service_node: NodeFactory, docker_client: docker.DockerClient) -> None:

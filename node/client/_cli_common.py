@@ -20,7 +20,6 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from haddock.executor.quantity import QuantityError
-from haddock.executor.records import ResultStatus
 from haddock.executor.streams import LogQuery, StreamType
 from haddock.node.client._client import DEFAULT_NODE, ClientTls, Finished, NodeClient, NodeError
 from haddock.node.client.convert import validation_message
@@ -182,6 +181,8 @@ def report(done: Finished) -> int:
     if r.exit_code is None:
         say(r.error_message or r.status.value)
         return EXIT_NODE_FAILED
-    if r.status in (ResultStatus.TIMEOUT, ResultStatus.KILLED, ResultStatus.CANCELLED):
+    # anything the node says beyond restating the exit code (a timeout, an OOM kill, an executable not found in
+    # the image, output lost to a full log space) is for the user, on stderr
+    if r.error_message and r.error_message != f"the job exited with code {r.exit_code}":
         say(r.error_message)
     return r.exit_code

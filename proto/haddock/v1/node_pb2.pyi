@@ -211,7 +211,7 @@ class ExecutionSummary(_message.Message):
     """Set once the execution has ended."""
     kind: _types_pb2.ExecutionKind.ValueType
     service_name: _builtins.str
-    """A service's name and published ports."""
+    """A service's name and the ports it holds (none once it has ended)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
