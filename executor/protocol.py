@@ -19,7 +19,7 @@ can be added without touching the node.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -36,6 +36,7 @@ from haddock.executor.records import (
     RunCommandResult,
 )
 from haddock.executor.request import InputVolume, Resources, RunCommandRequest
+from haddock.executor.stats import Stat
 from haddock.executor.streams import LogQuery
 
 
@@ -165,8 +166,9 @@ class Executor(Protocol):
 
     def records(self) -> list[ExecutionRecord]: ...
 
-    async def recover(self, records: list[ExecutionRecord]) -> None:
-        """Take back unfinished executions after a restart; returns once ``wait`` works on each."""
+    async def recover(self, records: list[ExecutionRecord], stats: Mapping[str, Sequence[Stat]] | None = None) -> None:
+        """Take back unfinished executions after a restart; returns once ``wait`` works on each.
+        ``stats``: the resource samples kept of each from before (its result's summary covers them)."""
         ...
 
     async def reap_orphans(self, *, grace: float | None = None, keep: set[str] | None = None) -> list[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -296,15 +296,16 @@ class Runner:
     async def containers(self) -> dict[str, dict[str, Any]]:
         return await self.driver.containers()
 
-    async def recover(self, records: list[ExecutionRecord]) -> None:
+    async def recover(self, records: list[ExecutionRecord], stats: Mapping[str, Sequence[Stat]] | None = None) -> None:
         """Take back the executions a previous life of this node left unfinished.
 
         For each: a container that still runs is followed again (output from where the node's log
         ends, the remaining timeout enforced); one that exited meanwhile has its output and exit
         status collected; a missing one ends the execution with a clear message. Results are then
         written as usual. Returns once every execution is registered (``wait`` works on them).
+        ``stats``: the samples kept of each from before, so that its result's summary covers its whole run.
         """
-        await recover(self, records)
+        await recover(self, records, stats or {})
 
     async def reap_orphans(self, *, grace: float | None = None, keep: set[str] | None = None) -> list[str]:
         """Remove containers with this node's label that no execution knows, once older than the grace.

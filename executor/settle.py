@@ -110,10 +110,11 @@ async def finish(
             outcome = dataclasses.replace(outcome, error=f"{explained} (the job exited with code {outcome.exit_code})")
     stats = execution.stats.summary()
     writer = execution.writer
+    lost = outcome.lost_bytes + (writer.lost_bytes if writer is not None else 0)
     log_full = (
-        f"the node's log space was full (log_max_bytes): {format_bytes(writer.lost_bytes)} of the job's output "
-        "is missing"
-        if writer is not None and writer.lost_bytes
+        f"the node's log space was full (log_max_bytes): {format_bytes(lost)} of the job's output "
+        "is missing from its log"
+        if lost
         else ""
     )
     message = "; ".join(
