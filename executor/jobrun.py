@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from haddock.executor.driver import ContainerHandle, ExitStatus
 from haddock.executor.errors import ExecutorError, InvalidSpec
-from haddock.executor.jobspec import JOB_PORT, JOB_SOURCE_TARGET
+from haddock.executor.jobspec import JOB_PORT, JOB_SOURCE_TARGET, not_applied_message
 from haddock.executor.protocol import BuildOutput, JobBuilder
 from haddock.executor.records import EventKind, ResultStatus
 from haddock.executor.request import EngineSpec, PullPolicy, RunCommandRequest
@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # aiohttp is loaded by the first batch job, not by every node
     from haddock.executor._execution import Execution
     from haddock.executor.runner import Runner
 
-__all__ = ["BatchAnswer", "build_job", "run_batch"]
+__all__ = ["BatchAnswer", "build_job", "note_not_applied", "run_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,16 @@ class BatchAnswer:
 def deployment_timestamp(execution: Execution) -> int:
     """The timestamp the node gives this deployment (``JOB_DEPLOYMENT_TIMESTAMP``): when it was accepted."""
     return int(execution.record.created_at.timestamp())
+
+
+def note_not_applied(runner: Runner, execution: Execution) -> None:
+    """The manifest's fields that only Racetrack's cluster applies (``git``, ``replicas``…): accepted, and said
+    so once on the execution."""
+    record = execution.record
+    assert record.request.job is not None
+    fields = record.request.job.manifest.not_applied
+    if fields:
+        runner._emit(record, EventKind.NOT_APPLIED, not_applied_message(fields), fields=",".join(fields))
 
 
 async def build_job(runner: Runner, execution: Execution, builder: JobBuilder | None) -> tuple[RunCommandRequest, str]:

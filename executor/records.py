@@ -109,6 +109,9 @@ class EventKind(StrEnum):
     STATE = "state"
     PROBE_FAILED = "probe-failed"  # a service's probe failed (details: probe, reason, failures)
     RESTARTING = "restarting"  # a service's container ended and will be replaced (details: attempt, reason)
+    NOT_APPLIED = (
+        "not-applied"  # a job's manifest fields of Racetrack's cluster, accepted and not applied (details: fields)
+    )
     DEPLOYED = "deployed"  # a job's deployment is ready and took over (details: replaced, the ids it stopped)
 
 

@@ -106,6 +106,7 @@ def test_manifest_accepts_racetracks_forms_and_reports_cluster_fields() -> None:
         ("name: adder\njobtype: golang\nversion: one", "version"),
         ("name: adder\njobtype: python3\njobtype_extra: {entrypoint_class: A}", "entrypoint_path"),
         ("name: adder", "jobtype"),
+        ("name: adder\njobtype: golang\nnot_applied: [git, bogus]", "not_applied"),  # only cluster fields
         ("name: adder\njobtype: golang\nresources: {memory_max: lots}", "memory_max"),
         # what the templates put in COPY/RUN/ENV lines may not break out of them (Dockerfile injection)
         (
@@ -156,6 +157,13 @@ async def test_go_job_in_batch_mode_answers_into_stdout_and_fails_with_the_jobs_
     assert (results / "stdout").read_text() == "6"
     assert (results / "exitCode").read_text() == "0"
     assert "listening on 0.0.0.0:7000" in (results / "stderr").read_text()
+    # The manifest's cluster-only `git`: one note on stderr, and an event on the execution.
+    notes = [line for line in done.stderr.splitlines() if "not applied" in line]
+    assert len(notes) == 1 and "git" in notes[0] and "single node" in notes[0], done.stderr
+    async with NodeClient(job_node.address) as client:
+        noted = [e for e in await events(client, result["execution_id"]) if e["kind"] == "not-applied"]
+    assert len(noted) == 1 and noted[0]["details"]["fields"] == "git", noted
+    assert "git" in noted[0]["message"] and "single node" in noted[0]["message"]
 
     failed = await haddock(
         "run",
@@ -235,6 +243,10 @@ async def test_deploy_go_job_call_it_through_the_gateway_and_redeploy_without_bu
     first = await haddock("deploy", "--node", node, str(JOBS / "adder-go"), limit=300)
     assert first.code == 0, first.stderr
     exec_id = first.out.decode().strip()
+    assert [line for line in first.stderr.splitlines() if "not applied" in line] == [
+        "note: job.yaml's git is accepted but not applied: Racetrack's cluster-only fields do not apply on a "
+        "single node"
+    ], first.stderr
 
     called = await haddock("call", "--node", node, "adder", '{"numbers": [40, 2]}')
     assert (called.code, called.out) == (0, b"42"), called.stderr
