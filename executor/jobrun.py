@@ -157,8 +157,9 @@ async def _wait_ready(session: aiohttp.ClientSession, base: str) -> None:
         await asyncio.sleep(READY_POLL_SECONDS)
 
 
-async def _interact(handle: ContainerHandle, payload: str, stop_grace: float) -> BatchAnswer:
-    """Wait for the wrapper to be ready, post the payload once, stop the container; the answer."""
+async def _interact(runner: Runner, execution: Execution, handle: ContainerHandle, payload: str) -> BatchAnswer:
+    """Wait for the wrapper to be ready, post the payload once, stop the container; the answer (an
+    ``answered`` event before the container's ``exited``)."""
     import aiohttp
 
     address = await handle.address()
@@ -180,7 +181,14 @@ async def _interact(handle: ContainerHandle, payload: str, stop_grace: float) ->
                 if len(body) > MAX_ANSWER_BYTES:
                     raise ExecutorError(f"the job's answer is larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB")
             status = answer.status
-    await handle.stop(BATCH_STOP_REASON, grace=stop_grace)
+    runner._emit(
+        execution.record,
+        EventKind.ANSWERED,
+        f"the job answered HTTP {status} ({len(body)} bytes); stopping its container",
+        http_status=status,
+        bytes=len(body),
+    )
+    await handle.stop(BATCH_STOP_REASON, grace=runner._stop_grace())
     return BatchAnswer(status, body)
 
 
@@ -194,7 +202,7 @@ async def run_batch(
     record = execution.record
     request = record.request
     assert request.job is not None and request.job.payload is not None
-    interaction = asyncio.create_task(_interact(handle, request.job.payload, runner._stop_grace()))
+    interaction = asyncio.create_task(_interact(runner, execution, handle, request.job.payload))
     try:
         outcome = await supervise(runner, execution, handle, request.timeout)
     finally:
@@ -220,12 +228,6 @@ async def run_batch(
         ), None if outcome.oom_killed else ResultStatus.ERROR
     answer = interaction.result()
     execution.stdout_body = answer.body
-    runner._emit(
-        record,
-        EventKind.EXITED,
-        f"the job answered HTTP {answer.status_code} ({len(answer.body)} bytes); container stopped",
-        http_status=answer.status_code,
-    )
     ok = 200 <= answer.status_code < 300
     text = answer.body.decode(errors="replace").strip()
     if len(text) > 1000:

@@ -96,6 +96,7 @@ class EventKind(StrEnum):
     BUILT = "built"  # a job's image is there (details: image, built: False when nothing was built)
     INPUTS_PREPARED = "inputs-prepared"
     STARTED = "started"
+    ANSWERED = "answered"  # a batch job's wrapper answered the payload (details: http_status, bytes)
     EXITED = "exited"
     RESULTS_WRITTEN = "results-written"
     PUBLISHED = "published"

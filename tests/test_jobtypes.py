@@ -209,6 +209,17 @@ async def test_python_job_in_batch_mode_value_error_is_400(job_node: RunningServ
     answer = json.loads(bad.out)
     assert answer["status"] == "error"
     assert "HTTP 400" in answer["error_message"] and "must hold numbers only" in answer["error_message"]
+    # One coherent sequence: the answer, then the container's one exit (stopped by the node once answered).
+    async with NodeClient(job_node.address) as client:
+        evs = await events(client, answer["execution_id"])
+    kinds = [e["kind"] for e in evs]
+    assert kinds.count("exited") == 1 and kinds.count("answered") == 1, kinds
+    assert kinds.index("started") < kinds.index("answered") < kinds.index("exited") < kinds.index("results-written")
+    answered = evs[kinds.index("answered")]
+    assert answered["details"]["http_status"] == "400" and "HTTP 400" in answered["message"], answered
+    exited = evs[kinds.index("exited")]
+    assert exited["message"].endswith("(stopped by the node: the job had answered)"), exited
+    assert exited["details"]["stop_reason"] == "batch-done", exited
 
 
 async def test_a_syntax_error_ends_error_with_the_compilers_message(job_node: RunningServer, tmp_path: Path) -> None:
