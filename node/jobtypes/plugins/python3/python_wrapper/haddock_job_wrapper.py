@@ -7,6 +7,10 @@ only class with ``perform``) is instantiated once; ``POST /api/v1/perform`` call
 with ``docs_input_example()`` as the body when none is sent; a ``ValueError`` or wrong arguments answer
 400, any other exception 500, each with a JSON body naming the error. ``/api/v1/parameters`` describes
 ``perform``'s parameters, ``/metrics`` serves request counters and the job's own ``metrics()``.
+
+A body is read by its Content-Length or decoded from Transfer-Encoding: chunked (what a proxy such as the
+node's gateway sends), at most MAX_BODY_BYTES (413); one that cannot be read whole is answered 400, never
+taken for an empty body (which means the example input).
 """
 
 from __future__ import annotations
