@@ -10,6 +10,8 @@ Modules, one concern each:
 - :mod:`.ledger` — the durable cluster state (``<data_dir>/cluster.db``): bids, the outbox of
   sequence-numbered messages, checkpoints;
 - :mod:`.compute` — what each data-plane message means to the node (it asks :class:`Node`, which decides);
-- :mod:`.transport` — the NATS connection, the control plane and the data plane;
+- :mod:`.transport` — the NATS connection, the control plane and the inbound data plane;
+- :mod:`.outbound` — the outbound data plane: the outbox sent in order, each message until acknowledged
+  or given up;
 - :mod:`.logstream` — the orchestrator's log requests, served from the node's log store.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -44,6 +45,7 @@ class ClusterSettings(BaseModel):
     auth_token: SecretStr | None = Field(default=None, description="the NATS auth token (Compute.Auth.Token)")
     auth_token_file: Path | None = None
     creds_file: Path | None = Field(default=None, description="NATS credentials file (user JWT and NKey seed)")
+    nkey_seed_file: Path | None = Field(default=None, description="a file holding the NKey seed of a NATS nkey user")
     tls: ClusterTlsSettings = Field(default_factory=ClusterTlsSettings)
     labels: dict[str, str] = Field(default_factory=dict, description="the node's labels, for job constraints")
     heartbeat_interval: DurationSeconds = Field(default=15.0, gt=0)
@@ -52,6 +54,15 @@ class ClusterSettings(BaseModel):
     request_timeout: DurationSeconds = Field(default=10.0, gt=0)
     reconnect_min: DurationSeconds = Field(default=1.0, gt=0, description="first wait before reconnecting")
     reconnect_max: DurationSeconds = Field(default=120.0, gt=0, description="longest wait between attempts")
+    max_send_attempts: int = Field(
+        default=10, ge=1, description="attempts at an outbound data message the orchestrator refuses or does not answer"
+    )
+    send_give_up_after: DurationSeconds = Field(
+        default=600.0, gt=0, description="time after the first failed attempt at a message before giving it up"
+    )
+    inbound_queue_size: int = Field(
+        default=64, ge=1, description="inbound data messages waiting to be handled; a full queue holds NATS back"
+    )
 
     @field_validator("orchestrators")
     @classmethod
@@ -72,8 +83,7 @@ class ClusterSettings(BaseModel):
             except OSError as exc:
                 raise ValueError(f"cluster.auth_token_file cannot be read: {exc}") from exc
             self.auth_token = SecretStr(token)
-        if self.creds_file is not None and not self.creds_file.is_file():
-            raise ValueError(f"cluster.creds_file {str(self.creds_file)!r} is not a readable file")
+        _check_credentials(self)
         if self.reconnect_max < self.reconnect_min:
             raise ValueError("cluster.reconnect_max must be at least cluster.reconnect_min")
         return self
@@ -81,3 +91,35 @@ class ClusterSettings(BaseModel):
     @property
     def enabled(self) -> bool:
         return bool(self.orchestrators)
+
+
+def _check_credentials(s: ClusterSettings) -> None:
+    """One way to authenticate; a credentials file or an NKey seed read and checked now, not at the first connect."""
+    chosen = [n for n in ("auth_token", "creds_file", "nkey_seed_file") if getattr(s, n) is not None]
+    if len(chosen) > 1:
+        both = " and ".join(chosen)
+        raise ValueError(f"set one of cluster.auth_token(_file), creds_file, nkey_seed_file, not {both}")
+    path = s.creds_file or s.nkey_seed_file
+    if path is None:
+        return
+    name = "creds_file" if s.creds_file is not None else "nkey_seed_file"
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"cluster.{name} {str(path)!r} cannot be read: {exc.strerror or exc}") from exc
+    try:
+        import nkeys
+    except ImportError as exc:  # a dependency; only a broken install lacks it
+        raise ValueError(f"cluster.{name} needs the nkeys package (pip install nkeys)") from exc
+    seeds = [w for w in text.split() if w.startswith("SU")]  # a user seed; in a .creds file, inside its seed block
+    if s.creds_file is not None and "-----BEGIN NATS USER JWT-----" not in text:
+        raise ValueError(f"cluster.creds_file {str(path)!r} holds no user JWT (-----BEGIN NATS USER JWT-----)")
+    if len(seeds) != 1:
+        raise ValueError(f"cluster.{name} {str(path)!r} must hold one NKey user seed (SU...), found {len(seeds)}")
+    try:
+        raw = base64.b32decode(seeds[0] + "=" * (-len(seeds[0]) % 8))
+        if nkeys.crc16_checksum(raw[:-2]) != raw[-2:]:  # nkeys itself does not check it
+            raise nkeys.ErrInvalidSeed()
+        nkeys.from_seed(bytearray(seeds[0].encode()))
+    except Exception as exc:
+        raise ValueError(f"cluster.{name} {str(path)!r}: the NKey seed is not valid ({type(exc).__name__})") from exc

@@ -5,7 +5,12 @@
 - ``outbox``: every data message the node sends, numbered by the node (``Bacalhau-SeqNum``); a message
   has one row per (execution, kind) — ``bid`` or ``result`` — so writing it twice (a restarted waiter,
   a replayed AskForBid) keeps the first and its number;
-- ``checkpoints``: the last inbound sequence number handled, and the last outbound one acknowledged.
+- ``checkpoints``: the last inbound sequence number handled, and the last outbound one done with
+  (acknowledged, or given up);
+- ``abandoned``: outbound messages the node gave up on (the orchestrator refused them, or left them
+  unanswered, ``max_send_attempts`` times or for ``send_give_up_after``), with the reason. Their numbers
+  are not reused: the orchestrator sees a gap in the node's sequence, as it does for every event
+  Bacalhau's own compute node does not turn into a message.
 
 Messages are written to the outbox before they are sent, and the acknowledged checkpoint moves only
 after the orchestrator acknowledges: after a reconnect or a restart, what was not acknowledged is sent
@@ -50,6 +55,14 @@ _SCHEMA = (
         UNIQUE (execution_id, kind)
     )""",
     "CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS abandoned (
+        seq INTEGER PRIMARY KEY,
+        execution_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        at_ns INTEGER NOT NULL
+    )""",
 )
 
 
@@ -71,6 +84,16 @@ class Outgoing:
     type: str
     payload: dict[str, Any]
     event_time_ns: int
+
+
+@dataclass(frozen=True)
+class Abandoned:
+    seq: int
+    execution_id: str
+    type: str
+    attempts: int
+    reason: str
+    at_ns: int
 
 
 class Ledger:
@@ -128,6 +151,26 @@ class Ledger:
                 (name, seq),
             )
         )
+
+    async def give_up(self, out: Outgoing, attempts: int, reason: str, now_ns: int) -> None:
+        """Record that ``out`` will not be sent again, and move the outbound checkpoint past it (one transaction)."""
+
+        def tx(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT OR IGNORE INTO abandoned VALUES (?, ?, ?, ?, ?, ?)",
+                (out.seq, out.execution_id, out.type, attempts, reason, now_ns),
+            )
+            c.execute(
+                "INSERT INTO checkpoints (name, seq) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)",
+                (OUTBOUND_ACKED, out.seq),
+            )
+
+        await self._tx(tx)
+
+    async def abandoned(self) -> list[Abandoned]:
+        rows = await self._run(lambda c: c.execute("SELECT * FROM abandoned ORDER BY seq").fetchall())
+        return [Abandoned(*r) for r in rows]
 
     # ------------------------------------------------------------ executions
 

@@ -4,10 +4,22 @@ Bacalhau's stream protocol (``pkg/nats/stream``): the request is ``{"consumerId"
 "heartBeatRequestSub", "body"}`` with ``body`` the base64 of ``{"ExecutionID", "NodeID", "Tail",
 "Follow"}``; the node answers on the request's reply subject with one message per log line,
 ``{"type": 1, "data": base64({"value": {"Type": 1|2, "Line": "..."}})}`` (1 stdout, 2 stderr), and ends
-with ``{"type": 2, "closeError": {"Code": 1000}}`` (4000: bad request, 5000: the node failed). The
-history is always sent; ``Follow`` keeps the stream open until the execution ends. The producer's
-heartbeats (which let a consumer's abandoned streams be cancelled early) are not implemented: a stream
-ends when the execution's output ends.
+with ``{"type": 2, "closeError": {"Code": 1000}}`` (4000: bad request, 5000: the node failed).
+
+The request's fields, as Bacalhau's compute node reads them (``pkg/compute/logstream``):
+
+- ``Tail``: start at the end of the log — no history, only what is written from now on (Bacalhau's
+  reader starts at "now"); without ``Tail``, the whole history first;
+- ``Follow``: keep the stream open for new output until the execution ends; without it the stream ends
+  after what is there (so ``Tail`` without ``Follow`` is an empty stream);
+- ``NodeID``: the node the orchestrator means; a request for another node is refused (4000) rather than
+  answered with this node's logs;
+- ``ExecutionID``: an execution the node does not know (yet) is waited for up to
+  ``EXECUTION_WAIT_SECONDS`` — a request may race the start of an execution it just accepted — then
+  refused (5000, "execution ... not found"), as Bacalhau's compute node does.
+
+The producer's heartbeats (which let a consumer's abandoned streams be cancelled early) are not
+implemented: a stream ends when the execution's output ends.
 """
 
 from __future__ import annotations
@@ -23,12 +35,15 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from haddock.executor.errors import ExecutorError
+from haddock.executor.errors import ExecutionNotFound, ExecutorError
 from haddock.executor.streams import LogQuery, StreamType
 from haddock.node.cluster import messages as m
 from haddock.node.service import Node
 
 log = logging.getLogger(__name__)
+
+EXECUTION_WAIT_SECONDS = 5.0  # Bacalhau's executionMaxWaitTime
+EXECUTION_WAIT_INTERVAL = 0.1
 
 
 class LogStreamServer:
@@ -64,8 +79,13 @@ class LogStreamServer:
         except (ValidationError, ValueError) as exc:
             await self._close(reply, m.CLOSE_BAD_REQUEST, f"error decoding ExecutionLogsRequest: {exc}")
             return
+        own = self.node.settings.node_id
+        if request.node_id and request.node_id != own:
+            await self._close(reply, m.CLOSE_BAD_REQUEST, f"this is node {own}, not {request.node_id}")
+            return
         try:
-            query = LogQuery(with_history=True, follow=request.follow)
+            query = LogQuery(with_history=not request.tail, follow=request.follow)
+            await self._known(request.execution_id)
             async for entry in self.node.get_log_stream(request.execution_id, query):
                 kind = m.LOG_STDOUT if entry.stream == StreamType.STDOUT else m.LOG_STDERR
                 value = {"value": {"Type": kind, "Line": entry.data.decode("utf-8", errors="replace")}}
@@ -76,3 +96,16 @@ class LogStreamServer:
             await self._close(reply, m.CLOSE_INTERNAL_ERROR, f"error in handler ExecutionLogsRequest: {exc}")
             return
         await self._close(reply, m.CLOSE_NORMAL)
+
+    async def _known(self, execution_id: str) -> None:
+        """Wait (a little) for an execution the node does not know yet; ExecutionNotFound after that."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + EXECUTION_WAIT_SECONDS
+        while True:
+            try:
+                await self.node.get(execution_id)
+                return
+            except ExecutionNotFound:
+                if loop.time() >= deadline:
+                    raise
+            await asyncio.sleep(EXECUTION_WAIT_INTERVAL)

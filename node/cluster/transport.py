@@ -13,14 +13,17 @@ One :class:`ClusterTransport` per node, started by ``haddock serve`` when ``[clu
 - **Control plane**: requests on ``bacalhau.global.compute.<id>.out.ctrl`` — heartbeats every
   ``heartbeat_interval`` with the available and queued capacity, node-info updates when what the node
   offers changes, a shutdown notice on a graceful stop.
-- **Data plane, inbound** (``...<id>.in.msgs``): messages are handled one at a time in arrival order;
+- **Data plane, inbound** (``...<id>.in.msgs``): a bounded queue (``inbound_queue_size``; full, it holds
+  NATS back); messages are handled one at a time in arrival order, each to its end even across a resync,
+  and answered only in the session they arrived in (README, "Delivery guarantees");
   each is acknowledged (``{}``) once handled and its sequence number checkpointed in the ledger; a
   message whose number is not above the checkpoint was handled already and is only acknowledged; bytes
   that are not a message (bad CRC, unknown version or type, bad JSON, a payload that does not fit its
   type) are logged and refused with an error, as Bacalhau's subscriber does; the node keeps serving.
-- **Data plane, outbound** (``...<id>.out.msgs``): the ledger's outbox, in sequence order, each message
-  sent as a request and resent until the orchestrator acknowledges it; the acknowledged checkpoint is
-  durable, so a restart resends exactly what was not acknowledged.
+- **Data plane, outbound** (``...<id>.out.msgs``): :mod:`.outbound` — the ledger's outbox, in sequence
+  order, each message resent until the orchestrator acknowledges it or the node gives it up; the
+  checkpoint is durable, so a restart resends exactly what was not done with. Nothing is sent on a
+  connection other than the one the session's handshake was made on.
 """
 
 from __future__ import annotations
@@ -45,14 +48,16 @@ from haddock.node.cluster import envelope
 from haddock.node.cluster import messages as m
 from haddock.node.cluster.compute import ComputeHandler
 from haddock.node.cluster.config import ClusterSettings
-from haddock.node.cluster.ledger import INBOUND, OUTBOUND_ACKED, Ledger
+from haddock.node.cluster.ledger import INBOUND, Ledger
 from haddock.node.cluster.logstream import LogStreamServer
+from haddock.node.cluster.outbound import Outbound, SessionOver
 from haddock.node.cluster.translate import PUBLISHERS, STORAGE_SOURCES
 from haddock.node.service import Node
 
 log = logging.getLogger(__name__)
 
 SESSION_END_SECONDS = 5.0  # how long the end of a session may take before the next one starts anyway
+INBOUND_PENDING_BYTES = 64 * 1024 * 1024  # the NATS client's own buffer of inbound data messages
 
 
 class RequestFailed(Exception):
@@ -78,11 +83,17 @@ class ClusterTransport:
         self.connected = asyncio.Event()  # a session is established (handshake accepted)
         self._resync = asyncio.Event()  # the session must start again with a handshake
         self._wake = asyncio.Event()  # the outbox has something new
-        self._inbound: asyncio.Queue[Msg] = asyncio.Queue()
+        # Inbound data messages with the session they arrived in; bounded: when full, the subscription's
+        # callback waits (the NATS client holds further messages back) and nothing is discarded.
+        self._inbound: asyncio.Queue[tuple[int, Msg]] = asyncio.Queue(maxsize=settings.inbound_queue_size)
+        self._session_no = 0  # which session this is; a message of an earlier one is not answered in this one
+        self._handling = asyncio.Lock()  # held while one inbound message is handled (to its end, even at a resync)
+        self._handling_task: asyncio.Task[None] | None = None
         self._main: asyncio.Task[None] | None = None
         self._stopping = False
         self._inbound_seq = 0
-        self._acked = 0
+        self._failed_seq: int | None = None  # an inbound message the node failed on: none after it goes first
+        self.outbound: Outbound | None = None
         self._last_static: dict[str, Any] | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -91,7 +102,8 @@ class ClusterTransport:
         self.ledger = await Ledger.open(self.node.settings.data_dir)
         self.handler = ComputeHandler(self.node, self.ledger, self._wake.set)
         self._inbound_seq = await self.ledger.checkpoint(INBOUND)
-        self._acked = await self.ledger.checkpoint(OUTBOUND_ACKED)
+        self.outbound = Outbound(self.settings, self.ledger, self.node_id, self._wake)
+        await self.outbound.load()
         await self.handler.resume()
         self._main = asyncio.create_task(self._run(), name="haddock-cluster")
 
@@ -109,6 +121,9 @@ class ClusterTransport:
         if self._main is not None:
             self._main.cancel()
             await asyncio.gather(self._main, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SESSION_END_SECONDS), self._handling:
+                pass  # a message being handled ends before the ledger closes
         if self.handler is not None:
             await self.handler.close()
         if self.nc is not None:
@@ -131,7 +146,8 @@ class ClusterTransport:
             except Exception as exc:
                 log.warning("cluster: %s; retrying in %.1fs", exc, delay, extra={"node_id": self.node_id})
                 self.connected.clear()
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):  # a NATS reconnect meanwhile: handshake at once
+                    await asyncio.wait_for(self._resync.wait(), delay)
                 # Connected to NATS, the orchestrator not answering yet (it may be reconnecting too): ask again
                 # soon; not connected at all: back off up to reconnect_max.
                 connected = self.nc is not None and self.nc.is_connected
@@ -147,6 +163,11 @@ class ClusterTransport:
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": min(s.reconnect_min, 2.0),
             "connect_timeout": max(1, int(s.request_timeout)),
+            # Nothing is held back while disconnected to be replayed by the client after a reconnect: a data
+            # message sent then would reach an orchestrator that may have processed it already (a duplicate);
+            # what was not sent is sent by the protocol on the next session, after the handshake says what
+            # the orchestrator has. A publish while disconnected fails at once instead.
+            "pending_size": 0,
             "reconnected_cb": self._on_reconnected,
             "disconnected_cb": self._on_disconnected,
             "error_cb": self._on_error,
@@ -155,6 +176,8 @@ class ClusterTransport:
             options["token"] = s.auth_token.get_secret_value()
         if s.creds_file is not None:
             options["user_credentials"] = str(s.creds_file)
+        if s.nkey_seed_file is not None:
+            options["nkeys_seed"] = str(s.nkey_seed_file)
         if s.tls.enabled:
             ctx = ssl.create_default_context(cafile=str(s.tls.ca_cert) if s.tls.ca_cert else None)
             if s.tls.cert is not None and s.tls.key is not None:
@@ -178,41 +201,68 @@ class ClusterTransport:
             log.warning("cluster: NATS disconnected", extra={"node_id": self.node_id})
 
     async def _on_error(self, exc: Exception) -> None:
-        log.debug("cluster: NATS error: %s", exc)
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            # Past the inbound queue and the client's buffer (inbound_queue_size x 4): the orchestrator sends
+            # again what it does not see acknowledged.
+            log.warning("cluster: inbound messages beyond the node's buffers: %s", exc, extra={"node_id": self.node_id})
+        else:
+            log.debug("cluster: NATS error: %s", exc)
 
     # ------------------------------------------------------------ session
 
     async def _session(self, nc: NATS) -> None:
         self._resync.clear()
-        assert self.ledger is not None
-        response = await self._handshake()
-        # As Bacalhau's compute node: the orchestrator says where its messages to us start.
-        self._inbound_seq = response.starting_orchestrator_seq_num or self._inbound_seq
-        # What the orchestrator processed is not sent again, acknowledged or not.
-        self._acked = max(self._acked, min(response.last_compute_seq_num, await self.ledger.last_seq()))
-        await self.ledger.set_checkpoint(OUTBOUND_ACKED, self._acked)
+        assert self.ledger is not None and self.outbound is not None
+        await self._end_previous_session()
+        self._session_no += 1
+        session_no = self._session_no
+
+        async def take(msg: Msg) -> None:
+            await self._inbound.put((session_no, msg))  # waits while the queue is full
+
+        # As Bacalhau's compute node: subscribed before the handshake, so that nothing the orchestrator sends
+        # right after accepting it is missed; handled only after it.
         subs = [
-            await nc.subscribe(m.subject_in(self.node_id), cb=self._inbound.put),
+            await nc.subscribe(
+                m.subject_in(self.node_id),
+                cb=take,
+                pending_msgs_limit=4 * self.settings.inbound_queue_size,
+                pending_bytes_limit=INBOUND_PENDING_BYTES,
+            )
         ]
         logs = LogStreamServer(nc, self.node)
-        subs.append(await nc.subscribe(m.subject_logs(self.node_id), cb=logs.handle))
-        self.connected.set()
-        log.info(
-            "cluster: handshake accepted",
-            extra={"node_id": self.node_id, "acked": self._acked, "inbound_seq": self._inbound_seq},
-        )
-        tasks = [
-            asyncio.create_task(self._heartbeats(), name="haddock-cluster-heartbeat"),
-            asyncio.create_task(self._node_info_updates(), name="haddock-cluster-nodeinfo"),
-            asyncio.create_task(self._dispatch(nc), name="haddock-cluster-dispatch"),
-            asyncio.create_task(self._process_inbound(), name="haddock-cluster-inbound"),
-        ]
+        tasks: list[asyncio.Task[None]] = []
         resync = asyncio.create_task(self._resync.wait())
         try:
+            subs.append(await nc.subscribe(m.subject_logs(self.node_id), cb=logs.handle))
+            response = await self._handshake()
+            # As Bacalhau's compute node: the orchestrator says where its messages to us start.
+            self._inbound_seq = response.starting_orchestrator_seq_num or self._inbound_seq
+            self._failed_seq = None  # the orchestrator says where its messages start
+            await self.outbound.adopt(response.last_compute_seq_num)
+            reconnects = nc.stats["reconnects"]
+
+            def session_over() -> bool:
+                # A reconnect ends the session at once (nats-py reports it only after a round trip to the
+                # server, in which the session's tasks still run): nothing of it goes out on the new connection.
+                return self._resync.is_set() or nc.stats["reconnects"] != reconnects
+
+            self.connected.set()
+            log.info(
+                "cluster: handshake accepted",
+                extra={"node_id": self.node_id, "acked": self.outbound.acked, "inbound_seq": self._inbound_seq},
+            )
+            tasks = [
+                asyncio.create_task(self._heartbeats(), name="haddock-cluster-heartbeat"),
+                asyncio.create_task(self._node_info_updates(), name="haddock-cluster-nodeinfo"),
+                asyncio.create_task(self.outbound.dispatch(nc, session_over), name="haddock-cluster-dispatch"),
+                asyncio.create_task(self._process_inbound(session_no), name="haddock-cluster-inbound"),
+            ]
             done, _ = await asyncio.wait([*tasks, resync], return_when=asyncio.FIRST_COMPLETED)
             for t in done:
-                if t is not resync and t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
+                exc = None if t is resync else t.exception()
+                if exc is not None and not isinstance(exc, SessionOver):
+                    raise exc
         finally:
             self.connected.clear()
             for t in [*tasks, resync]:
@@ -227,6 +277,20 @@ class ClusterTransport:
             for sub in subs:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(sub.unsubscribe(), SESSION_END_SECONDS)
+
+    async def _end_previous_session(self) -> None:
+        """Before a handshake: the message of the last session still being handled ends (so the handshake reports
+        it), and the messages it left queued are discarded unanswered. Their requests belonged to the last
+        session: Bacalhau's orchestrator sends them again, with new reply subjects, on the new one, starting
+        after the sequence number the handshake reports, as Bacalhau's compute node (which drops a closed
+        subscription's pending messages) expects."""
+        async with self._handling:
+            stale = 0
+            while not self._inbound.empty():
+                self._inbound.get_nowait()
+                stale += 1
+        if stale:
+            log.info("cluster: %d messages of the last session left unanswered; they come again", stale)
 
     async def _handshake(self) -> m.HandshakeResponse:
         request = m.HandshakeRequest(
@@ -324,38 +388,58 @@ class ClusterTransport:
 
     # ------------------------------------------------------------ data plane
 
-    async def _process_inbound(self) -> None:
-        assert self.ledger is not None and self.handler is not None
+    async def _process_inbound(self, session_no: int) -> None:
         while True:
-            msg = await self._inbound.get()
-            try:
-                message = envelope.decode(msg.data)
-            except envelope.EnvelopeError as exc:
-                log.error("cluster: refused a malformed message: %s", exc, extra={"subject": msg.subject})
-                await self._reply(msg, m.AckResult(error=f"failed to deserialize message: {exc}", delay=10**9))
-                continue
-            seq = message.seq_num
-            if seq is not None and seq <= self._inbound_seq:
-                await self._reply(msg, m.AckResult())  # handled before (a replay): acknowledged, not repeated
-                continue
-            if message.type not in m.INBOUND_MODELS:
-                log.error("cluster: refused a message of unsupported type %r", message.type)
-                await self._reply(msg, m.AckResult(error=f"unsupported message type: {message.type}"))
-                continue
-            try:
-                await self.handler.handle(message.type, message.payload)
-            except ValidationError as exc:
-                log.error("cluster: refused a %s whose payload does not fit: %s", message.type, exc)
-                await self._reply(msg, m.AckResult(error=f"failed to deserialize {message.type} payload: {exc}"))
-                continue
-            except Exception as exc:
-                log.exception("cluster: handling %s failed", message.type)
-                await self._reply(msg, m.AckResult(error=f"failed to handle message: {exc}", delay=10**9))
-                continue
-            if seq is not None:
-                self._inbound_seq = seq
-                await self.ledger.set_checkpoint(INBOUND, seq)
-            await self._reply(msg, m.AckResult())
+            arrived_in, msg = await self._inbound.get()
+            if arrived_in != session_no:
+                continue  # of an earlier session: its orchestrator side is gone, and it comes again
+            # Shielded: a resync does not cut a message off half-handled (its effects and its checkpoint go
+            # together); the next session waits for it (_end_previous_session).
+            self._handling_task = asyncio.ensure_future(self._handle_one(session_no, msg))
+            await asyncio.shield(self._handling_task)
+
+    async def _handle_one(self, session_no: int, msg: Msg) -> None:
+        assert self.ledger is not None and self.handler is not None
+        async with self._handling:
+            result = await self._handle(msg)
+            if result is None:
+                return
+            if session_no != self._session_no:
+                log.info("cluster: a message of the last session handled; its answer is not sent to that session")
+                return
+            await self._reply(msg, result)
+
+    async def _handle(self, msg: Msg) -> m.AckResult | None:
+        """Handle one inbound message; what to answer."""
+        assert self.ledger is not None and self.handler is not None
+        try:
+            message = envelope.decode(msg.data)
+        except envelope.EnvelopeError as exc:
+            log.error("cluster: refused a malformed message: %s", exc, extra={"subject": msg.subject})
+            return m.AckResult(error=f"failed to deserialize message: {exc}", delay=10**9)
+        seq = message.seq_num
+        if seq is not None and seq <= self._inbound_seq:
+            return m.AckResult()  # handled before (a replay): acknowledged, not repeated
+        if seq is not None and self._failed_seq is not None and seq > self._failed_seq:
+            # In order: handled first, this one would make the failed one look like a replay when it comes again.
+            return m.AckResult(error=f"message {self._failed_seq} is to be handled first", delay=10**9)
+        if message.type not in m.INBOUND_MODELS:
+            log.error("cluster: refused a message of unsupported type %r", message.type)
+            return m.AckResult(error=f"unsupported message type: {message.type}")
+        try:
+            await self.handler.handle(message.type, message.payload)
+        except ValidationError as exc:
+            log.error("cluster: refused a %s whose payload does not fit: %s", message.type, exc)
+            return m.AckResult(error=f"failed to deserialize {message.type} payload: {exc}")
+        except Exception as exc:
+            log.exception("cluster: handling %s failed", message.type)
+            self._failed_seq = seq
+            return m.AckResult(error=f"failed to handle message: {exc}", delay=10**9)
+        if seq is not None:
+            self._failed_seq = None
+            self._inbound_seq = seq
+            await self.ledger.set_checkpoint(INBOUND, seq)
+        return m.AckResult()
 
     async def _reply(self, msg: Msg, result: m.AckResult) -> None:
         if not msg.reply or self.nc is None:
@@ -363,41 +447,6 @@ class ClusterTransport:
         body = {k: v for k, v in result.model_dump().items() if v}  # Go's omitempty: an ack is {}
         with contextlib.suppress(Exception):
             await self.nc.publish(msg.reply, json.dumps(body).encode())
-
-    async def _dispatch(self, nc: NATS) -> None:
-        """Send the outbox in order; each message until it is acknowledged."""
-        assert self.ledger is not None
-        while True:
-            batch = await self.ledger.pending(self._acked)
-            if not batch:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
-                continue
-            for out in batch:
-                await self._deliver(nc, out.seq, out.type, out.payload, out.event_time_ns)
-                self._acked = out.seq
-                await self.ledger.set_checkpoint(OUTBOUND_ACKED, out.seq)
-
-    async def _deliver(self, nc: NATS, seq: int, type_: str, payload: dict[str, Any], event_time_ns: int) -> None:
-        meta = {envelope.KEY_MESSAGE_ID: f"seq-{seq}", envelope.KEY_SEQ_NUM: str(seq)}
-        data, headers = envelope.encode(type_, payload, meta, source=self.node_id, event_time_ns=event_time_ns)
-        delay = 0.2
-        while True:
-            try:
-                reply = await nc.request(
-                    m.subject_out(self.node_id), data, timeout=self.settings.request_timeout, headers=headers
-                )
-                result = m.AckResult.model_validate(json.loads(reply.data or b"{}"))
-                if not result.error:
-                    return
-                log.warning("cluster: %s seq %d refused: %s", type_, seq, result.error)
-                wait = result.delay / 1e9 if result.delay else delay
-            except Exception as exc:
-                log.warning("cluster: %s seq %d not acknowledged (%s); sending again", type_, seq, exc or type(exc))
-                wait = delay
-            await asyncio.sleep(wait)
-            delay = min(delay * 2, self.settings.reconnect_max)
 
 
 def _free(capacity: HaddockResources, allocated: HaddockResources, queued: HaddockResources) -> HaddockResources:

@@ -32,6 +32,7 @@ def _free_port() -> int:
 class NatsServer:
     log_path: Path
     port: int = 0
+    config: str = ""  # a nats-server configuration (e.g. authorization); the address and port stay the ones above
     proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -40,10 +41,13 @@ class NatsServer:
 
     async def start(self, timeout: float = 15) -> None:
         self.port = self.port or _free_port()
+        args = ["-a", "127.0.0.1", "-p", str(self.port)]
+        if self.config:
+            conf = self.log_path.with_suffix(".conf")
+            conf.write_text(self.config)
+            args += ["-c", str(conf)]
         log = self.log_path.open("ab")
-        self.proc = await asyncio.create_subprocess_exec(
-            find_nats_server(), "-a", "127.0.0.1", "-p", str(self.port), stdout=log, stderr=log
-        )
+        self.proc = await asyncio.create_subprocess_exec(find_nats_server(), *args, stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + timeout
         while True:

@@ -14,11 +14,13 @@ tests can assert exactly-once delivery.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import json
 import struct
 import time
+import uuid
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -82,8 +84,16 @@ class Outgoing:
 class TestOrchestrator:
     __test__ = False  # not a test class
 
-    def __init__(self, url: str, *, heartbeat_interval: float, miss_factor: int = 3) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        heartbeat_interval: float,
+        miss_factor: int = 3,
+        connect_options: dict[str, Any] | None = None,
+    ) -> None:
         self.url = url
+        self.connect_options = connect_options or {}
         self.heartbeat_interval = heartbeat_interval
         self.miss_factor = miss_factor
         self.nc: NATS | None = None
@@ -92,6 +102,8 @@ class TestOrchestrator:
         self.duplicates: list[tuple[str, int, str]] = []
         self.results: dict[str, list[dict[str, Any]]] = defaultdict(list)  # execution id -> RunResult/ComputeError
         self.bids: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.refuse: dict[str, str] = {}  # execution id -> the error its messages from nodes are refused with
+        self.refusals: dict[str, int] = defaultdict(int)
         self.outbox: dict[str, list[Outgoing]] = defaultdict(list)
         self._seq: dict[str, int] = defaultdict(int)
         self._subscribed: set[str] = set()
@@ -99,7 +111,8 @@ class TestOrchestrator:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self.nc = await nats.connect(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        options: dict[str, Any] = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.2, **self.connect_options}
+        self.nc = await nats.connect(self.url, **options)
         await self.nc.subscribe("bacalhau.global.compute.*.out.ctrl", cb=self._control)
         self._tasks = [asyncio.create_task(self._liveness()), asyncio.create_task(self._resend())]
 
@@ -208,6 +221,12 @@ class TestOrchestrator:
         kind = meta["Bacalhau-Type"]
         assert meta["Bacalhau-MessageID"] == f"seq-{seq}"
         assert msg.headers is not None and msg.headers.get("Bacalhau-Type") == kind
+        refusal = self.refuse.get(payload.get("ExecutionID", ""))
+        if refusal is not None:  # an NCL nack, as Bacalhau's subscriber answers a message its handler failed on
+            self.refusals[payload["ExecutionID"]] += 1
+            await msg.respond(json.dumps({"error": refusal}).encode())
+            await self._notify()
+            return
         if seq <= node.last_processed:
             self.duplicates.append((node_id, seq, kind))
         else:
@@ -253,6 +272,35 @@ class TestOrchestrator:
     async def send_raw(self, node_id: str, data: bytes, headers: dict[str, str] | None = None) -> dict[str, Any]:
         reply = await self.nc.request(f"bacalhau.global.compute.{node_id}.in.msgs", data, timeout=5, headers=headers)  # type: ignore[union-attr]
         return dict(json.loads(reply.data))
+
+    async def logs(
+        self, node_id: str, exec_id: str, *, tail: bool = False, follow: bool = False, asked_node: str | None = None
+    ) -> tuple[list[tuple[int, str]], dict[str, Any]]:
+        """An ExecutionLogs/v1 stream request as Bacalhau's orchestrator sends it (pkg/nats/proxy, pkg/nats/stream):
+        the lines (1 stdout, 2 stderr) and the close frame's error."""
+        assert self.nc is not None
+        frames: asyncio.Queue[Msg] = asyncio.Queue()
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, cb=frames.put)
+        body: dict[str, Any] = {"ExecutionID": exec_id, "NodeID": node_id if asked_node is None else asked_node}
+        body |= {"Tail": tail, "Follow": follow}
+        request = {
+            "consumerId": "test-orchestrator",
+            "streamId": uuid.uuid4().hex,
+            "heartBeatRequestSub": "",
+            "body": base64.b64encode(json.dumps(body).encode()).decode(),
+        }
+        await self.nc.publish(f"node.compute.{node_id}.ExecutionLogs/v1", json.dumps(request).encode(), reply=inbox)
+        lines: list[tuple[int, str]] = []
+        try:
+            while True:
+                doc = json.loads((await asyncio.wait_for(frames.get(), 30)).data)
+                if doc["type"] == 2:
+                    return lines, dict(doc.get("closeError") or {})
+                value = json.loads(base64.b64decode(doc["data"]))["value"]
+                lines.append((value["Type"], value["Line"]))
+        finally:
+            await sub.unsubscribe()
 
     # ------------------------------------------------------------ jobs
 
