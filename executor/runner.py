@@ -60,6 +60,14 @@ __all__ = ["EventSink", "Runner", "RunnerConfig", "StatsSink"]
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("haddock.executor")
 
+_STOPPED_BECAUSE = {
+    "cancel": "cancelled",
+    "timeout": "over its timeout",
+    "output-cap": "over its output cap",
+    "batch-done": "the job had answered",
+}
+"""How an ``exited`` event words the reason the node stopped the container (the handle's stop reason)."""
+
 EventSink = Callable[[ExecutionEvent], None]
 StatsSink = Callable[[str, Stat], None]
 """Where resource samples go (execution id, sample), one way: the node keeps them with the execution."""
@@ -450,14 +458,14 @@ class Runner:
         """Image and inputs, container, run (``launch.py``); also what a restarted service needs again."""
         return await prepare_and_run(self, execution)
 
-    def _emit_exit(self, record: ExecutionRecord, outcome: ExitStatus) -> None:
-        self._emit(
-            record,
-            EventKind.EXITED,
-            f"container exited with code {outcome.exit_code}",
-            exit_code=outcome.exit_code,
-            oom_killed=outcome.oom_killed,
-        )
+    def _emit_exit(self, record: ExecutionRecord, outcome: ExitStatus, stop_reason: str | None = None) -> None:
+        """The container's exit; ``stop_reason`` when the node stopped it (said in the message and details)."""
+        message = f"container exited with code {outcome.exit_code}"
+        details: dict[str, Any] = {"exit_code": outcome.exit_code, "oom_killed": outcome.oom_killed}
+        if stop_reason:
+            message += f" (stopped by the node: {_STOPPED_BECAUSE.get(stop_reason, stop_reason)})"
+            details["stop_reason"] = stop_reason
+        self._emit(record, EventKind.EXITED, message, **details)
 
     async def _prepare_inputs(self, execution: Execution, preparer: InputPreparer) -> None:
         execution.prepared_inputs = await prepare_inputs(preparer, execution.record, execution.cancel_event, self._emit)

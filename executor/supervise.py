@@ -107,5 +107,5 @@ async def supervise(
         runner._emit(
             record, EventKind.OUTPUT_RECOVERED, "output recovered from the engine's log after the stream was cut"
         )
-    runner._emit_exit(record, outcome)
+    runner._emit_exit(record, outcome, handle.stop_reason)
     return outcome
