@@ -27,6 +27,7 @@ class Execution:
     leave_container: bool = False  # a shutdown lets go of the container (a restart reattaches)
     prepared_inputs: PreparedInputs | None = None
     output_cap_message: str = ""  # the job wrote past its output cap
+    timed_out: bool = False  # its deadline passed before the node saw the container exit (settle.decide_status)
     stats: StatsAccumulator = field(default_factory=StatsAccumulator)  # resource use, summed up as sampled
     stdout_body: bytes | None = None  # a batch job's answer: the results' stdout (its output is the stderr)
     output_offset: int = 0  # where the container's output starts in the log (after a job's build output)

@@ -93,6 +93,16 @@ class LogWriter(LiveLog):
             self._taken += granted
         return n
 
+    def _hold(self, n: int) -> None:
+        """Count ``n`` bytes already in the file against the budget (as much of them as it has room for)."""
+        if self._budget is not None and n:
+            self._taken += self._budget.take(n)
+
+    def _release_budget(self) -> None:
+        if self._budget is not None:
+            self._budget.give_back(self._taken)
+        self._taken = 0
+
     @property
     def stdout_bytes(self) -> int:
         return self._bytes[StreamType.STDOUT]
@@ -179,9 +189,7 @@ class LogWriter(LiveLog):
                 os.fsync(self._fd)
             finally:
                 self._closed = True
-                if self._budget is not None:
-                    self._budget.give_back(self._taken)
-                    self._taken = 0
+                self._release_budget()
                 try:
                     os.close(self._fd)
                 finally:

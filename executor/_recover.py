@@ -7,25 +7,28 @@ execution); private to the runner.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from haddock.executor._execution import Execution
 from haddock.executor.driver import ExitStatus
 from haddock.executor.logstore import LogWriter
 from haddock.executor.records import EventKind, ExecutionRecord, ExecutionState, utcnow
+from haddock.executor.stats import Stat
 from haddock.executor.supervise import supervise
 
 if TYPE_CHECKING:
     from haddock.executor.runner import Runner
 
 
-async def recover(runner: Runner, records: list[ExecutionRecord]) -> None:
+async def recover(runner: Runner, records: list[ExecutionRecord], stats: Mapping[str, Sequence[Stat]]) -> None:
     """Take back the executions a previous life of this node left unfinished.
 
     For each: a container that still runs is followed again (output from where the node's log
     ends, the remaining timeout enforced); one that exited meanwhile has its output and exit
     status collected; a missing one ends the execution with a clear message. Results are then
-    written as usual. Returns once every execution is registered (``wait`` works on them).
+    written as usual. Returns once every execution is registered (``wait`` works on them). Its resource
+    summary starts from ``stats``, the samples kept of it before.
     """
     held = await runner.driver.held_logs()
     for record in records:
@@ -44,6 +47,8 @@ async def recover(runner: Runner, records: list[ExecutionRecord]) -> None:
         else:
             writer = await asyncio.to_thread(runner.logs.open_append, exec_id, cap)
         execution = Execution(record=record, done=asyncio.get_running_loop().create_future(), writer=writer)
+        for stat in stats.get(exec_id, ()):
+            execution.stats.add(stat)
         # Registered together, with no await between: a record is never seen without its execution.
         runner._records[exec_id] = record
         runner._running[exec_id] = execution

@@ -48,6 +48,7 @@ class ExitStatus:
     captured: dict[StreamType, CapturedFile] | None = None  # results files the capture filled (no second copy)
     stdout_bytes: int | None = None  # bytes of each stream, as far as the capture knows
     stderr_bytes: int | None = None
+    lost_bytes: int = 0  # output another process (the capture) dropped because the node's log space was full
 
 
 class ContainerHandle(Protocol):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from haddock.executor.driver import ContainerHandle, ExitStatus
 from haddock.executor.errors import ExecutorError, InvalidSpec
-from haddock.executor.jobspec import JOB_PORT, JOB_SOURCE_TARGET
+from haddock.executor.jobspec import JOB_PORT, JOB_SOURCE_TARGET, not_applied_message
 from haddock.executor.protocol import BuildOutput, JobBuilder
 from haddock.executor.records import EventKind, ResultStatus
 from haddock.executor.request import EngineSpec, PullPolicy, RunCommandRequest
@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # aiohttp is loaded by the first batch job, not by every node
     from haddock.executor._execution import Execution
     from haddock.executor.runner import Runner
 
-__all__ = ["BatchAnswer", "build_job", "run_batch"]
+__all__ = ["BatchAnswer", "build_job", "note_not_applied", "run_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,16 @@ class BatchAnswer:
 def deployment_timestamp(execution: Execution) -> int:
     """The timestamp the node gives this deployment (``JOB_DEPLOYMENT_TIMESTAMP``): when it was accepted."""
     return int(execution.record.created_at.timestamp())
+
+
+def note_not_applied(runner: Runner, execution: Execution) -> None:
+    """The manifest's fields that only Racetrack's cluster applies (``git``, ``replicas``…): accepted, and said
+    so once on the execution."""
+    record = execution.record
+    assert record.request.job is not None
+    fields = record.request.job.manifest.not_applied
+    if fields:
+        runner._emit(record, EventKind.NOT_APPLIED, not_applied_message(fields), fields=",".join(fields))
 
 
 async def build_job(runner: Runner, execution: Execution, builder: JobBuilder | None) -> tuple[RunCommandRequest, str]:
@@ -147,8 +157,9 @@ async def _wait_ready(session: aiohttp.ClientSession, base: str) -> None:
         await asyncio.sleep(READY_POLL_SECONDS)
 
 
-async def _interact(handle: ContainerHandle, payload: str, stop_grace: float) -> BatchAnswer:
-    """Wait for the wrapper to be ready, post the payload once, stop the container; the answer."""
+async def _interact(runner: Runner, execution: Execution, handle: ContainerHandle, payload: str) -> BatchAnswer:
+    """Wait for the wrapper to be ready, post the payload once, stop the container; the answer (an
+    ``answered`` event before the container's ``exited``)."""
     import aiohttp
 
     address = await handle.address()
@@ -170,7 +181,14 @@ async def _interact(handle: ContainerHandle, payload: str, stop_grace: float) ->
                 if len(body) > MAX_ANSWER_BYTES:
                     raise ExecutorError(f"the job's answer is larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB")
             status = answer.status
-    await handle.stop(BATCH_STOP_REASON, grace=stop_grace)
+    runner._emit(
+        execution.record,
+        EventKind.ANSWERED,
+        f"the job answered HTTP {status} ({len(body)} bytes); stopping its container",
+        http_status=status,
+        bytes=len(body),
+    )
+    await handle.stop(BATCH_STOP_REASON, grace=runner._stop_grace())
     return BatchAnswer(status, body)
 
 
@@ -184,7 +202,7 @@ async def run_batch(
     record = execution.record
     request = record.request
     assert request.job is not None and request.job.payload is not None
-    interaction = asyncio.create_task(_interact(handle, request.job.payload, runner._stop_grace()))
+    interaction = asyncio.create_task(_interact(runner, execution, handle, request.job.payload))
     try:
         outcome = await supervise(runner, execution, handle, request.timeout)
     finally:
@@ -192,7 +210,7 @@ async def run_batch(
             interaction.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(interaction, return_exceptions=True)
-    if handle.stop_reason not in (None, BATCH_STOP_REASON) or execution.output_cap_message:
+    if handle.stop_reason not in (None, BATCH_STOP_REASON) or execution.output_cap_message or execution.timed_out:
         return outcome, None  # cancelled, timed out, over its output cap: decided as for any execution
     if interaction.cancelled() or interaction.exception() is not None:
         exc = interaction.exception() if not interaction.cancelled() else None
@@ -210,12 +228,6 @@ async def run_batch(
         ), None if outcome.oom_killed else ResultStatus.ERROR
     answer = interaction.result()
     execution.stdout_body = answer.body
-    runner._emit(
-        record,
-        EventKind.EXITED,
-        f"the job answered HTTP {answer.status_code} ({len(answer.body)} bytes); container stopped",
-        http_status=answer.status_code,
-    )
     ok = 200 <= answer.status_code < 300
     text = answer.body.decode(errors="replace").strip()
     if len(text) > 1000:

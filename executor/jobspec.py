@@ -31,6 +31,7 @@ __all__ = [
     "ManifestError",
     "PythonExtra",
     "job_engine_image",
+    "not_applied_message",
     "parse_manifest",
 ]
 
@@ -187,6 +188,9 @@ class JobManifest(_Strict):
                     raise ValueError(f"{older}: give the job type's settings in 'jobtype_extra' only")
                 data["jobtype_extra"] = data.pop(older)
         reported = set(data.get("not_applied") or [])  # carried over the API, where those fields are not
+        unknown = sorted(str(f) for f in reported if f not in CLUSTER_ONLY_FIELDS)
+        if unknown:
+            raise ValueError(f"not_applied: {', '.join(map(shown, unknown))} are not Racetrack's cluster-only fields")
         reported |= {f for f in CLUSTER_ONLY_FIELDS if data.pop(f, None) is not None}
         data["not_applied"] = sorted(reported)
         return data
@@ -286,6 +290,16 @@ class JobManifest(_Strict):
         view["golang"] = self.jobtype_extra if self.jobtype_name == "golang" else {}
         view["python"] = self.jobtype_extra if self.jobtype_name == "python3" else {}
         return view
+
+
+def not_applied_message(fields: list[str]) -> str:
+    """What a requester and the execution's events say of the manifest's cluster-only fields."""
+    names = ", ".join(fields)
+    verb = "is" if len(fields) == 1 else "are"
+    return (
+        f"job.yaml's {names} {verb} accepted but not applied: Racetrack's cluster-only fields do not apply on a "
+        "single node"
+    )
 
 
 def _field_errors(exc: ValidationError) -> str:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 
 from haddock.executor.driver import ExitStatus
-from haddock.executor.jobrun import build_job, run_batch
+from haddock.executor.jobrun import build_job, note_not_applied, run_batch
 from haddock.executor.prepare import prepare_image, unless_cancelled
 from haddock.executor.records import EventKind, ExecutionState, ResultStatus, utcnow
 from haddock.executor.request import RunCommandRequest
@@ -52,6 +52,7 @@ async def prepare_and_run(runner: Runner, execution: Execution) -> tuple[ExitSta
 async def _build_and_run(runner: Runner, execution: Execution) -> tuple[ExitStatus, ResultStatus | None]:
     """A job of a job type: its inputs (its source among them), then its image built, then the run."""
     assert runner._input_preparer is not None  # check() refuses input sources without a preparer
+    note_not_applied(runner, execution)
     await runner._prepare_inputs(execution, runner._input_preparer)
     if execution.cancel_event.is_set():
         return ExitStatus(), ResultStatus.CANCELLED

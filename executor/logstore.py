@@ -106,6 +106,16 @@ class LogStore:
         with contextlib.suppress(RuntimeError):
             self._loop = asyncio.get_running_loop()
 
+    def set_live_limit(self, max_live_bytes: int | None) -> None:
+        """Change what the logs being written may hold together (None: no bound). Logs already open keep
+        the budget they took from; a smaller limit stops them writing until others give room back."""
+        if max_live_bytes is None:
+            self.budget = None
+        elif self.budget is None:
+            self.budget = LogBudget(max_live_bytes)
+        else:
+            self.budget.max_bytes = max_live_bytes
+
     # -- loop binding -------------------------------------------------------
 
     def _bind_loop(self, *, strict: bool) -> None:
@@ -175,6 +185,7 @@ class LogStore:
                 os.close(fd)
                 raise
             writer = LogWriter(self, execution_id, fd, scan.end, scan.bytes_written, cap=cap, budget=self.budget)
+            writer._hold(scan.end)  # what it holds already counts in the budget of the logs being written
             self._live[execution_id] = writer
         return writer
 
@@ -202,6 +213,7 @@ class LogStore:
                 raise ValueError(f"the log of execution {execution_id!r} is closed")
             writer._closed = True
             os.close(writer._fd)
+            writer._release_budget()  # the process that writes it now counts it
         with self._lock:
             remote = RemoteLog(self, execution_id, writer.committed)
             self._live[execution_id] = remote

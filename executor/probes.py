@@ -49,6 +49,7 @@ def _other_deployment(body: bytes, expected: int) -> str:
 class ProbeResult:
     ok: bool
     detail: str  # what was seen, e.g. "200 OK" or "connection refused"
+    final: bool = False  # no later probe can pass (the image has no HEALTHCHECK): the service cannot run
 
 
 def probe_url(spec: ServiceSpec, probe: HttpProbe) -> str | None:
@@ -122,12 +123,15 @@ class Prober:
             return ProbeResult(False, f"GET {url}: {type(exc).__name__}: {exc}".rstrip(": "))
 
     async def image(self, handle: ContainerHandle) -> ProbeResult | None:
-        """The image's HEALTHCHECK: None while it is starting (or has none), else passed or failed."""
+        """The image's HEALTHCHECK: None while it is starting, else passed or failed; a final failure when the
+        container has no health status at all (its image has no HEALTHCHECK, or ``HEALTHCHECK NONE``)."""
         try:
             status = await handle.health()
         except Exception as exc:
             return ProbeResult(False, f"the engine's health status is unavailable: {exc}")
-        if status is None or status == "starting":
+        if status is None:
+            return ProbeResult(False, "its image has no HEALTHCHECK", final=True)
+        if status == "starting":
             return None
         return ProbeResult(status == "healthy", f"the image's HEALTHCHECK reports {status}")
 

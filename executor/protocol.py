@@ -19,11 +19,12 @@ can be added without touching the node.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from haddock.executor.hooks import BeforeStopHook
 from haddock.executor.jobspec import JobSpec
 from haddock.executor.logstore import LogEntry, LogStore
 from haddock.executor.records import (
@@ -35,6 +36,7 @@ from haddock.executor.records import (
     RunCommandResult,
 )
 from haddock.executor.request import InputVolume, Resources, RunCommandRequest
+from haddock.executor.stats import Stat
 from haddock.executor.streams import LogQuery
 
 
@@ -106,8 +108,13 @@ class JobBuilder(Protocol):
 @runtime_checkable
 class Executor(Protocol):
     logs: LogStore  # every execution's output, kept after it ends
-    # Set by whoever routes requests to services: called with a service's id before a cancel stops it.
-    before_stop: Callable[[str], Awaitable[None]] | None
+
+    def add_before_stop(self, hook: BeforeStopHook, *, name: str, timeout: float) -> Callable[[], None]:
+        """Call ``hook`` with a service's execution id when a cancel is about to stop its container (whoever
+        routes requests to services stops and lets those in flight end). Several hooks may be registered;
+        they run concurrently, each within its ``timeout``; a failure is logged, never fatal. Returns the
+        hook's removal. See :mod:`haddock.executor.hooks`."""
+        ...
 
     async def is_installed(self) -> bool:
         """Whether the engine behind this executor answers."""
@@ -159,8 +166,9 @@ class Executor(Protocol):
 
     def records(self) -> list[ExecutionRecord]: ...
 
-    async def recover(self, records: list[ExecutionRecord]) -> None:
-        """Take back unfinished executions after a restart; returns once ``wait`` works on each."""
+    async def recover(self, records: list[ExecutionRecord], stats: Mapping[str, Sequence[Stat]] | None = None) -> None:
+        """Take back unfinished executions after a restart; returns once ``wait`` works on each.
+        ``stats``: the resource samples kept of each from before (its result's summary covers them)."""
         ...
 
     async def reap_orphans(self, *, grace: float | None = None, keep: set[str] | None = None) -> list[str]:

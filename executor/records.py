@@ -101,6 +101,7 @@ class EventKind(StrEnum):
     BUILT = "built"  # a job's image is there (details: image, built: False when nothing was built)
     INPUTS_PREPARED = "inputs-prepared"
     STARTED = "started"
+    ANSWERED = "answered"  # a batch job's wrapper answered the payload (details: http_status, bytes)
     EXITED = "exited"
     RESULTS_WRITTEN = "results-written"
     PUBLISHED = "published"
@@ -114,6 +115,9 @@ class EventKind(StrEnum):
     STATE = "state"
     PROBE_FAILED = "probe-failed"  # a service's probe failed (details: probe, reason, failures)
     RESTARTING = "restarting"  # a service's container ended and will be replaced (details: attempt, reason)
+    NOT_APPLIED = (
+        "not-applied"  # a job's manifest fields of Racetrack's cluster, accepted and not applied (details: fields)
+    )
     DEPLOYED = "deployed"  # a job's deployment is ready and took over (details: replaced, the ids it stopped)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from haddock.executor.errors import (
     ExecutorShuttingDown,
     InvalidSpec,
 )
+from haddock.executor.hooks import BeforeStopHook, StopHooks
 from haddock.executor.launch import prepare_and_run
 from haddock.executor.logcap import LogCap
 from haddock.executor.logstore import LogEntry, LogStore
@@ -58,6 +59,14 @@ __all__ = ["EventSink", "Runner", "RunnerConfig", "StatsSink"]
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("haddock.executor")
+
+_STOPPED_BECAUSE = {
+    "cancel": "cancelled",
+    "timeout": "over its timeout",
+    "output-cap": "over its output cap",
+    "batch-done": "the job had answered",
+}
+"""How an ``exited`` event words the reason the node stopped the container (the handle's stop reason)."""
 
 EventSink = Callable[[ExecutionEvent], None]
 StatsSink = Callable[[str, Stat], None]
@@ -101,14 +110,15 @@ class Runner:
         self._result_publisher = result_publisher
         self._stats_sink = stats_sink
         self.job_builder = job_builder  # builds jobs of job types (request.job); the node sets it
-        # Called with a service's execution id when a cancel is about to stop its container, so that
-        # whoever routes requests to it (the node's gateway) stops and lets those in flight end first.
-        self.before_stop: Callable[[str], Awaitable[None]] | None = None
+        self.stop_hooks = StopHooks()  # before a cancel stops a service's container (the gateway drains it)
         self._records: dict[str, ExecutionRecord] = {}
         self._running: dict[str, Execution] = {}
         self._starting: dict[str, asyncio.Future[None]] = {}  # starts under way (creating the log)
         self._closing = False
         self._grace_cap: float | None = None
+
+    def add_before_stop(self, hook: BeforeStopHook, *, name: str, timeout: float) -> Callable[[], None]:
+        return self.stop_hooks.add(hook, name=name, timeout=timeout)
 
     # ------------------------------------------------------------------ contract: engine and bidding
 
@@ -294,15 +304,16 @@ class Runner:
     async def containers(self) -> dict[str, dict[str, Any]]:
         return await self.driver.containers()
 
-    async def recover(self, records: list[ExecutionRecord]) -> None:
+    async def recover(self, records: list[ExecutionRecord], stats: Mapping[str, Sequence[Stat]] | None = None) -> None:
         """Take back the executions a previous life of this node left unfinished.
 
         For each: a container that still runs is followed again (output from where the node's log
         ends, the remaining timeout enforced); one that exited meanwhile has its output and exit
         status collected; a missing one ends the execution with a clear message. Results are then
         written as usual. Returns once every execution is registered (``wait`` works on them).
+        ``stats``: the samples kept of each from before, so that its result's summary covers its whole run.
         """
-        await recover(self, records)
+        await recover(self, records, stats or {})
 
     async def reap_orphans(self, *, grace: float | None = None, keep: set[str] | None = None) -> list[str]:
         """Remove containers with this node's label that no execution knows, once older than the grace.
@@ -447,14 +458,14 @@ class Runner:
         """Image and inputs, container, run (``launch.py``); also what a restarted service needs again."""
         return await prepare_and_run(self, execution)
 
-    def _emit_exit(self, record: ExecutionRecord, outcome: ExitStatus) -> None:
-        self._emit(
-            record,
-            EventKind.EXITED,
-            f"container exited with code {outcome.exit_code}",
-            exit_code=outcome.exit_code,
-            oom_killed=outcome.oom_killed,
-        )
+    def _emit_exit(self, record: ExecutionRecord, outcome: ExitStatus, stop_reason: str | None = None) -> None:
+        """The container's exit; ``stop_reason`` when the node stopped it (said in the message and details)."""
+        message = f"container exited with code {outcome.exit_code}"
+        details: dict[str, Any] = {"exit_code": outcome.exit_code, "oom_killed": outcome.oom_killed}
+        if stop_reason:
+            message += f" (stopped by the node: {_STOPPED_BECAUSE.get(stop_reason, stop_reason)})"
+            details["stop_reason"] = stop_reason
+        self._emit(record, EventKind.EXITED, message, **details)
 
     async def _prepare_inputs(self, execution: Execution, preparer: InputPreparer) -> None:
         execution.prepared_inputs = await prepare_inputs(preparer, execution.record, execution.cancel_event, self._emit)

@@ -154,7 +154,9 @@ class _Service:
         outcome, status = verdict
         if status is None:
             stop_reason = handle.stop_reason if handle is not None else None
-            status = decide_status(stop_reason, self.execution.output_cap_message, outcome)
+            status = decide_status(
+                stop_reason, self.execution.output_cap_message, outcome, timed_out=self.execution.timed_out
+            )
         if handle is not None and not self.execution.leave_container:
             self.execution.handle = None
             try:
@@ -168,8 +170,11 @@ class _Service:
     def _verdict(self, handle: ContainerHandle | None, outcome: ExitStatus, failure: str) -> Outcome | None:
         """How the service ends after its container did, or None to restart it."""
         reason = handle.stop_reason if handle is not None else None
-        if self.execution.cancel_event.is_set() or reason in ("cancel", "timeout", "output-cap"):
+        if self.execution.cancel_event.is_set() or reason in ("cancel", "output-cap"):
             return outcome, None
+        if self.execution.timed_out or reason == "timeout":
+            # A service does not complete: its timeout ends it as a timeout, even when it answers the stop with 0.
+            return outcome, ResultStatus.TIMEOUT
         if reason == "unready":
             return dataclasses.replace(outcome, error=f"the service {failure}"), None
         failed = bool(failure) or outcome.oom_killed or bool(outcome.error) or outcome.exit_code != 0
@@ -384,9 +389,22 @@ class _Service:
             await asyncio.sleep(probe.interval)
 
     async def _image_loop(self, handle: ContainerHandle, health: _Health) -> None:
+        """The engine's health status of the image's HEALTHCHECK: ``healthy`` makes the service ready, ``unhealthy``
+        (the check failed its retries, counted by the engine) stops the container, which restarts under its
+        policy. A container without a health status twice in a row has no HEALTHCHECK: the service ends in
+        error, it would never become ready."""
+        missing = 0
         while True:
             result = await self.prober.image(handle)
-            if result is not None:
+            if result is not None and result.final:
+                missing += 1
+                if missing >= 2:
+                    health.failure = f"cannot be probed as it asks (image_healthcheck): {result.detail}"
+                    self._probe_failed("healthcheck", result.detail, missing)
+                    await self._stop(handle, "unready")
+                    return
+            elif result is not None:
+                missing = 0
                 if result.ok:
                     self._to(ExecutionState.READY, result.detail)
                 else:

@@ -29,11 +29,23 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("haddock.executor")
 
 
-def decide_status(stop_reason: str | None, output_cap_message: str, outcome: ExitStatus) -> ResultStatus:
-    """Cancelled and timeout only when the node's stop reached a running container."""
+def decide_status(
+    stop_reason: str | None, output_cap_message: str, outcome: ExitStatus, *, timed_out: bool = False
+) -> ResultStatus:
+    """The result's status. Cancelled only when the node's stop reached a running container.
+
+    The timeout rule, deterministic whatever wins the race between the job's exit and its deadline:
+    ``timed_out`` says the deadline (the node's clock) passed before the node saw the container exit. Then
+    the status is TIMEOUT unless the job ended with exit code 0: a job that exits 0 completed, even when it
+    was finishing as the deadline passed (its exit crossed the stop signal; through the container's init the
+    signal may still be "delivered") or it answered the stop signal by exiting 0. A timeout therefore
+    always carries a non-zero exit code (the signal's, the kill's 137 or the job's own), a success always 0;
+    an exit 0 past the deadline is judged like any other exit 0 (an engine error or an OOM kill still show).
+    (A service never completes: ``service.py`` ends a timed-out service as a timeout whatever its code.)
+    """
     if stop_reason == "cancel":
         return ResultStatus.CANCELLED
-    if stop_reason == "timeout":
+    if (timed_out or stop_reason == "timeout") and outcome.exit_code != 0:
         return ResultStatus.TIMEOUT
     if output_cap_message:
         return ResultStatus.ERROR
@@ -84,7 +96,12 @@ async def finish(
     request = record.request
     if status is None:
         handle = execution.handle
-        status = decide_status(handle.stop_reason if handle else None, execution.output_cap_message, outcome)
+        status = decide_status(
+            handle.stop_reason if handle else None,
+            execution.output_cap_message,
+            outcome,
+            timed_out=execution.timed_out,
+        )
     runner._set_state(record, ExecutionState.FINISHING)
     exec_id = request.execution_id
     not_executed = False
@@ -95,10 +112,11 @@ async def finish(
             not_executed = True
     stats = execution.stats.summary()
     writer = execution.writer
+    lost = outcome.lost_bytes + (writer.lost_bytes if writer is not None else 0)
     log_full = (
-        f"the node's log space was full (log_max_bytes): {format_bytes(writer.lost_bytes)} of the job's output "
-        "is missing"
-        if writer is not None and writer.lost_bytes
+        f"the node's log space was full (log_max_bytes): {format_bytes(lost)} of the job's output "
+        "is missing from its log"
+        if lost
         else ""
     )
     message = "; ".join(

@@ -74,13 +74,14 @@ async def supervise(
                 await handle.stop("output-cap", grace=0)
             if not exited.done() and not handle.stop_reason:
                 if cancel_wait in done:
-                    if request.is_service and runner.before_stop is not None:
-                        try:  # requests in flight to the service end before its container is stopped
-                            await runner.before_stop(record.execution_id)
-                        except Exception:
-                            log.exception("draining %s before stopping it failed", record.execution_id)
+                    if request.is_service:  # requests in flight to it end before its container is stopped
+                        await runner.stop_hooks.run(record.execution_id)
                     await handle.stop("cancel", grace=runner._stop_grace())
                 elif time_left is not None and not done:
+                    # Decided now, by the node's clock: the deadline passed before the exit was seen. Whatever
+                    # the stop finds (the container gone, or ending by itself as the signal crosses its exit),
+                    # the status follows settle.decide_status's timeout rule.
+                    execution.timed_out = True
                     if request.timeout is not None:
                         runner._emit(
                             record,
@@ -106,5 +107,5 @@ async def supervise(
         runner._emit(
             record, EventKind.OUTPUT_RECOVERED, "output recovered from the engine's log after the stream was cut"
         )
-    runner._emit_exit(record, outcome)
+    runner._emit_exit(record, outcome, handle.stop_reason)
     return outcome

@@ -87,8 +87,12 @@ class Admission:
             await self.launch(prepared)
             return
         record = ExecutionRecord(request=prepared, state=ExecutionState.QUEUED)
+        details: dict[str, Any] = {"priority": priority}
+        input_bytes = (usage.disk - prepared.resources.disk) if usage is not None else 0
+        if input_bytes > 0:  # its inputs' size, counted in disk: a restart queues it again with the same usage
+            details["input_bytes"] = input_bytes
         event = ExecutionEvent(
-            execution_id=exec_id, kind=EventKind.QUEUED, message="waiting for capacity", details={"priority": priority}
+            execution_id=exec_id, kind=EventKind.QUEUED, message="waiting for capacity", details=details
         )
         record.events.append(event)
         try:
@@ -97,7 +101,7 @@ class Admission:
             self.capacity.release(exec_id)
             admission.cancel()
             raise
-        self.enqueue(prepared, record, priority, admission)
+        self.enqueue(prepared, record, priority, admission=admission)
         log.info("execution queued", extra={"execution_id": exec_id, "job_id": prepared.job_id})
 
     def enqueue(
@@ -105,13 +109,16 @@ class Admission:
         request: RunCommandRequest,
         record: ExecutionRecord,
         priority: int,
+        *,
         admission: asyncio.Task[None] | None = None,
+        usage: Resources | None = None,
     ) -> None:
-        """Wait in the queue (also what a restart does with an execution the store has as queued)."""
+        """Wait in the queue (also what a restart does with an execution the store has as queued, holding
+        ``usage``: see :func:`queued_usage`)."""
         exec_id = request.execution_id
         if admission is None:
             admission = asyncio.create_task(
-                self.capacity.acquire(exec_id, request.resources, queue=True, priority=priority)
+                self.capacity.acquire(exec_id, usage or request.resources, queue=True, priority=priority)
             )
         settled: asyncio.Future[RunCommandResult | None] = asyncio.get_running_loop().create_future()
         q = Queued(request=request, record=record, admission=admission, settled=settled)
@@ -134,7 +141,7 @@ class Admission:
             return
         self._queued.pop(exec_id, None)
         try:
-            await self.launch(q.request, from_queue=True)
+            await self.launch(q.request, queued=q.record)
         except Exception as exc:
             if self._known_to_executor(exec_id):  # it runs, but its acceptance could not be persisted
                 log.error("execution %s runs but could not be recorded as admitted: %s", exec_id, exc)
@@ -154,8 +161,10 @@ class Admission:
             return False
         return True
 
-    async def launch(self, prepared: RunCommandRequest, *, from_queue: bool = False) -> None:
-        """Hand an admitted execution to the executor; returns once it is persisted."""
+    async def launch(self, prepared: RunCommandRequest, *, queued: ExecutionRecord | None = None) -> None:
+        """Hand an admitted execution to the executor; returns once it is persisted. ``queued``: its record
+        while it waited in the queue (its history goes on in the executor's record)."""
+        from_queue = queued is not None
         exec_id = prepared.execution_id
         devices = self.capacity.devices(exec_id)
         if devices:  # the GPUs this execution holds, by id: no two executions share one
@@ -167,6 +176,13 @@ class Admission:
             self.events.forget_accepted(exec_id)
             self.capacity.release(exec_id)
             raise
+        if queued is not None:
+            # The executor's record starts at admission; what came before (the queue wait) is the store's.
+            # Carried over before the execution's task first runs (start returned without a later await),
+            # so describe, watchers and the phase metrics at its end see one history, as the store has it.
+            record = self.executor.record(exec_id)
+            record.events[:0] = [e for e in queued.events if e not in record.events]
+            record.created_at = queued.created_at
         await accepted
         log.info(
             "execution accepted",
@@ -231,6 +247,22 @@ async def write_no_output(request: RunCommandRequest) -> None:
         yield
 
     await write_job_results(request.results_dir, nothing(), nothing(), None, request.output_limits)
+
+
+def queued_usage(record: ExecutionRecord) -> Resources:
+    """What a queued execution holds, as at its first Start: its resources, with its inputs' size (kept in
+    its 'queued' event) counted in ``disk``."""
+    resources = record.request.resources
+    for event in record.events:
+        if event.kind is EventKind.QUEUED:
+            try:
+                input_bytes = int(event.details.get("input_bytes", 0))
+            except (TypeError, ValueError):
+                input_bytes = 0
+            if input_bytes > 0:
+                return resources.model_copy(update={"disk": resources.disk + input_bytes})
+            break
+    return resources
 
 
 def queued_priority(record: ExecutionRecord) -> int:

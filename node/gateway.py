@@ -23,6 +23,7 @@ import contextlib
 import hmac
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +106,7 @@ class Gateway:
         self._draining: set[str] = set()  # executions being stopped: no new request goes to them
         self._drained = asyncio.Condition()
         self._runner: web.AppRunner | None = None
+        self._unregister: Callable[[], None] | None = None  # the drain's before-stop hook, while serving
         self._session: aiohttp.ClientSession | None = None
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=settings.gateway_connect_timeout, sock_read=settings.gateway_read_timeout
@@ -114,6 +116,7 @@ class Gateway:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, listen: str) -> str:
+        """Serve on ``listen``; from now on a cancelled service is drained (:meth:`drain`) before it stops."""
         host, _, port = listen.rpartition(":")
         host = host.strip("[]")
         app = web.Application(client_max_size=0)
@@ -140,10 +143,17 @@ class Gateway:
         server = getattr(site, "_server", None)
         bound = server.sockets[0].getsockname() if server is not None and server.sockets else (host, int(port))
         self.address = f"{host}:{bound[1]}"
+        # A cancelled service stops taking requests and those in flight end (within gateway_drain); then it stops.
+        self._unregister = self.node.executor.add_before_stop(
+            self.drain, name="gateway drain", timeout=self.settings.gateway_drain + 1.0
+        )
         log.info("gateway serving", extra={"address": self.address, "auth": self._token is not None})
         return self.address
 
     async def stop(self) -> None:
+        if self._unregister is not None:
+            self._unregister()
+            self._unregister = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -20,13 +20,17 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from haddock.executor.records import EventKind, ExecutionEvent, RunCommandResult
 from haddock.executor.request import Resources
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics.export import MetricReader
+    from opentelemetry.sdk.resources import Resource
 
 __all__ = ["PHASES", "MetricsListener", "NodeGauges", "NodeMetrics", "phase_durations"]
 
@@ -181,11 +185,13 @@ class NodeMetrics:
 
 class MetricsListener:
     """``/metrics`` for Prometheus on ``address`` (HOST:PORT; port 0 picks one): a meter provider of the
-    node's own, read by OpenTelemetry's Prometheus exporter into a registry of its own."""
+    node's own, read by OpenTelemetry's Prometheus exporter into a registry of its own, and by ``readers``
+    (those of the ``[telemetry]`` exporter: the node's metrics go there too)."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, *, readers: Sequence[MetricReader] = (), resource: Resource | None = None) -> None:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.resources import Resource
         from prometheus_client import CollectorRegistry
 
         host, _, port = address.rpartition(":")
@@ -194,7 +200,7 @@ class MetricsListener:
         # A registry of its own, not prometheus_client's global one: two nodes in one process stay apart.
         self.registry = CollectorRegistry()
         self._reader = PrometheusMetricReader(registry=self.registry)
-        self.provider = MeterProvider(metric_readers=[self._reader])
+        self.provider = MeterProvider(resource=resource or Resource.create(), metric_readers=[self._reader, *readers])
         self._server: Any = None
         self._thread: threading.Thread | None = None
 

@@ -10,14 +10,18 @@ leaving what is free to the admission (run now, queue, or RESOURCE_EXHAUSTED).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
+from haddock.executor import imageref
 from haddock.executor.errors import ExecutionRefused, ExecutorError, InvalidSpec
 from haddock.executor.quantity import format_bytes
 from haddock.executor.records import BidResult
-from haddock.executor.request import OutputLimits, Resources, RunCommandRequest
+from haddock.executor.request import OutputLimits, PullPolicy, Resources, RunCommandRequest
 from haddock.node.bidding import BidContext
 from haddock.node.capacity import CapacitySnapshot
+from haddock.storage.netpolicy import AddressPolicy
 
 if TYPE_CHECKING:
     from haddock.node.config import LimitsSettings
@@ -51,6 +55,14 @@ def free_of(snap: CapacitySnapshot) -> Resources:
         disk=max(0, capacity.disk - allocated.disk - queued.disk),
         gpu=max(0, capacity.gpu - allocated.gpu - queued.gpu),
     )
+
+
+def _host_port(registry: str) -> tuple[str, int]:
+    """``host[:port]`` of a registry (``[v6]:port`` too) as (host without brackets, port; 443 when none)."""
+    host, sep, port = registry.rpartition(":")
+    if not sep or not port.isdigit() or not host or (host.startswith("[") and not host.endswith("]")):
+        host, port = registry, ""
+    return host.strip("[]"), int(port) if port else 443
 
 
 class Policy:
@@ -89,8 +101,49 @@ class Policy:
             await self.node.check_addresses(prepared)
         except ExecutorError as exc:
             return BidResult.no(exc.message)
+        why = await self.registry_refusal(prepared)
+        if why is not None:
+            return BidResult.no(why)
         ctx = await self.context(prepared, prepared.resources, at_start=at_start)
         return await self.node.chains.semantic.bid(ctx)
+
+    async def registry_refusal(self, prepared: RunCommandRequest) -> str | None:
+        """Why the image may not be pulled from the registry it names, or None.
+
+        Only when a pull would happen (pull policy ``always``, or ``if-not-present`` and the engine does not
+        have the image) and the registry is not Docker Hub: its host's addresses (a literal address as it
+        is, a name resolved) must all be public, as for URL inputs, unless the operator sets
+        ``docker.allow_private_registries``. The engine resolves the name again when it pulls."""
+        engine = prepared.engine
+        if prepared.job is not None or engine.pull_policy is PullPolicy.NEVER:
+            return None  # a job's image is built on the node; never: nothing is pulled
+        if self.node.settings.docker.allow_private_registries:
+            return None
+        try:
+            ref = imageref.parse(engine.image)
+        except ValueError:
+            return None  # the request's own validation says what is wrong with it
+        if ref.registry == imageref.DEFAULT_REGISTRY:
+            return None
+        if engine.pull_policy is PullPolicy.IF_NOT_PRESENT:
+            with contextlib.suppress(Exception):  # an engine that does not answer: a pull may follow
+                if await self.node.executor.inspect_image(engine.image) is not None:
+                    return None
+        host, number = _host_port(ref.registry)
+        policy = AddressPolicy(resolver=self.node.address_policy.resolver)
+        try:
+            addrs = await asyncio.to_thread(policy.resolver, host, number)
+        except (OSError, UnicodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            return f"image {engine.image!r}: its registry host {host!r} does not resolve ({reason})"
+        for addr in addrs:
+            if not policy.allows(addr, number):
+                return (
+                    f"image {engine.image!r}: its registry {ref.registry} is at {addr}, which is not a public "
+                    "address; this node pulls only from registries on public addresses (the operator can set "
+                    "docker.allow_private_registries)"
+                )
+        return None
 
     async def usage(self, prepared: RunCommandRequest, usage: Resources | None = None) -> Resources | BidResult:
         """What the job will use: its resources with its inputs' size on disk counted in ``disk``; or a "no"

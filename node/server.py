@@ -121,7 +121,6 @@ async def start_server(settings: Settings, node: Node | None = None) -> RunningS
         from haddock.node.gateway import Gateway  # aiohttp's server only when the node runs a gateway
 
         gateway = Gateway(node, settings.services, token=settings.token)
-        node.executor.before_stop = gateway.drain  # a cancelled service stops taking requests, then stops
         try:
             node.gateway_address = await gateway.start(settings.services.gateway_listen)
         except BaseException:

@@ -34,10 +34,11 @@ from haddock.executor.records import (
     RunCommandResult,
 )
 from haddock.executor.request import Resources, RunCommandRequest
+from haddock.executor.stats import Stat
 from haddock.executor.streams import LogQuery
 from haddock.node import _reads
 from haddock.node._reads import known_id
-from haddock.node.admission import Admission, queued_priority
+from haddock.node.admission import Admission, queued_priority, queued_usage
 from haddock.node.bidding import (
     build_chain,
     platform_from_engine_info,
@@ -56,6 +57,7 @@ from haddock.node.ports import PortAllocator
 from haddock.node.redeploy import Redeploys
 from haddock.node.stats import StatsHub, StatsUpdate, execution_stats
 from haddock.node.store import ExecutionStore, store_path
+from haddock.node.telemetry import metric_readers, telemetry_resource
 from haddock.storage import StorageRegistry, build_registry
 from haddock.storage.hooks import RegistryPreparer, RegistryPublisher
 from haddock.storage.netpolicy import AddressPolicy, check_request
@@ -123,7 +125,13 @@ class Node:
             engine_platform=self._engine_platform,
         )
         self.stats = stats or StatsHub(store, max_samples=settings.stats.max_samples)
-        self.metrics_listener = MetricsListener(settings.metrics_listen) if settings.metrics_listen else None
+        self.metrics_listener = (
+            MetricsListener(
+                settings.metrics_listen, readers=metric_readers(settings), resource=telemetry_resource(settings)
+            )
+            if settings.metrics_listen
+            else None
+        )
         self.metrics = NodeMetrics(self.metrics_listener.meter() if self.metrics_listener else None)
         self._gauges: asyncio.Task[None] | None = None
         events.on_terminal(self._on_end)
@@ -192,7 +200,7 @@ class Node:
             # already: it runs whatever the capacity now says.
             try:
                 await self.capacity.acquire(
-                    r.execution_id, r.request.resources, queue=False, prefer_devices=r.request.gpu_devices
+                    r.execution_id, queued_usage(r), queue=False, prefer_devices=r.request.gpu_devices
                 )
             except (CapacityExhausted, ValueError) as exc:
                 log.warning("recovered execution %s runs beyond capacity: %s", r.execution_id, exc)
@@ -202,15 +210,22 @@ class Node:
         else:
             self._recovered.set()
         for r in sorted(queued, key=lambda r: r.created_at):
-            self.admission.enqueue(r.request, r, priority=queued_priority(r))
+            self.admission.enqueue(r.request, r, priority=queued_priority(r), usage=queued_usage(r))
         self.housekeeping.start()
 
     async def _recover(self, records: builtins.list[ExecutionRecord]) -> None:
         """Hand unfinished executions back to the executor; while the engine is away, keep trying."""
         delay = 1.0
+        # The samples kept of each: its result's summary covers the whole run, not only what comes now.
+        stats: dict[str, builtins.list[Stat]] = {}
+        try:
+            for r in records:
+                stats[r.execution_id] = await self.stats.series(r.execution_id)
+        except Exception as exc:  # a summary of the samples from now on is worth more than no recovery
+            log.warning("reading the resource samples of recovered executions failed: %s", exc)
         while True:
             try:
-                await self.executor.recover(records)
+                await self.executor.recover(records, stats)
                 self._recovered.set()
                 return
             except Exception as exc:

@@ -166,13 +166,13 @@ def telemetry() -> TelemetryCapture:
 def node_settings(tmp_path: Path, node_id: str, **kw: Any) -> Settings:
     """A node for tests: on 127.0.0.1, where the test servers (HTTP, S3) are, so private networks are allowed."""
     kw.setdefault("storage", StorageSettings(allow_private_networks=True))
+    kw.setdefault("docker", DockerConfig(stop_grace=2))
     return Settings(
         node_id=node_id,
         listen="127.0.0.1:0",
         data_dir=tmp_path / "data",
         on_shutdown=OnShutdown.STOP,
         shutdown_grace=1,
-        docker=DockerConfig(stop_grace=2),
         **kw,
     )
 

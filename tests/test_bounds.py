@@ -100,6 +100,25 @@ def test_logs_being_written_share_the_budget(tmp_path: Path) -> None:
     assert store.budget.used == 0
 
 
+def test_a_reopened_log_counts_what_it_holds_and_the_limit_can_change(tmp_path: Path) -> None:
+    store = LogStore(tmp_path, max_live_bytes=10 * KiB)
+    assert store.budget is not None
+    a = store.create("a")
+    a.write(StreamType.STDOUT, b"a" * 4 * KiB)
+    a.close(complete=False)
+    assert store.budget.used == 0
+    a = store.open_append("a")  # after a restart, or in the capture process after a hand-over
+    assert store.budget.used == frame_bytes(4 * KiB)
+    a.write(StreamType.STDOUT, b"a" * 8 * KiB)
+    assert a.lost_bytes > 0 and store.path("a").stat().st_size <= 10 * KiB
+    a.close()
+    assert store.budget.used == 0
+    store.set_live_limit(20 * KiB)  # the capture process learns the node's log_max_bytes from each daemon
+    assert store.budget.max_bytes == 20 * KiB
+    store.set_live_limit(None)
+    assert store.budget is None
+
+
 def test_operator_limits_are_checked_at_load() -> None:
     assert LimitsSettings().max_return_length == MiB and LimitsSettings().max_file_length == 1024 * MiB
     with pytest.raises(ValidationError, match="more than a result can carry"):
@@ -151,6 +170,24 @@ async def test_a_job_printing_past_its_limits_keeps_the_log_bounded(
         await running.stop(1)
 
 
+async def test_the_logs_being_written_share_log_max_bytes_through_the_node(
+    tmp_path: Path, node_id: str, busybox_image: str
+) -> None:
+    # The capture process writes the logs (docker.log_driver "none", the default): it holds them to the budget.
+    running = await serve(tmp_path, node_id, log_max_bytes=1 * MiB)
+    try:
+        async with NodeClient(running.address) as client:
+            req = job("head -c 4194304 /dev/zero; echo done >&2")
+            done = await client.run(req)
+        assert done.result.status is ResultStatus.SUCCESS, done.result.error_message
+        log = running.node.settings.log_dir / f"{req.execution_id}.log"
+        assert log.stat().st_size <= 1 * MiB + FRAME_OVERHEAD  # the END frame is written after the budget's bytes
+        assert "the node's log space was full (log_max_bytes)" in done.result.error_message
+        assert "of the job's output is missing from its log" in done.result.error_message
+    finally:
+        await running.stop(1)
+
+
 async def test_a_result_at_the_largest_inline_limits_fits_one_message(
     tmp_path: Path, node_id: str, busybox_image: str
 ) -> None:
@@ -184,6 +221,45 @@ async def test_inputs_count_against_disk_at_start(tmp_path: Path, node_id: str, 
             assert "disk" in exc.value.message and "8Ki" in exc.value.message, exc.value.message
     finally:
         await running.stop(1)
+
+
+async def test_inputs_count_against_disk_when_queued_again_after_a_restart(
+    tmp_path: Path, node_id: str, busybox_image: str
+) -> None:
+    from haddock.node.config import OnShutdown
+
+    capacity = CapacitySettings(max_running=1, disk="1Mi", reserve_disk=0)
+    settings = node_settings(tmp_path, node_id).model_copy(
+        update={"capacity": capacity, "on_shutdown": OnShutdown.LEAVE_RUNNING}
+    )
+    busy = job("sleep 60")
+    data = "data:," + "x" * (8 * KiB)
+    waiting = job("wc -c /in/x", input_sources=[{"type": "inline", "data_url": data, "target": "/in/x"}])
+    first = await start_server(settings)
+    try:
+        async with NodeClient(first.address) as client:
+            await client.start(busy)
+            async for event in client.watch(busy.execution_id):
+                if event.kind.value == "started":
+                    break
+            await client.start(waiting, queue=True)
+        assert first.node.capacity.snapshot().queued.disk == 8 * KiB
+    finally:
+        await first.stop(1)  # the running one is left running; the queued one stays queued
+    second = await start_server(settings)
+    try:
+        async with NodeClient(second.address) as client:
+            try:
+                assert second.node.admission.get(waiting.execution_id) is not None
+                queued_disk = second.node.capacity.snapshot().queued.disk
+            finally:
+                await client.cancel(busy.execution_id)
+            done = await client.wait(waiting.execution_id)
+        assert queued_disk == 8 * KiB  # as at its first Start
+        assert done.result.status is ResultStatus.SUCCESS, done.result.error_message
+        assert done.result.stdout.strip() == f"{8 * KiB} /in/x"
+    finally:
+        await second.stop(1)
 
 
 # ----------------------------------------------------------------------------- echoed values, ids, validation

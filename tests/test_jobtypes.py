@@ -106,6 +106,7 @@ def test_manifest_accepts_racetracks_forms_and_reports_cluster_fields() -> None:
         ("name: adder\njobtype: golang\nversion: one", "version"),
         ("name: adder\njobtype: python3\njobtype_extra: {entrypoint_class: A}", "entrypoint_path"),
         ("name: adder", "jobtype"),
+        ("name: adder\njobtype: golang\nnot_applied: [git, bogus]", "not_applied"),  # only cluster fields
         ("name: adder\njobtype: golang\nresources: {memory_max: lots}", "memory_max"),
         # what the templates put in COPY/RUN/ENV lines may not break out of them (Dockerfile injection)
         (
@@ -156,6 +157,13 @@ async def test_go_job_in_batch_mode_answers_into_stdout_and_fails_with_the_jobs_
     assert (results / "stdout").read_text() == "6"
     assert (results / "exitCode").read_text() == "0"
     assert "listening on 0.0.0.0:7000" in (results / "stderr").read_text()
+    # The manifest's cluster-only `git`: one note on stderr, and an event on the execution.
+    notes = [line for line in done.stderr.splitlines() if "not applied" in line]
+    assert len(notes) == 1 and "git" in notes[0] and "single node" in notes[0], done.stderr
+    async with NodeClient(job_node.address) as client:
+        noted = [e for e in await events(client, result["execution_id"]) if e["kind"] == "not-applied"]
+    assert len(noted) == 1 and noted[0]["details"]["fields"] == "git", noted
+    assert "git" in noted[0]["message"] and "single node" in noted[0]["message"]
 
     failed = await haddock(
         "run",
@@ -201,6 +209,17 @@ async def test_python_job_in_batch_mode_value_error_is_400(job_node: RunningServ
     answer = json.loads(bad.out)
     assert answer["status"] == "error"
     assert "HTTP 400" in answer["error_message"] and "must hold numbers only" in answer["error_message"]
+    # One coherent sequence: the answer, then the container's one exit (stopped by the node once answered).
+    async with NodeClient(job_node.address) as client:
+        evs = await events(client, answer["execution_id"])
+    kinds = [e["kind"] for e in evs]
+    assert kinds.count("exited") == 1 and kinds.count("answered") == 1, kinds
+    assert kinds.index("started") < kinds.index("answered") < kinds.index("exited") < kinds.index("results-written")
+    answered = evs[kinds.index("answered")]
+    assert answered["details"]["http_status"] == "400" and "HTTP 400" in answered["message"], answered
+    exited = evs[kinds.index("exited")]
+    assert exited["message"].endswith("(stopped by the node: the job had answered)"), exited
+    assert exited["details"]["stop_reason"] == "batch-done", exited
 
 
 async def test_a_syntax_error_ends_error_with_the_compilers_message(job_node: RunningServer, tmp_path: Path) -> None:
@@ -235,6 +254,10 @@ async def test_deploy_go_job_call_it_through_the_gateway_and_redeploy_without_bu
     first = await haddock("deploy", "--node", node, str(JOBS / "adder-go"), limit=300)
     assert first.code == 0, first.stderr
     exec_id = first.out.decode().strip()
+    assert [line for line in first.stderr.splitlines() if "not applied" in line] == [
+        "note: job.yaml's git is accepted but not applied: Racetrack's cluster-only fields do not apply on a "
+        "single node"
+    ], first.stderr
 
     called = await haddock("call", "--node", node, "adder", '{"numbers": [40, 2]}')
     assert (called.code, called.out) == (0, b"42"), called.stderr

@@ -161,10 +161,106 @@ async def test_stats_follow_decimate_survive_a_restart_and_the_cli(
         await second.stop(1)
 
 
+async def test_a_result_sums_up_the_samples_from_before_a_restart(
+    tmp_path: Path, node_id: str, busybox_image: str
+) -> None:
+    from haddock.node.config import OnShutdown
+
+    # 24 MiB early, then freed: on cgroup v2 only the samples from before the restart saw it.
+    script = "dd if=/dev/zero of=/dev/shm/m bs=1M count=24 2>/dev/null; sleep 2.5; rm /dev/shm/m; sleep 3"
+    settings = node_settings(tmp_path, node_id).model_copy(update={"on_shutdown": OnShutdown.LEAVE_RUNNING})
+    req = job(script)
+    first = await start_server(settings)
+    try:
+        async with NodeClient(first.address) as c:
+            await c.start(req)
+            async for update in c.stats(req.execution_id, follow=True):
+                if any(s.memory_bytes >= 20 * MiB for s in update.samples):
+                    break
+    finally:
+        await first.stop(1)  # leaves the job running; its samples so far are in the store
+    second = await start_server(settings)
+    try:
+        async with NodeClient(second.address) as c:
+            done = await c.wait(req.execution_id)
+            samples, summary = await all_stats(c, req.execution_id)
+        stats = done.result.stats
+        assert stats is not None and summary == stats
+        assert stats.samples == sum(s.samples for s in samples), (stats, len(samples))
+        assert stats.peak_memory_bytes >= 20 * MiB, stats
+        assert max(s.memory_bytes for s in samples[-2:]) < 20 * MiB  # freed before the end
+    finally:
+        await second.stop(1)
+
+
 def scrape(port: int) -> dict[str, list[tuple[str, dict[str, str], float]]]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
     return {f.name: [(s.name, s.labels, s.value) for s in f.samples] for f in text_string_to_metric_families(text)}
+
+
+async def test_every_phase_reaches_metrics_and_describe(tmp_path: Path, node_id: str, busybox_image: str) -> None:
+    from haddock.node.config import CapacitySettings
+
+    settings = node_settings(tmp_path, node_id, metrics_listen="127.0.0.1:0", capacity=CapacitySettings(max_running=1))
+    running: RunningServer = await start_server(settings)
+    try:
+        listener = running.node.metrics_listener
+        assert listener is not None and listener.port
+        async with NodeClient(running.address) as c:
+            first = job("sleep 1")
+            queued = job(
+                "cat /in/x",
+                input_sources=[{"type": "inline", "data_url": "data:,hello", "target": "/in/x"}],
+                publishers=[{"type": "local"}],
+            )
+            await c.start(first)
+            await c.start(queued, queue=True)
+            async for event in c.watch(queued.execution_id):
+                if event.kind.value == "inputs-prepared":
+                    break  # admitted and running: describe answers from the executor's record
+            live = await c.get_execution(queued.execution_id)  # admitted: the executor's record
+            assert live.events[0].kind == "queued", [e.kind for e in live.events]
+            done = await c.wait(queued.execution_id)
+            assert done.result.status is ResultStatus.SUCCESS, done.result.error_message
+            await c.wait(first.execution_id)
+            described = await c.get_execution(queued.execution_id)
+            kinds = [e.kind for e in described.events]
+            assert kinds[0] == "queued" and kinds.count("queued") == 1, kinds
+        families = await asyncio.to_thread(scrape, listener.port)
+        phases = {
+            labels["phase"]
+            for name, labels, value in families["haddock_execution_phase_duration_seconds"]
+            if name == "haddock_execution_phase_duration_seconds_count" and value
+        }
+        assert phases == {"queue_wait", "input_fetch", "image_pull", "run", "results", "publish"}
+    finally:
+        await running.stop(1)
+
+
+async def test_metrics_go_to_prometheus_and_the_telemetry_exporter(
+    tmp_path: Path, node_id: str, busybox_image: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from haddock.node.config import Exporter, TelemetrySettings
+
+    settings = node_settings(
+        tmp_path,
+        node_id,
+        metrics_listen="127.0.0.1:0",
+        telemetry=TelemetrySettings(exporter=Exporter.CONSOLE, metrics_interval_seconds=3600),
+    )
+    running: RunningServer = await start_server(settings)
+    try:
+        listener = running.node.metrics_listener
+        assert listener is not None and listener.port
+        async with NodeClient(running.address) as c:
+            await c.run(job("echo hi"))
+        families = await asyncio.to_thread(scrape, listener.port)
+        assert [v for name, _, v in families["haddock_executions"] if name == "haddock_executions_total"] == [1.0]
+    finally:
+        await running.stop(1)  # the exporter's reader exports what it has when the node stops
+    exported = capfd.readouterr().out
+    assert '"name": "haddock.executions"' in exported, exported[-2000:]
 
 
 async def test_metrics_for_prometheus(

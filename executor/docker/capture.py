@@ -56,6 +56,7 @@ class Capture:
         self.captured: dict[StreamType, CapturedFile] | None = None  # results files filled during capture
         self.stdout_bytes: int | None = None
         self.stderr_bytes: int | None = None
+        self.lost_bytes = 0  # output the capture process dropped: the node's log space was full
         self.cap: LogCap | None = writer.cap if writer is not None else None  # carried to the capture process
         # Bytes per stream in the log before this container's output (a service's earlier attempts):
         # the engine's log of this container holds only its own.
@@ -76,6 +77,7 @@ class Capture:
         self.ended_at = info.ended_at
         self.captured = info.captured
         self.stdout_bytes, self.stderr_bytes = info.stdout_bytes, info.stderr_bytes
+        self.lost_bytes = info.lost_bytes
         if info.error and not self.error:
             self.error = info.error
 

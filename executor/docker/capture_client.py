@@ -59,6 +59,7 @@ class CaptureInfo:
     ended: bool = False
     ended_at: float | None = None
     error: str = ""
+    lost_bytes: int = 0  # output dropped: the logs being written had used the node's log_max_bytes
     captured: dict[StreamType, CapturedFile] | None = None
 
     @classmethod
@@ -77,6 +78,7 @@ class CaptureInfo:
             ended=bool(d.get("ended")),
             ended_at=d.get("ended_at"),
             error=str(d.get("error") or ""),
+            lost_bytes=int(d.get("lost_bytes") or 0),
             captured=captured,
         )
 
@@ -135,7 +137,7 @@ class CaptureClient:
             self._connect_lock = asyncio.Lock()
         async with self._connect_lock:
             if self._conn is not None and not self._conn.writer.is_closing():
-                hello = await self._request({"op": "hello"})
+                hello = await self._request(self._hello())
                 return {c["id"]: CaptureInfo.from_json(c) for c in hello.get("captures", [])}
             deadline = time.monotonic() + 15
             spawned = False
@@ -146,7 +148,7 @@ class CaptureClient:
                     conn = _Conn(reader, writer, 0)
                     conn.task = asyncio.create_task(self._read(conn), name="haddock-capture-client")
                     self._conn = conn
-                    hello = await self._request({"op": "hello"})
+                    hello = await self._request(self._hello())
                     conn.pid = int(hello.get("pid") or 0)
                     return {c["id"]: CaptureInfo.from_json(c) for c in hello.get("captures", [])}
                 except (OSError, CaptureUnavailable) as exc:
@@ -157,6 +159,11 @@ class CaptureClient:
                         await asyncio.to_thread(self._spawn)
                         spawned = True
                     await asyncio.sleep(0.05)
+
+    def _hello(self) -> dict[str, Any]:
+        """The greeting, with the bound of the logs being written (this node's ``log_max_bytes``)."""
+        budget = self.logs.budget
+        return {"op": "hello", "log_max_live": budget.max_bytes if budget is not None else None}
 
     def _spawn(self) -> None:
         self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -18,8 +18,11 @@ Protocol (on the unix socket ``capture.sock`` in the log dir; one JSON object a 
 Requests carry ``"req": n`` and get one reply ``{"req": n, "ok": true, ...}`` or
 ``{"req": n, "ok": false, "error": "..."}``:
 
-``{"op": "hello"}``
+``{"op": "hello", "log_max_live": n | null}``
     → ``"pid"``, ``"captures"``: the info of every capture it holds (a daemon that reconnects).
+    ``log_max_live`` (the node's ``log_max_bytes``; absent: unchanged) bounds the logs it writes, together
+    (:class:`~haddock.executor.logcap.LogBudget`): every daemon says it when it connects, so the bound
+    follows the node's configuration across daemon restarts, and holds while no daemon runs.
 ``{"op": "attach", "id", "container", "results": {"dir", "stdout_limit", "stderr_limit"} | null, "retry"}``
     Attach to the container (before the daemon starts it) and capture its output into the log of
     execution ``id`` (created or appended to). Replies once the engine accepted the attach.
@@ -35,7 +38,8 @@ Events (no ``req``) are sent to every connected daemon: ``{"event": "grew", "id"
 (the stream ended; the log is synced and the results files are complete).
 
 A capture's info: ``id``, ``container``, ``committed``, ``stdout_bytes``, ``stderr_bytes``,
-``ended``, ``ended_at`` (epoch seconds), ``error`` (why output is missing, or ""), ``captured``
+``ended``, ``ended_at`` (epoch seconds), ``error`` (why output is missing, or ""), ``lost_bytes`` (output
+dropped because the logs being written had used ``log_max_live``), ``captured``
 (``{"stdout": {"path", "total"}, "stderr": ...}`` when the results files were filled, else null).
 
 The process exits by itself once no daemon has been connected for ``--idle`` seconds and no
@@ -144,6 +148,7 @@ class _Capture:
             "ended": self.ended,
             "ended_at": self.ended_at,
             "error": self.error,
+            "lost_bytes": self.writer.lost_bytes,
             "captured": self.captured,
         }
 
@@ -224,6 +229,9 @@ class CaptureServer:
     async def _handle(self, op: object, msg: dict[str, Any]) -> dict[str, Any]:
         try:
             if op == "hello":
+                if "log_max_live" in msg:
+                    limit = msg["log_max_live"]
+                    self.logs.set_live_limit(None if limit is None else int(limit))
                 return {"ok": True, "pid": os.getpid(), "captures": [c.info() for c in self.captures.values()]}
             if op == "attach":
                 return {"ok": True, "info": await self._attach(msg)}

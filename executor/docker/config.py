@@ -26,6 +26,11 @@ class DockerConfig(BaseModel):
     no_new_privileges: bool = True
     cap_drop: tuple[str, ...] = ("NET_RAW",)
     allowed_networks: frozenset[NetworkMode] = frozenset({NetworkMode.NONE, NetworkMode.BRIDGE})
+    allow_private_registries: bool = Field(
+        default=False,
+        description="let requesters' images be pulled from registries on loopback, private or link-local addresses "
+        "(enforced by the node's policy at bid and Start)",
+    )
     log_driver: str = Field(
         default="none",
         description="the engine's own log driver for containers; the node's capture process keeps the output, "

@@ -200,6 +200,7 @@ class DockerHandle:
             captured=capture.captured,
             stdout_bytes=capture.stdout_bytes,
             stderr_bytes=capture.stderr_bytes,
+            lost_bytes=capture.lost_bytes,
         )
 
     async def abandon(self) -> None:

@@ -36,7 +36,7 @@ from haddock.node.client._cli_common import (
 )
 from haddock.node.client._cli_request import build_request, job_args
 from haddock.node.client._client import NodeClient, NodeError
-from haddock.node.client._jobs import job_source, load_manifest
+from haddock.node.client._jobs import job_source, load_manifest, say_not_applied
 from haddock.node.client._services import build_service, until_ready
 from haddock.node.client.convert import state_from_pb, validation_message
 
@@ -328,6 +328,8 @@ def run(
         fail(validation_message(exc), EXIT_NODE_FAILED)
     except (ValueError, OSError) as exc:  # QuantityError and malformed -i/-o/--port
         fail(f"invalid request: {exc}", EXIT_NODE_FAILED)
+    if request.job is not None:
+        say_not_applied(request.job.manifest)
     code = run_coro(
         _run_job(conn.client, request, detach, as_json, queue, priority, no_wait),
         EXIT_NODE_FAILED,

@@ -21,7 +21,7 @@ from haddock.node.client._cli_common import (
     run_coro,
 )
 from haddock.node.client._cli_request import build_request
-from haddock.node.client._jobs import deploy_job, job_source, load_manifest, service_for_job
+from haddock.node.client._jobs import deploy_job, job_source, load_manifest, say_not_applied, service_for_job
 from haddock.node.client._services import call_gateway, read_body
 from haddock.node.client.convert import validation_message
 
@@ -121,6 +121,7 @@ def deploy(
         fail(validation_message(exc), EXIT_NODE_FAILED)
     except (ValueError, OSError) as exc:
         fail(f"invalid request: {exc}", EXIT_NODE_FAILED)
+    say_not_applied(manifest)
     raise typer.Exit(run_coro(conn.call(lambda c: deploy_job(c, request)), EXIT_NODE_FAILED))
 
 

@@ -13,7 +13,14 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from haddock.executor.jobspec import JOB_PORT, JOB_SOURCE_TARGET, JobManifest, ManifestError, parse_manifest
+from haddock.executor.jobspec import (
+    JOB_PORT,
+    JOB_SOURCE_TARGET,
+    JobManifest,
+    ManifestError,
+    not_applied_message,
+    parse_manifest,
+)
 from haddock.executor.quantity import MiB, format_bytes
 from haddock.executor.records import EventKind
 from haddock.executor.request import RunCommandRequest
@@ -21,7 +28,15 @@ from haddock.executor.sources import InlineSource, InputSource, source_from_uri
 from haddock.node.client._client import NodeClient
 from haddock.node.client._services import until_ready
 
-__all__ = ["DEFAULT_INLINE_MAX", "deploy_job", "job_source", "load_manifest", "pack_source", "service_for_job"]
+__all__ = [
+    "DEFAULT_INLINE_MAX",
+    "deploy_job",
+    "job_source",
+    "load_manifest",
+    "pack_source",
+    "say_not_applied",
+    "service_for_job",
+]
 
 DEFAULT_INLINE_MAX = 1 * MiB  # the node's default [storage.inline] max_bytes
 _SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules"}
@@ -37,6 +52,12 @@ def load_manifest(directory: Path | None, manifest: Path | None) -> JobManifest:
     except OSError as exc:
         raise ManifestError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     return parse_manifest(text, where=str(path))
+
+
+def say_not_applied(manifest: JobManifest) -> None:
+    """One note on stderr when the manifest has fields of Racetrack's cluster (``git``, ``replicas``…)."""
+    if manifest.not_applied:
+        sys.stderr.write(f"note: {not_applied_message(manifest.not_applied)}\n")
 
 
 def pack_source(directory: Path, *, max_bytes: int = DEFAULT_INLINE_MAX) -> InlineSource:

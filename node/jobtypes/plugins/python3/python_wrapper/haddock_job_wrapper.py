@@ -7,6 +7,10 @@ only class with ``perform``) is instantiated once; ``POST /api/v1/perform`` call
 with ``docs_input_example()`` as the body when none is sent; a ``ValueError`` or wrong arguments answer
 400, any other exception 500, each with a JSON body naming the error. ``/api/v1/parameters`` describes
 ``perform``'s parameters, ``/metrics`` serves request counters and the job's own ``metrics()``.
+
+A body is read by its Content-Length or decoded from Transfer-Encoding: chunked (what a proxy such as the
+node's gateway sends), at most MAX_BODY_BYTES (413); one that cannot be read whole is answered 400, never
+taken for an empty body (which means the example input).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 SOURCE_DIR = "/src/job"
 _counters = {"requests": 0, "errors": 0, "seconds": 0.0}
 _lock = threading.Lock()
+MAX_BODY_BYTES = 64 * 1024 * 1024  # a request body larger than this is refused (413)
 _state: dict[str, Any] = {"ready": False, "entrypoint": None, "error": None}
 
 
@@ -108,6 +113,14 @@ def _metrics_text(entrypoint: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+class BodyError(Exception):
+    """A request body that cannot be read: the status to answer and why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class Handler(BaseHTTPRequestHandler):
     server_version = "haddock-python-wrapper/2"
     protocol_version = "HTTP/1.1"
@@ -170,8 +183,12 @@ class Handler(BaseHTTPRequestHandler):
         if entrypoint is None:
             self._send(503, {"error": "the job is not ready"})
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        try:
+            raw = self._read_body()
+        except BodyError as exc:
+            self.close_connection = True  # what is left of the body cannot be told from the next request
+            self._send(exc.status, {"error": str(exc)})
+            return
         started = time.monotonic()
         status, body = self._perform(entrypoint, raw)
         with _lock:
@@ -180,6 +197,62 @@ class Handler(BaseHTTPRequestHandler):
             if status >= 400:
                 _counters["errors"] += 1
         self._send(status, body)
+
+    def _read_body(self) -> bytes:
+        """The request's body: by its Content-Length, or decoded from Transfer-Encoding: chunked; at most
+        MAX_BODY_BYTES. A body that cannot be read whole raises BodyError (never an empty body: an empty one
+        means the example input)."""
+        encodings = [e.strip().lower() for e in ",".join(self.headers.get_all("Transfer-Encoding") or []).split(",")]
+        encodings = [e for e in encodings if e]
+        lengths = self.headers.get_all("Content-Length") or []
+        if encodings:
+            if encodings != ["chunked"]:
+                raise BodyError(
+                    400, f"Transfer-Encoding {', '.join(encodings)} is not supported: send chunked or a Content-Length"
+                )
+            if lengths:
+                raise BodyError(400, "a request with both Transfer-Encoding and Content-Length is refused")
+            return self._read_chunked()
+        if not lengths:
+            return b""  # HTTP/1.1: neither header, no body
+        if len(set(lengths)) != 1 or not lengths[0].strip().isdigit():
+            raise BodyError(400, f"Content-Length {', '.join(lengths)} is not a length")
+        length = int(lengths[0])
+        if length > MAX_BODY_BYTES:
+            raise BodyError(413, f"the body ({length} bytes) is larger than {MAX_BODY_BYTES} bytes")
+        raw = self.rfile.read(length)
+        if len(raw) != length:
+            raise BodyError(400, f"the body ended after {len(raw)} of its {length} bytes (Content-Length)")
+        return raw
+
+    def _read_chunked(self) -> bytes:
+        body = bytearray()
+        while True:
+            line = self.rfile.readline(1024)
+            if not line.endswith(b"\n"):
+                raise BodyError(400, "the chunked body ended before its last chunk")
+            size_text = line.split(b";", 1)[0].strip()
+            try:
+                if not size_text or not all(c in b"0123456789abcdefABCDEF" for c in size_text):
+                    raise ValueError(size_text)
+                size = int(size_text, 16)
+            except ValueError:
+                raise BodyError(400, f"the chunked body has a bad chunk size line {line[:40]!r}") from None
+            if size == 0:
+                break
+            if len(body) + size > MAX_BODY_BYTES:
+                raise BodyError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+            data = self.rfile.read(size)
+            if len(data) != size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                raise BodyError(400, "the chunked body ended inside a chunk, or a chunk is longer than its size")
+            body += data
+        for _ in range(100):  # trailer fields, up to the empty line
+            line = self.rfile.readline(8192)
+            if line in (b"\r\n", b"\n"):
+                return bytes(body)
+            if not line.endswith(b"\n"):
+                break
+        raise BodyError(400, "the chunked body's trailer does not end")
 
     @staticmethod
     def _perform(entrypoint: Any, raw: bytes) -> tuple[int, Any]:
