@@ -199,7 +199,9 @@ async def test_failures_are_compute_errors_as_bacalhau_writes_them(
 ) -> None:
     """Bacalhau's executor fails an execution with one event: the error as its message, the phase as its
     topic, ``Details: {"IsError": "true"}`` (executor.go handleFailure; its CLI shows only such events as errors)."""
-    await start_node(orch.url, settings={"docker": DockerConfig(stop_grace=1, pull_attempts=1)})
+    await start_node(
+        orch.url, settings={"docker": DockerConfig(stop_grace=1, pull_attempts=1, allow_private_registries=True)}
+    )
     await joined(orch, node_id)
     no_binary, timed_out, no_image = uid("e-nobin"), uid("e-timeout"), uid("e-noimage")
     doc = TestOrchestrator.execution(node_id, no_binary, IMAGE, "")
@@ -210,7 +212,7 @@ async def test_failures_are_compute_errors_as_bacalhau_writes_them(
     await orch.send(
         node_id, m.ASK_FOR_BID, run_at_once(node_id, timed_out, "sleep 30", Timeouts={"ExecutionTimeout": 1})
     )
-    missing = run_at_once(node_id, no_image, "true")  # not on the engine, and no registry to pull it from
+    missing = run_at_once(node_id, no_image, "true")  # not on the engine; its registry (allowed) does not answer
     missing["Execution"]["Job"]["Tasks"][0]["Engine"]["Params"]["Image"] = "127.0.0.1:9/haddock-test/absent:1"
     await orch.send(node_id, m.ASK_FOR_BID, missing)
     await orch.wait_for(lambda: all(e in orch.results for e in (no_binary, timed_out, no_image)), 60, "three errors")
