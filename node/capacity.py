@@ -43,22 +43,29 @@ import asyncio
 import bisect
 import itertools
 import logging
+import shutil
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from haddock.executor.errors import ErrorCode, ExecutorError
 from haddock.executor.quantity import format_bytes, format_cpu
 from haddock.executor.request import Resources
 from haddock.node.client._info import CapacitySnapshot  # a value the requester side shares (NodeInfo)
-from haddock.node.gpus import GpuPool
+from haddock.node.gpus import GpuPool, choose_gpus, detect_gpus
+
+if TYPE_CHECKING:
+    from haddock.executor.protocol import Executor
+    from haddock.node.config import CapacitySettings
 
 __all__ = [
     "CapacityExhausted",
     "CapacityManager",
     "CapacitySnapshot",
     "QueuePosition",
+    "detect",
 ]
 
 log = logging.getLogger(__name__)
@@ -456,3 +463,29 @@ def _gpu_ids(capacity: Resources, devices: Sequence[str] | None) -> list[str]:
     if len(devices) != capacity.gpu:
         raise ValueError(f"{len(devices)} GPU device ids for a GPU capacity of {capacity.gpu}")
     return list(devices)
+
+
+async def detect(settings: CapacitySettings, data_dir: Path, executor: Executor) -> tuple[Resources, list[str]]:
+    """The node's capacity for jobs: the machine and engine (CPUs, memory, the data dir's free disk, GPUs),
+    each overridden by ``[capacity]``, less the node's reserve; and the ids of the GPUs jobs are given (see
+    :mod:`haddock.node.gpus`)."""
+    ncpu, mem = 0.0, 0
+    info: dict[str, Any] = {}
+    try:
+        info = await executor.engine_info()
+        ncpu = float(info.get("NCPU") or 0)
+        mem = int(info.get("MemTotal") or 0)
+    except Exception as exc:
+        log.warning("cannot ask the engine for its CPUs and memory (%s); set [capacity] in the config", exc)
+    gpu_devices = choose_gpus(settings.gpu, settings.gpu_devices, await detect_gpus(info))
+    disk = shutil.disk_usage(data_dir).free
+    cpu = settings.cpu if settings.cpu is not None else ncpu
+    memory = settings.memory if settings.memory is not None else mem
+    disk_total = settings.disk if settings.disk is not None else disk
+    capacity = Resources.model_construct(
+        cpu=max(0.0, cpu - settings.reserve_cpu) if cpu else 0.0,
+        memory=max(0, memory - settings.reserve_memory) if memory else 0,
+        disk=max(0, disk_total - settings.reserve_disk) if disk_total else 0,
+        gpu=len(gpu_devices),
+    )
+    return capacity, gpu_devices

@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-import shutil
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from haddock.executor.docker import DockerExecutor
 from haddock.executor.errors import (
@@ -44,12 +43,11 @@ from haddock.node.bidding import (
     platform_from_engine_info,
     platform_from_image_inspect,
 )
-from haddock.node.capacity import CapacityExhausted, CapacityManager, QueuePosition
+from haddock.node.capacity import CapacityExhausted, CapacityManager, QueuePosition, detect
 from haddock.node.client import NodeInfo
 from haddock.node.client._info import ServiceInfo
 from haddock.node.config import OnShutdown, Settings
 from haddock.node.events import EventHub
-from haddock.node.gpus import choose_gpus, detect_gpus
 from haddock.node.housekeeping import Housekeeping
 from haddock.node.metrics import MetricsListener, NodeGauges, NodeMetrics
 from haddock.node.policy import Policy, check_output_limits
@@ -234,28 +232,10 @@ class Node:
                 delay = min(delay * 2, 60.0)
 
     async def detect_capacity(self) -> Resources:
-        """The machine and engine, overridden by config, less the node's reserve. The GPUs' ids go to
-        :attr:`gpu_devices` (see :mod:`haddock.node.gpus`)."""
-        c = self.settings.capacity
-        ncpu, mem = 0.0, 0
-        info: dict[str, Any] = {}
-        try:
-            info = await self.executor.engine_info()
-            ncpu = float(info.get("NCPU") or 0)
-            mem = int(info.get("MemTotal") or 0)
-        except Exception as exc:
-            log.warning("cannot ask the engine for its CPUs and memory (%s); set [capacity] in the config", exc)
-        self.gpu_devices = choose_gpus(c.gpu, c.gpu_devices, await detect_gpus(info))
-        disk = shutil.disk_usage(self.settings.data_dir).free
-        cpu = c.cpu if c.cpu is not None else ncpu
-        memory = c.memory if c.memory is not None else mem
-        disk_total = c.disk if c.disk is not None else disk
-        return Resources.model_construct(
-            cpu=max(0.0, cpu - c.reserve_cpu) if cpu else 0.0,
-            memory=max(0, memory - c.reserve_memory) if memory else 0,
-            disk=max(0, disk_total - c.reserve_disk) if disk_total else 0,
-            gpu=len(self.gpu_devices),
-        )
+        """The node's capacity for jobs (see :func:`haddock.node.capacity.detect`); the GPUs' ids go to
+        :attr:`gpu_devices`."""
+        capacity, self.gpu_devices = await detect(self.settings.capacity, self.settings.data_dir, self.executor)
+        return capacity
 
     async def _image_platform(self, image: str) -> tuple[str, str] | None:
         info = await self.executor.inspect_image(image)
