@@ -114,7 +114,7 @@ async def test_unpacked_size_and_member_count_are_capped(tmp_path: Path) -> None
         await InlineStorage(InlineSettings(max_unpacked_bytes=100 * 1024)).prepare_storage(src, tmp_path / "work")
     many = make_tar([(entry(f"f{i}"), b"") for i in range(20)])
     src = InlineSource(data_url=data_url(many, "application/gzip"), target="/in/t")
-    with pytest.raises(StorageError, match="has 20 tar members, more than the limit of 10"):
+    with pytest.raises(StorageError, match="has more than 10 tar members, the limit"):
         await InlineStorage(InlineSettings(max_members=10)).prepare_storage(src, tmp_path / "work")
     assert leftovers(tmp_path / "work") == []
 

@@ -4,6 +4,7 @@ pointing outside, no devices or FIFOs — a bound on members and unpacked bytes,
 
 from __future__ import annotations
 
+import random
 import tarfile
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from haddock.executor.errors import InvalidSpec
 from haddock.node.jobtypes.builder import _unpack_source
+from haddock.storage.tarsafe import TarLimits, unpack
 from tests.storage.test_inline import entry, make_tar
 
 UNSAFE = [
@@ -61,7 +63,7 @@ def test_the_job_builder_bounds_members_and_bytes(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(builder, "SOURCE_LIMITS", builder.TarLimits(max_bytes=1000, max_members=5))
     archive = tmp_path / "many.tar.gz"
     archive.write_bytes(make_tar([(entry(f"f{i}"), b"") for i in range(6)]))
-    with pytest.raises(InvalidSpec, match="has 6 tar members, more than the limit of 5"):
+    with pytest.raises(InvalidSpec, match="has more than 5 tar members, the limit"):
         _unpack_source(archive, tmp_path)
     archive.write_bytes(make_tar([(entry("zeros"), b"\x00" * 2000)]))
     with pytest.raises(InvalidSpec, match="unpacks to more than the limit of 1000B"):
@@ -98,3 +100,83 @@ def test_a_member_name_is_refused_exactly_when_it_is_absolute_or_climbs(parts: l
         assert f"unsafe tar member {name!r}" in str(exc)
     else:
         assert not refused
+
+
+def _unpack(data: bytes, dest: Path, limits: TarLimits | None = None) -> Path:
+    import io
+
+    return unpack(io.BytesIO(data), dest, limits or TarLimits(max_bytes=1 << 20, max_members=100))
+
+
+@pytest.mark.parametrize(
+    ("members", "refused"),
+    [
+        # a -> ., then a/x -> ../ (lexically inside: a/../ is the root), then a/x/evil climbs out through both.
+        ([("a", "."), ("a/x", "../"), ("a/x/evil", None)], "a/x"),
+        ([("d", "sub"), ("sub", None), ("d/f", None)], "d/f"),  # a file written through a link to a directory
+        ([("h", "sub"), ("h/f", None)], "h/f"),  # a hard link as a parent
+        ([("./l", "."), ("l//deep/f", None)], "l//deep/f"),  # spelled otherwise, the same parent
+    ],
+)
+def test_a_member_whose_parent_goes_through_an_earlier_link_is_refused(
+    tmp_path: Path, members: list[tuple[str, str | None]], refused: str
+) -> None:
+    from haddock.storage.tarsafe import UnsafeArchive
+
+    entries: list[tuple[tarfile.TarInfo, bytes | None]] = []
+    for name, link in members:
+        if link is None:
+            entries.append((entry(name), b"evil"))
+        else:
+            kind = tarfile.LNKTYPE if name == "h" else tarfile.SYMTYPE
+            entries.append((entry(name, kind, link), None))
+    if members[0][0] == "h":
+        entries.insert(0, (entry("sub", tarfile.DIRTYPE), None))
+    dest = tmp_path / "out" / "tree"
+    with pytest.raises(UnsafeArchive, match=rf"unsafe tar member {refused!r}: .*goes through the link"):
+        _unpack(make_tar(entries, mode="w"), dest)
+    assert not dest.exists()  # nothing was written
+    assert not (tmp_path / "out" / "evil").exists()
+
+
+class _Counting:
+    """A binary stream that counts what was read of it."""
+
+    def __init__(self, data: bytes) -> None:
+        import io
+
+        self._f = io.BytesIO(data)
+        self.read_bytes = 0
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._f.read(n)
+        self.read_bytes += len(chunk)
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+
+def test_the_limits_stop_the_reading_before_the_whole_stream_is_parsed(tmp_path: Path) -> None:
+    from typing import IO, cast
+
+    from haddock.storage.tarsafe import UnsafeArchive
+
+    # Over the member limit early: the rest (many members) is never read.
+    many = make_tar([(entry(f"f{i}"), b"x" * 512) for i in range(2000)], mode="w")
+    stream = _Counting(many)
+    with pytest.raises(UnsafeArchive, match="has more than 5 tar members, the limit"):
+        unpack(cast(IO[bytes], stream), tmp_path / "a", TarLimits(max_bytes=1 << 30, max_members=5))
+    assert stream.read_bytes < 64 * 1024, stream.read_bytes  # the archive is ~2 MB
+
+    # Over the byte limit with its first member: the gzip stream after it is not decompressed.
+    noise = random.Random(7)
+    big = make_tar([(entry("zeros"), b"\x00" * 2048), *[(entry(f"f{i}"), noise.randbytes(4096)) for i in range(500)]])
+    stream = _Counting(big)
+    with pytest.raises(UnsafeArchive, match="unpacks to more than the limit of 1000B"):
+        unpack(cast(IO[bytes], stream), tmp_path / "b", TarLimits(max_bytes=1000, max_members=10_000))
+    assert stream.read_bytes < len(big) // 4, (stream.read_bytes, len(big))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
