@@ -24,7 +24,7 @@ from haddock.executor.driver import ContainerHandle, ExitStatus
 from haddock.executor.errors import ExecutorError, InvalidSpec
 from haddock.executor.jobspec import JOB_PORT, JOB_SOURCE_TARGET, not_applied_message
 from haddock.executor.protocol import BuildOutput, JobBuilder
-from haddock.executor.records import EventKind, ResultStatus
+from haddock.executor.records import EventKind, ResultStatus, epoch_ms
 from haddock.executor.request import EngineSpec, PullPolicy, RunCommandRequest
 from haddock.executor.streams import StreamType
 
@@ -50,8 +50,11 @@ class BatchAnswer:
 
 
 def deployment_timestamp(execution: Execution) -> int:
-    """The timestamp the node gives this deployment (``JOB_DEPLOYMENT_TIMESTAMP``): when it was accepted."""
-    return int(execution.record.created_at.timestamp())
+    """The timestamp the node gives this deployment (``JOB_DEPLOYMENT_TIMESTAMP``): when it was accepted, in
+    milliseconds since the Unix epoch. Racetrack's contract asks for an integer timestamp that tells
+    deployments apart (a wrapper only echoes it in ``/live``); whole seconds would not tell apart two deploys
+    accepted in the same second, and no two executions of a node share a millisecond (``accepted_now``)."""
+    return epoch_ms(execution.record.created_at)
 
 
 def note_not_applied(runner: Runner, execution: Execution) -> None:

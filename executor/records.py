@@ -4,8 +4,9 @@ node's answer to a bid (:class:`BidResult`)."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -125,6 +126,32 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_accepted_lock = threading.Lock()
+_last_accepted_ms = 0
+
+
+def epoch_ms(when: datetime) -> int:
+    """``when`` as whole milliseconds since the Unix epoch (exact: no float rounding)."""
+    return (when - _EPOCH) // _MS
+
+
+def accepted_now() -> datetime:
+    """When an execution is accepted (its ``created_at``): now, but at least a millisecond after the one this
+    process accepted last, so no two executions share a millisecond — a job's ``JOB_DEPLOYMENT_TIMESTAMP``
+    (:func:`epoch_ms` of it) tells each deployment apart, and acceptance is a strict order."""
+    global _last_accepted_ms
+    with _accepted_lock:
+        now = utcnow()
+        ms = epoch_ms(now)
+        if ms <= _last_accepted_ms:
+            ms = _last_accepted_ms + 1
+            now = _EPOCH + ms * _MS
+        _last_accepted_ms = ms
+        return now
+
+
 class ExecutionEvent(DomainModel):
     """Something that happened to an execution, for operators and requesters to see."""
 
@@ -146,7 +173,7 @@ class ExecutionRecord:
     request: RunCommandRequest
     state: ExecutionState = ExecutionState.PREPARING
     events: list[ExecutionEvent] = field(default_factory=list)
-    created_at: datetime = field(default_factory=utcnow)
+    created_at: datetime = field(default_factory=accepted_now)
     started_at: datetime | None = None
     finished_at: datetime | None = None
     container_id: str | None = None

@@ -7,8 +7,13 @@ the gateway routes nothing more to them and waits for their requests in flight, 
 execution that fails, or ends before it is ready, stops nothing: the running ones keep serving. Other
 versions are never touched (``/pub/job/NAME/latest`` moves to the newest ready one by itself).
 
+Which executions are older is a strict order: acceptance time (``created_at``), then the execution id, so
+of two executions accepted at the same instant exactly one is the older and only the newer replaces it.
+
 Once the new execution has taken over, it gets a ``deployed`` event whose ``replaced`` lists the executions
 it stopped (comma-separated, possibly none): what a requester waits for to know the redeploy is through.
+An older execution the node could not stop (its cancel failed otherwise than by its having ended) does not
+hold the event back: it is logged and listed in the event's ``not_stopped`` (comma-separated) and message.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from haddock.executor.records import EventKind, ExecutionRecord, ExecutionState
 from haddock.executor.request import RunCommandRequest
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from haddock.node.service import Node
 
 __all__ = ["Redeploys", "is_job_service"]
@@ -32,6 +39,11 @@ log = logging.getLogger(__name__)
 
 def is_job_service(request: RunCommandRequest) -> bool:
     return request.job is not None and not request.job.batch and request.service is not None
+
+
+def _acceptance(record: ExecutionRecord) -> tuple[datetime, str]:
+    """The strict order of acceptance: ``created_at``, then the execution id for executions accepted at once."""
+    return (record.created_at, record.execution_id)
 
 
 def _same_job(record: ExecutionRecord, name: str, version: str) -> bool:
@@ -62,6 +74,7 @@ class Redeploys:
         if new is None or new.request.job is None:
             return []
         manifest = new.request.job.manifest
+        accepted = _acceptance(new)
         return sorted(
             r.execution_id
             for r in self.node.executor.records()
@@ -70,7 +83,7 @@ class Redeploys:
             and not r.state.terminal
             and r.state is not ExecutionState.STOPPING
             and r.request.is_service
-            and r.created_at <= new.created_at
+            and _acceptance(r) < accepted
             and _same_job(r, manifest.name, manifest.version)
         )
 
@@ -95,22 +108,33 @@ class Redeploys:
         older = self.older(execution_id)
         why = f"replaced by {execution_id} ({manifest.name} {manifest.version}), which is ready"
 
-        async def stop(old: str) -> bool:
+        async def stop(old: str) -> str:
+            """``stopped``, ``ended`` (it ended meanwhile), or why it could not be stopped."""
             try:
                 await self.node.cancel(old, reason=why)
-                return True
+                return "stopped"
             except (ExecutionAlreadyComplete, ExecutionNotFound):
-                return False  # it ended meanwhile
+                return "ended"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one that cannot be stopped does not hold the deployment back
+                log.exception("job %s %s: %s could not stop %s", manifest.name, manifest.version, execution_id, old)
+                return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
-        stopped = await asyncio.gather(*(stop(old) for old in older))
-        replaced = [old for old, done in zip(older, stopped, strict=True) if done]
+        outcomes = dict(zip(older, await asyncio.gather(*(stop(old) for old in older)), strict=True))
+        replaced = [old for old, outcome in outcomes.items() if outcome == "stopped"]
+        failed = {old: outcome for old, outcome in outcomes.items() if outcome not in ("stopped", "ended")}
         if replaced:
             log.info("job %s %s: %s replaced %s", manifest.name, manifest.version, execution_id, ", ".join(replaced))
             message = f"deployed: replaced {', '.join(replaced)} (stopped once this execution was ready)"
         else:
             message = f"deployed: ready; no older execution of {manifest.name} {manifest.version} to replace"
+        if failed:
+            message += "; could not stop " + "; ".join(f"{old} ({why})" for old, why in failed.items())
         with contextlib.suppress(ExecutionNotFound):  # it ended meanwhile
-            self.node.executor.note(execution_id, EventKind.DEPLOYED, message, replaced=",".join(replaced))
+            self.node.executor.note(
+                execution_id, EventKind.DEPLOYED, message, replaced=",".join(replaced), not_stopped=",".join(failed)
+            )
 
     async def close(self) -> None:
         tasks = list(self._tasks.values())

@@ -21,6 +21,7 @@ import docker
 import pytest
 
 from haddock.executor.jobspec import parse_manifest
+from haddock.executor.records import epoch_ms
 from haddock.node.client import NodeClient
 from haddock.node.config import ServicesSettings
 from haddock.node.jobtypes.config import JobTypesSettings
@@ -204,7 +205,7 @@ async def test_python_live_ready_health_parameters_metrics(jobs: Jobs) -> None:
     py = jobs.py
     for base in bases(py):
         status, text, _ = await call(f"{base}/live")
-        assert status == 200 and json.loads(text)["deployment_timestamp"] == int(py.created_at.timestamp())
+        assert status == 200 and json.loads(text)["deployment_timestamp"] == epoch_ms(py.created_at)
         status, text, _ = await call(f"{base}/ready")
         assert (status, json.loads(text)["status"]) == (200, "ready")
         status, text, _ = await call(f"{base}/health")
@@ -243,7 +244,7 @@ async def test_go_perform_errors_live_and_health(jobs: Jobs) -> None:
         status, text, _ = await call(url, b'{"numbers": [40, 2]}')
         assert (status, text) == (200, "42")
         status, text, _ = await call(f"{base}/live")
-        assert status == 200 and json.loads(text)["deployment_timestamp"] == int(go.created_at.timestamp())
+        assert status == 200 and json.loads(text)["deployment_timestamp"] == epoch_ms(go.created_at)
         status, text, _ = await call(f"{base}/health")
         health = json.loads(text)
         assert status == 200
@@ -266,7 +267,7 @@ async def test_the_platforms_environment_in_the_running_container(jobs: Jobs, pl
     env = dict(e.split("=", 1) for e in deployed.container.attrs["Config"]["Env"])
     assert env["JOB_NAME"] == "adder"
     assert env["JOB_VERSION"] == deployed.version
-    assert env["JOB_DEPLOYMENT_TIMESTAMP"] == str(int(deployed.created_at.timestamp()))
+    assert env["JOB_DEPLOYMENT_TIMESTAMP"] == str(epoch_ms(deployed.created_at))
     assert env["GIT_VERSION"] == (GIT_VERSION if plugin == "py" else "")
     assert env["DEPLOYED_BY_RACETRACK_VERSION"] == f"haddock {jobs.node.node.version}"
     if plugin == "py":

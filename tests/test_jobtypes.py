@@ -275,7 +275,9 @@ async def test_deploy_go_job_call_it_through_the_gateway_and_redeploy_without_bu
             live = await resp.json()
         from datetime import datetime
 
-        assert live["deployment_timestamp"] == int(datetime.fromisoformat(created).timestamp())
+        from haddock.executor.records import epoch_ms
+
+        assert live["deployment_timestamp"] == epoch_ms(datetime.fromisoformat(created))
 
         again = await haddock("deploy", "--node", node, str(JOBS / "adder-go"), limit=300)
         assert again.code == 0, again.stderr

@@ -5,6 +5,7 @@ and a deploy that waits until the node has let the new execution take over (the 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import os
@@ -30,6 +31,7 @@ from haddock.node.client._services import until_ready
 
 __all__ = [
     "DEFAULT_INLINE_MAX",
+    "DEPLOYED_WAIT",
     "deploy_job",
     "job_source",
     "load_manifest",
@@ -38,6 +40,7 @@ __all__ = [
     "service_for_job",
 ]
 
+DEPLOYED_WAIT = 300.0  # seconds after ready for the node's `deployed` event (stopping the older ones drains them)
 DEFAULT_INLINE_MAX = 1 * MiB  # the node's default [storage.inline] max_bytes
 _SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules"}
 
@@ -112,10 +115,11 @@ def service_for_job(manifest: JobManifest) -> dict[str, Any]:
     }
 
 
-async def deploy_job(client: NodeClient, request: RunCommandRequest) -> int:
+async def deploy_job(client: NodeClient, request: RunCommandRequest, *, deployed_timeout: float | None = None) -> int:
     """Start the job as a service and wait until it is ready and has taken over: the node itself stops the
     running executions of the same job and version once this one is ready (a failed deploy stops none);
-    what it replaced is printed on stderr."""
+    what it replaced is printed on stderr. The wait for the node's ``deployed`` event after ready is bounded
+    (``deployed_timeout``, default :data:`DEPLOYED_WAIT`): past it, exit 1 saying what is known."""
     assert request.job is not None
     manifest = request.job.manifest
     started = await client.start(request)
@@ -123,10 +127,24 @@ async def deploy_job(client: NodeClient, request: RunCommandRequest) -> int:
     code = await until_ready(client, exec_id, print_id=True)
     if code != 0:
         return code
-    async for event in client.watch(exec_id):
-        if event.kind is EventKind.DEPLOYED:
-            for old in filter(None, str(event.details.get("replaced") or "").split(",")):
-                sys.stderr.write(f"replacing {old} ({manifest.name} {manifest.version}): the node stopped it\n")
-            return 0
+    bound = DEPLOYED_WAIT if deployed_timeout is None else deployed_timeout
+    try:
+        async with asyncio.timeout(bound):
+            async for event in client.watch(exec_id):
+                if event.kind is EventKind.DEPLOYED:
+                    for old in filter(None, str(event.details.get("replaced") or "").split(",")):
+                        sys.stderr.write(f"replacing {old} ({manifest.name} {manifest.version}): the node stopped it\n")
+                    for old in filter(None, str(event.details.get("not_stopped") or "").split(",")):
+                        sys.stderr.write(
+                            f"not replaced: {old} ({manifest.name} {manifest.version}) could not be stopped "
+                            f"(see `haddock describe {exec_id}`); it may still be serving\n"
+                        )
+                    return 0
+    except TimeoutError:
+        sys.stderr.write(
+            f"{exec_id} is ready, but the node recorded no `deployed` event within {bound:g}s: the older executions "
+            f"of {manifest.name} {manifest.version} may still be running (see `haddock describe {exec_id}`)\n"
+        )
+        return 1
     sys.stderr.write(f"{exec_id} ended before it took over from the running executions\n")
     return 1
