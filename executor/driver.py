@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from haddock.executor.logstore import LogWriter
@@ -49,6 +50,10 @@ class ExitStatus:
     stdout_bytes: int | None = None  # bytes of each stream, as far as the capture knows
     stderr_bytes: int | None = None
     lost_bytes: int = 0  # output another process (the capture) dropped because the node's log space was full
+    # When the container started and ended, on the engine's own clock (None when the engine could not say, e.g.
+    # the container is gone): settle.decide_status's timeout rule compares them with the job's timeout.
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 class ContainerHandle(Protocol):

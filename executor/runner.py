@@ -462,6 +462,9 @@ class Runner:
         """The container's exit; ``stop_reason`` when the node stopped it (said in the message and details)."""
         message = f"container exited with code {outcome.exit_code}"
         details: dict[str, Any] = {"exit_code": outcome.exit_code, "oom_killed": outcome.oom_killed}
+        for key, at in (("started_at", outcome.started_at), ("finished_at", outcome.finished_at)):
+            if at is not None:  # the engine's clock: what the timeout rule (settle.decide_status) compares
+                details[key] = at.isoformat()
         if stop_reason:
             message += f" (stopped by the node: {_STOPPED_BECAUSE.get(stop_reason, stop_reason)})"
             details["stop_reason"] = stop_reason

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
@@ -30,22 +31,31 @@ tracer = trace.get_tracer("haddock.executor")
 
 
 def decide_status(
-    stop_reason: str | None, output_cap_message: str, outcome: ExitStatus, *, timed_out: bool = False
+    stop_reason: str | None,
+    output_cap_message: str,
+    outcome: ExitStatus,
+    *,
+    timed_out: bool = False,
+    timeout: float | None = None,
 ) -> ResultStatus:
     """The result's status. Cancelled only when the node's stop reached a running container.
 
-    The timeout rule, deterministic whatever wins the race between the job's exit and its deadline:
-    ``timed_out`` says the deadline (the node's clock) passed before the node saw the container exit. Then
-    the status is TIMEOUT unless the job ended with exit code 0: a job that exits 0 completed, even when it
-    was finishing as the deadline passed (its exit crossed the stop signal; through the container's init the
-    signal may still be "delivered") or it answered the stop signal by exiting 0. A timeout therefore
-    always carries a non-zero exit code (the signal's, the kill's 137 or the job's own), a success always 0;
-    an exit 0 past the deadline is judged like any other exit 0 (an engine error or an OOM kill still show).
-    (A service never completes: ``service.py`` ends a timed-out service as a timeout whatever its code.)
+    The timeout rule, decided by WHEN the container ended, on the engine's own clock: a job whose stop was
+    sent for its deadline (``timed_out``: the node's deadline passed before it saw the container exit, or
+    ``stop_reason`` "timeout") is a TIMEOUT when the engine says it finished at or after its start plus
+    ``timeout`` (``outcome.started_at + timeout <= outcome.finished_at``, both from the engine's inspect),
+    whatever its exit code: a job that answers the stop signal by exiting 0 (a shell's ``trap 'exit 0'
+    TERM``, a server's graceful shutdown) was cut off, not completed. One that finished before that instant
+    exited by itself (its exit crossed the stop signal) and is judged by its exit code like any other: a
+    success with 0. When the engine cannot say (the container is gone, or no ``timeout`` is given), the
+    node's flag decides: TIMEOUT. The node's deadline is measured from after the engine started the
+    container, so its stop is never sent before ``started_at + timeout``: the job's answer to it always ends
+    at/after that instant. (A service never completes: ``service.py`` ends a timed-out service as a timeout
+    whatever its code.)
     """
     if stop_reason == "cancel":
         return ResultStatus.CANCELLED
-    if (timed_out or stop_reason == "timeout") and outcome.exit_code != 0:
+    if (timed_out or stop_reason == "timeout") and _ended_at_deadline(outcome, timeout):
         return ResultStatus.TIMEOUT
     if output_cap_message:
         return ResultStatus.ERROR
@@ -54,6 +64,14 @@ def decide_status(
     if outcome.error or outcome.capture_error or outcome.exit_code != 0:
         return ResultStatus.ERROR
     return ResultStatus.SUCCESS
+
+
+def _ended_at_deadline(outcome: ExitStatus, timeout: float | None) -> bool:
+    """Whether the container ended at or after ``started + timeout`` by the engine's clock; True when the
+    engine's times (or the timeout) are unknown: the node saw the deadline pass first."""
+    if timeout is None or outcome.started_at is None or outcome.finished_at is None:
+        return True
+    return outcome.finished_at >= outcome.started_at + timedelta(seconds=timeout)
 
 
 def describe_outcome(
@@ -101,6 +119,7 @@ async def finish(
             execution.output_cap_message,
             outcome,
             timed_out=execution.timed_out,
+            timeout=request.timeout,
         )
     runner._set_state(record, ExecutionState.FINISHING)
     exec_id = request.execution_id

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import docker
@@ -88,14 +89,22 @@ async def test_cancel_during_pull(executor: DockerExecutor, make_request: Reques
 
 
 async def test_timeout_racing_a_natural_exit(executor: DockerExecutor, make_request: RequestFactory) -> None:
-    # Whatever wins, the status must agree with what happened to the process.
+    # Whatever wins, the status must agree with when the container ended on the engine's clock.
     for _ in range(3):
-        result = await executor.run(make_request("sleep 0.95; echo done", timeout=1))
+        req = make_request("sleep 0.95; echo done", timeout=1)
+        result = await executor.run(req)
+        events = executor.events(req.execution_id)
+        exited = next(e for e in events if e.kind is EventKind.EXITED)
+        ran = datetime.fromisoformat(exited.details["finished_at"]) - datetime.fromisoformat(
+            exited.details["started_at"]
+        )
         if result.status is ResultStatus.SUCCESS:
             assert result.exit_code == 0 and result.stdout == "done\n"
+            assert ran < timedelta(seconds=1) or EventKind.TIMED_OUT not in [e.kind for e in events]
         else:
-            assert result.status is ResultStatus.TIMEOUT
-            assert result.exit_code != 0
+            assert result.status is ResultStatus.TIMEOUT, result
+            assert EventKind.TIMED_OUT in [e.kind for e in events]
+            assert ran >= timedelta(seconds=1)  # the container finished at/after its deadline
 
 
 async def test_cancel_after_natural_exit_is_already_complete(

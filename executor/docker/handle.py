@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import docker.errors
 import requests.exceptions
 
-from haddock.executor.docker.capture import GAP, Capture
+from haddock.executor.docker.capture import GAP, Capture, parse_engine_time
 from haddock.executor.docker.engine import Engine
 from haddock.executor.docker.stats import sample as sample_stats
 from haddock.executor.driver import ExitStatus
@@ -175,8 +176,8 @@ class DockerHandle:
         return sample_stats(self._engine, self._container_id, interval)
 
     async def finish(self) -> ExitStatus:
-        """After the exit: out-of-memory kill from the engine's state, and a cut stream completed from the
-        engine's own log where it has one."""
+        """After the exit: out-of-memory kill and the container's start and end times (the engine's clock)
+        from the engine's state, and a cut stream completed from the engine's own log where it has one."""
         exit_code = await self.wait()
         state = await self._state()
         capture = self.capture
@@ -201,6 +202,8 @@ class DockerHandle:
             stdout_bytes=capture.stdout_bytes,
             stderr_bytes=capture.stderr_bytes,
             lost_bytes=capture.lost_bytes,
+            started_at=_engine_time(state.get("StartedAt")),
+            finished_at=_engine_time(state.get("FinishedAt")),
         )
 
     async def abandon(self) -> None:
@@ -254,3 +257,9 @@ class DockerHandle:
             if (net or {}).get("IPAddress"):
                 return str(net["IPAddress"])
         return str(settings.get("IPAddress") or "") or None
+
+
+def _engine_time(value: Any) -> datetime | None:
+    """A time of the container's state on the engine's clock; None when unset."""
+    seconds = parse_engine_time(str(value or ""))
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
