@@ -119,7 +119,8 @@ def test_engine_times_and_the_outage_window() -> None:
     import time
     from datetime import UTC, datetime
 
-    from haddock.executor.docker.engine import Engine, _parse_engine_time
+    from haddock.executor.docker.engine import Engine
+    from haddock.executor.docker.times import engine_timestamp as _parse_engine_time
 
     base = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC).timestamp()
     assert _parse_engine_time("2026-01-02T03:04:05.123456789Z") == pytest.approx(base)

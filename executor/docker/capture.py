@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,14 @@ import requests.exceptions
 from haddock.executor.docker.capture_client import CaptureClient
 from haddock.executor.docker.capture_proc import STREAM_CUT
 from haddock.executor.docker.stream import Demuxer, StreamProtocolError
+from haddock.executor.docker.times import engine_timestamp
 from haddock.executor.logcap import LogCap
 from haddock.executor.logstore import LogWriter
 from haddock.executor.request import OutputLimits
 from haddock.executor.results import CapturedFile
 from haddock.executor.streams import StreamType
 
-__all__ = ["GAP", "STREAM_CUT", "Capture", "parse_engine_time"]
+__all__ = ["GAP", "STREAM_CUT", "Capture"]
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class Capture:
         """If the stream ended well before the container did, the engine cut it: say output is missing."""
         if self.error or self.ended_at is None:
             return
-        finished = parse_engine_time(str(state.get("FinishedAt") or ""))
+        finished = engine_timestamp(str(state.get("FinishedAt") or ""))
         if finished is not None and self.ended_at < finished - CAPTURE_SLACK_SECONDS:
             self.error = f"{STREAM_CUT}: the engine closed it before the job ended; output may be missing"
 
@@ -156,16 +156,3 @@ class Capture:
         if self.response is not None:
             with contextlib.suppress(Exception):
                 self.response.close()
-
-
-def parse_engine_time(text: str) -> float | None:
-    """Docker's RFC 3339 timestamps (nanoseconds) as epoch seconds; None for the zero time."""
-    if not text or text.startswith("0001-"):
-        return None
-    main, _, rest = text.partition(".")
-    frac = "".join(ch for ch in rest if ch.isdigit())[:6]
-    try:
-        dt = datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-    return dt.timestamp() + (int(frac.ljust(6, "0")) / 1e6 if frac else 0.0)

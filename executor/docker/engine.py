@@ -15,7 +15,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from typing import Any
 
 import docker
@@ -25,6 +24,7 @@ import requests.exceptions
 from haddock.executor.docker.config import DockerConfig
 from haddock.executor.docker.images import ImageError, ImageManager
 from haddock.executor.docker.stream import StreamProtocolError
+from haddock.executor.docker.times import engine_timestamp
 from haddock.executor.errors import EngineUnavailable, ExecutorError, shown
 from haddock.executor.quantity import format_duration
 
@@ -203,8 +203,8 @@ class Engine:
         Empty otherwise."""
         if exit_code <= 128:
             return ""
-        started = _parse_engine_time(str(state.get("StartedAt") or ""))
-        finished = _parse_engine_time(str(state.get("FinishedAt") or ""))
+        started = engine_timestamp(str(state.get("StartedAt") or ""))
+        finished = engine_timestamp(str(state.get("FinishedAt") or ""))
         if started is None or finished is None or not self.unavailable_while(started, finished):
             return ""
         return (
@@ -237,25 +237,6 @@ class Engine:
 def _short(exc: BaseException) -> str:
     text = str(exc)
     return text if len(text) <= 200 else text[:199] + "…"
-
-
-def _parse_engine_time(text: str) -> float | None:
-    """The engine's RFC 3339 time (nanoseconds, ``Z``) as a POSIX timestamp; None when unset."""
-    if not text or text.startswith("0001"):
-        return None
-    head, _, frac = text.rstrip("Z").partition(".")
-    tz = ""
-    for sign in ("+", "-"):
-        if sign in frac:
-            frac, _, rest = frac.partition(sign)
-            tz = sign + rest
-    if not frac and len(head) > 19:
-        head, tz = head[:19], head[19:]
-    try:
-        parsed = datetime.fromisoformat(f"{head}.{(frac or '0')[:6]:0<6}{tz or '+00:00'}")
-    except ValueError:
-        return None
-    return parsed.timestamp()
 
 
 def describe_failure(exc: BaseException) -> str:

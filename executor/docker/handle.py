@@ -12,9 +12,10 @@ from typing import Any
 import docker.errors
 import requests.exceptions
 
-from haddock.executor.docker.capture import GAP, Capture, parse_engine_time
+from haddock.executor.docker.capture import GAP, Capture
 from haddock.executor.docker.engine import Engine
 from haddock.executor.docker.stats import sample as sample_stats
+from haddock.executor.docker.times import engine_timestamp
 from haddock.executor.driver import ExitStatus
 from haddock.executor.logstore import LogWriter
 from haddock.executor.request import RunCommandRequest
@@ -261,5 +262,5 @@ class DockerHandle:
 
 def _engine_time(value: Any) -> datetime | None:
     """A time of the container's state on the engine's clock; None when unset."""
-    seconds = parse_engine_time(str(value or ""))
+    seconds = engine_timestamp(str(value or ""))
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)

@@ -22,34 +22,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import docker.errors
 
 from haddock.executor.docker.engine import Engine
+from haddock.executor.docker.times import engine_time
 from haddock.executor.stats import Stat
 
 __all__ = ["Reading", "parse_stats", "sample"]
 
 log = logging.getLogger(__name__)
-
-_READ_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
-
-
-def _parse_read(text: str) -> datetime | None:
-    """The engine's ``read`` time (RFC 3339 with nanoseconds); None for the zero time of a stopped one."""
-    m = _READ_RE.match(text or "")
-    if m is None or m.group(1).startswith("0001"):
-        return None
-    frac = (m.group(2) or "0")[:6].ljust(6, "0")
-    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
-    return datetime.fromisoformat(f"{m.group(1)}.{frac}{zone}").astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -75,7 +63,7 @@ def _blkio(raw: dict[str, Any]) -> tuple[int, int]:
 def parse_stats(raw: dict[str, Any], previous: Reading | None) -> tuple[Stat, Reading] | None:
     """One sample from the engine's stats JSON (cgroup v1 or v2); None when the container is not running."""
     memory = raw.get("memory_stats") or {}
-    when = _parse_read(str(raw.get("read") or ""))
+    when = engine_time(str(raw.get("read") or ""))
     if when is None or not memory:
         return None
     cpu_ns = int(((raw.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage") or 0)
@@ -164,7 +152,7 @@ class _Stream:
             for raw in client._stream_helper(response, decode=True):
                 if self._stopped.is_set():
                     return previous
-                when = _parse_read(str(raw.get("read") or ""))
+                when = engine_time(str(raw.get("read") or ""))
                 if when is None or not raw.get("memory_stats"):
                     return previous  # no longer running
                 if previous is not None and (when - previous.time).total_seconds() < self._interval * 0.9:
