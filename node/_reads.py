@@ -6,6 +6,7 @@ execution's events (watch), listings, log streams, node info and its services. P
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -33,6 +34,39 @@ def known_id(execution_id: str) -> None:
     """Every call that names an execution checks its id the same way: one that cannot exist is not found."""
     if not is_valid_id(execution_id):
         raise ExecutionNotFound(execution_id)
+
+
+def arrived(node: Node, execution_id: str) -> None:
+    """A Start of this id is through (recorded, or refused): wake whoever waits for it to be known."""
+    for waiter in node._arrivals.pop(execution_id, ()):
+        if not waiter.done():
+            waiter.set_result(None)
+
+
+async def wait_known(node: Node, execution_id: str, within: float) -> ExecutionRecord:
+    """The execution's record; one the node does not know yet is waited for up to ``within`` seconds, woken by
+    each Start of that id (never polled), then ExecutionNotFound."""
+    known_id(execution_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        arrival: asyncio.Future[None] = loop.create_future()
+        node._arrivals.setdefault(execution_id, set()).add(arrival)  # before the look: no Start slips between
+        try:
+            await node._started(execution_id)
+            try:
+                return await node.get(execution_id)
+            except ExecutionNotFound:
+                if loop.time() >= deadline:
+                    raise
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrival, deadline - loop.time())
+        finally:
+            waiters = node._arrivals.get(execution_id)
+            if waiters is not None:
+                waiters.discard(arrival)
+                if not waiters:
+                    del node._arrivals[execution_id]
 
 
 async def watch(node: Node, execution_id: str) -> AsyncIterator[ExecutionEvent]:

@@ -103,6 +103,7 @@ class Node:
         self.publisher = publisher
         self._closing = False
         self._starting: dict[str, asyncio.Future[None]] = {}  # Starts under way
+        self._arrivals: dict[str, set[asyncio.Future[None]]] = {}  # wait_known's waiters, woken by a Start's end
         self._recovery: asyncio.Task[None] | None = None
         self._recovered = asyncio.Event()  # set once unfinished executions are back with the executor
         self.gpu_devices: builtins.list[str] = []  # the GPUs jobs are given, detected in begin()
@@ -353,6 +354,7 @@ class Node:
         finally:
             del self._starting[exec_id]
             starting.set_result(None)
+            _reads.arrived(self, exec_id)
         self.redeploys.follow(prepared)
         return prepared
 
@@ -361,6 +363,10 @@ class Node:
         starting = self._starting.get(execution_id)
         if starting is not None:
             await asyncio.shield(starting)
+
+    async def wait_known(self, execution_id: str, within: float) -> ExecutionRecord:
+        """Its record; one not known yet is waited for (woken by a Start of it) up to ``within`` seconds."""
+        return await _reads.wait_known(self, execution_id, within)
 
     def queue_position(self, execution_id: str) -> QueuePosition | None:
         return self.admission.position(execution_id)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import nkeys
 import pytest
 
 from haddock.node.cluster import logstream
+from haddock.node.cluster import transport as transport_module
 from haddock.node.cluster.ledger import OUTBOUND_ACKED
 from haddock.node.cluster.transport import ClusterTransport
 from tests.support.natsserver import NatsServer
@@ -100,6 +102,25 @@ async def test_a_refused_message_is_given_up_recorded_and_the_next_goes_out(
     assert any("gave up on BidResult seq" in r.getMessage() for r in caplog.records)
 
 
+async def test_no_responders_is_retried_in_the_same_session_and_never_counted(
+    orch: TestOrchestrator, start_node: NodeFactory, node_id: str
+) -> None:
+    """As Bacalhau's dispatcher: a publish failure is retried with backoff; only the control plane (heartbeats)
+    ends a session. An orchestrator that stops taking the node's data messages costs no attempts."""
+    t = transport(await start_node(orch.url, max_send_attempts=2, send_give_up_after="1s"))
+    await joined(orch, node_id)
+    handshakes = orch.nodes[node_id].handshakes
+    await orch.mute(node_id)
+    await orch.ask(node_id, "e-unheard", IMAGE, "true")
+    await asyncio.sleep(3)  # several attempts, past max_send_attempts and send_give_up_after
+    assert "e-unheard" not in orch.bids
+    await orch.listen(node_id)
+    await orch.wait_for(lambda: "e-unheard" in orch.bids, 20, "the bid once the orchestrator listens")
+    assert t.ledger is not None and await t.ledger.abandoned() == []
+    assert orch.nodes[node_id].handshakes == handshakes  # the same session all along
+    assert len(orch.bids["e-unheard"]) == 1
+
+
 # ---------------------------------------------------------------- inbound queue and resyncs
 
 
@@ -144,6 +165,34 @@ async def test_a_resync_while_a_message_is_handled_loses_nothing(
     # The handshake reported the first as handled: the orchestrator did not need to send it again.
     assert orch.nodes[node_id].node_reported_seq >= 1
     await asyncio.gather(first, second)
+
+
+async def test_a_hung_message_does_not_keep_the_node_from_its_next_handshake(
+    orch: TestOrchestrator, start_node: NodeFactory, node_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next handshake waits for a message being handled at most SESSION_END_SECONDS; its answer is then
+    dropped, and the orchestrator's resend of it is only acknowledged once it is handled."""
+    monkeypatch.setattr(transport_module, "SESSION_END_SECONDS", 1.0)
+    t = transport(await start_node(orch.url))
+    await joined(orch, node_id)
+    handshakes = orch.nodes[node_id].handshakes
+    entered, gate = hold(t, monkeypatch, only="e-hung")
+    asked = asyncio.create_task(orch.ask(node_id, "e-hung", IMAGE, "true"))
+    try:
+        await asyncio.wait_for(entered.wait(), 10)
+        orch.nodes[node_id].connected = False  # the orchestrator lost the node: its next heartbeat must handshake
+        await orch.wait_for(
+            lambda: orch.nodes[node_id].handshakes > handshakes and orch.nodes[node_id].connected,
+            10,
+            "a new handshake while a message hangs",
+        )
+        beats = orch.nodes[node_id].heartbeats
+        await orch.wait_for(lambda: orch.nodes[node_id].heartbeats >= beats + 2, 10, "heartbeats in the new session")
+    finally:
+        gate.set()
+    await orch.wait_for(lambda: "e-hung" in orch.bids, 20, "its bid once it is handled")
+    assert len(orch.bids["e-hung"]) == 1
+    await asked
 
 
 async def test_a_message_the_node_failed_on_is_not_skipped_by_the_ones_behind_it(
@@ -235,6 +284,28 @@ async def test_log_requests_honour_tail_follow_and_node_id(
     assert lines == [] and close["Code"] == 4000 and "another-node" in close["Text"]
     lines, close = await orch.logs(node_id, "e-never-asked")
     assert lines == [] and close["Code"] == 5000 and "not found" in close["Text"]
+
+
+async def test_a_log_request_for_an_unknown_execution_waits_without_polling(
+    orch: TestOrchestrator, start_node: NodeFactory, node_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait for an execution not known yet is a wait for its start, not a store read every 100 ms."""
+    monkeypatch.setattr(logstream, "EXECUTION_WAIT_SECONDS", 1.0)
+    running = await start_node(orch.url)
+    await joined(orch, node_id)
+    real = running.node.get
+    asked: list[str] = []
+
+    async def counted(execution_id: str) -> Any:
+        asked.append(execution_id)
+        return await real(execution_id)
+
+    monkeypatch.setattr(running.node, "get", counted)
+    began = time.monotonic()
+    lines, close = await orch.logs(node_id, "e-not-yet")
+    assert lines == [] and close["Code"] == 5000 and "not found" in close["Text"]
+    assert time.monotonic() - began >= 0.9  # it did wait
+    assert asked.count("e-not-yet") <= 2, asked
 
 
 # ---------------------------------------------------------------- NKey authentication

@@ -58,7 +58,7 @@ class ClusterSettings(BaseModel):
         default=10, ge=1, description="attempts at an outbound data message the orchestrator refuses or does not answer"
     )
     send_give_up_after: DurationSeconds = Field(
-        default=600.0, gt=0, description="time after the first failed attempt at a message before giving it up"
+        default=600.0, gt=0, description="session time after the first failed attempt at a message before giving it up"
     )
     inbound_queue_size: int = Field(
         default=64, ge=1, description="inbound data messages waiting to be handled; a full queue holds NATS back"

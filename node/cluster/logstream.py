@@ -15,8 +15,9 @@ The request's fields, as Bacalhau's compute node reads them (``pkg/compute/logst
 - ``NodeID``: the node the orchestrator means; a request for another node is refused (4000) rather than
   answered with this node's logs;
 - ``ExecutionID``: an execution the node does not know (yet) is waited for up to
-  ``EXECUTION_WAIT_SECONDS`` — a request may race the start of an execution it just accepted — then
-  refused (5000, "execution ... not found"), as Bacalhau's compute node does.
+  ``EXECUTION_WAIT_SECONDS`` — a request may race the start of an execution it just accepted; the wait is
+  woken by the node's Start of that id (:meth:`Node.wait_known`), not a poll — then refused (5000,
+  "execution ... not found"), as Bacalhau's compute node does.
 
 The producer's heartbeats (which let a consumer's abandoned streams be cancelled early) are not
 implemented: a stream ends when the execution's output ends.
@@ -35,7 +36,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from haddock.executor.errors import ExecutionNotFound, ExecutorError
+from haddock.executor.errors import ExecutorError
 from haddock.executor.streams import LogQuery, StreamType
 from haddock.node.cluster import messages as m
 from haddock.node.service import Node
@@ -43,7 +44,6 @@ from haddock.node.service import Node
 log = logging.getLogger(__name__)
 
 EXECUTION_WAIT_SECONDS = 5.0  # Bacalhau's executionMaxWaitTime
-EXECUTION_WAIT_INTERVAL = 0.1
 
 
 class LogStreamServer:
@@ -85,7 +85,7 @@ class LogStreamServer:
             return
         try:
             query = LogQuery(with_history=not request.tail, follow=request.follow)
-            await self._known(request.execution_id)
+            await self.node.wait_known(request.execution_id, EXECUTION_WAIT_SECONDS)
             async for entry in self.node.get_log_stream(request.execution_id, query):
                 kind = m.LOG_STDOUT if entry.stream == StreamType.STDOUT else m.LOG_STDERR
                 value = {"value": {"Type": kind, "Line": entry.data.decode("utf-8", errors="replace")}}
@@ -96,16 +96,3 @@ class LogStreamServer:
             await self._close(reply, m.CLOSE_INTERNAL_ERROR, f"error in handler ExecutionLogsRequest: {exc}")
             return
         await self._close(reply, m.CLOSE_NORMAL)
-
-    async def _known(self, execution_id: str) -> None:
-        """Wait (a little) for an execution the node does not know yet; ExecutionNotFound after that."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + EXECUTION_WAIT_SECONDS
-        while True:
-            try:
-                await self.node.get(execution_id)
-                return
-            except ExecutionNotFound:
-                if loop.time() >= deadline:
-                    raise
-            await asyncio.sleep(EXECUTION_WAIT_INTERVAL)

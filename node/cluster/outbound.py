@@ -2,14 +2,18 @@
 
 Each message is sent as a request on ``bacalhau.global.compute.<id>.out.msgs`` and sent again until the
 orchestrator acknowledges it (``{}``) — or until the node gives it up: after ``max_send_attempts`` counted
-failures, or ``send_give_up_after`` since the first one. A failure counts when the orchestrator refuses the
-message (an NCL nack, ``{"error": ...}``, whose ``delay`` is honoured up to ``reconnect_max``) or leaves it
-unanswered while the connection is up; a connection that is down or reconnecting, or an orchestrator not
-listening to this node ("no responders"), counts nothing: that session ends, and the message waits for
-the next one. A message given up is recorded in the ledger with its reason (``abandoned``) and logged as
-an error, and the next one goes out. The done checkpoint (acknowledged or given up) is durable and only
-moves forward; numbers are never reused, so the orchestrator sees a gap where a message was given up, as
-it does for every event Bacalhau's own compute node does not turn into a message.
+failures, or ``send_give_up_after`` of session time since the first one. A failure counts when the
+orchestrator refuses the message (an NCL nack, ``{"error": ...}``, whose ``delay`` is honoured up to
+``reconnect_max``) or leaves it unanswered while the connection is up. A connection that is down or
+reconnecting, or an orchestrator not listening to this node ("no responders"), counts nothing: as Bacalhau's
+dispatcher does with a failed publish, the message is sent again with backoff (0.2 s up to
+``reconnect_max``) in the same session, and only the control plane ends a session (missed heartbeats,
+``HandshakeRequired``, a reconnect); then the message waits for the next one. Time between sessions does
+not count toward ``send_give_up_after`` either: only time with a session up does. A message given up is
+recorded in the ledger with its reason (``abandoned``) and logged as an error, and the next one goes out.
+The done checkpoint (acknowledged or given up) is durable and only moves forward; numbers are never reused,
+so the orchestrator sees a gap where a message was given up, as it does for every event Bacalhau's own
+compute node does not turn into a message.
 """
 
 from __future__ import annotations
@@ -39,8 +43,19 @@ class SessionOver(Exception):
 
 @dataclass
 class _Failures:
-    first: float  # time.monotonic() of the first counted failure
+    """A message's counted failures, and the session time they took (time without a session counts nothing)."""
+
+    since: float  # time.monotonic() from which this session's time counts: its first failure, or the handshake
+    earlier: float = 0.0  # seconds counted in earlier sessions (first failure .. last failure in each)
     count: int = 0
+    elapsed: float = 0.0  # seconds counted so far, as of the last failure
+
+    def failed(self) -> None:
+        self.count += 1
+        self.elapsed = self.earlier + time.monotonic() - self.since
+
+    def new_session(self) -> None:
+        self.earlier, self.since = self.elapsed, time.monotonic()
 
 
 class Outbound:
@@ -50,7 +65,7 @@ class Outbound:
         self.node_id = node_id
         self.wake = wake  # set when the outbox has something new
         self.acked = 0  # the last sequence number done with (acknowledged or given up)
-        self._failures: dict[int, _Failures] = {}  # seq -> its counted failed attempts (kept across sessions)
+        self._failures: dict[int, _Failures] = {}  # seq -> its counted failures (kept across sessions)
 
     async def load(self) -> None:
         self.acked = await self.ledger.checkpoint(OUTBOUND_ACKED)
@@ -59,6 +74,10 @@ class Outbound:
         """The handshake's answer: what the orchestrator processed is not sent again, acknowledged or not."""
         self.acked = max(self.acked, min(last_compute_seq_num, await self.ledger.last_seq()))
         await self.ledger.set_checkpoint(OUTBOUND_ACKED, self.acked)
+        for seq in [seq for seq in self._failures if seq <= self.acked]:
+            del self._failures[seq]  # the orchestrator has it: never sent again
+        for failures in self._failures.values():
+            failures.new_session()  # the time without a session does not count
 
     async def dispatch(self, nc: NATS, session_over: Callable[[], bool]) -> None:
         """Send the outbox in order; each message until it is acknowledged or given up."""
@@ -117,10 +136,9 @@ class Outbound:
                 wait = delay
             log.warning("cluster: %s seq %d %s; sending again", out.type, out.seq, problem)
             if counted:
-                failures = self._failures.setdefault(out.seq, _Failures(first=time.monotonic()))
-                failures.count += 1
-                elapsed = time.monotonic() - failures.first
-                if failures.count >= s.max_send_attempts or elapsed >= s.send_give_up_after:
-                    return f"{problem} ({failures.count} attempts in {elapsed:.1f} s)"
+                failures = self._failures.setdefault(out.seq, _Failures(since=time.monotonic()))
+                failures.failed()
+                if failures.count >= s.max_send_attempts or failures.elapsed >= s.send_give_up_after:
+                    return f"{problem} ({failures.count} attempts in {failures.elapsed:.1f} s)"
             await asyncio.sleep(min(wait, s.reconnect_max))
             delay = min(delay * 2, s.reconnect_max)

@@ -283,12 +283,22 @@ class ClusterTransport:
         it), and the messages it left queued are discarded unanswered. Their requests belonged to the last
         session: Bacalhau's orchestrator sends them again, with new reply subjects, on the new one, starting
         after the sequence number the handshake reports, as Bacalhau's compute node (which drops a closed
-        subscription's pending messages) expects."""
-        async with self._handling:
-            stale = 0
-            while not self._inbound.empty():
-                self._inbound.get_nowait()
-                stale += 1
+        subscription's pending messages) expects. The wait is bounded (``SESSION_END_SECONDS``): a handler that
+        hangs must not keep the node from its handshake and heartbeats; that message goes on being handled, its
+        answer is dropped, and the orchestrator sends it again (acknowledged without effect once handled)."""
+        try:
+            async with asyncio.timeout(SESSION_END_SECONDS), self._handling:
+                pass
+        except TimeoutError:
+            log.warning(
+                "cluster: a message of the last session is still being handled after %.0f s; handshaking anyway",
+                SESSION_END_SECONDS,
+                extra={"node_id": self.node_id},
+            )
+        stale = 0
+        while not self._inbound.empty():
+            self._inbound.get_nowait()
+            stale += 1
         if stale:
             log.info("cluster: %d messages of the last session left unanswered; they come again", stale)
 

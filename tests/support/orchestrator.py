@@ -30,6 +30,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "ncl"
 
@@ -112,7 +113,7 @@ class TestOrchestrator:
         self.outbox: dict[str, list[Outgoing]] = defaultdict(list)
         self.deliveries: dict[tuple[str, int], int] = defaultdict(int)  # (node, seq) -> times sent
         self._seq: dict[str, int] = defaultdict(int)
-        self._subscribed: set[str] = set()
+        self._subscribed: dict[str, Subscription] = {}  # node id -> the subscription to its data messages
         self._changed = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -172,8 +173,7 @@ class TestOrchestrator:
             node.node_reported_seq = payload["LastOrchestratorSeqNum"]
             node.capacity_history.append(info["ComputeNodeInfo"]["AvailableCapacity"])
             if node_id not in self._subscribed:
-                await self.nc.subscribe(f"bacalhau.global.compute.{node_id}.out.msgs", cb=self._data)  # type: ignore[union-attr]
-                self._subscribed.add(node_id)
+                await self.listen(node_id)
             starting = self.replay_from.pop(node_id, node.node_reported_seq)
             for out in self.outbox[node_id]:  # what the node has is not resent; after `starting`, all is
                 out.acked = out.seq <= starting
@@ -241,6 +241,16 @@ class TestOrchestrator:
                 self.results[payload["ExecutionID"]].append({"node": node_id, "type": kind, **payload})
         await msg.respond(b"{}")
         await self._notify()
+
+    async def listen(self, node_id: str) -> None:
+        """Take the node's data messages (again)."""
+        subject = f"bacalhau.global.compute.{node_id}.out.msgs"
+        self._subscribed[node_id] = await self.nc.subscribe(subject, cb=self._data)  # type: ignore[union-attr]
+
+    async def mute(self, node_id: str) -> None:
+        """Stop taking the node's data messages (its requests get NATS "no responders"); control goes on."""
+        await self._subscribed[node_id].unsubscribe()
+        await self.nc.flush()  # type: ignore[union-attr]
 
     async def send(self, node_id: str, message_type: str, payload: dict[str, Any]) -> int:
         self._seq[node_id] += 1
