@@ -9,8 +9,6 @@ files or FIFOs — then tarfile's ``data`` filter). Decoded and unpacked sizes a
 from __future__ import annotations
 
 import io
-import tarfile
-from collections.abc import Sequence
 from pathlib import Path
 
 from haddock.executor.errors import ErrorCode
@@ -18,7 +16,7 @@ from haddock.executor.quantity import format_bytes
 from haddock.executor.sources import InlineSource
 from haddock.storage.config import InlineSettings
 from haddock.storage.provider import PreparedVolume, StorageError, prepare_fetched, release_volume, run_blocking
-from haddock.storage.tarsafe import TarLimits, UnsafeArchive, check_members, unpack
+from haddock.storage.tarsafe import TarLimits, UnsafeArchive, unpack
 
 INLINE_FILE_NAME = "inline"
 """The name of the file an inline input becomes (the file itself is mounted at the target)."""
@@ -78,14 +76,9 @@ class InlineStorage:
 
     def _unpack(self, source: InlineSource, data: bytes, dest: Path) -> Path:
         try:
-            return unpack(
-                io.BytesIO(data), dest, self.limits, check=lambda members: self._check_members(source, members)
-            )
+            return unpack(io.BytesIO(data), dest, self.limits)
         except UnsafeArchive as exc:
             raise StorageError(source, str(exc), code=exc.code) from None
-
-    def _check_members(self, source: InlineSource, members: Sequence[tarfile.TarInfo]) -> None:
-        check_members(members, self.limits)
 
 
 def _write_file(path: Path, data: bytes) -> None:
