@@ -10,7 +10,6 @@ leaving what is free to the admission (run now, queue, or RESOURCE_EXHAUSTED).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
@@ -21,7 +20,7 @@ from haddock.executor.records import BidResult
 from haddock.executor.request import OutputLimits, PullPolicy, Resources, RunCommandRequest
 from haddock.node.bidding import BidContext
 from haddock.node.capacity import CapacitySnapshot
-from haddock.storage.netpolicy import AddressPolicy
+from haddock.storage.netpolicy import AddressPolicy, AddressRefused
 
 if TYPE_CHECKING:
     from haddock.node.config import LimitsSettings
@@ -130,19 +129,18 @@ class Policy:
                 if await self.node.executor.inspect_image(engine.image) is not None:
                     return None
         host, number = _host_port(ref.registry)
-        policy = AddressPolicy(resolver=self.node.address_policy.resolver)
+        policy = AddressPolicy(resolver=self.node.address_policy.resolver)  # storage's private switch aside
         try:
-            addrs = await asyncio.to_thread(policy.resolver, host, number)
-        except (OSError, UnicodeError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            return f"image {engine.image!r}: its registry host {host!r} does not resolve ({reason})"
-        for addr in addrs:
-            if not policy.allows(addr, number):
-                return (
-                    f"image {engine.image!r}: its registry {ref.registry} is at {addr}, which is not a public "
-                    "address; this node pulls only from registries on public addresses (the operator can set "
-                    "docker.allow_private_registries)"
-                )
+            await policy.aresolve(
+                host,
+                number,
+                ref.registry,
+                f"image {engine.image!r}: its registry",
+                serves="pulls from registries on",
+                setting="docker.allow_private_registries",
+            )
+        except AddressRefused as exc:
+            return exc.message
         return None
 
     async def usage(self, prepared: RunCommandRequest, usage: Resources | None = None) -> Resources | BidResult:

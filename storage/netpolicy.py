@@ -132,9 +132,20 @@ class AddressPolicy:
             return False
         return (canonical, port) in self._public or _public(canonical)
 
-    def resolve(self, host: str, port: int, shown: str, what: str) -> list[str]:
+    def resolve(
+        self,
+        host: str,
+        port: int,
+        shown: str,
+        what: str,
+        *,
+        serves: str = "fetches from and publishes to",
+        setting: str = "storage.allow_private_networks",
+    ) -> list[str]:
         """(Blocking.) The addresses of ``host``, every one of them allowed; else AddressRefused.
-        ``shown`` is what messages call the URL (redacted), ``what`` what it is ("input URL")."""
+        ``shown`` is what messages call the URL (redacted), ``what`` what it is ("input URL"); a refusal
+        says what the node only ``serves`` public addresses for and which ``setting`` lets the operator
+        allow private ones."""
         host = host.strip("[]")
         try:
             addrs = self.resolver(host, port)
@@ -148,13 +159,13 @@ class AddressPolicy:
                 raise AddressRefused(
                     what,
                     shown,
-                    f"resolves to {addr}, which is not a public address; this node only fetches from and "
-                    "publishes to public addresses (the operator can set storage.allow_private_networks)",
+                    f"resolves to {addr}, which is not a public address; this node only {serves} public "
+                    f"addresses (the operator can set {setting})",
                 )
         return addrs
 
-    async def aresolve(self, host: str, port: int, shown: str, what: str) -> list[str]:
-        return await asyncio.get_running_loop().run_in_executor(None, self.resolve, host, port, shown, what)
+    async def aresolve(self, host: str, port: int, shown: str, what: str, **wording: str) -> list[str]:
+        return await asyncio.to_thread(self.resolve, host, port, shown, what, **wording)
 
     async def check_url(self, url: str, what: str) -> None:
         """Refuse ``url`` unless its host resolves to allowed addresses only (nothing is sent)."""
